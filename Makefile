@@ -1,0 +1,37 @@
+# Two commands on a fresh machine:  make run  |  make test
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: run test lint unit bench clean system-deps
+
+$(STAMP): requirements.txt requirements-embedded.txt requirements-dev.txt setup.py
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "igsync needs Python >= 3.11")'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements-dev.txt
+	$(BIN)/pip install --quiet --no-deps -e .
+	touch $(STAMP)
+
+## make run: set up and start igsync on embedded MongoDB-compatible and Redis servers
+run: $(STAMP)
+	$(BIN)/igsync serve
+
+## make test: set up and run every check (lint, Dockerfile lint, the whole test suite)
+test: $(STAMP) system-deps lint
+	$(BIN)/pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/hadolint --failure-threshold warning Dockerfile
+
+# Debian packages some tests need (promtool/Prometheus, Chromium). Installed when missing.
+system-deps:
+	@./scripts/system-deps.sh
+
+bench: $(STAMP)
+	$(BIN)/python bench/ingest.py
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .ruff_cache

@@ -1,0 +1,171 @@
+"""The one settings object of igsync, built from ``IGSYNC_*`` environment variables.
+
+This module owns every tunable of the server: its name, default, unit and one-line help,
+and the validation that turns a wrong value into one clear start-up error. Nothing else
+reads ``os.environ`` for configuration.
+
+Two modes:
+
+* **embedded** (no ``IGSYNC_MONGO_URL`` / ``IGSYNC_REDIS_URL``): the CLI starts its own
+  MongoDB-compatible and Redis servers and fills missing secrets from the dev secrets file
+  in ``IGSYNC_DATA_DIR`` (see :mod:`server.devsecrets`).
+* **production** (both URLs given): every secret must be given and look real.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+ENV_PREFIX = "IGSYNC_"
+# A secret shorter than this is a placeholder, not a secret.
+MIN_SECRET_CHARS = 16
+SECRET_FIELDS = ("app_secret", "verify_token", "admin_token", "internal_tokens")
+
+
+class ConfigError(ValueError):
+    """A configuration value is wrong; the message is one line meant for the operator."""
+
+
+def _setting(default: Any, help: str, *, secret: bool = False) -> Any:
+    return field(default=default, metadata={"help": help, "secret": secret})
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = _setting("127.0.0.1", "listen address")
+    port: int = _setting(8080, "listen port (0 picks a free one)")
+    mongo_url: str | None = _setting(None, "MongoDB URL; unset starts the embedded server")
+    mongo_db: str = _setting("igsync", "MongoDB database name")
+    redis_url: str | None = _setting(None, "Redis URL; unset starts the embedded server")
+    data_dir: str = _setting("./var", "embedded stores' data and dev secrets")
+    app_secret: str | None = _setting(None, "Meta app secret that signs webhooks", secret=True)
+    verify_token: str | None = _setting(None, "webhook subscription handshake token", secret=True)
+    admin_token: str | None = _setting(None, "bearer token of the admin API", secret=True)
+    internal_tokens: tuple[str, ...] = _setting((), "comma-separated bearer tokens of mark-sent callers", secret=True)
+    dedup_ttl_secs: int = _setting(60, "life of the mark-sent Redis keys")
+    dedup_window_secs: int = _setting(30, "how far back the MongoDB echo match looks")
+    graph_api_url: str = _setting("https://graph.instagram.com", "Graph API base URL")
+    graph_api_timeout_secs: float = _setting(10.0, "timeout of one Graph API call")
+    ws_ping_secs: int = _setting(25, "WebSocket keep-alive ping interval")
+    ws_queue_max: int = _setting(1000, "events queued for one socket before it is dropped")
+    max_body_bytes: int = _setting(1_048_576, "largest webhook body accepted")
+    log_format: str = _setting("text", "log format: text or json")
+    log_level: str = _setting("INFO", "log level")
+    metrics_token: str | None = _setting(None, "bearer token required on /metrics when set", secret=True)
+    trigger_stream: str = _setting("igsync:triggers", "Redis Stream of workflow triggers")
+    webhook_events_ttl_days: int = _setting(7, "how long raw webhook bodies are kept")
+    channel_cache_secs: float = _setting(5.0, "how long a process trusts its cached channel lookup")
+    store_timeout_ms: int = _setting(5000, "MongoDB server-selection and Redis socket timeout")
+    media_max_bytes: int = _setting(26_214_400, "largest media attachment downloaded")
+
+    @property
+    def embedded_mongo(self) -> bool:
+        return not self.mongo_url
+
+    @property
+    def embedded_redis(self) -> bool:
+        return not self.redis_url
+
+    @property
+    def production(self) -> bool:
+        return not (self.embedded_mongo or self.embedded_redis)
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    def redacted(self) -> dict[str, Any]:
+        """The settings as a dict with every secret replaced, for logs and `doctor`."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.metadata.get("secret") and value:
+                value = "<set>"
+            out[f.name] = value
+        return out
+
+    def check_secrets(self) -> None:
+        """Refuse to run without real secrets (production, or after dev secrets are filled)."""
+        for name in SECRET_FIELDS:
+            value = getattr(self, name)
+            values = value if isinstance(value, tuple) else (value,)
+            if not value:
+                raise ConfigError(f"{env_name(name)} is required when MongoDB and Redis URLs are given")
+            for v in values:
+                if len(v) < MIN_SECRET_CHARS:
+                    raise ConfigError(
+                        f"{env_name(name)} is too short to be a real secret (at least {MIN_SECRET_CHARS} characters)"
+                    )
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Settings:
+        """Build settings from ``env``; raise :class:`ConfigError` with one clear line."""
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            raw = env.get(env_name(f.name))
+            if raw is None or raw.strip() == "":
+                continue
+            values[f.name] = _parse(f, raw.strip())
+        settings = cls(**values)
+        settings.validate()
+        if settings.production:
+            settings.check_secrets()
+        return settings
+
+    def validate(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"IGSYNC_PORT must be between 0 and 65535, got {self.port}")
+        for name in (
+            "dedup_ttl_secs",
+            "dedup_window_secs",
+            "ws_ping_secs",
+            "ws_queue_max",
+            "max_body_bytes",
+            "webhook_events_ttl_days",
+            "store_timeout_ms",
+            "media_max_bytes",
+        ):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{env_name(name)} must be a positive number")
+        if self.log_format not in ("text", "json"):
+            raise ConfigError(f"IGSYNC_LOG_FORMAT must be 'text' or 'json', got {self.log_format!r}")
+        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise ConfigError(f"IGSYNC_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}")
+        if self.mongo_url and not self.mongo_url.startswith(("mongodb://", "mongodb+srv://")):
+            raise ConfigError("IGSYNC_MONGO_URL must start with mongodb:// or mongodb+srv://")
+        if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigError("IGSYNC_REDIS_URL must start with redis://, rediss:// or unix://")
+        if not self.graph_api_url.startswith(("http://", "https://")):
+            raise ConfigError("IGSYNC_GRAPH_API_URL must be an http(s) URL")
+
+
+def env_name(field_name: str) -> str:
+    return ENV_PREFIX + field_name.upper()
+
+
+def _parse(f: dataclasses.Field, raw: str) -> Any:
+    kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    name = env_name(f.name)
+    try:
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+        if kind.startswith("tuple"):
+            return tuple(t.strip() for t in raw.split(",") if t.strip())
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+    return raw
+
+
+def describe() -> list[tuple[str, str, str]]:
+    """(variable, default, help) for every setting — the README table and `--help`."""
+    rows = []
+    for f in dataclasses.fields(Settings):
+        default = f.default
+        if isinstance(default, tuple):
+            default = ",".join(default)
+        rows.append((env_name(f.name), "" if default is None else str(default), f.metadata["help"]))
+    return rows

@@ -1,0 +1,80 @@
+"""The REST API of API.md §3: inbox reads (inbox tokens) and admin writes (admin token)."""
+
+from __future__ import annotations
+
+from handlers.base import BaseHandler
+from server.auth import ADMIN, INBOX
+
+
+class ChannelsHandler(BaseHandler):
+    async def get(self) -> None:
+        principal = await self.authorize(INBOX)
+        self.write_json(await self.core.inbox.list_channels(principal))
+
+    async def post(self) -> None:
+        await self.authorize(ADMIN)
+        status, body = await self.core.inbox.connect_channel(self.json_body())
+        self.write_json(body, status)
+
+
+class ChannelHandler(BaseHandler):
+    async def delete(self, channel_id: str) -> None:
+        await self.authorize(ADMIN)
+        self.write_json(await self.core.inbox.disconnect_channel(channel_id))
+
+
+class TokensHandler(BaseHandler):
+    async def post(self) -> None:
+        await self.authorize(ADMIN)
+        self.write_json(await self.core.inbox.create_token(self.json_body()), 201)
+
+
+class ConversationsHandler(BaseHandler):
+    async def get(self) -> None:
+        principal = await self.authorize(INBOX)
+        self.write_json(
+            await self.core.inbox.list_conversations(
+                principal,
+                channel_id=self.get_query_argument("channel_id", None),
+                updated_since=self.get_query_argument("updated_since", None),
+                limit=self.get_query_argument("limit", None),
+                cursor=self.get_query_argument("cursor", None),
+            )
+        )
+
+
+class ConversationHandler(BaseHandler):
+    async def get(self, conversation_id: str) -> None:
+        principal = await self.authorize(INBOX)
+        self.write_json(await self.core.inbox.get_conversation(principal, conversation_id))
+
+
+class ConversationReadHandler(BaseHandler):
+    async def post(self, conversation_id: str) -> None:
+        principal = await self.authorize(INBOX)
+        self.write_json(await self.core.inbox.mark_conversation_read(principal, conversation_id))
+
+
+class MessagesHandler(BaseHandler):
+    async def get(self, conversation_id: str) -> None:
+        principal = await self.authorize(INBOX)
+        self.write_json(
+            await self.core.inbox.list_messages(
+                principal,
+                conversation_id,
+                after=self.get_query_argument("after", None),
+                before=self.get_query_argument("before", None),
+                limit=self.get_query_argument("limit", None),
+            )
+        )
+
+
+routes = [
+    (r"/api/v1/channels", ChannelsHandler),
+    (r"/api/v1/channels/([^/]+)", ChannelHandler),
+    (r"/api/v1/tokens", TokensHandler),
+    (r"/api/v1/conversations", ConversationsHandler),
+    (r"/api/v1/conversations/([^/]+)", ConversationHandler),
+    (r"/api/v1/conversations/([^/]+)/read", ConversationReadHandler),
+    (r"/api/v1/conversations/([^/]+)/messages", MessagesHandler),
+]

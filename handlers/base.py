@@ -1,0 +1,91 @@
+"""The base of every JSON handler: the core object, bearer auth, JSON in and out, errors.
+
+Errors follow API.md §6: an :class:`~server.errors.ApiError` raised anywhere in a handler
+or the core becomes ``{"error", "message", "fields"?}`` with its status; anything else is
+logged with its traceback and answered ``500`` without details.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+import tornado.web
+
+from server.auth import Principal
+from server.core import Core
+from server.errors import ApiError, bad_request
+
+log = logging.getLogger("igsync.http")
+
+_REASONS = {
+    400: ("bad_request", "The request is malformed."),
+    401: ("unauthorized", "A valid bearer token is required."),
+    403: ("forbidden", "This token may not use this endpoint."),
+    404: ("not_found", "No such resource."),
+    405: ("method_not_allowed", "This method is not allowed here."),
+    413: ("payload_too_large", "The body is too large."),
+    503: ("unavailable", "The service is unavailable; retry later."),
+}
+
+
+class BaseHandler(tornado.web.RequestHandler):
+    @property
+    def core(self) -> Core:
+        return self.settings["igsync_core"]
+
+    def set_default_headers(self) -> None:
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.set_header("Cache-Control", "no-store")
+        self.set_header("X-Content-Type-Options", "nosniff")
+
+    def check_xsrf_cookie(self) -> None:
+        # Bearer tokens, not cookies: cross-site requests cannot carry credentials.
+        return None
+
+    async def authorize(self, kind: str) -> Principal:
+        return await self.core.auth.require(self.request.headers.get("Authorization"), kind)
+
+    def json_body(self) -> Any:
+        try:
+            return orjson.loads(self.request.body or b"")
+        except orjson.JSONDecodeError:
+            raise bad_request("invalid_json", "The body is not valid JSON.") from None
+
+    def write_json(self, body: Any, status: int = 200) -> None:
+        self.set_status(status)
+        self.finish(orjson.dumps(body))
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, ApiError):
+            self.set_status(exc.status)
+            body = exc.body()
+        else:
+            code, message = _REASONS.get(status_code, ("internal_error", "Something went wrong."))
+            body = {"error": code, "message": message}
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.finish(orjson.dumps(body))
+
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        if isinstance(value, ApiError):
+            return  # an expected answer, not a failure
+        if isinstance(value, tornado.web.HTTPError) and value.status_code < 500:
+            return
+        log.error("unhandled error in %s %s", self.request.method, type(self).__name__, exc_info=(typ, value, tb))
+
+    def _handle_request_exception(self, e: BaseException) -> None:
+        if isinstance(e, ApiError):
+            if self._finished:
+                return
+            self.send_error(e.status, exc_info=(type(e), e, e.__traceback__))
+            return
+        super()._handle_request_exception(e)
+
+
+class NotFoundHandler(BaseHandler):
+    """Unknown paths answer the JSON error shape too."""
+
+    def prepare(self) -> None:
+        raise ApiError(404, "not_found", "No such endpoint.")

@@ -1,0 +1,1 @@
+"""A small synchronous client for igsync's internal senders (see README)."""

@@ -1,0 +1,1 @@
+"""MongoDB documents: repositories (every query of the project), indexes and API shapes."""

@@ -1,0 +1,86 @@
+"""The MongoDB connection and the repositories built on it.
+
+:class:`Store` owns the ``AsyncMongoClient`` (created inside the running loop, one per
+loop — PyMongo's async client is bound to the loop it first runs on), the database
+handle, one repository object per collection, and the start-up index creation. Every
+query of the project lives in a repository module of this package.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from pymongo import AsyncMongoClient, monitoring
+
+from models.channels import ChannelRepository
+from models.conversations import ConversationRepository
+from models.customers import CustomerRepository
+from models.messages import MessageRepository
+from models.tokens import TokenRepository
+from models.webhook_events import WebhookEventRepository
+
+log = logging.getLogger("igsync.store")
+
+
+def mongo_client(url: str, *, timeout_ms: int = 5000, listeners: list[Any] | None = None) -> AsyncMongoClient:
+    """The one way the project builds a MongoDB client.
+
+    ``tz_aware`` so every datetime that comes back is explicit UTC. Retryable writes are
+    left to the URL (the embedded server's URL turns them off: SecantusDB scans its
+    retryable-write table on every write when they are on).
+    """
+    return AsyncMongoClient(
+        url,
+        tz_aware=True,
+        serverSelectionTimeoutMS=timeout_ms,
+        connectTimeoutMS=timeout_ms,
+        event_listeners=listeners or [],
+        appname="igsync",
+    )
+
+
+class Store:
+    """MongoDB for one process: client, database, repositories."""
+
+    def __init__(
+        self,
+        url: str,
+        db_name: str,
+        *,
+        timeout_ms: int = 5000,
+        webhook_events_ttl_days: int = 7,
+        listeners: list[monitoring.CommandListener] | None = None,
+    ) -> None:
+        self.client = mongo_client(url, timeout_ms=timeout_ms, listeners=listeners)
+        self.db = self.client[db_name]
+        self.channels = ChannelRepository(self.db)
+        self.customers = CustomerRepository(self.db)
+        self.conversations = ConversationRepository(self.db)
+        self.messages = MessageRepository(self.db)
+        self.tokens = TokenRepository(self.db)
+        self.webhook_events = WebhookEventRepository(self.db, ttl_days=webhook_events_ttl_days)
+        self.repositories: list[Any] = [
+            self.channels,
+            self.customers,
+            self.conversations,
+            self.messages,
+            self.tokens,
+            self.webhook_events,
+        ]
+
+    async def ensure_indexes(self) -> None:
+        """Create every index idempotently (safe at every start, from every process)."""
+        for repo in self.repositories:
+            await repo.ensure_indexes()
+
+    async def ping(self) -> bool:
+        await self.db.command("ping")
+        return True
+
+    async def server_version(self) -> str:
+        info = await self.client.admin.command("buildInfo")
+        return str(info.get("version", "unknown"))
+
+    async def close(self) -> None:
+        await self.client.close()

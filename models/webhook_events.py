@@ -1,0 +1,61 @@
+"""The ``webhook_events`` collection: raw, signature-verified webhook bodies for audit and replay.
+
+Kept for ``webhook_events_ttl_days`` by a TTL index. The body is stored as the exact bytes
+Meta signed, so ``igsync replay`` re-runs precisely what arrived.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from bson import Binary, ObjectId
+from pymongo import ASCENDING, DESCENDING
+from pymongo.asynchronous.database import AsyncDatabase
+
+from models.timeutil import utcnow
+
+
+class WebhookEventRepository:
+    def __init__(self, db: AsyncDatabase, *, ttl_days: int = 7) -> None:
+        self.coll = db["webhook_events"]
+        self.ttl_secs = ttl_days * 86400
+
+    async def ensure_indexes(self) -> None:
+        await self.coll.create_index(
+            [("received_at", ASCENDING)], expireAfterSeconds=self.ttl_secs, name="received_at_ttl"
+        )
+        await self.coll.create_index([("account_ids", ASCENDING), ("received_at", DESCENDING)], name="account_received")
+
+    async def record(
+        self, body: bytes, account_ids: list[str], received_at: dt.datetime, results: list[dict[str, Any]]
+    ) -> ObjectId:
+        """One insert per webhook, written after its items were processed, with their results.
+
+        Written once at the end (not before and updated after) to keep the hot path at one
+        audit round trip per request.
+        """
+        doc = {
+            "body": Binary(body),
+            "account_ids": account_ids,
+            "signature_verified": True,
+            "received_at": received_at,
+            "processed_at": utcnow(),
+            "results": results,
+        }
+        result = await self.coll.insert_one(doc)
+        return result.inserted_id
+
+    def iterate(self, *, since: dt.datetime | None = None, account_id: str | None = None) -> Any:
+        query: dict[str, Any] = {}
+        if since is not None:
+            query["received_at"] = {"$gte": since}
+        if account_id is not None:
+            query["account_ids"] = account_id
+        return self.coll.find(query).sort("received_at", ASCENDING)
+
+    async def last_received(self, account_ids: list[str]) -> dt.datetime | None:
+        doc = await self.coll.find_one(
+            {"account_ids": {"$in": account_ids}}, {"received_at": 1}, sort=[("received_at", DESCENDING)]
+        )
+        return None if doc is None else doc["received_at"]
