@@ -16,6 +16,7 @@ from pymongo import AsyncMongoClient, monitoring
 from models.channels import ChannelRepository
 from models.conversations import ConversationRepository
 from models.customers import CustomerRepository
+from models.echo_pairs import EchoPairRepository
 from models.messages import MessageRepository
 from models.tokens import TokenRepository
 from models.webhook_events import WebhookEventRepository
@@ -60,6 +61,7 @@ class Store:
         self.messages = MessageRepository(self.db)
         self.tokens = TokenRepository(self.db)
         self.webhook_events = WebhookEventRepository(self.db, ttl_days=webhook_events_ttl_days)
+        self.echo_pairs = EchoPairRepository(self.db)
         self.repositories: list[Any] = [
             self.channels,
             self.customers,
@@ -67,6 +69,7 @@ class Store:
             self.messages,
             self.tokens,
             self.webhook_events,
+            self.echo_pairs,
         ]
 
     async def ensure_indexes(self) -> None:

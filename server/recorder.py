@@ -25,7 +25,7 @@ from typing import Any, Protocol
 from pymongo.errors import DuplicateKeyError
 
 from models.conversations import STATUS_NEEDS_REPLY
-from models.messages import TYPE_CUSTOMER
+from models.messages import TYPE_CUSTOMER, collision_fields
 from models.store import Store
 from server import events as ev
 
@@ -58,7 +58,7 @@ class MessageRecorder:
         try:
             await self.store.messages.insert(message)
         except DuplicateKeyError as exc:
-            if "mids" not in str(exc.details or exc):
+            if "mids" not in collision_fields(exc):
                 raise
             return await self._repair(message, received_at)
         await self.run_hooks(message)
@@ -75,6 +75,11 @@ class MessageRecorder:
             # The index said "exists" but the read does not see it: the other writer's insert
             # is not visible yet (or was rolled back). Let the caller retry via 503/redelivery.
             raise DuplicateKeyError("message with this mid is not readable yet")
+        return await self.complete(existing, received_at=received_at)
+
+    async def complete(self, existing: dict[str, Any], *, received_at: float) -> Recorded:
+        """A message found already stored: finish steps 2–5 if its conversation has not seen it
+        (a half-written attempt), else nothing. Always ``duplicate=True``."""
         conversation = await self.store.conversations.get(existing["conversation_id"])
         if conversation is not None and existing["_id"] not in (conversation.get("recent_message_ids") or []):
             log.info("repairing a half-written message mid=%s", existing.get("mid"))
