@@ -17,9 +17,11 @@ import redis.asyncio as aioredis
 from config import Settings
 from models.store import Store
 from server.auth import Authenticator
+from server.dedup import EchoDedup, EchoPairing, SentMarks
 from server.events import EventSink, NullSink
 from server.inbox_api import InboxService
 from server.ingest import IngestPipeline
+from server.marksent import MarkSentService
 from server.metrics import Metrics
 from server.recorder import MessageRecorder
 from server.threads import ChannelCache, ThreadResolver
@@ -53,6 +55,9 @@ class Core:
     auth: Authenticator
     inbox: InboxService
     sink: EventSink
+    # Echo dedup (webhook side) and mark-sent (sender side): server/dedup.py, server/marksent.py.
+    dedup: EchoDedup | None = None
+    marksent: MarkSentService | None = None
     # Background services with start()/stop() (realtime hub, workers); started by serve.
     services: list[Any] = field(default_factory=list)
 
@@ -108,6 +113,15 @@ async def build_core(
     channels = ChannelCache(store, ttl_secs=settings.channel_cache_secs)
     threads = ThreadResolver(store)
     recorder = MessageRecorder(store, sink)
+    # Dedup hints get their own Redis client with a short timeout: a slow Redis is skipped,
+    # never waited for (MongoDB decides alone, P4).
+    marks = SentMarks(
+        redis_client(settings.redis_url, timeout_ms=settings.dedup_redis_timeout_ms),
+        metrics,
+        ttl_secs=settings.dedup_ttl_secs,
+    )
+    pairing = EchoPairing(store.echo_pairs, window_secs=settings.dedup_window_secs)
+    dedup = EchoDedup(store, recorder, pairing, marks, metrics)
     pipeline = IngestPipeline(
         store=store,
         app_secret=settings.app_secret or "",
@@ -115,6 +129,7 @@ async def build_core(
         threads=threads,
         recorder=recorder,
         metrics=metrics,
+        owner_messages=dedup,
     )
     auth = Authenticator(
         store,
@@ -123,6 +138,17 @@ async def build_core(
         metrics_token=settings.metrics_token,
     )
     inbox = InboxService(store, channels)
+    marksent = MarkSentService(
+        store=store,
+        auth=auth,
+        channels=channels,
+        threads=threads,
+        recorder=recorder,
+        pairing=pairing,
+        marks=marks,
+        metrics=metrics,
+        new_customer_hooks=pipeline.new_customer_hooks,
+    )
     return Core(
         settings=settings,
         store=store,
@@ -135,4 +161,7 @@ async def build_core(
         auth=auth,
         inbox=inbox,
         sink=sink,
+        dedup=dedup,
+        marksent=marksent,
+        services=[marks],
     )

@@ -161,21 +161,20 @@ class EchoPairing:
         return dt.datetime.fromtimestamp(now + 2 * self.window_secs, tz=dt.UTC)
 
     async def register_echo(self, conversation_id: ObjectId, content_hash: str, mid: str) -> EchoMatch:
-        now = self.clock()
+        # The clock is read inside the decision: ``at`` is the time of the attempt that won.
         return await self.repo.transact(
             pair_document_key(conversation_id, content_hash),
-            lambda doc: register_echo(doc, mid, now=now, window_secs=self.window_secs),
-            expires_at=self._expiry(now),
+            lambda doc: register_echo(doc, mid, now=self.clock(), window_secs=self.window_secs),
+            expires_at=self._expiry(self.clock()),
         )
 
     async def register_send(
         self, conversation_id: ObjectId, content_hash: str, send_id: str, mids: list[str]
     ) -> SendMatch:
-        now = self.clock()
         return await self.repo.transact(
             pair_document_key(conversation_id, content_hash),
-            lambda doc: register_send(doc, send_id, mids, now=now, window_secs=self.window_secs),
-            expires_at=self._expiry(now),
+            lambda doc: register_send(doc, send_id, mids, now=self.clock(), window_secs=self.window_secs),
+            expires_at=self._expiry(self.clock()),
         )
 
 
