@@ -27,7 +27,7 @@ from typing import Any
 
 from tornado.httpclient import HTTPResponse
 
-from tests.helpers import ACCOUNT_ID, INTERNAL_TOKEN, Client, body_of, echo_item, messaging_body
+from tests.helpers import ACCOUNT_ID, INTERNAL_TOKEN, Client, body_of, echo_item, messaging_body, text_item
 
 TEXTS = ("ok", "Thanks! 🙏", "Your order shipped.", "Olá, tudo bem?", "See you at 9")
 MAX_OFFSET_SECS = 0.5
@@ -123,12 +123,18 @@ class Tally:
     mark_sent: Counter = field(default_factory=Counter)
     stored: int = 0
     failures: list[str] = field(default_factory=list)
+    # Seconds per request by kind: mark_sent, echo (owner webhooks), customer (baseline webhooks).
+    latencies: dict[str, list[float]] = field(default_factory=lambda: {"mark_sent": [], "echo": [], "customer": []})
 
 
-async def _attempts(call: Callable[[], Awaitable[HTTPResponse]], tally: Tally, what: str) -> HTTPResponse | None:
+async def _attempts(
+    call: Callable[[], Awaitable[HTTPResponse]], tally: Tally, what: str, kind: str
+) -> HTTPResponse | None:
     for attempt in range(MAX_ATTEMPTS):
         tally.requests += 1
+        started = time.perf_counter()
         response = await call()
+        tally.latencies[kind].append(time.perf_counter() - started)
         if response.code < 500 and response.code != 599:
             return response
         tally.retries += 1
@@ -137,8 +143,14 @@ async def _attempts(call: Callable[[], Awaitable[HTTPResponse]], tally: Tally, w
     return None
 
 
-async def run_trial(trial: Trial, clients: list[Client], tally: Tally) -> None:
+async def run_trial(trial: Trial, clients: list[Client], tally: Tally, *, as_customer: bool = False) -> None:
+    """Play one trial. ``as_customer``: the baseline — the same schedule with every request a plain
+    customer message instead (no dedup on its path)."""
+
     async def mark_sent(send: SendPlan) -> None:
+        if as_customer:
+            await deliver(f"{send.echo_mid}c", send.call)
+            return
         await asyncio.sleep(send.call.at)
         body: dict[str, Any] = {
             "account_id": ACCOUNT_ID,
@@ -154,6 +166,7 @@ async def run_trial(trial: Trial, clients: list[Client], tally: Tally) -> None:
             lambda: client.post("/api/v1/messages/mark-sent", body, token=INTERNAL_TOKEN),
             tally,
             f"trial {trial.index} mark-sent {send.client_message_id}",
+            "mark_sent",
         )
         if response is None:
             return
@@ -165,9 +178,13 @@ async def run_trial(trial: Trial, clients: list[Client], tally: Tally) -> None:
 
     async def deliver(mid: str, delivery: Delivery) -> None:
         await asyncio.sleep(delivery.at)
-        raw = messaging_body(echo_item(mid, trial.text, customer=trial.customer))
+        if as_customer:
+            raw = messaging_body(text_item(mid, trial.text, sender=trial.customer))
+        else:
+            raw = messaging_body(echo_item(mid, trial.text, customer=trial.customer))
         client = clients[delivery.process]
-        response = await _attempts(lambda: client.webhook(raw), tally, f"trial {trial.index} webhook {mid}")
+        kind = "customer" if as_customer else "echo"
+        response = await _attempts(lambda: client.webhook(raw), tally, f"trial {trial.index} webhook {mid}", kind)
         if response is None:
             return
         if response.code != 200:
@@ -196,6 +213,7 @@ async def run_trials(
     stop_redis: Callable[[], None] | None = None,
     start_redis: Callable[[], None] | None = None,
     progress: Callable[[int, float], None] | None = None,
+    as_customer: bool = False,
 ) -> Tally:
     """Trials in concurrent batches; with ``redis_down_every=3``, Redis is stopped for batches 0, 3,
     6… (and started again after each: the next batch runs on a restarted, empty Redis — P4 "after a
@@ -210,7 +228,7 @@ async def run_trials(
         for trial in batch:
             trial.redis_down = down
         try:
-            await asyncio.gather(*[run_trial(t, clients, tally) for t in batch])
+            await asyncio.gather(*[run_trial(t, clients, tally, as_customer=as_customer) for t in batch])
         finally:
             if down and start_redis is not None:
                 start_redis()
