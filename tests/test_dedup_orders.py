@@ -289,3 +289,52 @@ async def test_redis_down_keeps_p1_to_p3(stores: EmbeddedStores, server, client,
     ok_body(await mark_sent(client, "after restart", mids=[after := new_mid()]))
     assert dup_layer(await echo(client, after, "after restart")) == "mid"
     assert await server.core.redis.ping()
+
+
+async def test_the_pairing_survives_an_igsync_restart(settings) -> None:
+    """P4 "after a restart too": the decision state is in MongoDB, not in the process."""
+    first = await start_server(settings)
+    await connect_tenant(first.client)
+    ok_body(await mark_sent(first.client, "before restart"))
+    early = new_mid()
+    ok_body(await echo(first.client, early, "echo first"))
+    await stop_server(first, drop=False)
+    await first.core.redis.flushdb()  # and Redis lost everything meanwhile
+
+    second = await start_server(settings)
+    try:
+        assert dup_layer(await echo(second.client, new_mid(), "before restart")) == "database"
+        adopted = await mark_sent(second.client, "echo first")
+        assert adopted.code == 200 and body_of(adopted)["adopted"] is True
+        assert len(await stored_messages(second.core.store.db)) == 2
+    finally:
+        await stop_server(second)
+
+
+async def test_a_hanging_redis_is_skipped_not_waited_for(settings) -> None:
+    """A Redis that accepts connections but never answers: the short dedup timeout gives up,
+    the error is counted, and MongoDB alone decides (P4)."""
+    connections = []
+
+    async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(writer)
+        await reader.read()  # never answers
+
+    blackhole = await asyncio.start_server(swallow, "127.0.0.1", 0)
+    port = blackhole.sockets[0].getsockname()[1]
+    running = await start_server(settings.replace(redis_url=f"redis://127.0.0.1:{port}/0"))
+    try:
+        client = running.client
+        await connect_tenant(client)
+        ok_body(await mark_sent(client, "hang on"))
+        assert dup_layer(await echo(client, new_mid(), "hang on")) == "database"
+        early = new_mid()
+        ok_body(await echo(client, early, "later"))
+        assert body_of(await mark_sent(client, "later"))["adopted"] is True
+        assert sample(running.core.metrics, "igsync_store_errors_total", store="redis") >= 1
+        assert connections, "the dedup hints did try Redis"
+    finally:
+        await stop_server(running)
+        for writer in connections:
+            writer.close()
+        blackhole.close()
