@@ -359,8 +359,10 @@ class EchoDedup:
                     continue
                 return await self.recorder.complete(holder, received_at=received_at), LAYER_MID
             if holder is not None:
-                # The send's own message, or (a concurrent twin of this echo stored it) the echo's.
-                return Recorded(holder, None, duplicate=True), (LAYER_MID if is_native_looking(holder) else layer)
+                # The send's own message, or (a concurrent twin of this echo stored it) the echo's;
+                # finished here if its writer stopped half-way (conversation not updated yet).
+                recorded = await self.recorder.complete(holder, received_at=received_at)
+                return recorded, (LAYER_MID if is_native_looking(holder) else layer)
             try:
                 recorded = await self.recorder.record({**message, "pair_key": send_id}, received_at=received_at)
             except DuplicateKeyError:

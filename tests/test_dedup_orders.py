@@ -16,6 +16,8 @@ import pytest
 from server.dedup import sent_message_key
 from server.embedded import EmbeddedStores
 from server.events import RecordingSink
+from server.ingest import content_hash
+from server.marksent import outbound_message
 from tests.conftest import RunningServer, connect_tenant, start_server, stop_server
 from tests.dedup_helpers import (
     conversation_of,
@@ -338,3 +340,20 @@ async def test_a_hanging_redis_is_skipped_not_waited_for(settings) -> None:
         for writer in connections:
             writer.close()
         blackhole.close()
+
+
+async def test_an_echo_finishes_a_mark_sent_cut_short_after_its_insert(server, client, tenant) -> None:
+    """mark-sent registered and inserted, then died before updating the conversation (a crash,
+    MongoDB gone): its echo completes the write instead of leaving the conversation behind."""
+    core = server.core
+    data = {"account_id": ACCOUNT_ID, "customer_instagram_id": CUSTOMER_A, "content": "cut short", "type": "AI"}
+    data = {**data, "message_type": "text", "mids": [], "client_message_id": None, "media_url": None}
+    target = await core.marksent.resolve_target(data)
+    await core.marksent.pairing.register_send(target.conversation_id, content_hash("cut short"), "s:crash", [])
+    doc = outbound_message(data, target, "s:crash", [], [])
+    await core.store.messages.insert(doc)  # ... and the process died here
+
+    assert dup_layer(await echo(client, new_mid(), "cut short")) == "database"
+    conversation = await conversation_of(core.store.db)
+    assert conversation["recent_message_ids"] == [doc["_id"]] and conversation["status"] == "answered"
+    assert conversation["last_message"]["id"] == doc["_id"]
