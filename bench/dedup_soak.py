@@ -34,14 +34,22 @@ from bson import ObjectId  # noqa: E402
 from config import Settings  # noqa: E402
 from models.store import mongo_client  # noqa: E402
 from server.embedded import EmbeddedStores, free_port  # noqa: E402
-from tests.dedup_harness import Tally, check_trials, plan_trials, run_trials, seed_design_outcome  # noqa: E402
+from tests.dedup_harness import (  # noqa: E402
+    Tally,
+    WideClient,
+    check_trials,
+    plan_trials,
+    redeliver_everything,
+    run_trials,
+    seed_design_outcome,
+    store_failures,
+)
 from tests.helpers import (  # noqa: E402
     ACCOUNT_ID,
     ADMIN_TOKEN,
     APP_SECRET,
     INTERNAL_TOKEN,
     VERIFY_TOKEN,
-    Client,
     ServerProcessHandle,
     body_of,
     server_env,
@@ -83,7 +91,7 @@ async def soak(args: argparse.Namespace) -> int:
             )
             for i in range(args.processes)
         ]
-        clients = [Client(p.base_url) for p in processes]
+        clients = [WideClient(p.base_url) for p in processes]
         db_client = mongo_client(settings.mongo_url)
         try:
             for process in processes:
@@ -118,7 +126,10 @@ async def soak(args: argparse.Namespace) -> int:
             )
             elapsed = time.monotonic() - started
             problems = await check_trials(db_client[settings.mongo_db], trials, channel_id)
+            problems += await redeliver_everything(trials, clients, tally)
+            problems += await check_trials(db_client[settings.mongo_db], trials, channel_id)
             report(seed, trials, tally, baseline, problems, elapsed)
+            print(f"  503 causes logged by the processes: {dict(store_failures(*(p.output() for p in processes)))}")
             return 1 if problems or tally.failures else 0
         finally:
             for process in processes:
@@ -131,6 +142,7 @@ async def soak(args: argparse.Namespace) -> int:
 
 def report(seed: int, trials: list, tally: Tally, baseline: Tally, problems: list[str], elapsed: float) -> None:
     sends = sum(len(t.sends) for t in trials)
+    sender_retries = sum(1 for t in trials for s in t.sends if s.retry is not None)
     natives = sum(len(t.natives) for t in trials)
     with_mids = sum(len(t.sends) for t in trials if t.sends[0].with_mids)
     down = sum(t.redis_down for t in trials)
@@ -138,8 +150,14 @@ def report(seed: int, trials: list, tally: Tally, baseline: Tally, problems: lis
     echo, mark, base = tally.latencies["echo"], tally.latencies["mark_sent"], baseline.latencies["customer"]
     print()
     print(f"igsync dedup soak: {len(trials)} trials, seed {seed}, {down} with Redis down, {elapsed:.0f} s")
-    print(f"  schedule: {sends} mark-sent calls ({with_mids} with mids), {natives} Instagram-app messages")
-    print(f"  requests: {tally.requests} ({len(mark)} mark-sent, {len(echo)} webhooks), retries {tally.retries}")
+    print(
+        f"  schedule: {sends} sends ({with_mids} with mids, {sender_retries} called twice), "
+        f"{natives} Instagram-app messages"
+    )
+    retries = f"retries {tally.retries} {dict(tally.retry_reasons)}"
+    print(
+        f"  requests: {tally.requests} ({len(mark)} mark-sent, {len(echo)} webhooks incl. late redeliveries), {retries}"
+    )
     print(f"  webhooks: stored {tally.stored}, duplicates {dict(sorted(tally.layers.items()))}")
     print(f"  mark-sent: {dict(sorted(tally.mark_sent.items()))}")
     print(f"  violations: {len(problems)} (request failures: {len(tally.failures)})")

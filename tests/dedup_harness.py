@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from tornado.httpclient import HTTPResponse
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPResponse
 
 from tests.helpers import ACCOUNT_ID, INTERNAL_TOKEN, Client, body_of, echo_item, messaging_body, text_item
 
@@ -33,6 +34,18 @@ TEXTS = ("ok", "Thanks! 🙏", "Your order shipped.", "Olá, tudo bem?", "See yo
 MAX_OFFSET_SECS = 0.5
 # Meta redelivers after a 5xx, senders retry (same client_message_id): both emulated.
 MAX_ATTEMPTS = 6
+# A whole batch in flight at once: Tornado's client defaults to 10, which would queue (and so
+# serialize) the very interleavings under test.
+MAX_IN_FLIGHT = 512
+
+
+class WideClient(Client):
+    """The tests' HTTP client with room for every request of a batch in flight."""
+
+    def __init__(self, base_url: str) -> None:
+        super().__init__(base_url)
+        self.http.close()
+        self.http = AsyncHTTPClient(force_instance=True, max_clients=MAX_IN_FLIGHT)
 
 
 @dataclass
@@ -49,6 +62,7 @@ class SendPlan:
     with_mids: bool
     call: Delivery
     echoes: list[Delivery]  # the echo, then its 0–3 redeliveries
+    retry: Delivery | None = None  # the sender calling again (same client_message_id)
 
 
 @dataclass
@@ -70,9 +84,10 @@ class Trial:
         parts = [f"trial {self.index} customer={self.customer} text={self.text!r} redis_down={self.redis_down}"]
         for s in self.sends:
             echoes = ", ".join(f"{d.at:.3f}@p{d.process}" for d in s.echoes)
+            retry = f" retry={s.retry.at:.3f}@p{s.retry.process}" if s.retry else ""
             parts.append(
                 f"  send {s.client_message_id} {s.type} mids={s.with_mids} call={s.call.at:.3f}@p{s.call.process}"
-                f" echo {s.echo_mid[-8:]}: {echoes}"
+                f"{retry} echo {s.echo_mid[-8:]}: {echoes}"
             )
         for n in self.natives:
             parts.append(f"  native {n.mid[-8:]}: " + ", ".join(f"{d.at:.3f}@p{d.process}" for d in n.deliveries))
@@ -103,6 +118,11 @@ def plan_trials(seed: int, count: int, *, processes: int = 2) -> list[Trial]:
                     with_mids=with_mids,
                     call=Delivery(rng.uniform(0, MAX_OFFSET_SECS), rng.randrange(processes)),
                     echoes=deliveries(rng.uniform(0, MAX_OFFSET_SECS)),
+                    retry=(
+                        Delivery(rng.uniform(0, MAX_OFFSET_SECS + 0.2), rng.randrange(processes))
+                        if rng.random() < 0.2
+                        else None
+                    ),
                 )
             )
         natives = [
@@ -125,6 +145,7 @@ class Tally:
     failures: list[str] = field(default_factory=list)
     # Seconds per request by kind: mark_sent, echo (owner webhooks), customer (baseline webhooks).
     latencies: dict[str, list[float]] = field(default_factory=lambda: {"mark_sent": [], "echo": [], "customer": []})
+    retry_reasons: Counter = field(default_factory=Counter)
 
 
 async def _attempts(
@@ -132,12 +153,19 @@ async def _attempts(
 ) -> HTTPResponse | None:
     for attempt in range(MAX_ATTEMPTS):
         tally.requests += 1
-        started = time.perf_counter()
-        response = await call()
-        tally.latencies[kind].append(time.perf_counter() - started)
-        if response.code < 500 and response.code != 599:
-            return response
+        try:
+            response = await call()
+        except (HTTPClientError, OSError) as exc:  # no answer at all: retried like a 5xx
+            response = None
+            error = type(exc).__name__
+        else:
+            # request_time: on the wire, without the client's own queue.
+            tally.latencies[kind].append(response.request_time)
+            if response.code < 500:
+                return response
+            error = str(response.code)
         tally.retries += 1
+        tally.retry_reasons[error] += 1
         await asyncio.sleep(0.05 * (attempt + 1))  # the retrier's backoff (Meta / the sender)
     tally.failures.append(f"{what}: no 2xx after {MAX_ATTEMPTS} attempts")
     return None
@@ -147,11 +175,11 @@ async def run_trial(trial: Trial, clients: list[Client], tally: Tally, *, as_cus
     """Play one trial. ``as_customer``: the baseline — the same schedule with every request a plain
     customer message instead (no dedup on its path)."""
 
-    async def mark_sent(send: SendPlan) -> None:
+    async def mark_sent(send: SendPlan, call: Delivery) -> None:
         if as_customer:
-            await deliver(f"{send.echo_mid}c", send.call)
+            await deliver(f"{send.echo_mid}c{call.at}", call)
             return
-        await asyncio.sleep(send.call.at)
+        await asyncio.sleep(call.at)
         body: dict[str, Any] = {
             "account_id": ACCOUNT_ID,
             "customer_instagram_id": trial.customer,
@@ -161,7 +189,7 @@ async def run_trial(trial: Trial, clients: list[Client], tally: Tally, *, as_cus
         }
         if send.with_mids:
             body["mids"] = [send.echo_mid]
-        client = clients[send.call.process]
+        client = clients[call.process]
         response = await _attempts(
             lambda: client.post("/api/v1/messages/mark-sent", body, token=INTERNAL_TOKEN),
             tally,
@@ -198,7 +226,8 @@ async def run_trial(trial: Trial, clients: list[Client], tally: Tally, *, as_cus
         else:
             tally.failures.append(f"trial {trial.index} webhook answered {answer!r}")
 
-    jobs = [mark_sent(s) for s in trial.sends]
+    jobs = [mark_sent(s, s.call) for s in trial.sends]
+    jobs += [mark_sent(s, s.retry) for s in trial.sends if s.retry is not None]
     jobs += [deliver(s.echo_mid, d) for s in trial.sends for d in s.echoes]
     jobs += [deliver(n.mid, d) for n in trial.natives for d in n.deliveries]
     await asyncio.gather(*jobs)
@@ -235,6 +264,27 @@ async def run_trials(
         if progress is not None:
             progress(first + len(batch), time.monotonic() - started)
     return tally
+
+
+async def redeliver_everything(trials: list[Trial], clients: list[Client], tally: Tally) -> list[str]:
+    """Meta redelivers for up to 36 hours: once everything settled, every mid again, to any
+    process. Each must be a ``mid`` duplicate; nothing may change."""
+    problems: list[str] = []
+
+    async def again(trial: Trial, mid: str, process: int) -> None:
+        raw = messaging_body(echo_item(mid, trial.text, customer=trial.customer))
+        response = await _attempts(lambda: clients[process].webhook(raw), tally, f"late redelivery {mid}", "echo")
+        answer = body_of(response) if response is not None and response.code == 200 else None
+        if answer is None or answer.get("layer") != "mid":
+            problems.append(f"trial {trial.index}: late redelivery of {mid[-8:]} answered {answer!r}")
+
+    jobs = []
+    for trial in trials:
+        mids = [s.echo_mid for s in trial.sends] + [n.mid for n in trial.natives]
+        jobs += [again(trial, mid, (trial.index + k) % len(clients)) for k, mid in enumerate(mids)]
+    for first in range(0, len(jobs), 200):
+        await asyncio.gather(*jobs[first : first + 200])
+    return problems
 
 
 async def check_trials(db: Any, trials: list[Trial], channel_id: Any) -> list[str]:
@@ -297,6 +347,18 @@ def _check_one(trial: Trial, conversation: dict[str, Any], messages: list[dict[s
     if sorted(map(str, applied)) != sorted(str(m["_id"]) for m in messages):
         out.append(f"conversation applied {len(applied)} ids for {len(messages)} messages")
     return out
+
+
+_STORE_FAILURE = re.compile(r"(?:MongoDB failed[^(]*|kept changing)\(?(\w*)")
+
+
+def store_failures(*log_texts: str) -> Counter:
+    """Why the processes answered 503 (each is retried, as Meta and the client do), by cause."""
+    found: Counter = Counter()
+    for text in log_texts:
+        for match in _STORE_FAILURE.finditer(text):
+            found[match.group(1) or "EchoPairContention"] += 1
+    return found
 
 
 def seed_design_outcome(trial: Trial) -> tuple[int, int]:

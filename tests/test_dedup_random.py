@@ -15,8 +15,18 @@ from bson import ObjectId
 from models.store import mongo_client
 from server.embedded import EmbeddedStores, free_port
 from tests.conftest import make_settings
-from tests.dedup_harness import Delivery, NativePlan, check_trials, plan_trials, run_trials, seed_design_outcome
-from tests.helpers import ACCOUNT_ID, ADMIN_TOKEN, Client, ServerProcessHandle, body_of, server_env
+from tests.dedup_harness import (
+    Delivery,
+    NativePlan,
+    WideClient,
+    check_trials,
+    plan_trials,
+    redeliver_everything,
+    run_trials,
+    seed_design_outcome,
+    store_failures,
+)
+from tests.helpers import ACCOUNT_ID, ADMIN_TOKEN, ServerProcessHandle, body_of, server_env
 
 PROCESSES = 2
 BATCHES = 9  # batches 0, 3 and 6 with Redis stopped: (at least) a third of the trials
@@ -26,6 +36,7 @@ def test_seed_design_model_shows_both_seed_failures() -> None:
     """The comparison model used by the soak benchmark, on the two cases docs/dedup.md names."""
     [trial] = plan_trials(7, 1)
     send = trial.sends[0]
+    send.retry = None
     send.call = Delivery(0.3, 0)
     send.echoes = [Delivery(0.1, 1)]  # the echo beats the mark-sent
     trial.sends, trial.natives = [send], []
@@ -46,7 +57,7 @@ async def test_randomized_interleavings_across_two_processes(stores, tmp_path: P
         ServerProcessHandle(server_env(settings.replace(port=free_port())), tmp_path / f"igsync-{i}.log")
         for i in range(PROCESSES)
     ]
-    clients = [Client(p.base_url) for p in processes]
+    clients = [WideClient(p.base_url) for p in processes]
     db_client = mongo_client(settings.mongo_url)
     try:
         for process in processes:
@@ -68,13 +79,16 @@ async def test_randomized_interleavings_across_two_processes(stores, tmp_path: P
             start_redis=redis.start_redis,
         )
         problems = await check_trials(db_client[settings.mongo_db], trials, channel_id)
+        problems += await redeliver_everything(trials, clients, tally)
+        problems += await check_trials(db_client[settings.mongo_db], trials, channel_id)
         failed = sorted({int(p.split()[1].rstrip(":")) for p in problems if p.startswith("trial ")})
         report = "\n".join(
             [
                 f"seed={seed} (replay: IGSYNC_DEDUP_SEED={seed}), {count} trials, "
                 f"{sum(t.redis_down for t in trials)} with Redis down",
-                f"requests={tally.requests} retries={tally.retries} stored={tally.stored} "
+                f"requests={tally.requests} retries={tally.retries} {dict(tally.retry_reasons)} stored={tally.stored} "
                 f"duplicates={dict(tally.layers)} mark_sent={dict(tally.mark_sent)}",
+                f"503 causes logged: {dict(store_failures(*(p.output() for p in processes)))}",
                 *tally.failures[:20],
                 *problems[:40],
                 *[trials[i].describe() for i in failed[:5]],
@@ -85,7 +99,7 @@ async def test_randomized_interleavings_across_two_processes(stores, tmp_path: P
         assert sum(t.redis_down for t in trials) * 3 >= count
         # Every layer was exercised (cache only while Redis was up).
         assert tally.layers["mid"] and tally.layers["cache"] and tally.layers["database"], report
-        assert tally.mark_sent["adopted"] and tally.mark_sent["created"], report
+        assert tally.mark_sent["adopted"] and tally.mark_sent["created"] and tally.mark_sent["idempotent"], report
     finally:
         for process in processes:
             process.kill()
