@@ -1,20 +1,30 @@
 """The ``messages`` collection: every message of every conversation, stored once.
 
-Uniqueness is the database's job:
+Uniqueness is the database's job, with two unique indexes on *single* fields (compound or
+partial indexes are not used by the embedded server's query planner for these lookups, which
+then scan the collection — measured in ``docs/performance.md``; single-field keys are fast on
+it and on MongoDB alike):
 
-* ``(channel_id, mids)`` — a unique *multikey* index over every Instagram message id a
-  message is known by (its own ``mid``, the Send API ids given to mark-sent, the mid of
-  an echo it absorbed). A redelivered mid, or the echo of a mid given to mark-sent, can
-  therefore never be inserted a second time, in any process: the insert itself fails
-  with ``DuplicateKeyError``.
-* ``(conversation_id, client_message_id)`` — mark-sent's idempotency key.
-* ``(conversation_id, pair_key)`` — one message per send: a mark-sent and the echo paired
-  with it (see :mod:`models.echo_pairs`) both insert with the send's ``pair_key``, so the
-  second of them collides and merges into the first instead of storing a second message.
+* ``mid_keys`` — unique, multikey: ``"<channel_id>:<mid>"`` for every Instagram message id
+  the message is known by (its own ``mid``, the Send API ids given to mark-sent, the mid of an
+  echo it absorbed). A redelivered mid, or the echo of a mid given to mark-sent, can never be
+  inserted a second time, in any process: the insert itself fails with ``DuplicateKeyError``.
+  Qualified by channel because the same mid legitimately reaches two connected accounts that
+  message each other. A message with no Instagram id yet gets a local key, so that every
+  document has at least one (an empty array would collide in a unique index).
+* ``client_key`` — unique, sparse: ``"<conversation_id>:<client_message_id>"``, mark-sent's
+  idempotency key.
+* ``pair_key`` — unique, sparse: ``"<conversation_id>:<send_id>"``, one message per send: a
+  mark-sent and the echo paired with it (see :mod:`models.echo_pairs`) both insert with the
+  send's ``send_id``, so the second of them collides and merges into the first instead of
+  storing a second message.
 
-A message merged into another one (the extra echo of a multi-mid send that arrived before
-its mark-sent) stays as a hidden tombstone with ``merged_into`` set: it keeps its mids, so
-a redelivery of that echo still collides, and listings skip it.
+A message merged into another one (the extra echo of a multi-mid send that arrived before its
+mark-sent) stays as a hidden tombstone with ``merged_into`` set: it keeps its mid keys, so a
+redelivery of that echo still collides, and listings skip it.
+
+``mids`` keeps the raw Instagram ids for people and the API; the repository derives the keys
+from it (and ``pair_key`` from ``send_id``) on every write, so callers never build them.
 """
 
 from __future__ import annotations
@@ -23,9 +33,11 @@ import datetime as dt
 from typing import Any
 
 from bson import ObjectId
-from pymongo import ASCENDING, DESCENDING, ReturnDocument
+from pymongo import ASCENDING, DESCENDING
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import DuplicateKeyError
+
+from models.atomic import update_get
+from models.group_commit import GroupInserter
 
 TYPE_CUSTOMER = "customer"
 TYPE_SUPPORT = "support"
@@ -34,135 +46,177 @@ OUTBOUND_TYPES = (TYPE_SUPPORT, TYPE_AI)
 # What an owner message typed in the Instagram app looks like (ingest stores echoes so);
 # only such a message may be adopted by a mark-sent.
 SOURCE_INSTAGRAM_APP = "instagram_direct"
+# Rows sharing the anchor's millisecond that a page can step over (see ``page``).
+_TIE_SLACK = 20
 
 
-def collision_fields(exc: DuplicateKeyError) -> set[str]:
-    """The fields of the unique index a write collided on (``{"channel_id", "mids"}``…).
+def mid_key(channel_id: ObjectId, mid: str) -> str:
+    return f"{channel_id}:{mid}"
 
-    From the server's ``keyPattern``; servers that omit it name the index in ``errmsg``.
-    """
-    details = exc.details or {}
-    pattern = details.get("keyPattern")
-    if isinstance(pattern, dict) and pattern:
-        return set(pattern)
-    text = str(details.get("errmsg") or exc)
-    for index, fields in (
-        ("channel_mids_unique", {"channel_id", "mids"}),
-        ("conversation_client_message_id_unique", {"conversation_id", "client_message_id"}),
-        ("conversation_pair_key_unique", {"conversation_id", "pair_key"}),
-    ):
-        if index in text:
-            return fields
-    return {"_id"} if "_id_" in text else set()
+
+def client_key(conversation_id: ObjectId, client_message_id: str) -> str:
+    return f"{conversation_id}:{client_message_id}"
+
+
+def pair_key(conversation_id: ObjectId, send_id: str) -> str:
+    return f"{conversation_id}:{send_id}"
+
+
+def with_keys(doc: dict[str, Any]) -> dict[str, Any]:
+    """Fill ``mid_keys``, ``client_key`` and ``pair_key`` from ``mids``, ``client_message_id``
+    and ``send_id``."""
+    mids = [m for m in doc.get("mids") or [] if m]
+    keys = [mid_key(doc["channel_id"], m) for m in mids]
+    doc["mid_keys"] = keys or [mid_key(doc["channel_id"], f"local:{doc['_id']}")]
+    if doc.get("client_message_id"):
+        doc["client_key"] = client_key(doc["conversation_id"], doc["client_message_id"])
+    if doc.get("send_id"):
+        doc["pair_key"] = pair_key(doc["conversation_id"], doc["send_id"])
+    return doc
+
+
+_KEY_INDEXES = {"mid_keys_unique": "mid_keys", "client_key_unique": "client_key", "pair_key_unique": "pair_key"}
+
+
+def conflict_key(exc: Exception) -> str | None:
+    """Which unique key a ``DuplicateKeyError`` was raised by: ``mid_keys``, ``client_key``,
+    ``pair_key`` (or ``_id``). From the server's ``keyPattern``, else the index *name* in the
+    message — never a substring of the key's value, which can hold a caller's id."""
+    details = getattr(exc, "details", None) or {}
+    pattern = details.get("keyPattern") or {}
+    if pattern:
+        return next(iter(pattern))
+    text = str(details.get("errmsg", exc))
+    for index, key in _KEY_INDEXES.items():
+        if f"index: {index}" in text:
+            return key
+    return "_id" if "index: _id_" in text else None
+
+
+def is_mid_conflict(exc: Exception) -> bool:
+    """Whether a ``DuplicateKeyError`` was raised by the mid index (not the client key)."""
+    return conflict_key(exc) == "mid_keys"
 
 
 class MessageRepository:
     def __init__(self, db: AsyncDatabase) -> None:
         self.coll = db["messages"]
+        self._inserter = GroupInserter(self.coll)
 
     async def ensure_indexes(self) -> None:
-        await self.coll.create_index(
-            [("channel_id", ASCENDING), ("mids", ASCENDING)],
-            unique=True,
-            partialFilterExpression={"mids": {"$type": "string"}},
-            name="channel_mids_unique",
-        )
-        await self.coll.create_index(
-            [("conversation_id", ASCENDING), ("client_message_id", ASCENDING)],
-            unique=True,
-            partialFilterExpression={"client_message_id": {"$type": "string"}},
-            name="conversation_client_message_id_unique",
-        )
-        await self.coll.create_index(
-            [("conversation_id", ASCENDING), ("pair_key", ASCENDING)],
-            unique=True,
-            partialFilterExpression={"pair_key": {"$type": "string"}},
-            name="conversation_pair_key_unique",
-        )
+        await self.coll.create_index([("mid_keys", ASCENDING)], unique=True, name="mid_keys_unique")
+        await self.coll.create_index([("client_key", ASCENDING)], unique=True, sparse=True, name="client_key_unique")
+        await self.coll.create_index([("pair_key", ASCENDING)], unique=True, sparse=True, name="pair_key_unique")
         await self.coll.create_index(
             [("conversation_id", ASCENDING), ("sent_at", ASCENDING), ("_id", ASCENDING)], name="conversation_time"
         )
 
     async def insert(self, doc: dict[str, Any]) -> dict[str, Any]:
-        """Insert; ``DuplicateKeyError`` propagates — it *is* the dedup decision."""
-        await self.coll.insert_one(doc)
+        """Insert (group-committed with concurrent inserts); ``DuplicateKeyError`` propagates —
+        it *is* the dedup decision."""
+        await self._inserter.insert(with_keys(doc))
         return doc
 
     async def get(self, message_id: ObjectId) -> dict[str, Any] | None:
         return await self.coll.find_one({"_id": message_id})
 
     async def find_by_mid(self, channel_id: ObjectId, mid: str) -> dict[str, Any] | None:
-        return await self.coll.find_one({"channel_id": channel_id, "mids": mid})
+        return await self.coll.find_one({"mid_keys": mid_key(channel_id, mid)})
 
     async def find_by_client_message_id(
         self, conversation_id: ObjectId, client_message_id: str
     ) -> dict[str, Any] | None:
-        return await self.coll.find_one({"conversation_id": conversation_id, "client_message_id": client_message_id})
+        return await self.coll.find_one({"client_key": client_key(conversation_id, client_message_id)})
+
+    async def add_mids(self, message: dict[str, Any], mids: list[str]) -> dict[str, Any] | None:
+        """Record more Instagram ids on a message (an absorbed echo, Send API ids); the message after.
+
+        Raises ``DuplicateKeyError`` when one of them already belongs to another message."""
+        keys = [mid_key(message["channel_id"], m) for m in mids]
+        update: dict[str, Any] = {"$addToSet": {"mids": {"$each": mids}, "mid_keys": {"$each": keys}}}
+        if not message.get("mid") and mids:
+            update["$set"] = {"mid": mids[0]}
+        return await update_get(self.coll, {"_id": message["_id"]}, update)
 
     async def find_collisions(
-        self, channel_id: ObjectId, conversation_id: ObjectId, mids: list[str], pair_key: str
+        self, channel_id: ObjectId, conversation_id: ObjectId, mids: list[str], send_id: str
     ) -> list[dict[str, Any]]:
-        """The messages an outbound insert with these mids and this pair_key collided with."""
-        clauses: list[dict[str, Any]] = [{"conversation_id": conversation_id, "pair_key": pair_key}]
-        if mids:
-            clauses.append({"channel_id": channel_id, "mids": {"$in": mids}})
-        return await self.coll.find({"$or": clauses}).sort("_id", ASCENDING).to_list(None)
+        """The messages an outbound insert with these mids and this send collided with (one
+        indexed lookup per key: this runs only after a collision)."""
+        found: dict[Any, dict[str, Any]] = {}
+        queries = [{"pair_key": pair_key(conversation_id, send_id)}]
+        queries += [{"mid_keys": mid_key(channel_id, m)} for m in mids]
+        for query in queries:
+            doc = await self.coll.find_one(query)
+            if doc is not None:
+                found.setdefault(doc["_id"], doc)
+        return sorted(found.values(), key=lambda d: d["_id"])
 
-    async def absorb_mid(self, conversation_id: ObjectId, pair_key: str, mid: str) -> dict[str, Any] | None:
-        """Record an echo's mid on the message of its send (found by ``pair_key``); None if that
-        message does not exist yet. ``DuplicateKeyError`` when another message holds the mid."""
-        return await self.coll.find_one_and_update(
-            {"conversation_id": conversation_id, "pair_key": pair_key},
-            [
-                {
-                    "$set": {
-                        "mids": {"$cond": [{"$in": [mid, "$mids"]}, "$mids", {"$concatArrays": ["$mids", [mid]]}]},
-                        "mid": {"$ifNull": ["$mid", mid]},
-                    }
+    async def absorb_mid(
+        self, channel_id: ObjectId, conversation_id: ObjectId, send_id: str, mid: str
+    ) -> dict[str, Any] | None:
+        """Record an echo's mid on the message of its send; None if that message does not exist
+        yet. ``DuplicateKeyError`` when another message holds the mid."""
+        key = {"pair_key": pair_key(conversation_id, send_id)}
+        new_key = mid_key(channel_id, mid)
+        add = [
+            {
+                "$set": {
+                    "mids": {"$cond": [{"$in": [mid, "$mids"]}, "$mids", {"$concatArrays": ["$mids", [mid]]}]},
+                    "mid_keys": {
+                        "$cond": [
+                            {"$in": [new_key, "$mid_keys"]},
+                            "$mid_keys",
+                            {"$concatArrays": ["$mid_keys", [new_key]]},
+                        ]
+                    },
+                    "mid": {"$ifNull": ["$mid", mid]},
                 }
-            ],
-            return_document=ReturnDocument.AFTER,
-        )
+            }
+        ]
+        return await update_get(self.coll, key, add, key=key)
 
     async def adopt(
-        self, message_id: ObjectId, pair_key: str, fields: dict[str, Any], add_mids: list[str]
+        self, message: dict[str, Any], send_id: str, fields: dict[str, Any], add_mids: list[str]
     ) -> dict[str, Any] | None:
-        """Turn a stored Instagram-app message into the outbound message of send ``pair_key``.
+        """Turn a stored Instagram-app message into the outbound message of send ``send_id``.
 
-        Guarded, so that it happens at most once and only to a native-looking message that is
-        not paired with another send; None when the guard did not match.
+        One guarded update: it matches only while the message still looks native and is not
+        paired with another send, so it happens at most once; None when the guard did not match.
         """
-        update: dict[str, Any] = {"$set": {**fields, "pair_key": pair_key}}
+        conversation_id = message["conversation_id"]
+        own = pair_key(conversation_id, send_id)
+        changes = {**fields, "send_id": send_id, "pair_key": own}
+        if fields.get("client_message_id"):
+            changes["client_key"] = client_key(conversation_id, fields["client_message_id"])
+        update: dict[str, Any] = {"$set": changes}
         if add_mids:
-            update["$addToSet"] = {"mids": {"$each": add_mids}}
-        return await self.coll.find_one_and_update(
-            {
-                "_id": message_id,
-                "source": SOURCE_INSTAGRAM_APP,
-                "type": TYPE_SUPPORT,
-                "merged_into": {"$exists": False},
-                "$or": [{"pair_key": {"$exists": False}}, {"pair_key": None}, {"pair_key": pair_key}],
-            },
-            update,
-            return_document=ReturnDocument.AFTER,
-        )
+            keys = [mid_key(message["channel_id"], m) for m in add_mids]
+            update["$addToSet"] = {"mids": {"$each": add_mids}, "mid_keys": {"$each": keys}}
+        guard = {
+            "_id": message["_id"],
+            "source": SOURCE_INSTAGRAM_APP,
+            "type": TYPE_SUPPORT,
+            "merged_into": {"$exists": False},
+            # Not paired with another send. ``$in`` with None matches a missing field; a
+            # top-level ``$or`` here would make the embedded server scan the collection.
+            "pair_key": {"$in": [None, own]},
+        }
+        return await update_get(self.coll, guard, update)
 
     async def merge_into(self, message_id: ObjectId, primary_id: ObjectId) -> dict[str, Any] | None:
-        """Hide a native-looking message that another message now stands for (keeps its mids)."""
-        return await self.coll.find_one_and_update(
-            {"_id": message_id, "source": SOURCE_INSTAGRAM_APP, "merged_into": {"$exists": False}},
-            {"$set": {"merged_into": primary_id}},
-            return_document=ReturnDocument.AFTER,
-        )
+        """Hide a native-looking message that another message now stands for (keeps its keys)."""
+        guard = {"_id": message_id, "source": SOURCE_INSTAGRAM_APP, "merged_into": {"$exists": False}}
+        return await update_get(self.coll, guard, {"$set": {"merged_into": primary_id}})
 
     async def mark_answered(self, conversation_id: ObjectId, up_to: dt.datetime) -> int:
         """Mark the customer messages sent up to ``up_to`` answered (an owner reply came)."""
         result = await self.coll.update_many(
             {
                 "conversation_id": conversation_id,
+                "sent_at": {"$lte": up_to},
                 "type": TYPE_CUSTOMER,
                 "is_answered": False,
-                "sent_at": {"$lte": up_to},
             },
             {"$set": {"is_answered": True}},
         )
@@ -171,9 +225,7 @@ class MessageRepository:
     async def update(
         self, message_id: ObjectId, update: dict[str, Any], query: dict[str, Any] | None = None
     ) -> dict[str, Any] | None:
-        return await self.coll.find_one_and_update(
-            {"_id": message_id, **(query or {})}, update, return_document=ReturnDocument.AFTER
-        )
+        return await update_get(self.coll, {"_id": message_id, **(query or {})}, update)
 
     async def page(
         self,
@@ -185,35 +237,37 @@ class MessageRepository:
     ) -> tuple[list[dict[str, Any]], bool]:
         """Messages oldest first, and whether more exist in the direction paged.
 
-        ``after``/``before`` are message documents (the anchors). Without ``after`` we page
-        backwards from the newest (or from ``before``), so the query runs newest-first and is
-        reversed; one extra row tells ``has_more`` without a count.
+        ``after``/``before`` are message documents (the anchors); order is (sent_at, _id).
+        Without ``after`` we page backwards from the newest (or from ``before``), so the query
+        runs newest-first and is reversed. The query is one range on ``sent_at`` (served by
+        the compound index); rows tied with an anchor's time are sorted out here, and one extra
+        row tells ``has_more`` without a count.
         """
-        query: dict[str, Any] = {"conversation_id": conversation_id, "merged_into": {"$exists": False}}
-        bounds = []
+        time_range: dict[str, Any] = {}
         if after is not None:
-            bounds.append(_beyond(after, "$gt"))
+            time_range["$gte"] = after["sent_at"]
         if before is not None:
-            bounds.append(_beyond(before, "$lt"))
-        if bounds:
-            query["$and"] = bounds
-        if after is not None:
-            order = [("sent_at", ASCENDING), ("_id", ASCENDING)]
-        else:
-            order = [("sent_at", DESCENDING), ("_id", DESCENDING)]
-        rows = await self.coll.find(query).sort(order).limit(limit + 1).to_list(None)
-        has_more = len(rows) > limit
+            time_range["$lte"] = before["sent_at"]
+        query: dict[str, Any] = {"conversation_id": conversation_id}
+        if time_range:
+            query["sent_at"] = time_range
+        forward = after is not None
+        direction = ASCENDING if forward else DESCENDING
+        slack = _TIE_SLACK if (after is not None or before is not None) else 0
+        fetch = limit + 1 + slack
+        raw = await self.coll.find(query).sort([("sent_at", direction), ("_id", direction)]).limit(fetch).to_list(None)
+        # Merged tombstones (models docstring) are never listed.
+        rows = [r for r in raw if _inside(r, after, before) and "merged_into" not in r]
+        has_more = len(rows) > limit or len(raw) == fetch
         rows = rows[:limit]
-        if after is None:
+        if not forward:
             rows.reverse()
         return rows, has_more
 
 
-def _beyond(anchor: dict[str, Any], op: str) -> dict[str, Any]:
-    """Rows strictly after (``$gt``) or before (``$lt``) ``anchor`` in (sent_at, _id) order."""
-    return {
-        "$or": [
-            {"sent_at": {op: anchor["sent_at"]}},
-            {"sent_at": anchor["sent_at"], "_id": {op: anchor["_id"]}},
-        ]
-    }
+def _inside(row: dict[str, Any], after: dict[str, Any] | None, before: dict[str, Any] | None) -> bool:
+    """Strictly after ``after`` and strictly before ``before`` in (sent_at, _id) order."""
+    key = (row["sent_at"], row["_id"])
+    if after is not None and key <= (after["sent_at"], after["_id"]):
+        return False
+    return before is None or key < (before["sent_at"], before["_id"])

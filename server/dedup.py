@@ -14,9 +14,9 @@ pairing decision both sides share (mark-sent, :mod:`server.marksent`, is the oth
   (``cache``/``database``) → store as an Instagram-app message.
 
 After the decision, every collision is a unique-index violation that the loser merges into
-the winner: the echo of a send is inserted with the send's ``pair_key`` (or its mid is added
-to the send's message); a send whose echo came first collides with the echo's message and
-*adopts* it. See ``docs/dedup.md`` for the full argument.
+the winner: the echo of a send is inserted with the send's ``send_id`` (unique ``pair_key``),
+or its mid is added to the send's message; a send whose echo came first collides with the
+echo's message and *adopts* it. See ``docs/dedup.md`` for the full argument.
 """
 
 from __future__ import annotations
@@ -347,12 +347,14 @@ class EchoDedup:
     async def _join_send(
         self, message: dict[str, Any], send_id: str, layer: str, received_at: float
     ) -> tuple[Recorded, str | None]:
-        """Merge the echo into its send's message, or store it under the send's ``pair_key``
+        """Merge the echo into its send's message, or store it under the send's ``send_id``
         when the send's message does not exist yet (mark-sent then collides and adopts it)."""
         mid = message["mid"]
         for _ in range(MAX_JOIN_ATTEMPTS):
             try:
-                holder = await self.store.messages.absorb_mid(message["conversation_id"], send_id, mid)
+                holder = await self.store.messages.absorb_mid(
+                    message["channel_id"], message["conversation_id"], send_id, mid
+                )
             except DuplicateKeyError:
                 holder = await self.store.messages.find_by_mid(message["channel_id"], mid)
                 if holder is None:
@@ -364,7 +366,7 @@ class EchoDedup:
                 recorded = await self.recorder.complete(holder, received_at=received_at)
                 return recorded, (LAYER_MID if is_native_looking(holder) else layer)
             try:
-                recorded = await self.recorder.record({**message, "pair_key": send_id}, received_at=received_at)
+                recorded = await self.recorder.record({**message, "send_id": send_id}, received_at=received_at)
             except DuplicateKeyError:
                 continue  # the send's message appeared in between (pair_key): absorb into it
             return recorded, (LAYER_MID if recorded.duplicate else None)

@@ -6,7 +6,7 @@ Owns the mark-sent side of echo dedup (the echo side is :mod:`server.dedup`):
    conversation (by id, or by account + customer — created when the thread predates igsync);
 2. ``client_message_id`` seen before → that message, ``200`` (idempotent retries);
 3. register the send in the ``(conversation, text)`` pairing document (one compare-and-swap);
-4. insert the outbound message with the send's ``pair_key`` and its mids (plus the mid of an
+4. insert the outbound message with the send's ``send_id`` (unique ``pair_key``) and its mids (plus the mid of an
    echo that came first). A collision means the echo is already stored: *adopt* it — turn
    that Instagram-app message into this outbound one (``200``, ``adopted: true``) — instead of
    storing a second message;
@@ -29,7 +29,7 @@ from pymongo.errors import DuplicateKeyError, PyMongoError
 from models import serializers
 from models.echo_pairs import EchoPairContention
 from models.ids import as_object_id
-from models.messages import TYPE_AI, TYPE_SUPPORT, collision_fields
+from models.messages import TYPE_AI, TYPE_SUPPORT, conflict_key
 from models.store import Store
 from models.timeutil import utcnow
 from server import events as ev
@@ -192,7 +192,7 @@ class MarkSentService:
             if existing is not None:
                 return await self._existing(existing, received_at)
         mids = list(dict.fromkeys(data["mids"]))
-        # The pair_key namespace keeps a caller's ids apart from generated ones.
+        # The namespace keeps a caller's ids apart from generated ones.
         send_id = f"c:{cmid}" if cmid is not None else f"s:{ObjectId()}"
         match = await self.pairing.register_send(target.conversation_id, content_hash(data["content"]), send_id, mids)
         if match.first and match.echo_mids:
@@ -245,7 +245,7 @@ class MarkSentService:
             try:
                 await self.store.messages.insert(doc)
             except DuplicateKeyError as exc:
-                if "client_message_id" in collision_fields(exc):
+                if conflict_key(exc) == "client_key":
                     existing = await self.store.messages.find_by_client_message_id(
                         doc["conversation_id"], doc["client_message_id"]
                     )
@@ -262,7 +262,7 @@ class MarkSentService:
         raise EchoPairContention(f"mark-sent {send_id} kept colliding; retry")
 
     async def _resolve_collision(self, doc: dict[str, Any], send_id: str, received_at: float) -> MarkSentResult | None:
-        """The insert collided on ``pair_key`` or a mid: decide against the messages there.
+        """The insert collided on the send's ``pair_key`` or a mid: decide against the messages there.
         None means "state changed, insert again" (``doc`` may have been narrowed)."""
         holders = await self.store.messages.find_collisions(
             doc["channel_id"], doc["conversation_id"], doc["mids"], send_id
@@ -270,12 +270,12 @@ class MarkSentService:
         if not holders:
             return None  # the winner's write is not visible yet: try again
         for holder in holders:
-            if holder.get("pair_key") == send_id and not is_native_looking(holder) and "merged_into" not in holder:
+            if holder.get("send_id") == send_id and not is_native_looking(holder) and "merged_into" not in holder:
                 # Ours already: a concurrent twin of this call stored or adopted it.
                 outcome = OUTCOME_ADOPTED if holder.get("adopted") else OUTCOME_IDEMPOTENT
                 await self.recorder.complete(holder, received_at=received_at)
                 return MarkSentResult(200, outcome, holder)
-        adoptable = [h for h in holders if is_native_looking(h) and h.get("pair_key") in (None, send_id)]
+        adoptable = [h for h in holders if is_native_looking(h) and h.get("send_id") in (None, send_id)]
         if adoptable:
             return await self._adopt(doc, send_id, adoptable, holders, received_at)
         wanted = set(doc["mids"])
@@ -302,7 +302,7 @@ class MarkSentService:
     ) -> MarkSentResult | None:
         """Turn the echo's stored message into this outbound message (P2); fold any further
         echo of this send (a multi-mid send whose echoes all came first) into it."""
-        primary = next((h for h in adoptable if h.get("pair_key") == send_id), None)
+        primary = next((h for h in adoptable if h.get("send_id") == send_id), None)
         if primary is None:
             primary = next((h for h in adoptable if h.get("content") == doc["content"]), adoptable[0])
         extras = [h for h in adoptable if h["_id"] != primary["_id"]]
@@ -320,7 +320,7 @@ class MarkSentService:
             fields["media_url"] = doc["media_url"]
         try:
             adopted = await self.store.messages.adopt(
-                primary["_id"], send_id, fields, [m for m in doc["mids"] if m not in held_elsewhere]
+                primary, send_id, fields, [m for m in doc["mids"] if m not in held_elsewhere]
             )
         except DuplicateKeyError:
             return None  # a mid or the client_message_id moved meanwhile: decide again
@@ -393,7 +393,7 @@ def outbound_message(
         "customer_id": target.customer_id,
         "mid": all_mids[0] if all_mids else None,
         "mids": all_mids,
-        "pair_key": send_id,
+        "send_id": send_id,
         "content": data["content"],
         "content_hash": content_hash(data["content"]),
         "type": data["type"],
