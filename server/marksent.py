@@ -243,7 +243,7 @@ class MarkSentService:
     async def _store(self, doc: dict[str, Any], send_id: str, received_at: float) -> MarkSentResult:
         for _ in range(MAX_STORE_ATTEMPTS):
             try:
-                await self.store.messages.insert(doc)
+                await self.recorder.record_new(doc, received_at=received_at)
             except DuplicateKeyError as exc:
                 if conflict_key(exc) == "client_key":
                     existing = await self.store.messages.find_by_client_message_id(
@@ -256,8 +256,6 @@ class MarkSentService:
                 if resolved is not None:
                     return resolved
                 continue
-            await self.recorder.run_hooks(doc)
-            await self.recorder.apply(doc, received_at=received_at)
             return MarkSentResult(201, OUTCOME_CREATED, doc)
         raise EchoPairContention(f"mark-sent {send_id} kept colliding; retry")
 

@@ -65,6 +65,14 @@ class MessageRecorder:
         conversation = await self.apply(message, received_at=received_at)
         return Recorded(message, conversation)
 
+    async def record_new(self, message: dict[str, Any], *, received_at: float) -> Recorded:
+        """Steps 1–5 for a message whose collisions the caller resolves itself: every
+        ``DuplicateKeyError`` propagates (mark-sent turns a collision into an adoption)."""
+        await self.store.messages.insert(message)
+        await self.run_hooks(message)
+        conversation = await self.apply(message, received_at=received_at)
+        return Recorded(message, conversation)
+
     async def _repair(self, incoming: dict[str, Any], received_at: float) -> Recorded:
         existing = None
         for mid in incoming.get("mids") or []:
