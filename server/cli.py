@@ -13,6 +13,7 @@ import asyncio
 import hashlib
 import hmac
 import json
+import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -194,6 +195,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     # Missing or weak secrets are one of the things the doctor reports, not a reason to stop.
     settings = lifecycle.fill_dev_secrets(Settings.from_env(os.environ, require_secrets=False))
     target = None if args.no_server else server_url(settings, args.url)
+    # The report is the output; the pipeline's per-item INFO lines for the test webhook are noise here.
+    logging.getLogger().setLevel(max(logging.WARNING, logging.getLogger().level))
     with lifecycle.stores_for_tool(settings) as resolved:
         checkup = doctor.Doctor(resolved, server_url=target, timeout_secs=args.timeout)
         results = asyncio.run(checkup.run())
