@@ -23,6 +23,7 @@ from config import Settings
 from models.timeutil import from_epoch_ms
 from server import events as ev
 from server.embedded import EmbeddedStores, free_port
+from tests.browser_support import CHROMIUM, launch_chromium
 from tests.conftest import RunningServer, Tenant, connect_tenant, make_settings
 from tests.helpers import (
     ADMIN_TOKEN,
@@ -39,17 +40,6 @@ from tests.helpers import (
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 # Long enough for a server process to restart under the page and the page to reconnect.
 expect.set_options(timeout=20_000)
 
@@ -64,7 +54,7 @@ def chromium_path() -> str:
 @pytest.fixture
 async def browser(chromium_path: str) -> AsyncIterator[Browser]:
     async with async_playwright() as playwright:
-        launched = await playwright.chromium.launch(executable_path=chromium_path, args=CHROMIUM_ARGS)
+        launched = await launch_chromium(playwright, chromium_path)
         yield launched
         await launched.close()
 
@@ -223,6 +213,26 @@ async def test_a_second_conversation_jumps_to_the_top_with_an_unread_count(
     await expect(texts(page)).to_have_text(["Hello from A"])
 
 
+async def test_opening_a_conversation_clears_its_unread_count_for_good(
+    page: Page, server: RunningServer, tenant: Tenant
+) -> None:
+    a = await post(server.client, text_item("m-a1", "One", timestamp_ms=at(1)))
+    await post(server.client, text_item("m-a2", "Two", timestamp_ms=at(2)))
+    await sign_in(page, server.base_url, tenant.token)
+    badge = page.locator(".unread-badge")
+    # Opened at once, while the first connection's snapshot refetch may still be in flight (the
+    # merge rule that keeps an older snapshot from bringing the count back is pinned below).
+    await open_conversation(page, a["data"]["conversation"]["id"])
+    await go_live(page)
+    await page.wait_for_load_state("networkidle")
+    await expect(badge).to_have_count(0)
+    await expect(page).to_have_title("igsync inbox")
+    conversation = body_of(
+        await server.client.get(f"/api/v1/conversations/{a['data']['conversation']['id']}", token=tenant.token)
+    )
+    assert conversation["conversation"]["unread_count"] == 0
+
+
 async def test_updates_deletions_reactions_read_ticks_and_media_render_live(
     page: Page, server: RunningServer, tenant: Tenant
 ) -> None:
@@ -364,3 +374,63 @@ async def test_phone_width_and_keyboard_only_use(browser: Browser, server: Runni
         await expect(phone.locator(f'button.conversation[data-id="{a["data"]["conversation"]["id"]}"]')).to_be_focused()
     finally:
         await context.close()
+
+
+# -- the page's own logic, run in the browser --------------------------------------------------
+
+
+async def test_snapshots_and_events_merge_idempotently_and_never_go_back_in_time(
+    page: Page, server: RunningServer
+) -> None:
+    await page.goto(server.base_url + "/assets/icon.svg")
+    result = await page.evaluate(
+        """async () => {
+          const { InboxState } = await import("/assets/js/state.js");
+          const s = new InboxState();
+          const at = (n) => `2026-01-01T00:00:0${n}.000Z`;
+          s.replaceConversations([{ id: "a", updated_at: at(1), unread_count: 2 }], null);
+          s.upsertConversation({ id: "a", updated_at: at(3), unread_count: 0 });          // mark-read answer
+          s.replaceConversations([{ id: "a", updated_at: at(2), unread_count: 2 }], null); // older snapshot
+          s.upsertConversation({ id: "a", updated_at: at(2), unread_count: 5 });          // older event
+          const unread = s.conversations.get("a").unread_count;
+          s.open("a");
+          const m = (id, sent, content) => ({ id, conversation_id: "a", sent_at: at(sent), content });
+          const arrivals = [m("m3", 3, "three"), m("m1", 1, "one"), m("m2", 2, "two"), m("m1", 1, "one")];
+          for (const msg of arrivals) s.upsertMessage(msg);
+          s.upsertMessage({ ...m("x", 1, "elsewhere"), conversation_id: "b" });
+          s.markDeleted("m2");
+          return { unread, order: s.sortedMessages().map((x) => x.content), deleted: s.messages.get("m2").is_deleted };
+        }"""
+    )
+    assert result == {"unread": 0, "order": ["one", "", "three"], "deleted": True}
+
+
+async def test_live_events_are_handed_on_once_and_resume_from_the_contiguous_watermark(
+    page: Page, server: RunningServer
+) -> None:
+    await page.goto(server.base_url + "/assets/icon.svg")
+    result = await page.evaluate(
+        """async () => {
+          const { LiveConnection } = await import("/assets/js/live.js");
+          const live = new LiveConnection({ token: "t", channelIds: ["c"] });
+          const seen = [];
+          live.addEventListener("event", (e) => seen.push(e.detail.seq));
+          const sent = [];
+          live.ws = { readyState: WebSocket.OPEN, send: (frame) => sent.push(JSON.parse(frame)) };
+          live._onMessage({ event: "subscribed", channel_id: "c", latest_seq: 10, epoch: "e1" });
+          // 12 arrives before 11 (through the chat-room subscription); 11 and 12 then arrive again.
+          const event = (seq) => ({ event: "chat_message", channel_id: "c", seq, data: {} });
+          for (const seq of [12, 11, 11, 12, 13, 9]) live._onMessage(event(seq));
+          const afterLive = live.positions.get("c").seq;
+          live._onMessage(event(15));  // 14 still missing
+          live._subscribeChannel("c");
+          live._onMessage({ event: "resync_required", channel_id: "c", data: { latest_seq: 40, epoch: "e2" } });
+          return { seen, afterLive, resume: sent.at(-1), afterResync: live.positions.get("c") };
+        }"""
+    )
+    assert result["seen"] == [12, 11, 13, 15]
+    assert result["afterLive"] == 13
+    # Resuming from the watermark (13, not 15) can only repeat events, never skip 14.
+    assert result["resume"] == {"action": "subscribe", "channel_id": "c", "since_seq": 13, "epoch": "e1"}
+    assert result["afterResync"]["seq"] == 40
+    assert result["afterResync"]["epoch"] == "e2"

@@ -44,10 +44,16 @@ export class InboxState {
     return true;
   }
 
-  // A fresh first page replaces the list (what was beyond it is paged in again on demand).
+  // A fresh first page replaces the list (what was beyond it is paged in again on demand). A
+  // conversation we already hold in a newer state (a mark-read answer or an event that overtook
+  // this snapshot's read) keeps that state: a snapshot never moves a conversation back in time.
   replaceConversations(conversations, nextCursor) {
+    const known = this.conversations;
     this.conversations = new Map();
-    for (const c of conversations) this.upsertConversation(c);
+    for (const c of conversations) {
+      const mine = known.get(c.id);
+      this.conversations.set(c.id, mine && (mine.updated_at || "") > (c.updated_at || "") ? mine : c);
+    }
     this.nextCursor = nextCursor;
   }
 
