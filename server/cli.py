@@ -198,7 +198,9 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     # The report is the output; the pipeline's per-item INFO lines for the test webhook are noise here.
     logging.getLogger().setLevel(max(logging.WARNING, logging.getLogger().level))
     with lifecycle.stores_for_tool(settings) as resolved:
-        checkup = doctor.Doctor(resolved, server_url=target, timeout_secs=args.timeout)
+        checkup = doctor.Doctor(
+            resolved, server_url=target, timeout_secs=args.timeout, embedded=not settings.production
+        )
         results = asyncio.run(checkup.run())
     print(doctor.render_json(results) if args.json else doctor.render_text(results))
     return doctor.exit_code(results)

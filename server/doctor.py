@@ -122,8 +122,12 @@ class Doctor:
         server_url: str | None,
         timeout_secs: float = 5.0,
         config_problems: list[str] | None = None,
+        embedded: bool | None = None,
     ) -> None:
         self.settings = settings
+        # The settings passed in have store URLs either way; whether they were configured or are
+        # the embedded stores' is the caller's knowledge.
+        self.embedded = (not settings.production) if embedded is None else embedded
         self.server_url = server_url.rstrip("/") if server_url else None
         self.timeout_secs = timeout_secs
         self.config_problems = list(config_problems or [])
@@ -180,7 +184,7 @@ class Doctor:
         ):
             if problem:
                 problems.append(problem)
-        mode = "production (store URLs given)" if s.production else "embedded (dev secrets from the data directory)"
+        mode = "embedded (dev secrets from the data directory)" if self.embedded else "production (store URLs given)"
         details = {"mode": mode, "app_secret_set": bool(s.app_secret), "verify_token_set": bool(s.verify_token)}
         if problems:
             return CheckResult(
