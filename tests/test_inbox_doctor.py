@@ -334,3 +334,22 @@ async def test_trigger_outbox_oldest_pending_job(server: RunningServer) -> None:
     checks = await run_checks(server.core.settings)
     assert checks["trigger_outbox"].status == "warn"
     assert checks["trigger_outbox"].summary == "1 undelivered, the oldest created 2 h ago"
+
+
+@pytest.mark.slow
+def test_doctor_after_make_run_uses_the_running_embedded_stores(tmp_path: Path) -> None:
+    env = {k: v for k, v in server_env(Settings()).items() if not k.startswith("IGSYNC_")}
+    env.update({"IGSYNC_DATA_DIR": str(tmp_path / "var"), "IGSYNC_PORT": str(free_port())})
+    handle = ServerProcessHandle(env, tmp_path / "serve.log").start(timeout=60)
+    try:
+        result = run_doctor(env, "--json")
+    finally:
+        assert handle.terminate() == 0
+    assert result.returncode == 0, result.stdout + result.stderr
+    checks = by_name(json.loads(result.stdout))
+    assert checks["config"]["summary"].endswith("mode: embedded (dev secrets from the data directory)")
+    # The demo channel of the first start; no webhook yet, which is a warning with advice, not a failure.
+    assert checks["channels"]["status"] == "warn"
+    assert checks["channels"]["details"]["channels"][0]["page_id"] == "17841400000000001"
+    assert "webhook subscription" in checks["channels"]["advice"]
+    assert {c["status"] for n, c in checks.items() if n not in ("channels", "trigger_outbox")} == {"pass"}
