@@ -78,7 +78,9 @@ def test_production_refuses_to_start_without_real_secrets(missing: str) -> None:
     with pytest.raises(ConfigError, match=missing):
         Settings.from_env(env)
     with pytest.raises(ConfigError, match="too short"):
-        Settings.from_env({**PROD, missing: "changeme"})
+        Settings.from_env({**PROD, missing: "s3cr3t"})
+    with pytest.raises(ConfigError, match="placeholder"):
+        Settings.from_env({**PROD, missing: "replace-with-a-random-value-0123"})
 
 
 def test_serve_with_a_wrong_value_exits_with_one_line() -> None:
@@ -106,3 +108,34 @@ def test_serve_in_production_without_secrets_refuses() -> None:
     assert result.returncode == 2
     assert "IGSYNC_APP_SECRET is required" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_deploy_files_describe_two_replicas_on_real_stores() -> None:
+    import yaml
+
+    compose = yaml.safe_load((ROOT / "deploy" / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert services["mongo"]["image"].startswith("mongo:") and services["redis"]["image"].startswith("redis:")
+    replicas = [name for name, spec in services.items() if name.startswith("igsync-")]
+    assert len(replicas) == 2
+    for name in replicas:
+        env = services[name]["environment"]
+        assert env["IGSYNC_MONGO_URL"].startswith("mongodb://mongo:")
+        assert env["IGSYNC_REDIS_URL"].startswith("redis://redis:")
+    example = dict(
+        line.split("=", 1)
+        for line in (ROOT / "deploy" / "env.example").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
+    # The example's values must never pass for real secrets.
+    with pytest.raises(ConfigError, match="placeholder"):
+        Settings.from_env({**PROD, **example})
+
+
+def test_dockerfile_runs_as_non_root_with_a_healthcheck() -> None:
+    text = (ROOT / "Dockerfile").read_text()
+    assert text.startswith("# ") and "FROM python:3.11-slim" in text
+    assert "\nUSER 10001\n" in text and "HEALTHCHECK" in text and "/healthz" in text
+    assert 'CMD ["igsync", "serve"]' in text
+    # The embedded stores (SecantusDB is GPL-2.0-only) stay out of the image.
+    assert "requirements-embedded" not in text and "[embedded]" not in text
