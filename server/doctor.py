@@ -39,7 +39,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
 from config import Settings
-from config.settings import MIN_SECRET_CHARS
+from config.settings import MIN_SECRET_CHARS, PLACEHOLDER_MARKERS
 from models import diagnostics
 from models.timeutil import iso, utcnow
 from server.core import Core, build_core, redis_client
@@ -57,7 +57,6 @@ TOKEN_EXPIRY_WARNING = dt.timedelta(days=7)
 OUTBOX_STUCK_AFTER = dt.timedelta(minutes=5)
 DOCTOR_ACCOUNT_PREFIX = "igsync-doctor-"
 META_TEST_ACCOUNT = "0"
-PLACEHOLDERS = {"changeme", "change-me", "secret", "your-app-secret", "xxx", "todo", "test"}
 
 
 @dataclass
@@ -105,8 +104,10 @@ def _secret_problem(name: str, value: str | None, consequence: str) -> str | Non
         return f"{name} is not set: {consequence}"
     if value.strip() != value:
         return f"{name} has leading or trailing spaces: {consequence}"
-    if value.lower() in PLACEHOLDERS or len(value) < MIN_SECRET_CHARS:
+    if len(value) < MIN_SECRET_CHARS:
         return f"{name} looks like a placeholder (shorter than {MIN_SECRET_CHARS} characters): {consequence}"
+    if any(marker in value.lower() for marker in PLACEHOLDER_MARKERS):
+        return f"{name} still holds a placeholder value (as in deploy/env.example): {consequence}"
     return None
 
 

@@ -353,3 +353,12 @@ def test_doctor_after_make_run_uses_the_running_embedded_stores(tmp_path: Path) 
     assert checks["channels"]["details"]["channels"][0]["page_id"] == "17841400000000001"
     assert "webhook subscription" in checks["channels"]["advice"]
     assert {c["status"] for n, c in checks.items() if n not in ("channels", "trigger_outbox")} == {"pass"}
+
+
+async def test_doctor_reports_a_secret_left_as_in_env_example(stores: EmbeddedStores, tmp_path: Path) -> None:
+    env = server_env(make_settings(stores, tmp_path), IGSYNC_VERIFY_TOKEN="replace-with-a-long-random-token")
+    result = run_doctor(env, "--no-server", "--json")
+    assert result.returncode == 1
+    config = by_name(json.loads(result.stdout))["config"]
+    assert config["status"] == "fail"
+    assert "IGSYNC_VERIFY_TOKEN still holds a placeholder value" in config["summary"]
