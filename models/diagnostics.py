@@ -113,14 +113,27 @@ async def unmatched_accounts(store: Store, known: set[str], since: dt.datetime, 
     return {str(r["_id"]): int(r["bodies"]) for r in rows}
 
 
-async def oldest_pending_trigger_job(store: Store) -> tuple[bool, dict[str, Any] | None, int]:
-    """(the outbox exists, its oldest undelivered job or None, how many are undelivered)."""
+@dataclass
+class OutboxState:
+    exists: bool
+    oldest_pending: dict[str, Any] | None = None
+    pending: int = 0
+    dead: int = 0
+
+
+async def trigger_outbox_state(store: Store) -> OutboxState:
+    """The workflow-trigger outbox (``trigger_jobs``: ``state`` pending → delivered | dead |
+    cancelled), read only when the collection exists, so the doctor works with or without triggers."""
     if TRIGGER_JOBS_COLLECTION not in await store.db.list_collection_names():
-        return False, None, 0
+        return OutboxState(exists=False)
     coll = store.db[TRIGGER_JOBS_COLLECTION]
-    pending = {"status": {"$in": ["pending", "retrying", "in_flight", "leased"]}}
-    oldest = await coll.find_one(pending, sort=[("created_at", ASCENDING)])
-    return True, oldest, await coll.count_documents(pending)
+    pending = {"state": "pending"}
+    return OutboxState(
+        exists=True,
+        oldest_pending=await coll.find_one(pending, {"created_at": 1}, sort=[("created_at", ASCENDING)]),
+        pending=await coll.count_documents(pending),
+        dead=await coll.count_documents({"state": "dead"}),
+    )
 
 
 async def purge_test_channel(store: Store, channel_id: ObjectId, account_ids: list[str]) -> dict[str, int]:

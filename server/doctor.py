@@ -432,17 +432,21 @@ class Doctor:
         )
 
     async def check_trigger_outbox(self, core: Core) -> CheckResult:
-        exists, oldest, pending = await diagnostics.oldest_pending_trigger_job(core.store)
-        if not exists:
+        outbox = await diagnostics.trigger_outbox_state(core.store)
+        if not outbox.exists:
             return CheckResult("trigger_outbox", SKIP, "skipped: workflow triggers are not in use (no outbox yet)")
-        if oldest is None:
-            return CheckResult("trigger_outbox", PASS, "no undelivered trigger jobs", details={"pending": 0})
-        created = oldest.get("created_at")
-        age = (self.now - created) if isinstance(created, dt.datetime) else None
-        details = {"pending": pending, "oldest_created_at": iso(created) if age is not None else None}
-        when = ago(created, self.now) if age is not None else "at an unknown time"
-        text = f"{pending} undelivered, the oldest created {when}"
-        if age is not None and age > OUTBOX_STUCK_AFTER:
+        details: dict[str, Any] = {"pending": outbox.pending, "dead": outbox.dead, "oldest_created_at": None}
+        dead = f"; {outbox.dead} dead-lettered" if outbox.dead else ""
+        if outbox.oldest_pending is None:
+            status = WARN if outbox.dead else PASS
+            advice = _ADVICE["trigger_outbox"] if outbox.dead else ""
+            return CheckResult("trigger_outbox", status, f"no undelivered trigger jobs{dead}", advice, details)
+        created = outbox.oldest_pending.get("created_at")
+        known = isinstance(created, dt.datetime)
+        details["oldest_created_at"] = iso(created) if known else None
+        when = ago(created, self.now) if known else "at an unknown time"
+        text = f"{outbox.pending} undelivered, the oldest created {when}{dead}"
+        if outbox.dead or (known and self.now - created > OUTBOX_STUCK_AFTER):
             return CheckResult("trigger_outbox", WARN, text, _ADVICE["trigger_outbox"], details)
         return CheckResult("trigger_outbox", PASS, text, details=details)
 
@@ -590,7 +594,7 @@ _ADVICE = {
     "pipeline": "Run the server with the same settings and read its log for the test message: a MongoDB error "
     "(503) or an unexpected exception (500) shows there.",
     "trigger_outbox": "Jobs wait when the receiver fails or the dispatcher is stopped: check the receiver URL and "
-    "the server log, and the dead letters (GET /api/v1/triggers/dead).",
+    "the server log; dead letters are listed by GET /api/v1/triggers/dead and retried with igsync triggers retry.",
     "server": "Give the server and this command the same IGSYNC_* settings. Meta signs every webhook with the App "
     "Secret (App Dashboard → App settings → Basic) and sends the verify token you typed in the webhook "
     "subscription: both must match the server's.",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -325,15 +326,22 @@ async def test_trigger_outbox_oldest_pending_job(server: RunningServer) -> None:
     assert checks["trigger_outbox"].status == "skip"
 
     jobs = server.core.store.db[doc.diagnostics.TRIGGER_JOBS_COLLECTION]
-    await jobs.insert_one({"status": "delivered", "created_at": utcnow() - dt.timedelta(hours=3)})
+    await jobs.insert_one({"state": "delivered", "created_at": utcnow() - dt.timedelta(hours=3)})
     checks = await run_checks(server.core.settings)
     assert checks["trigger_outbox"].status == "pass"
     assert checks["trigger_outbox"].details["pending"] == 0
 
-    await jobs.insert_one({"status": "pending", "created_at": utcnow() - dt.timedelta(hours=2)})
+    await jobs.insert_one({"state": "pending", "created_at": utcnow() - dt.timedelta(seconds=20)})
+    checks = await run_checks(server.core.settings)
+    assert checks["trigger_outbox"].status == "pass"
+    assert re.fullmatch(r"1 undelivered, the oldest created 2\d s ago", checks["trigger_outbox"].summary)
+
+    await jobs.insert_one({"state": "pending", "created_at": utcnow() - dt.timedelta(hours=2)})
+    await jobs.insert_one({"state": "dead", "created_at": utcnow() - dt.timedelta(hours=5)})
     checks = await run_checks(server.core.settings)
     assert checks["trigger_outbox"].status == "warn"
-    assert checks["trigger_outbox"].summary == "1 undelivered, the oldest created 2 h ago"
+    assert checks["trigger_outbox"].summary == "2 undelivered, the oldest created 2 h ago; 1 dead-lettered"
+    assert "igsync triggers retry" in checks["trigger_outbox"].advice
 
 
 @pytest.mark.slow
