@@ -106,6 +106,15 @@ async def go_live(page: Page) -> None:
     await expect(page.locator("#live-status")).to_have_attribute("data-state", "online")
 
 
+async def open_live(page: Page, server: RunningServer, tenant: Tenant, *items: dict[str, Any]) -> dict[str, Any]:
+    """Post the first messages of a conversation, sign in, open it, and wait until the page is live."""
+    first = await post(server.client, *items)
+    await sign_in(page, server.base_url, tenant.token)
+    await open_conversation(page, (first.get("results") or [first])[0]["data"]["conversation"]["id"])
+    await go_live(page)
+    return first
+
+
 # -- sign-in ---------------------------------------------------------------------------------
 
 
@@ -155,10 +164,7 @@ async def test_a_wrong_token_shows_a_clear_error(page: Page, server: RunningServ
 async def test_a_webhook_appears_in_the_open_conversation_without_a_reload(
     page: Page, server: RunningServer, tenant: Tenant
 ) -> None:
-    first = await post(server.client, text_item("m-1", "Is the jacket in stock?", timestamp_ms=at(1)))
-    await sign_in(page, server.base_url, tenant.token)
-    await open_conversation(page, first["data"]["conversation"]["id"])
-    await go_live(page)
+    await open_live(page, server, tenant, text_item("m-1", "Is the jacket in stock?", timestamp_ms=at(1)))
     await page.evaluate("() => { window.sameDocument = true; }")
 
     await post(server.client, text_item("m-2", "In size M please", timestamp_ms=at(2)))
@@ -173,10 +179,7 @@ async def test_a_webhook_appears_in_the_open_conversation_without_a_reload(
 async def test_an_owner_echo_shows_the_instagram_app_indicator(
     page: Page, server: RunningServer, tenant: Tenant
 ) -> None:
-    first = await post(server.client, text_item("m-1", "Do you have it in red?", timestamp_ms=at(1)))
-    await sign_in(page, server.base_url, tenant.token)
-    await open_conversation(page, first["data"]["conversation"]["id"])
-    await go_live(page)
+    await open_live(page, server, tenant, text_item("m-1", "Do you have it in red?", timestamp_ms=at(1)))
 
     await post(server.client, echo_item("m-2", "Yes, red is in stock!", timestamp_ms=at(2)))
 
@@ -236,13 +239,14 @@ async def test_opening_a_conversation_clears_its_unread_count_for_good(
 async def test_updates_deletions_reactions_read_ticks_and_media_render_live(
     page: Page, server: RunningServer, tenant: Tenant
 ) -> None:
-    first = await post(server.client, text_item("m-1", "First version", timestamp_ms=at(1)))
-    await post(server.client, echo_item("m-2", "Our reply", timestamp_ms=at(2)))
-    await post(server.client, text_item("m-3", "Oops, wrong chat", timestamp_ms=at(3)))
-    conversation_id = first["data"]["conversation"]["id"]
-    await sign_in(page, server.base_url, tenant.token)
-    await open_conversation(page, conversation_id)
-    await go_live(page)
+    await open_live(
+        page,
+        server,
+        tenant,
+        text_item("m-1", "First version", timestamp_ms=at(1)),
+        echo_item("m-2", "Our reply", timestamp_ms=at(2)),
+        text_item("m-3", "Oops, wrong chat", timestamp_ms=at(3)),
+    )
     await expect(texts(page)).to_have_count(3)
     store = server.core.store
     channel_id = ObjectId(tenant.channel["id"])
