@@ -97,13 +97,12 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
     def on_close(self) -> None:
         if self.session is None:
             return
-        if self.close_code is not None:
-            reason = "client_closed"
-        else:
-            # No close frame from the client: it vanished. Silent past the keep-alive window
-            # means our ping timed out; otherwise the connection broke.
-            silent = time.monotonic() - getattr(self, "_last_heard", 0.0)
-            reason = "ping_timeout" if silent >= self.core.settings.ws_ping_secs else "error"
+        # A client that stopped answering past the keep-alive window was dropped by our ping
+        # timeout; anything else (a close frame, with or without a code, or a TCP close) is
+        # the client leaving.
+        silent = time.monotonic() - getattr(self, "_last_heard", 0.0)
+        timed_out = self.close_code is None and silent >= self.core.settings.ws_ping_secs
+        reason = "ping_timeout" if timed_out else "client_closed"
         self.session.transport_closed(reason)
 
     def _request_summary(self) -> str:
