@@ -354,6 +354,7 @@ class EventHub:
                 )
             else:
                 self.breaker.reset()
+                self._position_if_unknown(channel_id)
                 for offset, item in enumerate(encoded):
                     seq = first + offset
                     self.registry.publish_sequenced(
@@ -395,6 +396,7 @@ class EventHub:
         message = parse_live(payload)
         if channel_id is None or message is None:
             return
+        self._position_if_unknown(channel_id)
         self.registry.publish_sequenced(
             channel_id, message.epoch, message.seq, message.envelope, message.received_at, message.conversation_id
         )
@@ -407,7 +409,23 @@ class EventHub:
         if self.degraded_channels:
             await self.flush_degraded()
 
+    def _position_if_unknown(self, channel_id: str) -> None:
+        """A route set up while Redis did not answer learns its position as soon as Redis
+        works again for this channel — also when the pub/sub connection itself never broke."""
+        route = self.registry.route(channel_id)
+        if route is not None and route.established and route.epoch is None and not route.resuming:
+            self.link.spawn(self._resume(route))
+
     async def _resume(self, route: ChannelRoute) -> None:
+        if route.resuming:
+            return
+        route.resuming = True
+        try:
+            await self._resume_now(route)
+        finally:
+            route.resuming = False
+
+    async def _resume_now(self, route: ChannelRoute) -> None:
         try:
             await self.link.subscribe(route.channel_id)
             epoch, latest = await self.log.state(route.channel_id)

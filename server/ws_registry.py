@@ -71,6 +71,8 @@ class ChannelRoute:
     ready: asyncio.Future[tuple[str | None, int | None]] | None = None
     # Set up once: from then on a change of position is news to the subscribers.
     established: bool = False
+    # A resume (subscribe again + catch up) is running for this route.
+    resuming: bool = False
 
     @property
     def empty(self) -> bool:
