@@ -9,14 +9,17 @@ request summary is replaced by method + path.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
 
 import orjson
+import tornado.iostream
 import tornado.web
 import tornado.websocket
 
+from server import ws_wire
 from server.auth import INBOX, Authenticator
 from server.core import Core
 from server.errors import ApiError
@@ -27,13 +30,22 @@ log = logging.getLogger("igsync.http")
 
 
 class TornadoTransport:
-    """The session's view of a Tornado WebSocket."""
+    """The session's view of a Tornado WebSocket: a batch of text frames, one stream write."""
 
     def __init__(self, handler: tornado.websocket.WebSocketHandler) -> None:
         self.handler = handler
 
-    def send(self, data: bytes) -> Any:
-        return self.handler.write_message(data)
+    def send(self, frames: list[bytes]) -> Any:
+        connection = self.handler.ws_connection
+        if connection is None or connection.is_closing():
+            raise tornado.websocket.WebSocketClosedError()
+        stream = getattr(connection, "stream", None)
+        if stream is None:  # not Tornado's RFC 6455 protocol: frame by frame, its way
+            return asyncio.gather(*(self.handler.write_message(f) for f in frames))
+        try:
+            return stream.write(ws_wire.text_frames(frames))
+        except tornado.iostream.StreamClosedError:
+            raise tornado.websocket.WebSocketClosedError() from None
 
     def close(self, code: int, reason: str) -> None:
         self.handler.close(code, reason)

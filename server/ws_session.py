@@ -54,8 +54,9 @@ DRAIN_SECS = 2.0
 
 
 class Transport(Protocol):
-    def send(self, data: bytes) -> Awaitable[None]:
-        """Write one text frame; the awaitable resolves when it is flushed (raises if closed)."""
+    def send(self, frames: list[bytes]) -> Awaitable[None]:
+        """Write text frames in order; the awaitable resolves when they are flushed (raises
+        if the socket is closed)."""
         ...
 
     def close(self, code: int, reason: str) -> None: ...
@@ -246,10 +247,7 @@ class WsSession:
                 batch = list(self._queue)
                 self._queue.clear()
                 self._inflight = len(batch)
-                if len(batch) == 1:
-                    await self.transport.send(batch[0][0])
-                else:
-                    await asyncio.gather(*[self.transport.send(data) for data, _ in batch])
+                await self.transport.send([data for data, _ in batch])
                 self._inflight = 0
                 now = time.time()
                 for _, received_at in batch:

@@ -29,8 +29,8 @@ class PlainTransport:
         self.unflushed: list[asyncio.Future[None]] = []
         self.closed_with: tuple[int, str] | None = None
 
-    def send(self, data: bytes) -> asyncio.Future[None]:
-        self.frames.append(orjson.loads(data))
+    def send(self, frames: list[bytes]) -> asyncio.Future[None]:
+        self.frames.extend(orjson.loads(data) for data in frames)
         future = asyncio.get_running_loop().create_future()
         if self.auto_flush:
             future.set_result(None)
@@ -137,6 +137,15 @@ async def test_registry_orders_and_dedups_racing_paths_from_the_real_log(stores)
         await registry.close()
     finally:
         await redis.aclose()
+
+
+def test_text_frames_follow_rfc_6455() -> None:
+    from server.ws_wire import text_frame, text_frames
+
+    assert text_frame(b"hi") == b"\x81\x02hi"
+    assert text_frame(b"x" * 200)[:4] == b"\x81\x7e\x00\xc8"
+    assert text_frame(b"x" * 70_000)[:10] == b"\x81\x7f" + (70_000).to_bytes(8, "big")
+    assert text_frames([b"a", b"bc"]) == b"\x81\x01a\x81\x02bc"
 
 
 def test_envelope_and_live_wire_format() -> None:
