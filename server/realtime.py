@@ -358,14 +358,22 @@ class EventHub:
                 for offset, item in enumerate(encoded):
                     seq = first + offset
                     self.registry.publish_sequenced(
-                        channel_id, epoch, seq, item.with_seq(seq, epoch), item.received_at, item.conversation_id
+                        channel_id,
+                        epoch,
+                        seq,
+                        item.with_seq(seq, epoch),
+                        item.received_at,
+                        item.conversation_id,
+                        item.eid,
                     )
                 if self.degraded_channels:
                     self.link.spawn(self.flush_degraded())
                 return
         self.degraded_channels.add(channel_id)
         for item in encoded:
-            self.registry.publish_unsequenced(channel_id, item.with_seq(None), item.received_at, item.conversation_id)
+            self.registry.publish_unsequenced(
+                channel_id, item.with_seq(None), item.received_at, item.conversation_id, item.eid
+            )
 
     async def flush_degraded(self) -> None:
         """Redis is back: put one ``resync_required`` into each log that missed events."""
@@ -398,7 +406,13 @@ class EventHub:
             return
         self._position_if_unknown(channel_id)
         self.registry.publish_sequenced(
-            channel_id, message.epoch, message.seq, message.envelope, message.received_at, message.conversation_id
+            channel_id,
+            message.epoch,
+            message.seq,
+            message.envelope,
+            message.received_at,
+            message.conversation_id,
+            message.eid,
         )
 
     async def _on_connected(self, reconnected: bool) -> None:

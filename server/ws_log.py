@@ -24,7 +24,7 @@ re-encodes an event per socket.
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -39,7 +39,7 @@ KEY_PREFIX = "igsync:rt:"
 CONTROL_CHANNEL = b"igsync:rt:control"
 
 # KEYS: epoch, seq, log.  ARGV: candidate epoch, maxlen, ttl ms, pub/sub channel,
-# then (head, tail, received_at, conversation_id or '', splice flag) per event.  Returns
+# then (head, tail, received_at, conversation_id or '', splice flag, event id) per event.  Returns
 # {epoch, first seq}.  A spliced event (the hub's own resync_required) names its seq and
 # epoch inside its data too, through the placeholders below.
 APPEND_LUA = """
@@ -58,10 +58,12 @@ while i <= #ARGV do
     envelope = string.gsub(envelope, '"__IGSYNC_SEQ__"', seq)
     envelope = string.gsub(envelope, '"__IGSYNC_EPOCH__"', '"' .. epoch .. '"')
   end
-  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[2], seq .. '-0', 'e', envelope, 'r', ARGV[i + 2], 'c', ARGV[i + 3])
-  redis.call('PUBLISH', ARGV[4], epoch .. '|' .. seq .. '|' .. ARGV[i + 2] .. '|' .. ARGV[i + 3] .. '|' .. envelope)
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[2], seq .. '-0', 'e', envelope, 'r', ARGV[i + 2],
+    'c', ARGV[i + 3], 'i', ARGV[i + 5])
+  redis.call('PUBLISH', ARGV[4],
+    epoch .. '|' .. seq .. '|' .. ARGV[i + 2] .. '|' .. ARGV[i + 3] .. '|' .. ARGV[i + 5] .. '|' .. envelope)
   if not first then first = seq end
-  i = i + 5
+  i = i + 6
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
@@ -128,6 +130,9 @@ class Encoded:
     conversation_id: str | None
     # Data holds SEQ_PLACEHOLDER / EPOCH_PLACEHOLDER, replaced by the real values.
     splice: bool = False
+    # Names this event across paths: an event delivered without a seq (publish timed out,
+    # yet Redis ran the script) is recognised when its sequenced copy arrives.
+    eid: str = field(default_factory=lambda: secrets.token_hex(6))
 
     def with_seq(self, seq: int | None, epoch: str | None = None) -> bytes:
         number = b"null" if seq is None else str(seq).encode()
@@ -172,13 +177,16 @@ class LiveMessage:
     received_at: float
     envelope: bytes
     conversation_id: str | None
+    eid: str = ""
 
 
 def parse_live(payload: bytes) -> LiveMessage | None:
-    """``epoch|seq|received_at|conversation_id|envelope`` (ids never contain ``|``)."""
+    """``epoch|seq|received_at|conversation_id|eid|envelope`` (ids never contain ``|``)."""
     try:
-        epoch, seq, received_at, conversation, envelope = payload.split(b"|", 4)
-        return LiveMessage(epoch.decode(), int(seq), float(received_at), envelope, conversation.decode() or None)
+        epoch, seq, received_at, conversation, eid, envelope = payload.split(b"|", 5)
+        return LiveMessage(
+            epoch.decode(), int(seq), float(received_at), envelope, conversation.decode() or None, eid.decode()
+        )
     except (ValueError, UnicodeDecodeError):
         return None
 
@@ -189,6 +197,7 @@ class Stored:
     envelope: bytes
     received_at: float
     conversation_id: str | None
+    eid: str = ""
 
 
 class EventLog:
@@ -208,7 +217,14 @@ class EventLog:
         args: list[Any] = [new_epoch(), self.max_events, self.ttl_ms, live_channel(channel_id)]
         for item in encoded:
             args.extend(
-                (item.head, item.tail, repr(item.received_at), item.conversation_id or "", "1" if item.splice else "0")
+                (
+                    item.head,
+                    item.tail,
+                    repr(item.received_at),
+                    item.conversation_id or "",
+                    "1" if item.splice else "0",
+                    item.eid,
+                )
             )
         epoch, first = await self._append(keys=keys(channel_id), args=args)
         return epoch.decode(), int(first)
@@ -234,7 +250,8 @@ class EventLog:
                 return None
             fields = dict(zip(flat[::2], flat[1::2], strict=True))
             conversation = fields.get(b"c", b"").decode() or None
-            out.append(Stored(seq, fields[b"e"], float(fields.get(b"r", b"0")), conversation))
+            eid = fields.get(b"i", b"").decode()
+            out.append(Stored(seq, fields[b"e"], float(fields.get(b"r", b"0")), conversation, eid))
             expected += 1
         if expected != up_to_seq + 1:
             return None

@@ -50,6 +50,11 @@ class Pending:
     envelope: bytes
     received_at: float | None
     conversation_id: str | None
+    eid: str = ""
+
+
+# Ids of events routed without a seq that a route remembers (oldest forgotten first).
+UNSEQUENCED_MEMORY = 10_000
 
 
 @dataclass(eq=False)
@@ -69,6 +74,8 @@ class ChannelRoute:
     # Done once the pub/sub subscription is confirmed and the position read (or failed);
     # its result is the (epoch, seq) the first subscribers start after.
     ready: asyncio.Future[tuple[str | None, int | None]] | None = None
+    # Events routed without a seq, by id: their sequenced copy is not routed again.
+    unsequenced: dict[str, None] = field(default_factory=dict)
     # Set up once: from then on a change of position is news to the subscribers.
     established: bool = False
     # A resume (subscribe again + catch up) is running for this route.
@@ -178,6 +185,7 @@ class Registry:
         envelope: bytes,
         received_at: float | None,
         conversation_id: str | None,
+        eid: str = "",
     ) -> None:
         route = self.routes.get(channel_id)
         if route is None or route.epoch is None:
@@ -193,18 +201,22 @@ class Registry:
             self.set_position(route, epoch, 0)
         if seq <= route.delivered:
             return
-        route.held[seq] = Pending(seq, envelope, received_at, conversation_id)
+        route.held[seq] = Pending(seq, envelope, received_at, conversation_id, eid)
         self._drain(route)
         if route.held and not route.filling:
             self._start_fill(route, min(route.held) - 1)
 
     def publish_unsequenced(
-        self, channel_id: str, envelope: bytes, received_at: float, conversation_id: str | None
+        self, channel_id: str, envelope: bytes, received_at: float, conversation_id: str | None, eid: str = ""
     ) -> None:
         """An event that is not in the log (Redis unreachable): straight to local sockets."""
         route = self.routes.get(channel_id)
         if route is None:
             return
+        if eid:
+            route.unsequenced[eid] = None
+            if len(route.unsequenced) > UNSEQUENCED_MEMORY:
+                del route.unsequenced[next(iter(route.unsequenced))]
         for subscriber in route.targets(conversation_id):
             subscriber.offer(channel_id, None, envelope, received_at, conversation_id)
 
@@ -212,6 +224,10 @@ class Registry:
         while route.delivered + 1 in route.held:
             item = route.held.pop(route.delivered + 1)
             route.delivered = item.seq
+            if item.eid and route.unsequenced and item.eid in route.unsequenced:
+                # Already routed without a seq (its publish timed out after Redis ran it).
+                del route.unsequenced[item.eid]
+                continue
             for subscriber in route.targets(item.conversation_id):
                 subscriber.offer(route.channel_id, item.seq, item.envelope, item.received_at, item.conversation_id)
 
@@ -246,7 +262,8 @@ class Registry:
                     for item in stored:
                         if item.seq > route.delivered:
                             route.held.setdefault(
-                                item.seq, Pending(item.seq, item.envelope, item.received_at, item.conversation_id)
+                                item.seq,
+                                Pending(item.seq, item.envelope, item.received_at, item.conversation_id, item.eid),
                             )
                 for seq in [s for s in route.held if s <= route.delivered]:
                     del route.held[seq]

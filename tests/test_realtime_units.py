@@ -139,6 +139,30 @@ async def test_registry_orders_and_dedups_racing_paths_from_the_real_log(stores)
         await redis.aclose()
 
 
+async def test_an_event_routed_without_seq_is_not_routed_again_with_one(stores) -> None:
+    """A publish that timed out on our side although Redis ran the script: the event went to
+    local sockets without a seq; its sequenced copy (pub/sub, stream) only advances the route."""
+    redis = redis_client(stores.redis_url, timeout_ms=1000)
+    log = EventLog(redis, max_events=100, ttl_secs=60)
+    channel = "unit-" + uuid.uuid4().hex
+    try:
+        registry = Registry(log.read)
+        subscriber = Recorder()
+        route, _ = registry.add(subscriber, channel)
+        epoch, latest = await log.state(channel)
+        registry.set_position(route, epoch, latest)
+        item = encode(ev.Event(ev.MESSAGE_DELETED, channel, None, {"message_id": "m"}))
+        registry.publish_unsequenced(channel, item.with_seq(None), item.received_at, None, item.eid)
+        epoch, seq = await log.append(channel, [item])  # Redis did run it
+        registry.publish_sequenced(channel, epoch, seq, item.with_seq(seq), None, None, item.eid)
+        after = encode(ev.Event(ev.MESSAGE_DELETED, channel, None, {"message_id": "n"}))
+        epoch, seq2 = await log.append(channel, [after])
+        registry.publish_sequenced(channel, epoch, seq2, after.with_seq(seq2), None, None, after.eid)
+        assert subscriber.seqs == [None, seq2] and route.delivered == seq2
+    finally:
+        await redis.aclose()
+
+
 def test_text_frames_follow_rfc_6455() -> None:
     from server.ws_wire import text_frame, text_frames
 
@@ -161,7 +185,7 @@ def test_envelope_and_live_wire_format() -> None:
         "data": {"message": {"content": 'a|b "q"'}},
     }
     assert orjson.loads(encoded.with_seq(None))["seq"] is None
-    live = parse_live(b"ep|7|1.5|v1|" + encoded.with_seq(7))
-    assert live is not None and (live.epoch, live.seq, live.conversation_id) == ("ep", 7, "v1")
+    live = parse_live(b"ep|7|1.5|v1|e1d|" + encoded.with_seq(7))
+    assert live is not None and (live.epoch, live.seq, live.conversation_id, live.eid) == ("ep", 7, "v1", "e1d")
     assert orjson.loads(live.envelope)["data"]["message"]["content"] == 'a|b "q"'
     assert parse_live(b"garbage") is None
