@@ -51,10 +51,24 @@ CUSTOMER = "6200000000000101"
 # -- a minimal WebSocket client (asyncio Protocol) ----------------------------------------
 
 
+class Sink(list):
+    """Latencies of one client process; ``reached`` is set once ``target`` are in."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.target = 0
+        self.reached = asyncio.Event()
+
+    def add(self, value: float) -> None:
+        self.append(value)
+        if self.target and len(self) >= self.target:
+            self.reached.set()
+
+
 class BenchSocket(asyncio.Protocol):
     """Handshake, one subscribe frame, then count chat_message frames and their latency."""
 
-    def __init__(self, host: str, path: str, subscribe: bytes, sink: list[float], ready: asyncio.Future) -> None:
+    def __init__(self, host: str, path: str, subscribe: bytes, sink: Sink, ready: asyncio.Future) -> None:
         self.host = host
         self.path = path
         self.subscribe = subscribe
@@ -142,7 +156,7 @@ class BenchSocket(asyncio.Protocol):
         if payload.startswith(b'{"event":"chat_message"'):
             match = MARK.search(payload)
             if match:
-                self.sink.append(now - float(match.group(1)))
+                self.sink.add(now - float(match.group(1)))
         elif b'"subscribed"' in payload[:40] and not self.ready.done():
             self.ready.set_result(None)
         if self.capture:
@@ -151,7 +165,7 @@ class BenchSocket(asyncio.Protocol):
                 self.captured.set_result(None)
 
 
-async def open_sockets(port: int, query: str, channels: list[str], sink: list[float]) -> list[BenchSocket]:
+async def open_sockets(port: int, query: str, channels: list[str], sink: Sink) -> list[BenchSocket]:
     loop = asyncio.get_running_loop()
     sockets = []
     for channel in channels:
@@ -165,18 +179,28 @@ async def open_sockets(port: int, query: str, channels: list[str], sink: list[fl
 
 
 def client_main(args: argparse.Namespace) -> None:
-    """A client process: open sockets, say ready, collect until told to stop, print latencies."""
+    """A client process: open sockets, say ready; on "report N" wait (≤ 60 s) until N latencies
+    are in, print them as JSON and start afresh; exit on end of input."""
 
     async def run() -> None:
-        sink: list[float] = []
+        sink = Sink()
         channels = args.channel_ids.split(",")
         await open_sockets(args.port, args.query, channels, sink)
         print("ready", flush=True)
         loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader()
         await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-        await reader.readline()  # the driver says "stop" once the stream is over
-        print(json.dumps(sink), flush=True)
+        while line := (await reader.readline()).decode().strip():
+            sink.target = int(line.split()[1])
+            if len(sink) < sink.target:
+                sink.reached.clear()
+                try:
+                    await asyncio.wait_for(sink.reached.wait(), 60)
+                except TimeoutError:
+                    pass
+            print(json.dumps(list(sink)), flush=True)
+            sink.clear()
+            sink.target = 0
 
     asyncio.run(run())
 
@@ -218,6 +242,55 @@ def floor_main(args: argparse.Namespace) -> None:
         app = tornado.web.Application([(r"/ws", Socket), (r"/broadcast", Broadcast)])
         server = HTTPServer(app)
         server.add_sockets(bind_sockets(args.port, "127.0.0.1"))
+        print("listening", flush=True)
+        await asyncio.Event().wait()
+
+    asyncio.run(run())
+
+
+# -- igsync's realtime path alone: the real hub, sockets and Redis, no webhook ingest ---------
+
+
+def hub_main(args: argparse.Namespace) -> None:
+    """The real core (hub, /ws, sessions, Redis log) on the running serve's stores, plus a
+    bench-only POST that publishes the captured events through ``core.sink`` — what a
+    webhook does after MongoDB, without MongoDB."""
+    import tornado.web
+    from tornado.httpserver import HTTPServer
+    from tornado.netutil import bind_sockets
+
+    from config import Settings
+    from server.app import make_app
+    from server.core import build_core
+    from server.events import Event
+
+    state = json.loads(Path(args.query).read_text())
+
+    async def run() -> None:
+        settings = Settings(
+            host="127.0.0.1",
+            port=args.port,
+            mongo_url=state["mongo_url"],
+            redis_url=state["redis_url"],
+            log_level="WARNING",
+        )
+        core = await build_core(settings, ensure_indexes=False)
+        await core.start()
+
+        class Publish(tornado.web.RequestHandler):
+            async def post(self) -> None:
+                received_at = time.time()
+                body = json.loads(self.request.body)
+                events = [
+                    Event(f["event"], f["channel_id"], f["conversation_id"], f["data"], received_at)
+                    for f in body["frames"]
+                ]
+                await core.sink.publish(events)
+                self.finish("ok")
+
+        app = make_app(core)
+        app.add_handlers(r".*", [(r"/bench/publish", Publish)])
+        HTTPServer(app).add_sockets(bind_sockets(args.port, "127.0.0.1"))
         print("listening", flush=True)
         await asyncio.Event().wait()
 
@@ -287,8 +360,10 @@ def webhook_body(account_id: str, mid: str, text: str) -> bytes:
 class Clients:
     """The client processes, with the same channel layout for igsync and the floor."""
 
-    def __init__(self, port: int, query: str, assignment: list[list[str]]) -> None:
+    def __init__(self, port: int, query: str, assignment: list[list[str]], per_channel: int) -> None:
         self.procs = []
+        # Latencies each process reports per round: its sockets × the messages per channel.
+        self.expected = [len(channels) * per_channel for channels in assignment]
         for channels in assignment:
             self.procs.append(
                 subprocess.Popen(
@@ -313,17 +388,27 @@ class Clients:
             if line != "ready":
                 raise RuntimeError(f"client did not get ready: {line!r}")
 
-    def collect(self) -> list[float]:
-        latencies: list[float] = []
-        for proc in self.procs:
-            assert proc.stdin is not None and proc.stdout is not None
-            proc.stdin.write("stop\n")
+    def report(self) -> list[float]:
+        """This round's latencies from every client process."""
+        for proc, expected in zip(self.procs, self.expected, strict=True):
+            assert proc.stdin is not None
+            proc.stdin.write(f"report {expected}\n")
             proc.stdin.flush()
+        latencies: list[float] = []
         for proc in self.procs:
             assert proc.stdout is not None
             latencies.extend(json.loads(proc.stdout.readline()))
-            proc.wait(30)
         return latencies
+
+    def close(self) -> None:
+        for proc in self.procs:
+            if proc.stdin is not None:
+                proc.stdin.close()
+        for proc in self.procs:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
 
 
 def layout(channel_ids: list[str], sockets: int, procs: int) -> list[list[str]]:
@@ -340,12 +425,12 @@ def summary(name: str, latencies: list[float], expected: int, answers: list[floa
     if not latencies:
         raise RuntimeError(f"{name}: no events received")
     p50, p99, worst = percentiles(latencies)
-    a50, a99, amax = percentiles(answers)
+    a50, a99, _ = percentiles(answers)
     print(
-        f"  {name:<7} POST → event: p50 {p50:7.1f} ms   p99 {p99:7.1f} ms   max {worst:7.1f} ms   "
-        f"received {len(latencies)}/{expected}   (POST answered: p50 {a50:.1f} p99 {a99:.1f} max {amax:.1f} ms)"
+        f"  {name:<14} POST → event: p50 {p50:7.1f} ms  p99 {p99:7.1f} ms  max {worst:7.1f} ms  "
+        f"received {len(latencies)}/{expected}  (POST answered: p50 {a50:.1f}, p99 {a99:.1f} ms)"
     )
-    return {"p50": p50, "p99": p99, "max": worst}
+    return {"p50": p50, "p99": p99, "max": worst, "received": len(latencies), "expected": expected}
 
 
 async def post_stream(body_for: Any, count: int, interval: float, warm_for: Any = None, warm: int = 0) -> list[float]:
@@ -372,104 +457,166 @@ async def post_stream(body_for: Any, count: int, interval: float, warm_for: Any 
     return [r.request_time for r in await asyncio.gather(*pending)]
 
 
-def run_igsync(args: argparse.Namespace, data_dir: Path) -> tuple[dict[str, float], float, list[str], int]:
-    from server import devsecrets
+class Igsync:
+    """``igsync serve`` on its own embedded stores, with channels, a token and captured frames."""
 
-    secrets = devsecrets.load_or_create(data_dir)
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IGSYNC_")}
-    env.update(IGSYNC_DATA_DIR=str(data_dir), IGSYNC_PORT=str(port), IGSYNC_LOG_LEVEL="WARNING")
-    log = open(data_dir / "serve.log", "wb")
-    server = subprocess.Popen([sys.executable, "-m", "server", "serve"], cwd=ROOT, env=env, stdout=log, stderr=log)
-    try:
-        base = f"http://127.0.0.1:{port}"
-        wait_http(base + "/healthz")
-        admin = secrets["admin_token"]
-        channel_ids, accounts = [], []
+    def __init__(self, args: argparse.Namespace, data_dir: Path) -> None:
+        from server import devsecrets
+
+        self.args = args
+        self.secrets = devsecrets.load_or_create(data_dir)
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("IGSYNC_")}
+        env.update(IGSYNC_DATA_DIR=str(data_dir), IGSYNC_PORT=str(self.port), IGSYNC_LOG_LEVEL="WARNING")
+        self.log = open(data_dir / "serve.log", "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "server", "serve"], cwd=ROOT, env=env, stdout=self.log, stderr=self.log
+        )
+        wait_http(self.base + "/healthz")
+        admin = self.secrets["admin_token"]
+        owner = {"id": 900, "email": "bench@example.com"}
+        self.channel_ids, self.accounts = [], []
         for i in range(args.channels):
             account = str(ACCOUNT_BASE + i)
-            owner = {"id": 900, "email": "bench@example.com"}
-            channel = api(base, "/api/v1/channels", {"page_id": account, "username": f"b{i}", "owner": owner}, admin)
-            channel_ids.append(channel["channel"]["id"])
-            accounts.append(account)
-        token = api(base, "/api/v1/tokens", {"owner_email": "bench@example.com"}, admin)["token"]
+            body = {"page_id": account, "username": f"b{i}", "owner": owner}
+            self.channel_ids.append(api(self.base, "/api/v1/channels", body, admin)["channel"]["id"])
+            self.accounts.append(account)
+        # Channels of their own for the hub-only series: it shares this server's Redis, and
+        # the pub/sub would (rightly) carry its events to this server's sockets otherwise.
+        self.hub_channel_ids = []
+        for i in range(args.channels):
+            body = {"page_id": str(ACCOUNT_BASE + 500 + i), "username": f"h{i}", "owner": owner}
+            self.hub_channel_ids.append(api(self.base, "/api/v1/channels", body, admin)["channel"]["id"])
+        self.token = api(self.base, "/api/v1/tokens", {"owner_email": owner["email"]}, admin)["token"]
+        self.frames = asyncio.run(self._warm_up())
 
-        def signed(account: str, mid: str, text: str) -> tuple[str, bytes, dict[str, str]]:
-            body = webhook_body(account, mid, text)
-            signature = "sha256=" + hmac.new(secrets["app_secret"].encode(), body, hashlib.sha256).hexdigest()
-            return base + "/webhooks/instagram", body, {"X-Hub-Signature-256": signature}
+    def signed(self, account: str, mid: str, text: str) -> tuple[str, bytes, dict[str, str]]:
+        body = webhook_body(account, mid, text)
+        signature = "sha256=" + hmac.new(self.secrets["app_secret"].encode(), body, hashlib.sha256).hexdigest()
+        return self.base + "/webhooks/instagram", body, {"X-Hub-Signature-256": signature}
 
-        # Warm up: every channel's customer and conversation exist before measuring, and one
-        # observer socket captures the frames igsync sends per message (the floor's payloads).
-        templates: list[bytes] = []
+    async def _warm_up(self) -> list[str]:
+        """Every channel's customer and conversation exist before measuring; one observer
+        socket captures the frames igsync sends per message (the floor's payloads)."""
+        observer = (await open_sockets(self.port, f"access_token={self.token}", self.channel_ids[:1], Sink()))[0]
+        observer.capture = True
+        observer.capture_until = 6
+        observer.captured = asyncio.get_running_loop().create_future()
+        n = self.args.channels
+        await post_stream(lambda i: self.signed(self.accounts[i], f"warm-{i}", "warm up"), n, 0)
+        await post_stream(lambda i: self.signed(self.accounts[0], "tpl", "bench@0.0@ template"), 1, 0)
+        await asyncio.wait_for(observer.captured, 30)
+        assert observer.transport is not None
+        observer.transport.close()
+        return [f.decode() for f in observer.frames[3:6]]
 
-        async def warm_up() -> None:
-            sink: list[float] = []
-            observer = (await open_sockets(port, f"access_token={token}", channel_ids[:1], sink))[0]
-            observer.capture = True
-            observer.capture_until = 6
-            observer.captured = asyncio.get_running_loop().create_future()
-            await post_stream(lambda i: signed(accounts[i], f"warm-{i}", "warm up"), args.channels, 0)
-            await post_stream(lambda i: signed(accounts[0], "tpl", "bench@0.0@ template"), 1, 0)
-            await asyncio.wait_for(observer.captured, 30)
-            templates.extend(observer.frames[3:6])
-            assert observer.transport is not None
-            observer.transport.close()
-
-        asyncio.run(warm_up())
-        rss_before = rss_kib(server.pid)
-        clients = Clients(port, f"access_token={token}", layout(channel_ids, args.sockets, args.client_procs))
-        rss_after = rss_kib(server.pid)
+    def stream(self, round_no: int) -> list[float]:
+        args = self.args
 
         def measured(i: int) -> tuple[str, bytes, dict[str, str]]:
-            return signed(accounts[i % args.channels], f"bench-{i}", f"bench@{time.time():.6f}@ message {i}")
+            account = self.accounts[i % args.channels]
+            return self.signed(account, f"bench-{round_no}-{i}", f"bench@{time.time():.6f}@ message {i}")
 
         def unmeasured(i: int) -> tuple[str, bytes, dict[str, str]]:
-            return signed(accounts[i % args.channels], f"bench-warm-{i}", "warm up")
+            return self.signed(self.accounts[i % args.channels], f"bench-warm-{round_no}-{i}", "warm up")
 
-        answers = asyncio.run(post_stream(measured, args.webhooks, args.interval_ms / 1000, unmeasured, args.channels))
-        latencies = clients.collect()
-        expected = args.webhooks * args.sockets // args.channels
-        result = summary("igsync", latencies, expected, answers)
-        per_conn = (rss_after - rss_before) / args.sockets
-        frames = [t.decode() for t in templates]
-        return result, per_conn, frames, rss_after
-    finally:
-        server.send_signal(signal.SIGTERM)
+        return asyncio.run(post_stream(measured, args.webhooks, args.interval_ms / 1000, unmeasured, args.channels))
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
         try:
-            server.wait(30)
+            self.proc.wait(30)
         except subprocess.TimeoutExpired:
-            server.kill()
-        log.close()
+            self.proc.kill()
+        self.log.close()
 
 
-def run_floor(args: argparse.Namespace, frames: list[str]) -> dict[str, float]:
-    port = free_port()
-    floor = subprocess.Popen(
-        [sys.executable, __file__, "--floor", "--port", str(port)], stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert floor.stdout is not None and floor.stdout.readline().strip() == "listening"
-        channel_ids = [f"floor-{i}" for i in range(args.channels)]
-        clients = Clients(port, "", layout(channel_ids, args.sockets, args.client_procs))
+class HubOnly:
+    """igsync's realtime path alone (``--hub``), on the igsync run's own stores and channels."""
 
-        def measured(i: int) -> tuple[str, bytes, dict[str, str]]:
-            stamp = f"bench@{time.time():.6f}@"
-            payloads = [f.replace("bench@0.0@", stamp) for f in frames]
-            body = json.dumps({"channel_id": channel_ids[i % args.channels], "frames": payloads}).encode()
-            return f"http://127.0.0.1:{port}/broadcast", body, {}
+    def __init__(self, args: argparse.Namespace, igsync: Igsync, data_dir: Path) -> None:
+        self.args = args
+        self.igsync = igsync
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, "--hub", "--port", str(self.port), "--query", str(data_dir / "stores.json")],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdout is not None and self.proc.stdout.readline().strip() == "listening"
+        # The captured frames, as events of each channel (ids of the right channel).
+        self.templates = [json.loads(f) for f in igsync.frames]
 
-        def unmeasured(i: int) -> tuple[str, bytes, dict[str, str]]:
-            payloads = [f.replace("bench@0.0@", "warm") for f in frames]
-            body = json.dumps({"channel_id": channel_ids[i % args.channels], "frames": payloads}).encode()
-            return f"http://127.0.0.1:{port}/broadcast", body, {}
+    def body(self, i: int, stamp: str) -> tuple[str, bytes, dict[str, str]]:
+        channel_id = self.igsync.hub_channel_ids[i % self.args.channels]
+        frames = []
+        for template in self.templates:
+            text = json.dumps(template["data"]).replace("bench@0.0@", stamp)
+            frames.append(
+                {
+                    "event": template["event"],
+                    "channel_id": channel_id,
+                    "conversation_id": template["conversation_id"],
+                    "data": json.loads(text),
+                }
+            )
+        return f"http://127.0.0.1:{self.port}/bench/publish", json.dumps({"frames": frames}).encode(), {}
 
-        answers = asyncio.run(post_stream(measured, args.webhooks, args.interval_ms / 1000, unmeasured, args.channels))
-        latencies = clients.collect()
-        return summary("floor", latencies, args.webhooks * args.sockets // args.channels, answers)
-    finally:
-        floor.kill()
-        floor.wait()
+    def stream(self, round_no: int) -> list[float]:
+        args = self.args
+        return asyncio.run(
+            post_stream(
+                lambda i: self.body(i, f"bench@{time.time():.6f}@"),
+                args.webhooks,
+                args.interval_ms / 1000,
+                lambda i: self.body(i, "warm"),
+                args.channels,
+            )
+        )
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+class Floor:
+    """The bare Tornado broadcaster, with the same channel layout and frames."""
+
+    def __init__(self, args: argparse.Namespace, frames: list[str]) -> None:
+        self.args = args
+        self.frames = frames
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, "--floor", "--port", str(self.port)], stdout=subprocess.PIPE, text=True
+        )
+        assert self.proc.stdout is not None and self.proc.stdout.readline().strip() == "listening"
+        self.channel_ids = [f"floor-{i}" for i in range(args.channels)]
+
+    def body(self, i: int, stamp: str) -> tuple[str, bytes, dict[str, str]]:
+        payloads = [f.replace("bench@0.0@", stamp) for f in self.frames]
+        body = json.dumps({"channel_id": self.channel_ids[i % self.args.channels], "frames": payloads}).encode()
+        return f"http://127.0.0.1:{self.port}/broadcast", body, {}
+
+    def stream(self, round_no: int) -> list[float]:
+        args = self.args
+        return asyncio.run(
+            post_stream(
+                lambda i: self.body(i, f"bench@{time.time():.6f}@"),
+                args.webhooks,
+                args.interval_ms / 1000,
+                lambda i: self.body(i, "warm"),
+                args.channels,
+            )
+        )
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
 
 
 def main() -> None:
@@ -479,8 +626,10 @@ def main() -> None:
     parser.add_argument("--webhooks", type=int, default=100)
     parser.add_argument("--interval-ms", type=float, default=50.0)
     parser.add_argument("--client-procs", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3, help="streams per server, alternating (same load for both)")
     parser.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--floor", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--hub", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--query", default="", help=argparse.SUPPRESS)
     parser.add_argument("--channel-ids", default="", help=argparse.SUPPRESS)
@@ -494,27 +643,81 @@ def main() -> None:
     if args.floor:
         floor_main(args)
         return
+    if args.hub:
+        hub_main(args)
+        return
+    if args.webhooks % args.channels or args.sockets % args.channels:
+        raise SystemExit("--webhooks and --sockets must be multiples of --channels")
     if args.sockets + 100 > hard:
         raise SystemExit(
             f"--sockets {args.sockets} needs a file descriptor limit above {args.sockets + 100} (hard {hard})"
         )
     print(f"load average at start: {os.getloadavg()[0]:.1f} ({os.cpu_count()} cores)")
+    per_channel = args.webhooks // args.channels
     print(
         f"fan-out: {args.sockets} sockets over {args.channels} channels ({args.sockets // args.channels} per message), "
-        f"{args.webhooks} webhooks every {args.interval_ms:g} ms, {args.client_procs} client processes"
+        f"{args.webhooks} webhooks every {args.interval_ms:g} ms per round, {args.rounds} rounds alternating "
+        f"igsync and floor, {args.client_procs} client processes"
     )
     data_dir = Path(tempfile.mkdtemp(prefix="igsync-fanout-"))
+    started: list[Any] = []
     try:
-        result, per_conn, frames, rss = run_igsync(args, data_dir)
-        floor = run_floor(args, frames)
+        igsync = Igsync(args, data_dir)
+        started.append(igsync)
+        rss_before = rss_kib(igsync.proc.pid)
+        assignment = layout(igsync.channel_ids, args.sockets, args.client_procs)
+        igsync_clients = Clients(igsync.port, f"access_token={igsync.token}", assignment, per_channel)
+        started.append(igsync_clients)
+        rss_after = rss_kib(igsync.proc.pid)
+        hub = HubOnly(args, igsync, data_dir)
+        started.append(hub)
+        hub_layout = layout(igsync.hub_channel_ids, args.sockets, args.client_procs)
+        hub_clients = Clients(hub.port, f"access_token={igsync.token}", hub_layout, per_channel)
+        started.append(hub_clients)
+        floor = Floor(args, igsync.frames)
+        started.append(floor)
+        floor_clients = Clients(floor.port, "", layout(floor.channel_ids, args.sockets, args.client_procs), per_channel)
+        started.append(floor_clients)
+        expected = per_channel * args.channels * (args.sockets // args.channels)
+        series = (
+            ("igsync", igsync, igsync_clients),
+            ("igsync hub", hub, hub_clients),
+            ("floor", floor, floor_clients),
+        )
+        pooled: dict[str, list[float]] = {name: [] for name, _, _ in series}
+        answers: dict[str, list[float]] = {name: [] for name, _, _ in series}
+        for round_no in range(args.rounds):
+            print(f" round {round_no + 1} (load average {os.getloadavg()[0]:.1f})")
+            for name, target, clients in series:
+                posted = target.stream(round_no)
+                latencies = clients.report()
+                summary(name, latencies, expected, posted)
+                pooled[name].extend(latencies)
+                answers[name].extend(posted)
+        print(f" all rounds (load average at end {os.getloadavg()[0]:.1f})")
+        result = summary("igsync", pooled["igsync"], expected * args.rounds, answers["igsync"])
+        hub_only = summary("igsync hub", pooled["igsync hub"], expected * args.rounds, answers["igsync hub"])
+        base = summary("floor", pooled["floor"], expected * args.rounds, answers["floor"])
+        per_conn = (rss_after - rss_before) / args.sockets
+        print(f"  igsync RSS {rss_after / 1024:.0f} MiB with the sockets open; {per_conn:.1f} KiB per connection")
+        print(
+            f"  ratio igsync/floor:     p50 {result['p50'] / base['p50']:.2f}x   p99 {result['p99'] / base['p99']:.2f}x"
+            f"   (frames per message per socket: {len(igsync.frames)}, {sum(len(f) for f in igsync.frames)} bytes)"
+        )
+        print(
+            f"  ratio igsync hub/floor: p50 {hub_only['p50'] / base['p50']:.2f}x   "
+            f"p99 {hub_only['p99'] / base['p99']:.2f}x   (the realtime path alone, no webhook ingest)"
+        )
+        for name, figures in (("igsync", result), ("igsync hub", hub_only)):
+            if figures["received"] != figures["expected"]:
+                print(f"  WARNING: {name} delivered {figures['received']} events for {figures['expected']} expected")
     finally:
+        for part in reversed(started):
+            if isinstance(part, Clients):
+                part.close()
+            else:
+                part.stop()
         shutil.rmtree(data_dir, ignore_errors=True)
-    print(f"load average at end: {os.getloadavg()[0]:.1f}")
-    print(f"  igsync RSS {rss / 1024:.0f} MiB with the sockets open; {per_conn:.1f} KiB per connection")
-    print(
-        f"  ratio igsync/floor: p50 {result['p50'] / floor['p50']:.2f}x   p99 {result['p99'] / floor['p99']:.2f}x   "
-        f"(frames per message per socket: {len(frames)}, {sum(len(f) for f in frames)} bytes)"
-    )
 
 
 if __name__ == "__main__":
