@@ -135,3 +135,36 @@ async def test_connection_gauge_and_client_close_are_counted(server: RunningServ
     assert hub is not None and not hub.sessions and not hub.registry.routes
     # No socket, no route: the process no longer follows the channel.
     await server.client.webhook(messaging_body(text_item("mid-after-close", "nobody listens")))
+
+
+@pytest.mark.slow
+async def test_server_pings_and_drops_a_client_that_never_answers(stores, tmp_path: Path) -> None:
+    """A raw client that completes the handshake and then ignores everything: the server
+    pings it every IGSYNC_WS_PING_SECS and drops it when no pong comes."""
+    import asyncio
+    import base64
+    import os
+
+    from tests.helpers import wait_for
+
+    server = await start_server(make_settings(stores, tmp_path, ws_ping_secs=1))
+    try:
+        tenant = await connect_tenant(server.client)
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        key = base64.b64encode(os.urandom(16)).decode()
+        writer.write(
+            (
+                f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nAuthorization: Bearer {tenant.token}\r\n\r\n"
+            ).encode()
+        )
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        assert head.startswith(b"HTTP/1.1 101")
+        first = await asyncio.wait_for(reader.readexactly(2), 10)
+        assert first[0] & 0x0F == 0x9  # a ping, which we never answer
+        metrics = server.core.metrics
+        await wait_for(lambda: metrics.ws_disconnects.labels(reason="ping_timeout")._value.get() == 1, timeout=20)
+        assert metrics.ws_connections._value.get() == 0
+        writer.close()
+    finally:
+        await stop_server(server)
