@@ -532,7 +532,28 @@ class Igsync:
         self.log.close()
 
 
-class HubOnly:
+class StampedSeries:
+    """A series whose POST bodies are ``body(i, stamp)``: measured ones carry the send time."""
+
+    args: argparse.Namespace
+
+    def body(self, i: int, stamp: str) -> tuple[str, bytes, dict[str, str]]:
+        raise NotImplementedError
+
+    def stream(self, round_no: int) -> list[float]:
+        args = self.args
+        return asyncio.run(
+            post_stream(
+                lambda i: self.body(i, f"bench@{time.time():.6f}@"),
+                args.webhooks,
+                args.interval_ms / 1000,
+                lambda i: self.body(i, "warm"),
+                args.channels,
+            )
+        )
+
+
+class HubOnly(StampedSeries):
     """igsync's realtime path alone (``--hub``), on the igsync run's own stores and channels."""
 
     def __init__(self, args: argparse.Namespace, igsync: Igsync, data_dir: Path) -> None:
@@ -564,18 +585,6 @@ class HubOnly:
             )
         return f"http://127.0.0.1:{self.port}/bench/publish", json.dumps({"frames": frames}).encode(), {}
 
-    def stream(self, round_no: int) -> list[float]:
-        args = self.args
-        return asyncio.run(
-            post_stream(
-                lambda i: self.body(i, f"bench@{time.time():.6f}@"),
-                args.webhooks,
-                args.interval_ms / 1000,
-                lambda i: self.body(i, "warm"),
-                args.channels,
-            )
-        )
-
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
         try:
@@ -584,7 +593,7 @@ class HubOnly:
             self.proc.kill()
 
 
-class Floor:
+class Floor(StampedSeries):
     """The bare Tornado broadcaster, with the same channel layout and frames."""
 
     def __init__(self, args: argparse.Namespace, frames: list[str]) -> None:
@@ -601,18 +610,6 @@ class Floor:
         payloads = [f.replace("bench@0.0@", stamp) for f in self.frames]
         body = json.dumps({"channel_id": self.channel_ids[i % self.args.channels], "frames": payloads}).encode()
         return f"http://127.0.0.1:{self.port}/broadcast", body, {}
-
-    def stream(self, round_no: int) -> list[float]:
-        args = self.args
-        return asyncio.run(
-            post_stream(
-                lambda i: self.body(i, f"bench@{time.time():.6f}@"),
-                args.webhooks,
-                args.interval_ms / 1000,
-                lambda i: self.body(i, "warm"),
-                args.channels,
-            )
-        )
 
     def stop(self) -> None:
         self.proc.kill()

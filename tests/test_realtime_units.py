@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -14,7 +16,7 @@ from server import events as ev
 from server.auth import INBOX, Principal
 from server.core import redis_client
 from server.ws_log import EventLog, encode, parse_live
-from server.ws_registry import Registry
+from server.ws_registry import ChannelRoute, Registry
 from server.ws_session import CommandError, parse_command
 from tests.conftest import RunningServer, Tenant
 from tests.helpers import wait_for
@@ -97,70 +99,75 @@ class Recorder:
         self.resyncs.append((latest_seq, epoch))
 
 
-async def test_registry_orders_and_dedups_racing_paths_from_the_real_log(stores) -> None:
+@dataclass
+class Routed:
+    log: EventLog
+    registry: Registry
+    subscriber: Recorder
+    channel: str
+    route: ChannelRoute
+
+
+@pytest.fixture
+async def routed(stores) -> AsyncIterator[Routed]:
+    """A registry over the real Redis log, one subscriber on a fresh channel, positioned."""
+    redis = redis_client(stores.redis_url, timeout_ms=1000)
+    log = EventLog(redis, max_events=100, ttl_secs=60)
+    channel = "unit-" + uuid.uuid4().hex
+    registry = Registry(log.read)
+    subscriber = Recorder()
+    route, created = registry.add(subscriber, channel)
+    assert created
+    epoch, latest = await log.state(channel)
+    registry.set_position(route, epoch, latest)
+    route.established = True
+    yield Routed(log, registry, subscriber, channel, route)
+    await registry.close()
+    await redis.aclose()
+
+
+async def test_registry_orders_and_dedups_racing_paths_from_the_real_log(routed: Routed) -> None:
     """Our own publish's reply and the pub/sub copy race: whatever order they come in, a
     subscriber sees each seq once, in order; a gap is read from the stream at once."""
-    redis = redis_client(stores.redis_url, timeout_ms=1000)
-    log = EventLog(redis, max_events=100, ttl_secs=60)
-    channel = "unit-" + uuid.uuid4().hex
-    try:
-        registry = Registry(log.read)
-        subscriber = Recorder()
-        route, created = registry.add(subscriber, channel)
-        assert created
-        epoch, latest = await log.state(channel)
-        registry.set_position(route, epoch, latest)
-        route.established = True
-        items = [encode(ev.Event(ev.MESSAGE_DELETED, channel, None, {"message_id": str(i)})) for i in range(5)]
-        epoch, first = await log.append(channel, items)
-        assert first == 1
-        envelopes = {first + i: item.with_seq(first + i) for i, item in enumerate(items)}
+    log, registry, subscriber, channel = routed.log, routed.registry, routed.subscriber, routed.channel
+    items = [encode(ev.Event(ev.MESSAGE_DELETED, channel, None, {"message_id": str(i)})) for i in range(5)]
+    epoch, first = await log.append(channel, items)
+    assert first == 1
+    envelopes = {first + i: item.with_seq(first + i) for i, item in enumerate(items)}
 
-        def arrive(seq: int) -> None:
-            registry.publish_sequenced(channel, epoch, seq, envelopes[seq], None, None)
+    def arrive(seq: int) -> None:
+        registry.publish_sequenced(channel, epoch, seq, envelopes[seq], None, None)
 
-        arrive(3)  # pub/sub copy of 3 overtakes our own 1 and 2
-        arrive(1)
-        arrive(3)
-        await wait_for(lambda: len(subscriber.seqs) >= 3)  # the gap read is a Redis round trip
-        assert subscriber.seqs == [1, 2, 3]
-        for seq in (2, 5, 4, 5, 1):
-            arrive(seq)
-        await wait_for(lambda: len(subscriber.seqs) >= 5)
-        assert subscriber.seqs == [1, 2, 3, 4, 5]
-        assert subscriber.resyncs == []
-        # A stale event of a retired epoch is ignored; a new epoch voids positions.
-        registry.publish_sequenced(channel, "other-epoch", 1, envelopes[1], None, None)
-        assert subscriber.resyncs == [(0, "other-epoch")] and subscriber.seqs[-1] == 1
-        registry.publish_sequenced(channel, epoch, 6, envelopes[5], None, None)
-        assert len(subscriber.resyncs) == 1
-        await registry.close()
-    finally:
-        await redis.aclose()
+    arrive(3)  # pub/sub copy of 3 overtakes our own 1 and 2
+    arrive(1)
+    arrive(3)
+    await wait_for(lambda: len(subscriber.seqs) >= 3)  # the gap read is a Redis round trip
+    assert subscriber.seqs == [1, 2, 3]
+    for seq in (2, 5, 4, 5, 1):
+        arrive(seq)
+    await wait_for(lambda: len(subscriber.seqs) >= 5)
+    assert subscriber.seqs == [1, 2, 3, 4, 5]
+    assert subscriber.resyncs == []
+    # A stale event of a retired epoch is ignored; a new epoch voids positions.
+    registry.publish_sequenced(channel, "other-epoch", 1, envelopes[1], None, None)
+    assert subscriber.resyncs == [(0, "other-epoch")] and subscriber.seqs[-1] == 1
+    registry.publish_sequenced(channel, epoch, 6, envelopes[5], None, None)
+    assert len(subscriber.resyncs) == 1
 
 
-async def test_an_event_routed_without_seq_is_not_routed_again_with_one(stores) -> None:
+async def test_an_event_routed_without_seq_is_not_routed_again_with_one(routed: Routed) -> None:
     """A publish that timed out on our side although Redis ran the script: the event went to
     local sockets without a seq; its sequenced copy (pub/sub, stream) only advances the route."""
-    redis = redis_client(stores.redis_url, timeout_ms=1000)
-    log = EventLog(redis, max_events=100, ttl_secs=60)
-    channel = "unit-" + uuid.uuid4().hex
-    try:
-        registry = Registry(log.read)
-        subscriber = Recorder()
-        route, _ = registry.add(subscriber, channel)
-        epoch, latest = await log.state(channel)
-        registry.set_position(route, epoch, latest)
-        item = encode(ev.Event(ev.MESSAGE_DELETED, channel, None, {"message_id": "m"}))
-        registry.publish_unsequenced(channel, item.with_seq(None), item.received_at, None, item.eid)
-        epoch, seq = await log.append(channel, [item])  # Redis did run it
-        registry.publish_sequenced(channel, epoch, seq, item.with_seq(seq), None, None, item.eid)
-        after = encode(ev.Event(ev.MESSAGE_DELETED, channel, None, {"message_id": "n"}))
-        epoch, seq2 = await log.append(channel, [after])
-        registry.publish_sequenced(channel, epoch, seq2, after.with_seq(seq2), None, None, after.eid)
-        assert subscriber.seqs == [None, seq2] and route.delivered == seq2
-    finally:
-        await redis.aclose()
+    log, registry, subscriber, channel = routed.log, routed.registry, routed.subscriber, routed.channel
+    route = routed.route
+    item = encode(ev.Event(ev.MESSAGE_DELETED, channel, None, {"message_id": "m"}))
+    registry.publish_unsequenced(channel, item.with_seq(None), item.received_at, None, item.eid)
+    epoch, seq = await log.append(channel, [item])  # Redis did run it
+    registry.publish_sequenced(channel, epoch, seq, item.with_seq(seq), None, None, item.eid)
+    after = encode(ev.Event(ev.MESSAGE_DELETED, channel, None, {"message_id": "n"}))
+    epoch, seq2 = await log.append(channel, [after])
+    registry.publish_sequenced(channel, epoch, seq2, after.with_seq(seq2), None, None, after.eid)
+    assert subscriber.seqs == [None, seq2] and route.delivered == seq2
 
 
 def test_text_frames_follow_rfc_6455() -> None:
