@@ -135,6 +135,34 @@ async def test_connection_gauge_and_client_close_are_counted(server: RunningServ
     assert hub is not None and not hub.sessions and not hub.registry.routes
     # No socket, no route: the process no longer follows the channel.
     await server.client.webhook(messaging_body(text_item("mid-after-close", "nobody listens")))
+    text = (await server.client.get("/metrics")).body.decode()
+    for name in ("igsync_ws_connections 0.0", "igsync_pubsub_reconnects_total 0.0", "igsync_event_delivery_seconds"):
+        assert name in text
+
+
+def _delivered(server: RunningServer) -> float:
+    for metric in server.core.metrics.event_delivery.collect():
+        for sample in metric.samples:
+            if sample.name.endswith("_count"):
+                return sample.value
+    return 0.0
+
+
+async def test_event_delivery_seconds_is_observed_per_event_written(server: RunningServer, tenant: Tenant) -> None:
+    from tests.helpers import wait_for
+
+    first = await WsClient.connect(server.base_url, tenant.token)
+    second = await WsClient.connect(server.base_url, tenant.token)
+    for ws in (first, second):
+        await ws.subscribe(channel_id=tenant.channel["id"])
+    before = _delivered(server)
+    await server.client.webhook_fixture("customer_text")
+    for ws in (first, second):
+        await ws.events(3)
+    await wait_for(lambda: _delivered(server) >= before + 6)  # 3 events × 2 sockets, once each
+    assert await first.quiet() == [] and _delivered(server) == before + 6
+    first.close()
+    second.close()
 
 
 @pytest.mark.slow
