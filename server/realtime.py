@@ -108,6 +108,9 @@ class PubSubLink:
         self.on_connected = on_connected
         self.metrics = metrics
         self.connected = False
+        # Set while connected; a link that has never been up yet is worth a short wait.
+        self.up = asyncio.Event()
+        self.ever_connected = False
         self._pubsub: Any = None
         self._pending: dict[bytes, deque[asyncio.Future[None]]] = {}
         self._task: asyncio.Task[None] | None = None
@@ -150,6 +153,8 @@ class PubSubLink:
                     elif kind == "subscribe":
                         if message["channel"] == CONTROL_CHANNEL:
                             self.connected = True
+                            self.ever_connected = True
+                            self.up.set()
                             delay = RECONNECT_MIN_SECS
                             if failed_before:
                                 self.metrics.pubsub_reconnects.inc()
@@ -165,6 +170,7 @@ class PubSubLink:
                     self.metrics.store_errors.labels(store="redis").inc()
             finally:
                 self.connected = False
+                self.up.clear()
                 self._pubsub = None
                 self._fail_pending()
                 with contextlib.suppress(Exception):
@@ -192,8 +198,17 @@ class PubSubLink:
                     future.set_exception(LinkDown("pub/sub connection lost"))
                     future.exception()  # retrieved: nobody may be waiting any more
 
+    async def wait_first_connection(self, timeout: float) -> bool:
+        """Just after start the connection may still be on its way: wait for it (bounded).
+        Once it has been up, a down link fails at once (the caller degrades)."""
+        if not self.ever_connected and not self._stopping:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.up.wait(), timeout)
+        return self.connected
+
     async def subscribe(self, channel_id: str) -> None:
         """Subscribe to the channel's live events; returns once Redis has confirmed it."""
+        await self.wait_first_connection(SUBSCRIBE_TIMEOUT_SECS)
         pubsub = self._pubsub
         if not self.connected or pubsub is None:
             raise LinkDown("pub/sub connection is down")
@@ -243,8 +258,12 @@ class EventHub:
     # -- service -----------------------------------------------------------------------
 
     async def start(self) -> None:
+        """Start the pub/sub reader and give it a moment to connect, so the first sockets
+        get a position at once (with Redis down, go on: the reader keeps trying)."""
         self.started = True
         self.link.start()
+        if not await self.link.wait_first_connection(SUBSCRIBE_TIMEOUT_SECS):
+            log.warning("Redis pub/sub not connected at start; live events are local until it is")
 
     async def stop(self) -> None:
         """Close every socket with 1001 (after its queue drains), then the pub/sub and clients."""
