@@ -45,6 +45,7 @@ from server.ws_log import (
     CONTROL_CHANNEL,
     EPOCH_PLACEHOLDER,
     SEQ_PLACEHOLDER,
+    Encoded,
     EventLog,
     channel_of_live,
     encode,
@@ -253,14 +254,12 @@ class EventHub:
         self.degraded_channels: set[str] = set()
         self._flushing = False
         self.closing = False
-        self.started = False
 
     # -- service -----------------------------------------------------------------------
 
     async def start(self) -> None:
         """Start the pub/sub reader and give it a moment to connect, so the first sockets
         get a position at once (with Redis down, go on: the reader keeps trying)."""
-        self.started = True
         self.link.start()
         if not await self.link.wait_first_connection(SUBSCRIBE_TIMEOUT_SECS):
             log.warning("Redis pub/sub not connected at start; live events are local until it is")
@@ -359,7 +358,7 @@ class EventHub:
         for channel_id, group in by_channel.items():
             await self._publish_channel(channel_id, [encode(e) for e in group])
 
-    async def _publish_channel(self, channel_id: str, encoded: list[Any]) -> None:
+    async def _publish_channel(self, channel_id: str, encoded: list[Encoded]) -> None:
         if self.breaker.allows():
             try:
                 epoch, first = await asyncio.wait_for(self.log.append(channel_id, encoded), self.publish_timeout)
