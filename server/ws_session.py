@@ -301,6 +301,10 @@ class WsSession:
                 self.send(error_frame(exc.code, exc.message, exc.fields))
             except ApiError as exc:
                 self.send(error_frame(exc.code, exc.message, exc.fields))
+            except Exception as exc:
+                # MongoDB unreachable during the owner check, or a bug: the socket stays usable.
+                log.error("WebSocket command failed (%s)", type(exc).__name__, exc_info=True)
+                self.send(error_frame("unavailable", "The command could not be completed now; retry."))
 
     async def _subscribe(self, command: Command) -> None:
         if command.channel_id is not None:
