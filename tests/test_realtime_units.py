@@ -196,3 +196,23 @@ def test_envelope_and_live_wire_format() -> None:
     assert live is not None and (live.epoch, live.seq, live.conversation_id, live.eid) == ("ep", 7, "v1", "e1d")
     assert orjson.loads(live.envelope)["data"]["message"]["content"] == 'a|b "q"'
     assert parse_live(b"garbage") is None
+
+
+async def test_a_store_failure_during_a_command_answers_unavailable(server: RunningServer, tenant: Tenant) -> None:
+    from models.store import Store
+    from server.inbox_api import InboxService
+    from server.threads import ChannelCache
+
+    hub = server.core.realtime
+    assert hub is not None
+    transport = PlainTransport()
+    session = hub.open_session(Principal(INBOX, tenant.owner), transport)
+    unreachable = Store("mongodb://127.0.0.1:9/?directConnection=true", "nowhere", timeout_ms=200)
+    session.inbox = InboxService(unreachable, ChannelCache(unreachable, ttl_secs=0))
+    await session.handle_frame(orjson.dumps({"action": "subscribe", "channel_id": tenant.channel["id"]}))
+    await session.handle_frame('{"action": "ping"}')
+    await wait_for(lambda: len(transport.frames) >= 2)
+    assert transport.frames[0]["event"] == "error" and transport.frames[0]["error"] == "unavailable"
+    assert transport.frames[1] == {"event": "pong"} and not session.closed
+    session.transport_closed()
+    await unreachable.close()
