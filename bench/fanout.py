@@ -1,21 +1,25 @@
 """Realtime fan-out benchmark: webhook POST → event received on K WebSockets, against a floor.
 
-Run:  .venv/bin/python bench/fanout.py [--sockets 1000] [--channels 10] [--webhooks 100] [--interval-ms 50]
+Run:  .venv/bin/python bench/fanout.py [--sockets 1000] [--channels 10] [--webhooks 100]
+                                       [--interval-ms 50] [--rounds 3] [--client-procs 2]
 
-1. Starts ``igsync serve`` as a subprocess on its own embedded stores (a temporary data dir),
-   connects ``--channels`` channels and an inbox token through the admin API.
-2. Starts ``--client-procs`` client processes that open ``--sockets`` WebSockets in all,
-   spread evenly over the channels, each subscribed to its channel (a minimal asyncio
-   WebSocket client, so the clients' own CPU cost stays small on a 2-core machine).
-3. Posts ``--webhooks`` signed customer messages, one every ``--interval-ms``, round-robin
-   over the channels. Each message text carries the wall-clock time of its POST; each
-   client records, for every ``chat_message`` frame, receive time − POST time.
-4. The floor, in the same run: a bare Tornado server (same script, ``--floor``) with the same
-   channel layout, the same K sockets from the same client processes, broadcasting the same
-   three frames igsync sends per message (captured from igsync in step 3) on a POST — no
-   HMAC, no MongoDB, no Redis, no queues.
+Three series, measured in alternating rounds so that each sees the same machine load:
 
-Prints p50/p99/max latency for both, their ratio, and igsync's RSS per connection.
+* **igsync** — ``igsync serve`` as a subprocess on its own embedded stores (a temporary
+  data dir); channels and an inbox token made through the admin API; signed customer
+  messages POSTed one every ``--interval-ms``, round-robin over the channels. Each text
+  carries the wall-clock time of its POST; for every ``chat_message`` frame a client
+  records receive time − POST time.
+* **igsync hub** — igsync's realtime path alone (``--hub``): the real core, ``/ws``,
+  sessions, Redis log and pub/sub on the same stores, with a bench-only POST that publishes
+  the same events through ``core.sink`` — what a webhook does once MongoDB has it.
+* **floor** — a bare Tornado server (``--floor``) with the same channel layout, the same K
+  sockets, broadcasting the same three frames igsync sends per message (captured from
+  igsync) with ``write_message`` in a loop: no HMAC, no MongoDB, no Redis, no queues.
+
+Clients run in ``--client-procs`` processes of their own (a minimal asyncio WebSocket
+client, so their CPU cost stays small on a 2-core machine). Prints p50/p99/max per round
+and pooled, the POST answer times, the ratios to the floor, and igsync's RSS per connection.
 """
 
 from __future__ import annotations
