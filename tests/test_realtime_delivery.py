@@ -145,3 +145,42 @@ async def test_redis_down_local_sockets_still_get_events_and_pubsub_recovers(
     assert await ws.quiet() == []
     for client in (ws, late, other_ws):
         client.close()
+
+
+async def test_a_hanging_redis_costs_one_short_timeout_and_never_a_duplicate(
+    redis_server: RunningServer, own_redis: EmbeddedStores
+) -> None:
+    """Redis stops answering (SIGSTOP) instead of refusing: the publish gives up after
+    IGSYNC_REALTIME_REDIS_TIMEOUT_MS, the event goes to local sockets without a seq, and
+    whether or not Redis runs the script once it wakes, each event reaches the socket once."""
+    import os
+    import signal
+
+    server = redis_server
+    hub = server.core.realtime
+    assert hub is not None
+    tenant = await connect_tenant(server.client)
+    ws = await WsClient.connect(server.base_url, tenant.token)
+    await ws.subscribe(channel_id=tenant.channel["id"])
+    await server.client.webhook(messaging_body(text_item("mid-hang-1", "before")))
+    assert [f["seq"] for f in await ws.events(3)] == [1, 2, 3]
+
+    redis_pid = own_redis._redis.proc.pid  # the test's own Redis child
+    os.kill(redis_pid, signal.SIGSTOP)
+    try:
+        response = await server.client.webhook(messaging_body(text_item("mid-hang-2", "while hanging")))
+        assert response.code == 200
+        assert [f["seq"] for f in await ws.events(3)] == [None, None, None]
+        assert not hub.breaker.allows()
+    finally:
+        os.kill(redis_pid, signal.SIGCONT)
+    await wait_for(lambda: hub.breaker.allows())
+    await server.client.webhook(messaging_body(text_item("mid-hang-3", "after")))
+    frames = await ws.events(4)  # the three of "after" and the logged resync_required
+    frames += await ws.quiet()
+    chats = [f["data"]["message"]["content"] for f in frames if f["event"] == ev.CHAT_MESSAGE]
+    assert chats == ["after"]
+    assert [f["event"] for f in frames].count(ev.RESYNC_REQUIRED) == 1
+    sequenced = [f["seq"] for f in frames if f["event"] != ev.RESYNC_REQUIRED]
+    assert sequenced == sorted(sequenced) and None not in sequenced
+    ws.close()
