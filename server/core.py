@@ -13,32 +13,42 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from config import Settings
 from models.store import Store
 from server.auth import Authenticator
 from server.dedup import EchoDedup, EchoPairing, SentMarks
-from server.events import EventSink, NullSink
+from server.events import EventSink
 from server.inbox_api import InboxService
 from server.ingest import IngestPipeline
 from server.marksent import MarkSentService
 from server.metrics import Metrics
+from server.realtime import EventHub
 from server.recorder import MessageRecorder
 from server.threads import ChannelCache, ThreadResolver
 
 log = logging.getLogger("igsync.core")
 
 
-def redis_client(url: str, *, timeout_ms: int) -> aioredis.Redis:
+def redis_client(url: str, *, timeout_ms: int, retries: int | None = None) -> aioredis.Redis:
     """The one way the project builds a Redis client: short timeouts, since Redis is an
-    accelerator (dedup hints, fan-out) and a slow Redis must not stall a webhook."""
+    accelerator (dedup hints, fan-out) and a slow Redis must not stall a webhook.
+
+    ``retries`` replaces redis-py's default (3 retries with exponential backoff, seconds in
+    all) by that many immediate ones — for paths that have their own fallback."""
     timeout = timeout_ms / 1000
+    extra: dict[str, Any] = {}
+    if retries is not None:
+        extra["retry"] = Retry(NoBackoff(), retries)
     return aioredis.from_url(
         url,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
         health_check_interval=15,
         decode_responses=False,
+        **extra,
     )
 
 
@@ -55,6 +65,8 @@ class Core:
     auth: Authenticator
     inbox: InboxService
     sink: EventSink
+    # The WebSocket hub when this core publishes to it (the default); None with another sink.
+    realtime: EventHub | None = None
     # Echo dedup (webhook side) and mark-sent (sender side): server/dedup.py, server/marksent.py.
     dedup: EchoDedup | None = None
     marksent: MarkSentService | None = None
@@ -109,14 +121,27 @@ async def build_core(
     if ensure_indexes:
         await store.ensure_indexes()
     redis = redis_client(settings.redis_url, timeout_ms=settings.store_timeout_ms)
-    sink = sink or NullSink()
     channels = ChannelCache(store, ttl_secs=settings.channel_cache_secs)
     threads = ThreadResolver(store)
+    inbox = InboxService(store, channels)
+    realtime = None
+    if sink is None:
+        # The hub has its own clients: the publish path gets one immediate retry and a short
+        # timeout (its breaker takes over), the pub/sub reader none (its loop reconnects).
+        realtime = EventHub(
+            settings=settings,
+            publish_redis=redis_client(settings.redis_url, timeout_ms=settings.realtime_redis_timeout_ms, retries=1),
+            pubsub_redis=redis_client(settings.redis_url, timeout_ms=settings.store_timeout_ms, retries=0),
+            metrics=metrics,
+            inbox=inbox,
+        )
+        sink = realtime
     recorder = MessageRecorder(store, sink)
-    # Dedup hints get their own Redis client with a short timeout: a slow Redis is skipped,
-    # never waited for (MongoDB decides alone, P4).
+    # Dedup hints get their own Redis client with a short timeout and one immediate retry (a
+    # connection left stale by a Redis restart is replaced at once): a slow or dead Redis is
+    # skipped, never waited for (MongoDB decides alone, P4).
     marks = SentMarks(
-        redis_client(settings.redis_url, timeout_ms=settings.dedup_redis_timeout_ms),
+        redis_client(settings.redis_url, timeout_ms=settings.dedup_redis_timeout_ms, retries=1),
         metrics,
         ttl_secs=settings.dedup_ttl_secs,
     )
@@ -137,7 +162,6 @@ async def build_core(
         internal_tokens=settings.internal_tokens,
         metrics_token=settings.metrics_token,
     )
-    inbox = InboxService(store, channels)
     marksent = MarkSentService(
         store=store,
         auth=auth,
@@ -161,7 +185,9 @@ async def build_core(
         auth=auth,
         inbox=inbox,
         sink=sink,
+        realtime=realtime,
         dedup=dedup,
         marksent=marksent,
-        services=[marks],
+        # Stopped in reverse: the hub closes its sockets first, the dedup Redis client last.
+        services=[marks, realtime] if realtime is not None else [marks],
     )

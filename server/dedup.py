@@ -204,9 +204,10 @@ def sent_mid_key(mid: str) -> str:
 class SentMarks:
     """mark-sent's Redis marks and the echo's atomic take of them.
 
-    The counter is incremented by mark-sent after its MongoDB write and decremented (only
-    while positive) by the echo that MongoDB paired with a send: it says whether a send was
-    outstanding — layer ``cache`` — and the seed's dashboards keep working. The per-mid key
+    The counter is incremented by mark-sent once MongoDB knows the send (its pairing
+    registration) and decremented (only while positive) by the echo that MongoDB paired with a
+    send: it says whether a send was outstanding — layer ``cache`` — and the seed's dashboards
+    keep working. The per-mid key
     holds the send time, for ``igsync_echo_delay_seconds`` of echoes matched by mid.
     """
 
@@ -245,7 +246,7 @@ class SentMarks:
         )
 
     async def mark(self, conversation_id: ObjectId, content: str, mids: list[str], *, outstanding: bool) -> None:
-        """After mark-sent's MongoDB write: one more outstanding send of this text, and its mids."""
+        """After mark-sent's registration in MongoDB: one more outstanding send of this text, and its mids."""
         if not self._available() or not (outstanding or mids):
             return
         try:

@@ -11,7 +11,10 @@ Owns the mark-sent side of echo dedup (the echo side is :mod:`server.dedup`):
    that Instagram-app message into this outbound one (``200``, ``adopted: true``) — instead of
    storing a second message;
 5. otherwise the recorder finishes the write (conversation ``answered``, earlier customer
-   messages ``is_answered``, events) → ``201``; then the seed's Redis marks.
+   messages ``is_answered``, events) → ``201``.
+
+The seed's Redis marks are set once per send right after step 3 (the send is known to MongoDB
+and outstanding from then on); they only name the dedup layer, MongoDB decides.
 """
 
 from __future__ import annotations
@@ -195,13 +198,15 @@ class MarkSentService:
         # The namespace keeps a caller's ids apart from generated ones.
         send_id = f"c:{cmid}" if cmid is not None else f"s:{ObjectId()}"
         match = await self.pairing.register_send(target.conversation_id, content_hash(data["content"]), send_id, mids)
-        if match.first and match.echo_mids:
-            self.metrics.echo_delay.observe(0.0)  # the echo came first
+        if match.first:
+            if match.echo_mids:
+                self.metrics.echo_delay.observe(0.0)  # the echo came first
+            # The seed's Redis marks, once per send, as soon as MongoDB knows the send: from now
+            # on it is outstanding, also while its message is still being stored.
+            unechoed = [m for m in mids if m not in match.echo_mids]
+            await self.marks.mark(target.conversation_id, data["content"], unechoed, outstanding=not match.echo_mids)
         doc = outbound_message(data, target, send_id, mids, list(match.echo_mids))
         result = await self._store(doc, send_id, received_at)
-        if result.outcome == OUTCOME_CREATED:
-            unechoed = [m for m in mids if m in result.message["mids"] and m not in match.echo_mids]
-            await self.marks.mark(target.conversation_id, data["content"], unechoed, outstanding=not match.echo_mids)
         log.info(
             "mark-sent: %s conversation=%s message=%s type=%s mids=%d echo_first=%s",
             result.outcome,
