@@ -8,6 +8,7 @@ read back from MongoDB.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 
@@ -46,7 +47,8 @@ def dup_layer(response) -> str | None:
     return body.get("layer") if body.get("duplicate") else None
 
 
-async def test_mark_sent_then_echo_is_a_cache_duplicate(server, client, tenant) -> None:
+async def test_mark_sent_then_echo_is_a_cache_duplicate(server, client, tenant, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="igsync")
     sent = await mark_sent(client, "Your order shipped.", client_message_id="app-1")
     assert sent.code == 201
     body = body_of(sent)
@@ -56,6 +58,9 @@ async def test_mark_sent_then_echo_is_a_cache_duplicate(server, client, tenant) 
 
     mid = new_mid("echo")
     assert dup_layer(await echo(client, mid, "Your order shipped.")) == "cache"
+    assert f"duplicate detected via CACHE direction=owner_to_customer channel={tenant.channel['id']} mid={mid}" in (
+        caplog.text
+    )
 
     [message] = await stored_messages(server.core.store.db)
     assert str(message["_id"]) == body["message"]["id"]
@@ -69,7 +74,8 @@ async def test_mark_sent_then_echo_is_a_cache_duplicate(server, client, tenant) 
     assert len(await stored_messages(server.core.store.db)) == 1
 
 
-async def test_mark_sent_with_its_mid_then_echo_is_a_mid_duplicate(server, client, tenant) -> None:
+async def test_mark_sent_with_its_mid_then_echo_is_a_mid_duplicate(server, client, tenant, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="igsync")
     mid = new_mid("sendapi")
     sent = await mark_sent(client, "Here is the link.", type="support", mids=[mid])
     assert sent.code == 201
@@ -77,13 +83,17 @@ async def test_mark_sent_with_its_mid_then_echo_is_a_mid_duplicate(server, clien
     assert body_of(sent)["message"]["mid"] == mid
 
     assert dup_layer(await echo(client, mid, "Here is the link.")) == "mid"
+    assert f"duplicate detected via MID direction=owner_to_customer channel={tenant.channel['id']} mid={mid}" in (
+        caplog.text
+    )
     [message] = await stored_messages(server.core.store.db)
     assert message["mids"] == [mid] and message["type"] == "support"
     assert sample(server.core.metrics, "igsync_duplicates_total", layer="mid") == 1
     assert sample(server.core.metrics, "igsync_echo_delay_seconds_count") == 1
 
 
-async def test_redis_flushed_then_echo_is_a_database_duplicate(server, client, tenant) -> None:
+async def test_redis_flushed_then_echo_is_a_database_duplicate(server, client, tenant, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="igsync")
     ok_body(await mark_sent(client, "We open at 9."))
     conversation = await conversation_of(server.core.store.db)
     key = sent_message_key(conversation["_id"], "We open at 9.")
@@ -92,6 +102,7 @@ async def test_redis_flushed_then_echo_is_a_database_duplicate(server, client, t
     await server.core.redis.delete(key)
 
     assert dup_layer(await echo(client, new_mid(), "We open at 9.")) == "database"
+    assert "duplicate detected via DATABASE" in caplog.text
     assert len(await stored_messages(server.core.store.db)) == 1
     assert sample(server.core.metrics, "igsync_duplicates_total", layer="database") == 1
 
