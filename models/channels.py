@@ -6,6 +6,7 @@ A channel is found by the webhook's ``entry.id``, which Meta fills with the acco
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 from bson import ObjectId
@@ -31,7 +32,8 @@ class ChannelRepository:
         """Create the channel or update and reconnect it; ``(channel, was_created)``."""
         now = utcnow()
         update: dict[str, Any] = {
-            "$set": {**fields, "is_connect": True, "updated_at": now},
+            # connected_at: silence (no webhook) is measured from here for a channel never heard from.
+            "$set": {**fields, "is_connect": True, "updated_at": now, "connected_at": now},
             "$setOnInsert": {"page_id": page_id, "created_at": now},
         }
         for key in ("ai_enabled",):
@@ -74,3 +76,36 @@ class ChannelRepository:
 
     async def set_fields(self, channel_id: ObjectId, fields: dict[str, Any]) -> None:
         await self.coll.update_one({"_id": channel_id}, {"$set": {**fields, "updated_at": utcnow()}})
+
+    async def touch_last_webhook(self, channel_id: ObjectId, at: dt.datetime) -> None:
+        """Instagram called us for this channel at ``at``; ``$max`` never moves it back."""
+        await self.coll.update_one({"_id": channel_id}, {"$max": {"last_webhook_at": at}})
+
+    async def count_connected(self) -> int:
+        return await self.coll.count_documents({"is_connect": True})
+
+    async def count_silent(self, cutoff: dt.datetime) -> int:
+        """Connected channels without a webhook since ``cutoff`` that were connected before it."""
+        return await self.coll.count_documents(
+            {
+                "is_connect": True,
+                "$and": [
+                    {"$or": [{"last_webhook_at": {"$lt": cutoff}}, {"last_webhook_at": {"$exists": False}}]},
+                    {
+                        "$or": [
+                            {"connected_at": {"$lt": cutoff}},
+                            {"connected_at": {"$exists": False}, "created_at": {"$lt": cutoff}},
+                        ]
+                    },
+                ],
+            }
+        )
+
+    async def silent(self, cutoff: dt.datetime) -> list[dict[str, Any]]:
+        """The silent channels themselves (for an operator; the gauge only counts them)."""
+        query = {
+            "is_connect": True,
+            "$or": [{"last_webhook_at": {"$lt": cutoff}}, {"last_webhook_at": {"$exists": False}}],
+        }
+        fields = {"page_id": 1, "username": 1, "last_webhook_at": 1, "connected_at": 1}
+        return await self.coll.find(query, fields).sort("last_webhook_at", ASCENDING).to_list(None)

@@ -23,6 +23,8 @@ TYPE_CUSTOMER = "customer"
 TYPE_SUPPORT = "support"
 TYPE_AI = "AI"
 OUTBOUND_TYPES = (TYPE_SUPPORT, TYPE_AI)
+# An owner message first seen as an echo from the Instagram app (not sent through igsync).
+SOURCE_INSTAGRAM_DIRECT = "instagram_direct"
 
 
 class MessageRepository:
@@ -114,6 +116,39 @@ class MessageRepository:
         if after is None:
             rows.reverse()
         return rows, has_more
+
+    async def count_suspected_duplicates(self, since: dt.datetime, window_secs: int) -> int:
+        """Outbound texts stored twice since ``since``: in one conversation, the same content
+        as an app/AI message *and* as an echo no dedup layer absorbed, within ``window_secs``.
+
+        The failure dedup exists to prevent, measured after the fact. The scan uses the
+        ``_id`` index (ObjectIds start with their creation time), so it reads only the
+        outbound messages created since ``since``. A text the owner really typed twice in
+        the Instagram app right after the AI sent it also counts: rare, hence "suspected".
+        """
+        pipeline: list[dict[str, Any]] = [
+            {"$match": {"_id": {"$gte": ObjectId.from_datetime(since)}, "type": {"$in": list(OUTBOUND_TYPES)}}},
+            {
+                "$group": {
+                    "_id": {"conversation": "$conversation_id", "content": "$content_hash"},
+                    "sources": {"$addToSet": "$source"},
+                    "first": {"$min": "$created_at"},
+                    "last": {"$max": "$created_at"},
+                    "count": {"$sum": 1},
+                }
+            },
+            {"$match": {"count": {"$gt": 1}, "sources": SOURCE_INSTAGRAM_DIRECT}},
+            {
+                "$project": {
+                    "spread_ms": {"$subtract": ["$last", "$first"]},
+                    "sent_by_us": {"$size": {"$setDifference": ["$sources", [SOURCE_INSTAGRAM_DIRECT]]}},
+                }
+            },
+            {"$match": {"sent_by_us": {"$gt": 0}, "spread_ms": {"$lte": window_secs * 1000}}},
+            {"$count": "suspected"},
+        ]
+        rows = await (await self.coll.aggregate(pipeline)).to_list(None)
+        return int(rows[0]["suspected"]) if rows else 0
 
 
 def _beyond(anchor: dict[str, Any], op: str) -> dict[str, Any]:

@@ -21,23 +21,28 @@ from server.events import EventSink, NullSink
 from server.inbox_api import InboxService
 from server.ingest import IngestPipeline
 from server.metrics import Metrics
+from server.ops_monitor import ChannelActivity, OpsMonitor
 from server.recorder import MessageRecorder
+from server.store_instruments import InstrumentedRedis, MongoCommandMetrics
 from server.threads import ChannelCache, ThreadResolver
 
 log = logging.getLogger("igsync.core")
 
 
-def redis_client(url: str, *, timeout_ms: int) -> aioredis.Redis:
+def redis_client(url: str, *, timeout_ms: int, metrics: Metrics | None = None) -> aioredis.Redis:
     """The one way the project builds a Redis client: short timeouts, since Redis is an
-    accelerator (dedup hints, fan-out) and a slow Redis must not stall a webhook."""
+    accelerator (dedup hints, fan-out) and a slow Redis must not stall a webhook. With
+    ``metrics``, every command's latency and failures are measured."""
     timeout = timeout_ms / 1000
-    return aioredis.from_url(
+    client = InstrumentedRedis.from_url(
         url,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
         health_check_interval=15,
         decode_responses=False,
     )
+    client.redis_metrics = metrics
+    return client
 
 
 @dataclass
@@ -55,9 +60,11 @@ class Core:
     sink: EventSink
     # Background services with start()/stop() (realtime hub, workers); started by serve.
     services: list[Any] = field(default_factory=list)
+    # The periodic checks behind igsync_ready / igsync_channels_silent / igsync_duplicates_stored.
+    monitor: OpsMonitor | None = None
 
     async def ready(self) -> dict[str, bool]:
-        """Whether each store answers now (``/readyz``)."""
+        """Whether each store answers now (``/readyz``); also sets ``igsync_ready``."""
         status = {"mongo": False, "redis": False}
         try:
             status["mongo"] = await self.store.ping()
@@ -67,6 +74,7 @@ class Core:
             status["redis"] = bool(await self.redis.ping())
         except Exception:
             self.metrics.store_errors.labels(store="redis").inc()
+        self.metrics.set_readiness(status)
         return status
 
     async def start(self) -> None:
@@ -99,11 +107,11 @@ async def build_core(
         settings.mongo_db,
         timeout_ms=settings.store_timeout_ms,
         webhook_events_ttl_days=settings.webhook_events_ttl_days,
-        listeners=mongo_listeners,
+        listeners=[MongoCommandMetrics(metrics), *(mongo_listeners or [])],
     )
     if ensure_indexes:
         await store.ensure_indexes()
-    redis = redis_client(settings.redis_url, timeout_ms=settings.store_timeout_ms)
+    redis = redis_client(settings.redis_url, timeout_ms=settings.store_timeout_ms, metrics=metrics)
     sink = sink or NullSink()
     channels = ChannelCache(store, ttl_secs=settings.channel_cache_secs)
     threads = ThreadResolver(store)
@@ -115,6 +123,7 @@ async def build_core(
         threads=threads,
         recorder=recorder,
         metrics=metrics,
+        activity=ChannelActivity(store, metrics),
     )
     auth = Authenticator(
         store,
@@ -123,7 +132,7 @@ async def build_core(
         metrics_token=settings.metrics_token,
     )
     inbox = InboxService(store, channels)
-    return Core(
+    core = Core(
         settings=settings,
         store=store,
         redis=redis,
@@ -136,3 +145,12 @@ async def build_core(
         inbox=inbox,
         sink=sink,
     )
+    core.monitor = OpsMonitor(
+        store,
+        metrics,
+        core.ready,
+        interval_secs=settings.monitor_interval_secs,
+        dedup_window_secs=settings.dedup_window_secs,
+    )
+    core.services.append(core.monitor)
+    return core
