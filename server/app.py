@@ -7,10 +7,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import tornado.routing
 import tornado.web
 
 from handlers import api, health, metrics, webhook
 from handlers.base import NotFoundHandler
+from server.access_log import http_series, make_log_function
 from server.core import Core
 
 # WebSocket clients send small commands; anything larger is abuse (API.md §4).
@@ -24,9 +26,24 @@ def route_table() -> list[Any]:
     return routes
 
 
+def handler_classes(routes: list[Any]) -> list[type]:
+    """The handler class of every route (tuples or ``URLSpec``s), plus the 404 handler."""
+    classes: list[type] = []
+    for route in routes:
+        cls = route.target if isinstance(route, tornado.routing.Rule) else route[1]
+        if isinstance(cls, type):
+            classes.append(cls)
+    return [*classes, NotFoundHandler]
+
+
 def make_app(core: Core, **overrides: Any) -> tornado.web.Application:
+    routes = route_table()
+    # Request metrics and the access log come from one log_function (server.access_log);
+    # every handler's series exist at 0 before its first request.
+    core.metrics.register_handlers(http_series(handler_classes(routes)))
     settings: dict[str, Any] = {
         "igsync_core": core,
+        "log_function": make_log_function(core.metrics),
         "default_handler_class": NotFoundHandler,
         "websocket_ping_interval": core.settings.ws_ping_secs,
         "websocket_ping_timeout": core.settings.ws_ping_secs * 2,
@@ -35,4 +52,4 @@ def make_app(core: Core, **overrides: Any) -> tornado.web.Application:
         "compress_response": False,
     }
     settings.update(overrides)
-    return tornado.web.Application(route_table(), **settings)
+    return tornado.web.Application(routes, **settings)

@@ -245,7 +245,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = _settings() if args.command != "config" else Settings()
-        logs.configure(settings.log_format, settings.log_level)
+        logs.configure(settings.log_format, settings.log_level, secrets=logs.secret_values(settings))
         return int(args.func(args) or 0)
     except ConfigError as exc:
         print(f"igsync: configuration error: {exc}", file=sys.stderr)
