@@ -77,6 +77,9 @@ class MessageRepository:
         await self.coll.create_index(
             [("conversation_id", ASCENDING), ("sent_at", ASCENDING), ("_id", ASCENDING)], name="conversation_time"
         )
+        # The stored-duplicates audit (igsync_duplicates_stored) reads the last hour's messages by
+        # this range; without it the embedded store scans the collection (bench/ops_monitor.py).
+        await self.coll.create_index([("created_at", ASCENDING)], name="created_at")
 
     async def insert(self, doc: dict[str, Any]) -> dict[str, Any]:
         """Insert (group-committed with concurrent inserts); ``DuplicateKeyError`` propagates —
@@ -163,13 +166,13 @@ class MessageRepository:
         """Outbound texts stored twice since ``since``: in one conversation, the same content
         as an app/AI message *and* as an echo no dedup layer absorbed, within ``window_secs``.
 
-        The failure dedup exists to prevent, measured after the fact. The scan uses the
-        ``_id`` index (ObjectIds start with their creation time), so it reads only the
-        outbound messages created since ``since``. A text the owner really typed twice in
-        the Instagram app right after the AI sent it also counts: rare, hence "suspected".
+        The failure dedup exists to prevent, measured after the fact. It reads only the
+        messages created since ``since`` (the ``created_at`` index). A text the owner really
+        typed in the Instagram app right after the AI sent the same one also counts: rare,
+        hence "suspected".
         """
         pipeline: list[dict[str, Any]] = [
-            {"$match": {"_id": {"$gte": ObjectId.from_datetime(since)}, "type": {"$in": list(OUTBOUND_TYPES)}}},
+            {"$match": {"created_at": {"$gte": since}, "type": {"$in": list(OUTBOUND_TYPES)}}},
             {
                 "$group": {
                     "_id": {"conversation": "$conversation_id", "content": "$content_hash"},
