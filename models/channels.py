@@ -77,25 +77,21 @@ class ChannelRepository:
         """Instagram called us for this channel at ``at``; ``$max`` never moves it back."""
         await self.coll.update_one({"_id": channel_id}, {"$max": {"last_webhook_at": at}})
 
-    async def count_connected(self) -> int:
-        return await self.coll.count_documents({"is_connect": True})
+    async def heard_from(self) -> list[dt.datetime | None]:
+        """For every connected channel, when it last showed a sign of life: its last webhook,
+        or when it was (re)connected if that is later or it never had one.
 
-    async def count_silent(self, cutoff: dt.datetime) -> int:
-        """Connected channels without a webhook since ``cutoff`` that were connected before it."""
-        return await self.coll.count_documents(
-            {
-                "is_connect": True,
-                "$and": [
-                    {"$or": [{"last_webhook_at": {"$lt": cutoff}}, {"last_webhook_at": {"$exists": False}}]},
-                    {
-                        "$or": [
-                            {"connected_at": {"$lt": cutoff}},
-                            {"connected_at": {"$exists": False}, "created_at": {"$lt": cutoff}},
-                        ]
-                    },
-                ],
-            }
-        )
+        One read of the connected channels (a few small fields each) serves every silence
+        threshold: four count queries cost four scans on the embedded store.
+        """
+        docs = await self.coll.find(
+            {"is_connect": True}, {"_id": 0, "last_webhook_at": 1, "connected_at": 1, "created_at": 1}
+        ).to_list(None)
+        out: list[dt.datetime | None] = []
+        for doc in docs:
+            times = [t for t in (doc.get("last_webhook_at"), doc.get("connected_at") or doc.get("created_at")) if t]
+            out.append(max(times) if times else None)
+        return out
 
     async def silent(self, cutoff: dt.datetime) -> list[dict[str, Any]]:
         """The silent channels themselves (for an operator; the gauge only counts them)."""

@@ -288,12 +288,16 @@ class Metrics:
             self.channels_silent.labels(threshold=threshold)
         for result in ("ok", "failed"):
             self.monitor_runs.labels(result=result)
-        for command in MONGO_COMMANDS:
-            self.mongo_command_duration.labels(command=command)
-            self.mongo_command_failures.labels(command=command)
-        for command in REDIS_COMMANDS:
-            self.redis_command_duration.labels(command=command)
-            self.redis_command_failures.labels(command=command)
+        # Store commands are the hottest path of all: their children are looked up once here,
+        # not through labels() (a lock and a validation) on every command.
+        self.mongo_commands = {
+            c: (self.mongo_command_duration.labels(command=c), self.mongo_command_failures.labels(command=c))
+            for c in MONGO_COMMANDS
+        }
+        self.redis_commands = {
+            c: (self.redis_command_duration.labels(command=c), self.redis_command_failures.labels(command=c))
+            for c in REDIS_COMMANDS
+        }
 
     def register_handlers(self, handlers: Iterable[tuple[str, Iterable[str], Iterable[str]]]) -> None:
         """Create the HTTP series of every route's handler: ``(class name, methods, status classes)``.

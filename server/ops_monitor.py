@@ -105,9 +105,11 @@ class OpsMonitor:
         return ok
 
     async def _refresh_channels(self, now: dt.datetime) -> None:
-        self.metrics.channels_connected.set(await self.store.channels.count_connected())
+        heard_from = await self.store.channels.heard_from()
+        self.metrics.channels_connected.set(len(heard_from))
         for label, secs in SILENCE_THRESHOLDS_SECS.items():
-            silent = await self.store.channels.count_silent(now - dt.timedelta(seconds=secs))
+            cutoff = now - dt.timedelta(seconds=secs)
+            silent = sum(1 for at in heard_from if at is None or at < cutoff)
             self.metrics.channels_silent.labels(threshold=label).set(silent)
 
     async def _refresh_duplicates(self, now: dt.datetime) -> None:

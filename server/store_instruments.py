@@ -21,7 +21,7 @@ import redis.asyncio as aioredis
 from pymongo import monitoring
 from redis.asyncio.client import Pipeline
 
-from server.metrics import MONGO_COMMANDS, OTHER, REDIS_COMMANDS, Metrics, bounded
+from server.metrics import OTHER, REDIS_COMMANDS, Metrics, bounded
 
 # Commands whose duration is a wait for data when they block: counted, not timed.
 _ALWAYS_BLOCKING = frozenset({"blpop", "brpop", "blmove", "bzpopmin", "bzpopmax", "brpoplpush", "wait", "waitaof"})
@@ -32,19 +32,19 @@ class MongoCommandMetrics(monitoring.CommandListener):
     """Runs on the event loop thread for every command of the async client: keep it cheap."""
 
     def __init__(self, metrics: Metrics) -> None:
-        self.metrics = metrics
+        self.commands = metrics.mongo_commands
 
     def started(self, event: monitoring.CommandStartedEvent) -> None:
         return None
 
     def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
-        command = bounded(event.command_name, MONGO_COMMANDS)
-        self.metrics.mongo_command_duration.labels(command=command).observe(event.duration_micros / 1e6)
+        duration, _ = self.commands.get(event.command_name) or self.commands[OTHER]
+        duration.observe(event.duration_micros / 1e6)
 
     def failed(self, event: monitoring.CommandFailedEvent) -> None:
-        command = bounded(event.command_name, MONGO_COMMANDS)
-        self.metrics.mongo_command_duration.labels(command=command).observe(event.duration_micros / 1e6)
-        self.metrics.mongo_command_failures.labels(command=command).inc()
+        duration, failures = self.commands.get(event.command_name) or self.commands[OTHER]
+        duration.observe(event.duration_micros / 1e6)
+        failures.inc()
 
 
 def _word(arg: Any) -> str:
@@ -71,8 +71,7 @@ class _Timed:
     """Observe one round trip: duration unless it blocks, a failure when it raises."""
 
     def __init__(self, metrics: Metrics | None, command: str, *, timed: bool = True) -> None:
-        self.metrics = metrics
-        self.command = command
+        self.children = None if metrics is None else metrics.redis_commands[command]
         self.timed = timed
 
     def __enter__(self) -> _Timed:
@@ -80,13 +79,14 @@ class _Timed:
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        if self.metrics is None:
+        if self.children is None:
             return
+        duration, failures = self.children
         if self.timed:
-            self.metrics.redis_command_duration.labels(command=self.command).observe(time.perf_counter() - self.started)
+            duration.observe(time.perf_counter() - self.started)
         # A cancelled call (shutdown, a timeout of the caller) is not a failure of Redis.
         if exc_type is not None and not issubclass(exc_type, (asyncio.CancelledError, GeneratorExit)):
-            self.metrics.redis_command_failures.labels(command=self.command).inc()
+            failures.inc()
 
 
 class InstrumentedPipeline(Pipeline):
