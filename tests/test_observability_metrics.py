@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import platform
 import re
+from typing import Any
 
 import orjson
 import pytest
@@ -14,7 +15,7 @@ from bson import ObjectId
 from pymongo.errors import OperationFailure
 from redis.exceptions import ResponseError
 
-from config import Settings
+from config import ConfigError, Settings
 from models.timeutil import utcnow
 from server.embedded import free_port
 from server.metrics import (
@@ -36,6 +37,7 @@ from tests.helpers import (
     fixture_bytes,
     messaging_body,
     text_item,
+    wait_for,
 )
 from tests.observability_helpers import Key, key, scrape
 
@@ -466,3 +468,30 @@ async def test_stored_duplicates_are_measured(server: RunningServer, tenant: Ten
     await stored("ok", "instagram_direct")
     await stored("ok", "instagram_direct", seconds=1)
     assert await gauge() == 1
+
+
+async def test_periodic_checks_run_by_themselves(settings: Settings) -> None:
+    running = await start_server(settings.replace(monitor_interval_secs=0.05))
+    try:
+
+        async def runs() -> float:
+            return (await scrape(running.client)).value("igsync_monitor_runs_total", result="ok")
+
+        await wait_for(lambda: _at_least(runs(), 3), timeout=20)
+        metrics = await scrape(running.client)
+        assert metrics.value("igsync_ready") == 1  # nobody called /readyz: the loop did
+        assert metrics.value("igsync_monitor_runs_total", result="failed") == 0
+    finally:
+        await stop_server(running)
+
+
+async def _at_least(value: Any, minimum: float) -> bool:
+    return await value >= minimum
+
+
+def test_monitor_interval_setting() -> None:
+    assert Settings.from_env({"IGSYNC_MONITOR_INTERVAL_SECS": "2.5"}).monitor_interval_secs == 2.5
+    assert Settings().monitor_interval_secs == 30.0
+    for bad in ("0", "-1"):
+        with pytest.raises(ConfigError, match="IGSYNC_MONITOR_INTERVAL_SECS"):
+            Settings.from_env({"IGSYNC_MONITOR_INTERVAL_SECS": bad})
