@@ -79,10 +79,10 @@ def make_log_function(metrics: Metrics) -> Callable[[Any], None]:
         duration_ms = round(duration * 1000, 3)
         log.log(
             level,
-            "%s %s %s (%s) %.2fms",
-            status,
+            "%s %s %s %s %.2fms",
             method,
             path,
+            status,
             name,
             duration_ms,
             extra={

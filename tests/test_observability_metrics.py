@@ -18,6 +18,7 @@ from redis.exceptions import ResponseError
 from config import ConfigError, Settings
 from models.timeutil import utcnow
 from server.embedded import free_port
+from server.events import RecordingSink
 from server.metrics import (
     DUPLICATE_LAYERS,
     MARK_SENT_OUTCOMES,
@@ -250,7 +251,11 @@ async def test_mongodb_down_counts_store_errors_and_readiness(settings: Settings
 
 
 async def test_redis_down_counts_command_failures_and_readiness(settings: Settings) -> None:
-    running = await start_server(settings.replace(redis_url=_dead_url("redis"), store_timeout_ms=300))
+    # A RecordingSink instead of the realtime hub: no background Redis reader retrying (and
+    # counting its own failures) while this test counts exactly what one /readyz does.
+    running = await start_server(
+        settings.replace(redis_url=_dead_url("redis"), store_timeout_ms=300), sink=RecordingSink()
+    )
     try:
         await running.core.monitor.stop()
         before = await scrape(running.client)
