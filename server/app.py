@@ -10,7 +10,7 @@ from typing import Any
 import tornado.routing
 import tornado.web
 
-from handlers import api, health, metrics, webhook
+from handlers import api, health, inbox_page, metrics, webhook, ws
 from handlers.base import NotFoundHandler
 from server.access_log import http_series, make_log_function
 from server.core import Core
@@ -21,7 +21,7 @@ WS_MAX_MESSAGE_BYTES = 64 * 1024
 
 def route_table() -> list[Any]:
     routes: list[Any] = []
-    for module in (webhook, api, health, metrics):
+    for module in (webhook, api, health, metrics, ws, inbox_page):
         routes.extend(module.routes)
     return routes
 
@@ -46,7 +46,8 @@ def make_app(core: Core, **overrides: Any) -> tornado.web.Application:
         "log_function": make_log_function(core.metrics),
         "default_handler_class": NotFoundHandler,
         "websocket_ping_interval": core.settings.ws_ping_secs,
-        "websocket_ping_timeout": core.settings.ws_ping_secs * 2,
+        # Tornado caps the pong wait at the ping interval (and warns when asked for more).
+        "websocket_ping_timeout": core.settings.ws_ping_secs,
         "websocket_max_message_size": WS_MAX_MESSAGE_BYTES,
         "xsrf_cookies": False,
         "compress_response": False,

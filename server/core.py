@@ -13,15 +13,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from config import Settings
 from models.store import Store
 from server.auth import Authenticator
-from server.events import EventSink, NullSink
+from server.events import EventSink
 from server.inbox_api import InboxService
 from server.ingest import IngestPipeline
 from server.metrics import Metrics
 from server.ops_monitor import ChannelActivity, OpsMonitor
+from server.realtime import EventHub
 from server.recorder import MessageRecorder
 from server.store_instruments import InstrumentedRedis, MongoCommandMetrics
 from server.threads import ChannelCache, ThreadResolver
@@ -29,17 +32,26 @@ from server.threads import ChannelCache, ThreadResolver
 log = logging.getLogger("igsync.core")
 
 
-def redis_client(url: str, *, timeout_ms: int, metrics: Metrics | None = None) -> aioredis.Redis:
+def redis_client(
+    url: str, *, timeout_ms: int, retries: int | None = None, metrics: Metrics | None = None
+) -> aioredis.Redis:
     """The one way the project builds a Redis client: short timeouts, since Redis is an
-    accelerator (dedup hints, fan-out) and a slow Redis must not stall a webhook. With
+    accelerator (dedup hints, fan-out) and a slow Redis must not stall a webhook.
+
+    ``retries`` replaces redis-py's default (3 retries with exponential backoff, seconds in
+    all) by that many immediate ones — for paths that have their own fallback. With
     ``metrics``, every command's latency and failures are measured."""
     timeout = timeout_ms / 1000
+    extra: dict[str, Any] = {}
+    if retries is not None:
+        extra["retry"] = Retry(NoBackoff(), retries)
     client = InstrumentedRedis.from_url(
         url,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
         health_check_interval=15,
         decode_responses=False,
+        **extra,
     )
     client.redis_metrics = metrics
     return client
@@ -58,6 +70,8 @@ class Core:
     auth: Authenticator
     inbox: InboxService
     sink: EventSink
+    # The WebSocket hub when this core publishes to it (the default); None with another sink.
+    realtime: EventHub | None = None
     # Background services with start()/stop() (realtime hub, workers); started by serve.
     services: list[Any] = field(default_factory=list)
     # The periodic checks behind igsync_ready / igsync_channels_silent / igsync_duplicates_stored.
@@ -112,9 +126,25 @@ async def build_core(
     if ensure_indexes:
         await store.ensure_indexes()
     redis = redis_client(settings.redis_url, timeout_ms=settings.store_timeout_ms, metrics=metrics)
-    sink = sink or NullSink()
     channels = ChannelCache(store, ttl_secs=settings.channel_cache_secs)
     threads = ThreadResolver(store)
+    inbox = InboxService(store, channels)
+    realtime = None
+    if sink is None:
+        # The hub has its own clients: the publish path gets one immediate retry and a short
+        # timeout (its breaker takes over), the pub/sub reader none (its loop reconnects).
+        realtime = EventHub(
+            settings=settings,
+            publish_redis=redis_client(
+                settings.redis_url, timeout_ms=settings.realtime_redis_timeout_ms, retries=1, metrics=metrics
+            ),
+            pubsub_redis=redis_client(
+                settings.redis_url, timeout_ms=settings.store_timeout_ms, retries=0, metrics=metrics
+            ),
+            metrics=metrics,
+            inbox=inbox,
+        )
+        sink = realtime
     recorder = MessageRecorder(store, sink)
     pipeline = IngestPipeline(
         store=store,
@@ -131,7 +161,6 @@ async def build_core(
         internal_tokens=settings.internal_tokens,
         metrics_token=settings.metrics_token,
     )
-    inbox = InboxService(store, channels)
     core = Core(
         settings=settings,
         store=store,
@@ -144,6 +173,8 @@ async def build_core(
         auth=auth,
         inbox=inbox,
         sink=sink,
+        realtime=realtime,
+        services=[realtime] if realtime is not None else [],
     )
     core.monitor = OpsMonitor(
         store,

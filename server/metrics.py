@@ -183,6 +183,11 @@ class Metrics:
         self.ws_disconnects = Counter(
             "igsync_ws_disconnects_total", "WebSocket connections closed, by reason.", ["reason"], registry=r
         )
+        self.pubsub_reconnects = Counter(
+            "igsync_pubsub_reconnects_total",
+            "Times the realtime hub's Redis pub/sub connection was re-established after a failure.",
+            registry=r,
+        )
         self.store_errors = Counter(
             "igsync_store_errors_total",
             "MongoDB/Redis operations the server needed and could not do (each failure handled once).",
@@ -223,9 +228,6 @@ class Metrics:
             "Periodic checks (readiness, silent channels, stored duplicates) by result.",
             ["result"],
             registry=r,
-        )
-        self.pubsub_reconnects = Counter(
-            "igsync_pubsub_reconnects_total", "Times the realtime Redis pub/sub reader reconnected.", registry=r
         )
         self.mongo_command_duration = Histogram(
             "igsync_mongo_command_duration_seconds",
