@@ -41,6 +41,7 @@ from tests.helpers import (
     wait_for,
 )
 from tests.observability_helpers import Key, key, scrape
+from tests.realtime_support import WsClient
 
 # API.md §5, verbatim: the names inbox operators and the dashboard rely on.
 DOCUMENTED = {
@@ -500,3 +501,54 @@ def test_monitor_interval_setting() -> None:
     for bad in ("0", "-1"):
         with pytest.raises(ConfigError, match="IGSYNC_MONITOR_INTERVAL_SECS"):
             Settings.from_env({"IGSYNC_MONITOR_INTERVAL_SECS": bad})
+
+
+async def test_websocket_series_move_with_real_sockets(server: RunningServer, tenant: Tenant) -> None:
+    """Sockets, delivery latency and disconnects, from real WebSocket clients of /ws."""
+    await server.core.monitor.stop()
+    client = server.client
+    before = await scrape(client)
+    sockets = [await WsClient.connect(server.base_url, tenant.token) for _ in range(2)]
+    for ws in sockets:
+        await ws.subscribe(channel_id=tenant.channel["id"])
+    opened = await scrape(client)
+    assert opened.value("igsync_ws_connections") == 2
+    assert (
+        opened.delta(before, "igsync_http_requests_total", handler="WebSocketHandler", method="GET", status="1xx") == 2
+    )
+
+    assert (await client.webhook(messaging_body(text_item("m.ws.1", "hello sockets")))).code == 200
+    for ws in sockets:
+        # A customer message is three events: chat_message, new_customer_message, conversation_updated.
+        assert [e["event"] for e in await ws.events(3)] == [
+            "chat_message",
+            "new_customer_message",
+            "conversation_updated",
+        ]
+    # Each event is observed once per socket it was written to, when it was flushed.
+    delivered = await wait_for(
+        lambda: _delta_at_least(client, opened, "igsync_event_delivery_seconds_count", 6), timeout=10
+    )
+    assert delivered.delta(opened, "igsync_event_delivery_seconds_count") == 6
+    assert delivered.delta(opened, "igsync_event_delivery_seconds_sum") > 0
+    # A redelivered mid publishes nothing: no delivery observed.
+    assert (await client.webhook(messaging_body(text_item("m.ws.1", "hello sockets")))).code == 200
+    for ws in sockets:
+        assert await ws.quiet() == []
+    assert (await scrape(client)).delta(opened, "igsync_event_delivery_seconds_count") == 6
+
+    for ws in sockets:
+        ws.close()
+    closed = await wait_for(lambda: _gauge_is(client, "igsync_ws_connections", 0), timeout=10)
+    assert closed.delta(before, "igsync_ws_disconnects_total", reason="client_closed") == 2
+    assert closed.delta(before, "igsync_ws_disconnects_total", reason="slow_consumer") == 0
+
+
+async def _delta_at_least(client: Any, before: Any, name: str, minimum: float) -> Any:
+    now = await scrape(client)
+    return now if now.delta(before, name) >= minimum else None
+
+
+async def _gauge_is(client: Any, name: str, value: float) -> Any:
+    now = await scrape(client)
+    return now if now.value(name) == value else None
