@@ -15,6 +15,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from config import Settings
 from models.store import Store
@@ -38,13 +39,20 @@ def redis_client(
     """The one way the project builds a Redis client: short timeouts, since Redis is an
     accelerator (dedup hints, fan-out) and a slow Redis must not stall a webhook.
 
-    ``retries`` replaces redis-py's default (3 retries with exponential backoff, seconds in
-    all) by that many immediate ones — for paths that have their own fallback. With
-    ``metrics``, every command's latency and failures are measured."""
+    ``retries``: that many immediate retries on connection errors and timeouts — for paths
+    that have their own fallback. Without it, one immediate retry on a *connection* error
+    only: a client built by ``from_url`` otherwise has no retry at all, so after a Redis
+    restart or failover the first command on every pooled connection failed ("Connection
+    closed by server") although Redis was back. Timeouts are not retried (a hung Redis must
+    cost one timeout, not two). With ``metrics``, every command's latency and failures are
+    measured."""
     timeout = timeout_ms / 1000
-    extra: dict[str, Any] = {}
-    if retries is not None:
-        extra["retry"] = Retry(NoBackoff(), retries)
+    retry = (
+        Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
+        if retries is None
+        else Retry(NoBackoff(), retries)
+    )
+    extra: dict[str, Any] = {"retry": retry}
     client = InstrumentedRedis.from_url(
         url,
         socket_timeout=timeout,

@@ -7,17 +7,20 @@ from __future__ import annotations
 import datetime as dt
 import platform
 import re
+from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 from bson import ObjectId
 from pymongo.errors import OperationFailure
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 from config import ConfigError, Settings
 from models.timeutil import utcnow
-from server.embedded import free_port
+from server.core import redis_client
+from server.embedded import EmbeddedStores, free_port
 from server.events import RecordingSink
 from server.metrics import (
     DUPLICATE_LAYERS,
@@ -25,6 +28,7 @@ from server.metrics import (
     SILENCE_THRESHOLDS_SECS,
     WEBHOOK_OUTCOMES,
     WS_DISCONNECT_REASONS,
+    Metrics,
     package_version,
 )
 from tests.conftest import RunningServer, Tenant, connect_tenant, start_server, stop_server
@@ -552,3 +556,27 @@ async def _delta_at_least(client: Any, before: Any, name: str, minimum: float) -
 async def _gauge_is(client: Any, name: str, value: float) -> Any:
     now = await scrape(client)
     return now if now.value(name) == value else None
+
+
+async def test_a_redis_restart_costs_no_failed_command(tmp_path: Path) -> None:
+    """A pooled connection from before a Redis restart is retried once on a fresh one: the
+    readiness checks keep connections open, and a restart must not fail the next command
+    (nor count as a Redis failure)."""
+    own = EmbeddedStores(tmp_path / "own-redis", mongo=False, lock=False).start()
+    metrics = Metrics(process_metrics=False)
+    client = redis_client(own.redis_url or "", timeout_ms=1500, metrics=metrics)
+    try:
+        assert await client.ping()
+        own.stop_redis()
+        own.start_redis()  # same port, a new server: the pooled connection is dead
+        assert await client.set("after-restart", b"1")
+        assert await client.get("after-restart") == b"1"
+        failures = metrics.redis_commands["set"][1]
+        assert failures._value.get() == 0
+        own.stop_redis()
+        with pytest.raises(RedisConnectionError):  # down is still down, and counted
+            await client.get("after-restart")
+        assert metrics.redis_commands["get"][1]._value.get() == 1
+    finally:
+        await client.aclose()
+        own.stop()
