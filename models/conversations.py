@@ -161,6 +161,23 @@ class ConversationRepository:
             return_document=ReturnDocument.AFTER,
         )
 
+    async def refresh_summary_if_stale(
+        self, conversation_id: ObjectId, message: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        """Like :meth:`refresh_last_message`, but only when the shown text differs — so that
+        a redelivered edit or unsend can repair a missed refresh without touching
+        ``updated_at`` again."""
+        summary = message_summary(message)
+        return await self.coll.find_one_and_update(
+            {
+                "_id": conversation_id,
+                "last_message.id": message["_id"],
+                "last_message.content": {"$ne": summary["content"]},
+            },
+            {"$set": {"last_message": summary, "updated_at": utcnow()}},
+            return_document=ReturnDocument.AFTER,
+        )
+
     async def mark_read(self, conversation_id: ObjectId) -> dict[str, Any] | None:
         return await self.touch(conversation_id, {"unread_count": 0})
 
