@@ -118,6 +118,8 @@ class MediaJobRepository:
                     "state": PENDING,
                     "next_attempt_at": at,
                     "error": error,
+                    # Kept after a later success: why the job needed more than one try.
+                    "last_retry_error": error,
                     "lease_until": None,
                     "lease_owner": None,
                     "updated_at": utcnow(),

@@ -85,11 +85,21 @@ class GraphApiClient:
         self.base_url = base_url.rstrip("/")
         self.version = version.strip("/")
         self.timeout_secs = timeout_secs
-        # Its own instance: closing it never affects other users of AsyncHTTPClient.
-        self.http = AsyncHTTPClient(force_instance=True, max_clients=max_clients)
+        self.max_clients = max_clients
+        self._http: AsyncHTTPClient | None = None
+
+    @property
+    def http(self) -> AsyncHTTPClient:
+        # Its own instance (closing it never affects other users of AsyncHTTPClient),
+        # created on first use inside the running loop.
+        if self._http is None:
+            self._http = AsyncHTTPClient(force_instance=True, max_clients=self.max_clients)
+        return self._http
 
     def close(self) -> None:
-        self.http.close()
+        if self._http is not None:
+            self._http.close()
+            self._http = None
 
     async def user_profile(self, instagram_scoped_id: str, access_token: str) -> Profile:
         """Name, username and profile picture of a customer (Instagram-scoped id)."""

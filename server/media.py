@@ -92,24 +92,30 @@ GENERIC_CONTENT_TYPES = frozenset({"", "application/octet-stream", "binary/octet
 
 @dataclass(frozen=True)
 class MediaTarget:
-    """One downloadable thing of a message: ``key`` is its path in the message document."""
+    """One file to download for a message. ``keys`` are its paths in the message document:
+    several when attachments share a URL (a post share arrives as ``share`` + ``ig_post``
+    with one link during Meta's transition) — downloaded once, recorded on each."""
 
-    key: str
+    keys: tuple[str, ...]
     type: str
     url: str
+
+    @property
+    def key(self) -> str:
+        return self.keys[0]
 
 
 def media_targets(message: dict[str, Any]) -> list[MediaTarget]:
     """Attachments of a downloadable type with a URL, and the story a reply answers
     (stories vanish after 24 hours — the reply is meaningless without it)."""
-    targets = []
+    found: dict[str, tuple[list[str], str]] = {}
     for i, att in enumerate(message.get("attachments") or []):
         if att.get("type") in wp.MEDIA_TYPES and att.get("url"):
-            targets.append(MediaTarget(f"attachments.{i}", att["type"], att["url"]))
+            found.setdefault(att["url"], ([], att["type"]))[0].append(f"attachments.{i}")
     story = (message.get("reply_to") or {}).get("story") or {}
     if story.get("url"):
-        targets.append(MediaTarget(STORY_KEY, "story", story["url"]))
-    return targets
+        found.setdefault(story["url"], ([], "story"))[0].append(STORY_KEY)
+    return [MediaTarget(tuple(keys), kind, url) for url, (keys, kind) in found.items()]
 
 
 def target_state(message: dict[str, Any], key: str) -> dict[str, Any]:
@@ -227,13 +233,23 @@ class Downloader:
     def __init__(self, *, max_bytes: int, timeout_secs: float, max_clients: int) -> None:
         self.max_bytes = max_bytes
         self.timeout_secs = timeout_secs
-        limit = max_bytes + CLIENT_LIMIT_MARGIN_BYTES
-        self.http = AsyncHTTPClient(
-            force_instance=True, max_clients=max_clients, max_body_size=limit, max_buffer_size=limit
-        )
+        self.max_clients = max_clients
+        self._http: AsyncHTTPClient | None = None
+
+    @property
+    def http(self) -> AsyncHTTPClient:
+        # Created on first use, inside the running loop; again after close() (a restarted worker).
+        if self._http is None:
+            limit = self.max_bytes + CLIENT_LIMIT_MARGIN_BYTES
+            self._http = AsyncHTTPClient(
+                force_instance=True, max_clients=self.max_clients, max_body_size=limit, max_buffer_size=limit
+            )
+        return self._http
 
     def close(self) -> None:
-        self.http.close()
+        if self._http is not None:
+            self._http.close()
+            self._http = None
 
     async def fetch(self, url: str, media_type: str) -> Downloaded:
         if not url.startswith(("https://", "http://")):
@@ -371,6 +387,7 @@ class MediaService:
                     "channel_id": message["channel_id"],
                     "conversation_id": conversation_id,
                     "key": target.key,
+                    "keys": list(target.keys),
                     "type": target.type,
                     "url": target.url,
                     "primary": i == 0,
@@ -561,16 +578,18 @@ class MediaService:
         error: str | None = None,
     ) -> dict[str, Any] | None:
         """Write the outcome into the message and tell the inbox; None if the message is gone."""
-        key = job["key"]
-        fields: dict[str, Any] = {f"{key}.processing_status": status}
-        changes = ["reply_to" if key == STORY_KEY else "attachments"]
-        if file_id is not None:
-            fields[f"{key}.media_file"] = media_url(file_id)
-            if job.get("primary"):
-                fields["media_file"] = file_id
-                changes.append("media_file")
-        if error is not None:
-            fields[f"{key}.error"] = error
+        keys = job.get("keys") or [job["key"]]
+        fields: dict[str, Any] = {}
+        for key in keys:
+            fields[f"{key}.processing_status"] = status
+            if file_id is not None:
+                fields[f"{key}.media_file"] = media_url(file_id)
+            if error is not None:
+                fields[f"{key}.error"] = error
+        changes = ["reply_to" if job["key"] == STORY_KEY else "attachments"]
+        if file_id is not None and job.get("primary"):
+            fields["media_file"] = file_id
+            changes.append("media_file")
         if transcription is not None:
             fields["transcription"] = transcription
             changes.append("transcription")

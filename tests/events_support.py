@@ -30,6 +30,10 @@ MP4 = b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 4
 PDF = b"%PDF-1.4\n" + b"0" * 1000
 
 
+def _quiet(handler: tornado.web.RequestHandler) -> None:
+    return None
+
+
 # -- the fake CDN ------------------------------------------------------------------------
 
 
@@ -99,7 +103,7 @@ class FakeCdn:
         return self.requests.count(name)
 
     def start(self) -> FakeCdn:
-        app = tornado.web.Application([(r"/cdn/([^/?]+)", _CdnHandler, {"cdn": self})])
+        app = tornado.web.Application([(r"/cdn/([^/?]+)", _CdnHandler, {"cdn": self})], log_function=_quiet)
         sockets = bind_sockets(0, "127.0.0.1")
         self.port = sockets[0].getsockname()[1]
         self.http = HTTPServer(app)
@@ -181,7 +185,8 @@ class FakeGraphApi:
         return [r for r in self.requests if r["user_id"] == user_id]
 
     def start(self) -> FakeGraphApi:
-        app = tornado.web.Application([(r"/(v[0-9.]+)/([^/?]+)", _GraphHandler, {"graph": self})])
+        # Quiet: the fake's own access log would print the token igsync must never log.
+        app = tornado.web.Application([(r"/(v[0-9.]+)/([^/?]+)", _GraphHandler, {"graph": self})], log_function=_quiet)
         sockets = bind_sockets(0, "127.0.0.1")
         self.port = sockets[0].getsockname()[1]
         self.http = HTTPServer(app)
@@ -198,11 +203,16 @@ class FakeGraphApi:
 # -- bodies ---------------------------------------------------------------------------------------
 
 
-def fixture_with(name: str, *, urls: list[str] | None = None, story_url: str | None = None) -> bytes:
-    """A fixture body with its attachment (or story) URLs pointed at the fake CDN."""
+def fixture_with(
+    name: str, *, urls: list[str] | None = None, story_url: str | None = None, mid: str | None = None
+) -> bytes:
+    """A fixture body with its attachment (or story) URLs pointed at the fake CDN (and,
+    to post one fixture several times as different messages, another mid)."""
     payload = copy.deepcopy(fixture_json(name))
     item = payload["entry"][0]["messaging"][0]
     message = item.get("message") or {}
+    if mid is not None:
+        message["mid"] = mid
     if urls is not None:
         for att, url in zip(message.get("attachments") or [], urls, strict=False):
             att["payload"]["url"] = url
