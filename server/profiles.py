@@ -118,8 +118,8 @@ class ProfileService:
             status, profile = NO_TOKEN, None
         else:
             status, profile = await self._lookup(channel, customer, token)
-        await self._store(channel, customer, status, profile)
         self.metrics.profile_lookups.labels(outcome=status).inc()
+        await self._store(channel, customer, status, profile)
         log.info("customer profile: %s customer=%s channel=%s", status, customer_id, channel_id)
         return status
 

@@ -125,6 +125,8 @@ class GraphAnswer:
     status: int = 200
     body: dict[str, Any] = field(default_factory=dict)
     delay_secs: float = 0.0
+    # Held until the test opens it: proves a caller does not wait for this answer.
+    gate: asyncio.Event | None = None
 
 
 class _GraphHandler(tornado.web.RequestHandler):
@@ -142,8 +144,15 @@ class _GraphHandler(tornado.web.RequestHandler):
         )
         answers = self.graph.answers.get(user_id) or [GraphAnswer(404, _meta_error(100, "Unsupported get request"))]
         answer = answers[min(len(self.graph.requests_for(user_id)) - 1, len(answers) - 1)]
-        if answer.delay_secs:
-            await asyncio.sleep(answer.delay_secs)
+        self.graph.inflight += 1
+        self.graph.max_inflight = max(self.graph.max_inflight, self.graph.inflight)
+        try:
+            if answer.delay_secs:
+                await asyncio.sleep(answer.delay_secs)
+            if answer.gate is not None:
+                await answer.gate.wait()
+        finally:
+            self.graph.inflight -= 1
         if self.get_query_argument("access_token", "") != self.graph.valid_token:
             answer = GraphAnswer(400, _meta_error(190, "Error validating access token: Session has expired"))
         self.set_status(answer.status)
@@ -165,6 +174,8 @@ class FakeGraphApi:
         self.valid_token = valid_token
         self.answers: dict[str, list[GraphAnswer]] = {}
         self.requests: list[dict[str, Any]] = []
+        self.inflight = 0
+        self.max_inflight = 0
         self.http: HTTPServer | None = None
         self.port = 0
 

@@ -126,8 +126,11 @@ async def test_too_large_file_fails_without_retrying(env: EventsEnv) -> None:
         assert env.cdn.count(name) == 1
         assert doc["media_url"].endswith("oh=FAKE_SIGNATURE&oe=FAKE")  # Instagram's link is kept
     assert await env.core.store.db["media.files"].count_documents({}) == 0
-    metrics = (await env.client.get("/metrics")).body
-    assert b'igsync_media_jobs_total{outcome="failed"} 2.0' in metrics
+
+    async def counted() -> bool:
+        return b'igsync_media_jobs_total{outcome="failed"} 2.0' in (await env.client.get("/metrics")).body
+
+    await wait_for(counted)  # counted once the job is closed, just after the message shows it
 
 
 async def test_wrong_content_type_and_expired_link_fail_at_once(env: EventsEnv) -> None:
