@@ -64,7 +64,7 @@ class Settings:
     profile_concurrency: int = _setting(4, "customer profile look-ups running at once per process")
     profile_max_attempts: int = _setting(3, "tries of one profile look-up on timeouts, 5xx and rate limits")
     profile_retry_base_secs: float = _setting(2.0, "first wait before retrying a profile look-up (doubles)")
-    media_concurrency: int = _setting(4, "media downloads running at once per process")
+    media_concurrency: int = _setting(4, "media downloads running at once per process (0: this process runs none)")
     media_timeout_secs: float = _setting(60.0, "timeout of one media download")
     media_lease_secs: float = _setting(120.0, "how long a claimed media job is reserved (longer than the timeout)")
     media_max_attempts: int = _setting(5, "tries of one media download before it is marked failed")
@@ -141,7 +141,6 @@ class Settings:
             "profile_concurrency",
             "profile_max_attempts",
             "profile_retry_base_secs",
-            "media_concurrency",
             "media_timeout_secs",
             "media_lease_secs",
             "media_max_attempts",
@@ -161,6 +160,8 @@ class Settings:
             raise ConfigError("IGSYNC_REDIS_URL must start with redis://, rediss:// or unix://")
         if not self.graph_api_url.startswith(("http://", "https://")):
             raise ConfigError("IGSYNC_GRAPH_API_URL must be an http(s) URL")
+        if self.media_concurrency < 0:
+            raise ConfigError("IGSYNC_MEDIA_CONCURRENCY must be 0 or more")
         if self.media_lease_secs <= self.media_timeout_secs:
             # A lease shorter than a download would let a second worker start the same job.
             raise ConfigError("IGSYNC_MEDIA_LEASE_SECS must be longer than IGSYNC_MEDIA_TIMEOUT_SECS")

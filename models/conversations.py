@@ -21,6 +21,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from models.atomic import upsert_get
 from models.customers import PROFILE_FIELDS
+from models.guarded import guarded_update, lit
 from models.timeutil import UTC, utcnow
 
 STATUS_NEEDS_REPLY = "needs_reply"
@@ -147,11 +148,13 @@ class ConversationRepository:
         return await self.touch(conversation_id, {"status": STATUS_ANSWERED, "unread_count": 0})
 
     async def refresh_customer(self, channel_id: ObjectId, customer: dict[str, Any]) -> dict[str, Any] | None:
-        return await self.coll.find_one_and_update(
-            {"channel_id": channel_id, "customer_id": customer["_id"]},
-            {"$set": {"customer": customer_snapshot(customer), "updated_at": utcnow()}},
-            return_document=ReturnDocument.AFTER,
+        # update_one + find_one on the unique key: SecantusDB's findAndModify scans the
+        # collection whatever the filter (see models/guarded.py).
+        key = {"channel_id": channel_id, "customer_id": customer["_id"]}
+        result = await self.coll.update_one(
+            key, {"$set": {"customer": customer_snapshot(customer), "updated_at": utcnow()}}
         )
+        return await self.coll.find_one(key) if result.matched_count else None
 
     async def refresh_last_message(self, conversation_id: ObjectId, message: dict[str, Any]) -> dict[str, Any] | None:
         """Rewrite the summary when the message it shows changed (edit, unsend, adoption)."""
@@ -166,17 +169,18 @@ class ConversationRepository:
     ) -> dict[str, Any] | None:
         """Like :meth:`refresh_last_message`, but only when the shown text differs — so that
         a redelivered edit or unsend can repair a missed refresh without touching
-        ``updated_at`` again."""
+        ``updated_at`` again. The conversation after, or None when nothing changed."""
         summary = message_summary(message)
-        return await self.coll.find_one_and_update(
-            {
-                "_id": conversation_id,
-                "last_message.id": message["_id"],
-                "last_message.content": {"$ne": summary["content"]},
-            },
-            {"$set": {"last_message": summary, "updated_at": utcnow()}},
-            return_document=ReturnDocument.AFTER,
+        guard = {
+            "$and": [
+                {"$eq": ["$last_message.id", message["_id"]]},
+                {"$ne": ["$last_message.content", lit(summary["content"])]},
+            ]
+        }
+        outcome = await guarded_update(
+            self.coll, {"_id": conversation_id}, guard, {"last_message": lit(summary), "updated_at": lit(utcnow())}
         )
+        return outcome.doc if outcome.applied else None
 
     async def mark_read(self, conversation_id: ObjectId) -> dict[str, Any] | None:
         return await self.touch(conversation_id, {"unread_count": 0})

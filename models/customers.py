@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from bson import ObjectId
-from pymongo import ASCENDING, ReturnDocument
+from pymongo import ASCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 
 from models.atomic import upsert_get
@@ -49,8 +49,7 @@ class CustomerRepository:
         return await self.coll.find_one({"_id": customer_id})
 
     async def update_profile(self, customer_id: ObjectId, fields: dict[str, Any]) -> dict[str, Any] | None:
-        return await self.coll.find_one_and_update(
-            {"_id": customer_id},
-            {"$set": {**fields, "updated_at": utcnow()}},
-            return_document=ReturnDocument.AFTER,
-        )
+        # update_one + find_one, not find_one_and_update: SecantusDB's findAndModify scans
+        # the collection whatever the filter (see models/guarded.py).
+        result = await self.coll.update_one({"_id": customer_id}, {"$set": {**fields, "updated_at": utcnow()}})
+        return await self.coll.find_one({"_id": customer_id}) if result.matched_count else None

@@ -17,7 +17,7 @@ import datetime as dt
 from typing import Any
 
 from bson import ObjectId
-from pymongo import ASCENDING, ReturnDocument
+from pymongo import ASCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError
 
@@ -29,6 +29,8 @@ COMPLETED = "completed"
 FAILED = "failed"
 CANCELLED = "cancelled"
 DUPLICATE_KEY = 11000
+# Candidates a worker tries when other workers keep winning the one it read.
+CLAIM_TRIES = 5
 
 
 class MediaJobRepository:
@@ -41,6 +43,11 @@ class MediaJobRepository:
         )
         await self.coll.create_index([("state", ASCENDING), ("next_attempt_at", ASCENDING)], name="state_due")
         await self.coll.create_index([("state", ASCENDING), ("lease_until", ASCENDING)], name="state_lease")
+        # The lease-guarded writes filter on exactly these fields: SecantusDB plans an index
+        # only when it covers every predicate (``_id`` alone would not do).
+        await self.coll.create_index(
+            [("_id", ASCENDING), ("state", ASCENDING), ("lease_owner", ASCENDING)], name="id_state_owner"
+        )
 
     async def enqueue(self, jobs: list[dict[str, Any]]) -> int:
         """Insert the jobs that do not exist yet; how many were new."""
@@ -73,27 +80,40 @@ class MediaJobRepository:
             return len(docs) - len(errors)
 
     async def claim(self, owner: str, lease_secs: float, now: dt.datetime | None = None) -> dict[str, Any] | None:
-        """Take the most overdue job: a due pending one, or a running one whose lease expired."""
+        """Take the most overdue due job, else a running one whose lease expired (its worker
+        died); None when there is nothing to do.
+
+        Optimistic: read a candidate on its index, then take it with an ``update_one``
+        guarded by the state and owner it was read with — two workers reading the same
+        candidate cannot both win. (SecantusDB's ``findAndModify`` scans the collection,
+        so the one-call ``find_one_and_update`` is avoided here, as is an ``$or``.)"""
         now = now or utcnow()
-        return await self.coll.find_one_and_update(
-            {
-                "$or": [
-                    {"state": PENDING, "next_attempt_at": {"$lte": now}},
-                    {"state": RUNNING, "lease_until": {"$lt": now}},
-                ]
-            },
-            {
-                "$set": {
-                    "state": RUNNING,
-                    "lease_owner": owner,
-                    "lease_until": now + dt.timedelta(seconds=lease_secs),
-                    "updated_at": now,
-                },
-                "$inc": {"attempts": 1},
-            },
-            sort=[("next_attempt_at", ASCENDING)],
-            return_document=ReturnDocument.AFTER,
-        )
+        lease_until = now + dt.timedelta(seconds=lease_secs)
+        for query, order in (
+            ({"state": PENDING, "next_attempt_at": {"$lte": now}}, "next_attempt_at"),
+            ({"state": RUNNING, "lease_until": {"$lt": now}}, "lease_until"),
+        ):
+            for _ in range(CLAIM_TRIES):
+                candidate = await self.coll.find_one(query, sort=[(order, ASCENDING)])
+                if candidate is None:
+                    break
+                taken = await self.coll.update_one(
+                    {"_id": candidate["_id"], "state": candidate["state"], "lease_owner": candidate["lease_owner"]},
+                    {
+                        "$set": {"state": RUNNING, "lease_owner": owner, "lease_until": lease_until, "updated_at": now},
+                        "$inc": {"attempts": 1},
+                    },
+                )
+                if taken.modified_count == 1:
+                    return {
+                        **candidate,
+                        "state": RUNNING,
+                        "lease_owner": owner,
+                        "lease_until": lease_until,
+                        "updated_at": now,
+                        "attempts": candidate["attempts"] + 1,
+                    }
+        return None
 
     def _held(self, job: dict[str, Any]) -> dict[str, Any]:
         return {"_id": job["_id"], "state": RUNNING, "lease_owner": job["lease_owner"]}
@@ -134,11 +154,11 @@ class MediaJobRepository:
         Cancelling first and reading the file ids after closes the race with a worker: a
         worker attaches a file only while its job is still running."""
         await self.coll.update_many(
-            {"message_id": message_id, "state": {"$ne": CANCELLED}},
+            {"message_id": message_id},
             {"$set": {"state": CANCELLED, "lease_until": None, "updated_at": utcnow()}},
         )
-        rows = await self.coll.find({"message_id": message_id, "file_id": {"$ne": None}}, {"file_id": 1}).to_list(None)
-        return [r["file_id"] for r in rows]
+        rows = await self.coll.find({"message_id": message_id}, {"file_id": 1}).to_list(None)
+        return [r["file_id"] for r in rows if r.get("file_id") is not None]
 
     async def for_message(self, message_id: ObjectId) -> list[dict[str, Any]]:
         return await self.coll.find({"message_id": message_id}).sort("key", ASCENDING).to_list(None)

@@ -39,24 +39,21 @@ class OrphanEventRepository:
         return True
 
     async def pending_for(self, channel_id: ObjectId, mids: list[str]) -> list[dict[str, Any]]:
-        """Events waiting for a message known by any of ``mids``, oldest first."""
-        if not mids:
-            return []
-        rows = await self.coll.find(
-            {"channel_id": channel_id, "target_mid": {"$in": mids}, "applied_at": None}
-        ).to_list(None)
+        """Events waiting for a message known by any of ``mids``, oldest first. One equality
+        query per mid (a message has one or two): an ``$in`` would make SecantusDB scan."""
+        rows: list[dict[str, Any]] = []
+        for mid in dict.fromkeys(mids):
+            found = await self.coll.find({"channel_id": channel_id, "target_mid": mid}).to_list(None)
+            rows.extend(r for r in found if r.get("applied_at") is None)
         return sorted(rows, key=lambda r: (r["at"], r["_id"]))
 
     async def mark_applied(self, ids: list[ObjectId], message_id: ObjectId) -> None:
-        if ids:
-            await self.coll.update_many(
-                {"_id": {"$in": ids}}, {"$set": {"applied_at": utcnow(), "message_id": message_id}}
-            )
+        now = utcnow()
+        for oid in ids:
+            await self.coll.update_one({"_id": oid}, {"$set": {"applied_at": now, "message_id": message_id}})
 
     async def mark_applied_key(self, key: str, message_id: ObjectId) -> None:
-        await self.coll.update_one(
-            {"key": key, "applied_at": None}, {"$set": {"applied_at": utcnow(), "message_id": message_id}}
-        )
+        await self.coll.update_one({"key": key}, {"$set": {"applied_at": utcnow(), "message_id": message_id}})
 
     async def count(self, channel_id: ObjectId, *, applied: bool | None = None) -> int:
         query: dict[str, Any] = {"channel_id": channel_id}

@@ -125,7 +125,7 @@ async def build_core(
         downloader=Downloader(
             max_bytes=settings.media_max_bytes,
             timeout_secs=settings.media_timeout_secs,
-            max_clients=settings.media_concurrency,
+            max_clients=max(settings.media_concurrency, 1),
         ),
         transcriber=transcriber or load_transcriber(settings.transcriber),
         concurrency=settings.media_concurrency,

@@ -391,6 +391,8 @@ class MediaService:
                     "type": target.type,
                     "url": target.url,
                     "primary": i == 0,
+                    # The message's only download decides its processing_status on its own.
+                    "sole": len(targets) == 1,
                 }
                 for i, target in enumerate(targets)
             ]
@@ -471,12 +473,11 @@ class MediaService:
                 log.exception("media job %s failed unexpectedly", job["_id"])
 
     async def process(self, job: dict[str, Any]) -> str:
-        """Run one claimed job to its next state; returns what happened."""
-        message = await self.store.message_updates.get(job["message_id"])
-        if message is None or message.get("is_deleted"):
-            await self.store.media_jobs.finish(job, jobs_model.CANCELLED)
-            await self.remove_for_message(job["message_id"])
-            return self._outcome(job, "cancelled")
+        """Run one claimed job to its next state; returns what happened.
+
+        An unsent message's jobs are cancelled by the unsend, so a claimed job's message is
+        normally there; if it was unsent meanwhile, recording the result is refused by the
+        message's guard and the copy is thrown away below."""
         if job["attempts"] > self.max_attempts:
             # It was claimed before and its worker died each time: stop trying.
             return await self._fail(job, "too_many_attempts")
@@ -579,28 +580,34 @@ class MediaService:
     ) -> dict[str, Any] | None:
         """Write the outcome into the message and tell the inbox; None if the message is gone."""
         keys = job.get("keys") or [job["key"]]
-        fields: dict[str, Any] = {}
-        for key in keys:
-            fields[f"{key}.processing_status"] = status
-            if file_id is not None:
-                fields[f"{key}.media_file"] = media_url(file_id)
-            if error is not None:
-                fields[f"{key}.error"] = error
+        result: dict[str, Any] = {"processing_status": status}
+        top: dict[str, Any] = {}
         changes = ["reply_to" if job["key"] == STORY_KEY else "attachments"]
-        if file_id is not None and job.get("primary"):
-            fields["media_file"] = file_id
-            changes.append("media_file")
+        if file_id is not None:
+            result["media_file"] = media_url(file_id)
+            if job.get("primary"):
+                top["media_file"] = file_id
+                changes.append("media_file")
+        if error is not None:
+            result["error"] = error
         if transcription is not None:
-            fields["transcription"] = transcription
+            top["transcription"] = transcription
             changes.append("transcription")
-        message = await self.store.message_updates.set_media_result(job["message_id"], fields)
-        if message is None:
-            return None
+        if job.get("sole"):
+            top["processing_status"] = status
+            changes.append("processing_status")
+        indexes = [int(k.rsplit(".", 1)[1]) for k in keys if k.startswith("attachments.")]
+        updates = self.store.message_updates
+        outcome = await updates.set_media_result(job["message_id"], indexes, STORY_KEY in keys, result, top)
+        message = outcome.doc
+        if message is None or message.get("is_deleted"):
+            return None  # unsent (or gone): the guard kept the result out
+        # (Not applied but not deleted: a retry after a crash recorded the same result again.)
         status_now = aggregate_status(message)
-        if status_now != message.get("processing_status"):
-            moved = await self.store.message_updates.set_processing_status(message["_id"], status_now)
-            if moved is not None:
-                message = moved
+        if not job.get("sole") and status_now != message.get("processing_status"):
+            moved = await updates.set_processing_status(message["_id"], status_now)
+            if moved.applied and moved.doc is not None:
+                message = moved.doc
                 changes.append("processing_status")
         await self.publish([ev.message_updated(message, changes)])
         return message

@@ -199,24 +199,24 @@ class MessageEventHandler:
         entry = None
         if change.kind == REACTION:
             entry = {"by": change.sender_id, "reaction": change.reaction, "emoji": change.emoji, "at": change.at}
-        doc = await self.store.message_updates.set_reaction(
+        outcome = await self.store.message_updates.set_reaction(
             change.channel_id, change.target_mid, change.sender_id, entry, change.at
         )
-        if doc is not None:
-            return Applied(doc, ["reactions"], [doc])
-        return Applied(await self._target(change))
+        if outcome.applied:
+            return Applied(outcome.doc, ["reactions"], [outcome.doc])
+        return Applied(outcome.doc)
 
     async def _edit(self, change: Change, refresh_conversation: bool) -> Applied:
         if not change.text:
             # Instagram cannot edit a message to nothing (that is an unsend); nothing to apply.
             return Applied(await self._target(change))
-        doc, mode = await self.store.message_updates.apply_edit(
+        outcome, mode = await self.store.message_updates.apply_edit(
             change.channel_id, change.target_mid, change.text, change.num_edit, change.at
         )
-        applied = Applied(doc or await self._target(change))
-        if doc is not None:
+        applied = Applied(outcome.doc)
+        if outcome.applied:
             applied.changes = ["content", "edited_at", "edit_history"] if mode == "current" else ["edit_history"]
-            applied.updated = [doc]
+            applied.updated = [outcome.doc]
         if applied.message is not None and refresh_conversation and not applied.message.get("is_deleted"):
             applied.conversation = await self.store.conversations.refresh_summary_if_stale(
                 applied.message["conversation_id"], applied.message
@@ -224,14 +224,14 @@ class MessageEventHandler:
         return applied
 
     async def _unsend(self, change: Change, refresh_conversation: bool) -> Applied:
-        doc = await self.store.message_updates.mark_unsent(change.channel_id, change.target_mid, change.at)
-        applied = Applied(doc or await self._target(change))
-        message = applied.message
+        outcome = await self.store.message_updates.mark_unsent(change.channel_id, change.target_mid, change.at)
+        applied = Applied(outcome.doc)
+        message = outcome.doc
         if message is None:
             return applied
-        if doc is not None:
+        if outcome.applied:
             applied.changes = ["is_deleted", "content"]
-            applied.updated = [doc]
+            applied.updated = [message]
             applied.deleted = True
         if message.get("is_deleted"):
             # Also on a redelivery: a first attempt cut short by a MongoDB failure is finished now.
@@ -310,4 +310,4 @@ class MessageArrivalHook:
         target = await self.store.message_updates.find_by_mid(message["channel_id"], reply_to["mid"])
         if target is None:
             return False
-        return await self.store.message_updates.link_reply(message["_id"], target["_id"]) is not None
+        return (await self.store.message_updates.link_reply(message["_id"], target["_id"])).applied

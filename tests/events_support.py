@@ -49,6 +49,9 @@ class CdnFile:
     slow_times: int = 1_000_000
     # Send the body in chunks without Content-Length.
     chunked: bool = False
+    # Held until the test opens it, for the first ``gated_times`` requests.
+    gate: asyncio.Event | None = None
+    gated_times: int = 1_000_000
 
 
 class _CdnHandler(tornado.web.RequestHandler):
@@ -65,6 +68,10 @@ class _CdnHandler(tornado.web.RequestHandler):
         count = self.cdn.requests.count(name)
         if spec.delay_secs and count <= spec.slow_times:
             await asyncio.sleep(spec.delay_secs)
+        if spec.gate is not None and count <= spec.gated_times:
+            await spec.gate.wait()
+            if self.request.connection.stream.closed():  # type: ignore[attr-defined]
+                return
         if count <= spec.fail_times:
             self.set_status(503)
             self.finish("try later")
@@ -290,7 +297,10 @@ class EventsEnv:
     def events(self, name: str | None = None) -> list[Any]:
         return [e for e in self.sink.events if name is None or e.name == name]
 
-    def clear_events(self) -> None:
+    async def clear_events(self) -> None:
+        """Forget the events so far, once background work started by them (profile
+        look-ups of new customers publish conversation_updated) has settled."""
+        await self.core.profiles.idle()
         self.sink.events.clear()
 
 

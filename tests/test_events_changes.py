@@ -57,7 +57,7 @@ def read_item(mid: str, *, ts: int) -> dict:
 async def test_reaction_then_unreact_and_their_redeliveries(env: EventsEnv) -> None:
     await env.fixture("owner_echo_text")
     echo = stable(await env.message(ECHO_MID))
-    env.clear_events()
+    await env.clear_events()
 
     answer = await env.fixture("customer_reaction")
     assert answer == {
@@ -77,7 +77,7 @@ async def test_reaction_then_unreact_and_their_redeliveries(env: EventsEnv) -> N
     assert event.data["message"]["reactions"] == shown["reactions"]
     assert event.channel_id == env.channel["id"]
 
-    env.clear_events()
+    await env.clear_events()
     again = await env.fixture("customer_reaction")
     assert again["changes"] == [] and again["message_id"] == str(echo["_id"])
     assert await env.message(ECHO_MID) == stored
@@ -90,7 +90,7 @@ async def test_reaction_then_unreact_and_their_redeliveries(env: EventsEnv) -> N
     [event] = env.events()
     assert event.name == "message_updated" and event.data["message"]["reactions"] == []
 
-    env.clear_events()
+    await env.clear_events()
     # A redelivered unreact, and the (older) react redelivered after it: nothing changes.
     assert (await env.fixture("customer_unreact"))["changes"] == []
     assert (await env.fixture("customer_reaction"))["changes"] == []
@@ -141,7 +141,7 @@ async def test_edit_keeps_history_and_is_idempotent(env: EventsEnv) -> None:
     await env.fixture("owner_echo_text")
     await env.fixture("customer_reply_to_message")
     original = stable(await env.message(REPLY_MID))
-    env.clear_events()
+    await env.clear_events()
 
     answer = await env.fixture("message_edit")
     assert answer == {
@@ -165,7 +165,7 @@ async def test_edit_keeps_history_and_is_idempotent(env: EventsEnv) -> None:
     assert env.events("conversation_updated")[0].data["conversation"]["last_message"]["content"] == new_text
 
     conversation = await env.core.store.conversations.get(original["conversation_id"])
-    env.clear_events()
+    await env.clear_events()
     again = await env.fixture("message_edit")
     assert again["changes"] == []
     assert await env.message(REPLY_MID) == edited
@@ -213,7 +213,7 @@ async def test_edit_text_is_data_not_an_expression(env: EventsEnv) -> None:
 async def test_unsend_clears_the_message_and_is_idempotent(env: EventsEnv) -> None:
     await env.fixture("customer_text")
     original = stable(await env.message(TEXT_MID))
-    env.clear_events()
+    await env.clear_events()
 
     answer = await env.fixture("customer_unsend")
     assert answer == {
@@ -233,7 +233,7 @@ async def test_unsend_clears_the_message_and_is_idempotent(env: EventsEnv) -> No
     assert last["id"] == str(original["_id"]) and last["content"] == ""
 
     conversation = await env.core.store.conversations.get(original["conversation_id"])
-    env.clear_events()
+    await env.clear_events()
     assert (await env.fixture("customer_unsend"))["changes"] == []
     assert await env.message(TEXT_MID) == deleted
     assert await env.core.store.conversations.get(original["conversation_id"]) == conversation
@@ -258,7 +258,7 @@ async def test_read_receipt_marks_outbound_messages_up_to_the_read_one(env: Even
             echo_item("out-3", "third", timestamp_ms=base + 4),
         )
     )
-    env.clear_events()
+    await env.clear_events()
     answer = await env.post(messaging_body(read_item("out-2", ts=base + 10)))
     out2 = stable(await env.message("out-2"))
     assert answer == {"status": "success", "event": "read", "message_id": str(out2["_id"]), "changes": ["read_at"]}
@@ -272,7 +272,7 @@ async def test_read_receipt_marks_outbound_messages_up_to_the_read_one(env: Even
     assert all(e.data["changes"] == ["read_at"] for e in updated)
     assert (await env.ws_message(str(out2["_id"])))["read_at"] == iso(read_at)
 
-    env.clear_events()
+    await env.clear_events()
     assert (await env.post(messaging_body(read_item("out-2", ts=base + 10))))["changes"] == []
     assert env.events() == []
     await env.post(messaging_body(read_item("out-3", ts=base + 20)))

@@ -50,7 +50,8 @@ async def test_media_kinds_are_stored_and_their_files_kept(env: EventsEnv) -> No
         assert message["message_type"] == message_type
         assert message["media_url"] == url
         assert message["attachments"][0]["url"] == url
-        assert message["processing_status"] == "pending"
+        [chat] = [e for e in env.events("chat_message") if e.data["message"]["id"] == message["id"]]
+        assert chat.data["message"]["processing_status"] == "pending"  # as stored, before the download
         done = await completed(env, message)
         assert done["processing_status"] == "completed", (name, done)
         assert done["media_url"] == url  # Instagram's link stays

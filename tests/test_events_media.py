@@ -42,8 +42,13 @@ async def settled(env: EventsEnv, message_id: str, timeout: float = 10) -> dict[
 
 
 async def job_of(env: EventsEnv, message_id: str) -> dict[str, Any]:
-    [job] = await env.core.store.media_jobs.for_message(ObjectId(message_id))
-    return job
+    """The message's job once its worker closed it (just after the message shows the outcome)."""
+
+    async def closed() -> Any:
+        [job] = await env.core.store.media_jobs.for_message(ObjectId(message_id))
+        return job if job["state"] not in ("pending", "running") else None
+
+    return await wait_for(closed)
 
 
 # -- downloads ---------------------------------------------------------------------------------
@@ -351,3 +356,17 @@ async def test_media_job_is_queued_once_per_attachment(env: EventsEnv) -> None:
     future = utcnow() + dt.timedelta(hours=1)
     await jobs.coll.update_many({}, {"$set": {"next_attempt_at": future}})
     assert await jobs.claim("w", 10) is None
+
+
+@pytest.mark.parametrize("env", [{"media_concurrency": 0}], indirect=True)
+async def test_a_web_only_process_queues_and_a_worker_process_downloads(env: EventsEnv) -> None:
+    message_id = await image_message(env, "elsewhere", body=JPEG, content_type="image/jpeg")
+    [job] = await env.core.store.media_jobs.for_message(ObjectId(message_id))
+    assert job["state"] == "pending" and env.cdn.count("elsewhere") == 0
+    worker = await start_server(env.core.settings.replace(media_concurrency=2))
+    try:
+        doc = await settled(env, message_id)
+        assert doc["processing_status"] == "completed"
+        assert (await job_of(env, message_id))["lease_owner"] == worker.core.media.owner
+    finally:
+        await stop_server(worker, drop=False)

@@ -85,7 +85,7 @@ async def test_read_receipt_before_the_echo_reaches_earlier_messages_too(env: Ev
         )
     )
     assert answer["message_id"] is None
-    env.clear_events()
+    await env.clear_events()
     await env.post(messaging_body(echo_item("late-out", "the read one", timestamp_ms=base + 10)))
     late = await env.message("late-out")
     early = await env.message("early-out")
