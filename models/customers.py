@@ -8,7 +8,7 @@ from bson import ObjectId
 from pymongo import ASCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 
-from models.atomic import upsert_get
+from models.atomic import get_or_insert, update_get
 from models.timeutil import utcnow
 
 # The fields of a customer that the API shows (Conversation.customer).
@@ -28,28 +28,23 @@ class CustomerRepository:
 
     async def get_or_create(self, channel_id: ObjectId, instagram_id: str) -> tuple[dict[str, Any], bool]:
         now = utcnow()
-        return await upsert_get(
-            self.coll,
-            {"channel_id": channel_id, "instagram_id": instagram_id},
-            {
-                "$setOnInsert": {
-                    "source": "instagram",
-                    "first_name": None,
-                    "last_name": None,
-                    "username": None,
-                    "profile_pic": None,
-                    "enhanced_data_fetched": False,
-                    "created_at": now,
-                    "updated_at": now,
-                }
-            },
-        )
+        key = {"channel_id": channel_id, "instagram_id": instagram_id}
+        new = {
+            "_id": ObjectId(),
+            **key,
+            "source": "instagram",
+            "first_name": None,
+            "last_name": None,
+            "username": None,
+            "profile_pic": None,
+            "enhanced_data_fetched": False,
+            "created_at": now,
+            "updated_at": now,
+        }
+        return await get_or_insert(self.coll, key, new)
 
     async def get(self, customer_id: ObjectId) -> dict[str, Any] | None:
         return await self.coll.find_one({"_id": customer_id})
 
     async def update_profile(self, customer_id: ObjectId, fields: dict[str, Any]) -> dict[str, Any] | None:
-        # update_one + find_one, not find_one_and_update: SecantusDB's findAndModify scans
-        # the collection whatever the filter (see models/guarded.py).
-        result = await self.coll.update_one({"_id": customer_id}, {"$set": {**fields, "updated_at": utcnow()}})
-        return await self.coll.find_one({"_id": customer_id}) if result.matched_count else None
+        return await update_get(self.coll, {"_id": customer_id}, {"$set": {**fields, "updated_at": utcnow()}})

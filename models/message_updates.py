@@ -1,7 +1,7 @@
 """Changes to stored messages after they arrived: reactions, edits, unsends, reads, media results.
 
 Every change is one guarded, atomic update (:func:`models.guarded.guarded_update`): the
-filter is the message's key — ``(channel_id, mids)`` or ``_id`` — and the condition
+filter is the message's key — ``mid_keys`` (channel + mid) or ``_id`` — and the condition
 "this would still change something" is evaluated inside the update. A redelivered event
 therefore leaves the document as it was and reports ``applied=False``; a mid we never
 stored reports no document at all. Both in one round trip, on an index.
@@ -21,6 +21,7 @@ from pymongo import ASCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 
 from models.guarded import Outcome, field, guarded_update, lit
+from models.messages import mid_key
 
 # Content-bearing fields an unsend clears (the message stays, as Instagram shows "unsent").
 UNSENT_CLEARED: dict[str, Any] = {
@@ -55,10 +56,7 @@ class MessageUpdateRepository:
         self.coll = db["messages"]
 
     async def ensure_indexes(self) -> None:
-        # Lookups by mid. The unique (channel_id, mids) index is partial (messages without
-        # mids), and SecantusDB never plans a partial index: without this one every lookup
-        # by mid — ours and the foundation's find_by_mid — scans the collection.
-        await self.coll.create_index([("mids", ASCENDING), ("channel_id", ASCENDING)], name="mids_channel")
+        # Lookups by mid use the foundation's unique single-field ``mid_keys`` index.
         # Read receipts look for the unread messages of one side up to a time; without
         # read_at in the key every receipt would walk the whole conversation.
         await self.coll.create_index(
@@ -68,7 +66,7 @@ class MessageUpdateRepository:
 
     @staticmethod
     def key(channel_id: ObjectId, mid: str) -> dict[str, Any]:
-        return {"channel_id": channel_id, "mids": mid}
+        return {"mid_keys": mid_key(channel_id, mid)}
 
     async def find_by_mid(self, channel_id: ObjectId, mid: str) -> dict[str, Any] | None:
         return await self.coll.find_one(self.key(channel_id, mid))

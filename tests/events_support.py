@@ -312,6 +312,7 @@ async def events_env(stores: EmbeddedStores, tmp_path: Path, **overrides: Any) -
         graph_api_url=graph.url,
         graph_api_timeout_secs=2.0,
         profile_retry_base_secs=0.05,
+        media_concurrency=4,
         media_max_bytes=256 * 1024,
         media_timeout_secs=2.0,
         media_lease_secs=5.0,
