@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: run test lint unit bench clean system-deps
+.PHONY: run test lint unit bench bench-fanout clean system-deps
 
 $(STAMP): requirements.txt requirements-embedded.txt requirements-dev.txt setup.py
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "igsync needs Python >= 3.11")'
@@ -33,6 +33,10 @@ system-deps:
 bench: $(STAMP)
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/events.py
+
+## make bench-fanout: WebSocket fan-out latency against a bare Tornado floor (docs/performance.md)
+bench-fanout: $(STAMP)
+	$(BIN)/python bench/fanout.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache

@@ -53,6 +53,14 @@ class Settings:
     graph_api_timeout_secs: float = _setting(10.0, "timeout of one Graph API call")
     ws_ping_secs: int = _setting(25, "WebSocket keep-alive ping interval")
     ws_queue_max: int = _setting(1000, "events queued for one socket before it is dropped")
+    ws_allowed_origins: tuple[str, ...] = _setting(
+        (), "comma-separated browser origins allowed on /ws besides the server's own (e.g. https://inbox.example.com)"
+    )
+    ws_log_max_events: int = _setting(1000, "events kept per channel for since_seq resume (Redis stream MAXLEN ~)")
+    ws_log_ttl_secs: int = _setting(604_800, "an idle channel's event log expires after this long (then a new epoch)")
+    realtime_redis_timeout_ms: int = _setting(
+        500, "Redis timeout on the event publish path; past it events reach this process's sockets only"
+    )
     max_body_bytes: int = _setting(1_048_576, "largest webhook body accepted")
     log_format: str = _setting("text", "log format: text or json")
     log_level: str = _setting("INFO", "log level")
@@ -138,6 +146,9 @@ class Settings:
             "dedup_window_secs",
             "ws_ping_secs",
             "ws_queue_max",
+            "ws_log_max_events",
+            "ws_log_ttl_secs",
+            "realtime_redis_timeout_ms",
             "max_body_bytes",
             "webhook_events_ttl_days",
             "store_timeout_ms",
@@ -162,6 +173,9 @@ class Settings:
             raise ConfigError("IGSYNC_MONGO_URL must start with mongodb:// or mongodb+srv://")
         if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise ConfigError("IGSYNC_REDIS_URL must start with redis://, rediss:// or unix://")
+        for origin in self.ws_allowed_origins:
+            if origin != "*" and not origin.startswith(("http://", "https://")):
+                raise ConfigError(f"IGSYNC_WS_ALLOWED_ORIGINS entries must be http(s) origins or *, got {origin!r}")
         if not self.graph_api_url.startswith(("http://", "https://")):
             raise ConfigError("IGSYNC_GRAPH_API_URL must be an http(s) URL")
         if self.media_concurrency < 0:

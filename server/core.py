@@ -13,11 +13,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from config import Settings
 from models.store import Store
 from server.auth import Authenticator
-from server.events import EventSink, NullSink
+from server.events import EventSink
 from server.graph_api import GraphApiClient
 from server.inbox_api import InboxService
 from server.ingest import IngestPipeline
@@ -25,22 +27,30 @@ from server.media import Downloader, MediaService, Transcriber, load_transcriber
 from server.message_events import MessageArrivalHook, MessageEventHandler
 from server.metrics import Metrics
 from server.profiles import ProfileService
+from server.realtime import EventHub
 from server.recorder import MessageRecorder
 from server.threads import ChannelCache, ThreadResolver
 
 log = logging.getLogger("igsync.core")
 
 
-def redis_client(url: str, *, timeout_ms: int) -> aioredis.Redis:
+def redis_client(url: str, *, timeout_ms: int, retries: int | None = None) -> aioredis.Redis:
     """The one way the project builds a Redis client: short timeouts, since Redis is an
-    accelerator (dedup hints, fan-out) and a slow Redis must not stall a webhook."""
+    accelerator (dedup hints, fan-out) and a slow Redis must not stall a webhook.
+
+    ``retries`` replaces redis-py's default (3 retries with exponential backoff, seconds in
+    all) by that many immediate ones — for paths that have their own fallback."""
     timeout = timeout_ms / 1000
+    extra: dict[str, Any] = {}
+    if retries is not None:
+        extra["retry"] = Retry(NoBackoff(), retries)
     return aioredis.from_url(
         url,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
         health_check_interval=15,
         decode_responses=False,
+        **extra,
     )
 
 
@@ -57,6 +67,8 @@ class Core:
     auth: Authenticator
     inbox: InboxService
     sink: EventSink
+    # The WebSocket hub when this core publishes to it (the default); None with another sink.
+    realtime: EventHub | None = None
     # Background services with start()/stop() (realtime hub, workers); started by serve.
     services: list[Any] = field(default_factory=list)
     # Events and media (issue 7): GET /media, the media worker, profile look-ups.
@@ -114,9 +126,21 @@ async def build_core(
     if ensure_indexes:
         await store.ensure_indexes()
     redis = redis_client(settings.redis_url, timeout_ms=settings.store_timeout_ms)
-    sink = sink or NullSink()
     channels = ChannelCache(store, ttl_secs=settings.channel_cache_secs)
     threads = ThreadResolver(store)
+    inbox = InboxService(store, channels)
+    realtime = None
+    if sink is None:
+        # The hub has its own clients: the publish path gets one immediate retry and a short
+        # timeout (its breaker takes over), the pub/sub reader none (its loop reconnects).
+        realtime = EventHub(
+            settings=settings,
+            publish_redis=redis_client(settings.redis_url, timeout_ms=settings.realtime_redis_timeout_ms, retries=1),
+            pubsub_redis=redis_client(settings.redis_url, timeout_ms=settings.store_timeout_ms, retries=0),
+            metrics=metrics,
+            inbox=inbox,
+        )
+        sink = realtime
     recorder = MessageRecorder(store, sink)
     media = MediaService(
         store,
@@ -169,7 +193,6 @@ async def build_core(
         internal_tokens=settings.internal_tokens,
         metrics_token=settings.metrics_token,
     )
-    inbox = InboxService(store, channels)
     return Core(
         settings=settings,
         store=store,
@@ -182,7 +205,9 @@ async def build_core(
         auth=auth,
         inbox=inbox,
         sink=sink,
-        services=[media, profiles],
+        realtime=realtime,
+        # Started in this order, stopped in reverse: the hub outlives the workers that publish.
+        services=[*([realtime] if realtime is not None else []), media, profiles],
         media=media,
         profiles=profiles,
         message_events=message_events,

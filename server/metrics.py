@@ -77,6 +77,11 @@ class Metrics:
         self.ws_disconnects = Counter(
             "igsync_ws_disconnects_total", "WebSocket connections closed, by reason.", ["reason"], registry=r
         )
+        self.pubsub_reconnects = Counter(
+            "igsync_pubsub_reconnects_total",
+            "Times the realtime hub's Redis pub/sub connection was re-established after a failure.",
+            registry=r,
+        )
         self.store_errors = Counter(
             "igsync_store_errors_total", "Failed MongoDB/Redis operations.", ["store"], registry=r
         )
