@@ -16,6 +16,7 @@ What each answer does (Meta's codes, handled as Chatwoot learned to):
   ``Unknown (IG: <id>)``, never retried;
 * timeouts, 5xx, rate limits → retried ``profile_max_attempts`` times with a doubling
   wait, then the placeholder;
+* a channel connected without an access token → no call, nothing visible changes;
 
 and each outcome is stored on the customer (``profile_status``) and reaches the inbox as
 ``conversation_updated`` (the conversation embeds the customer).
@@ -119,7 +120,12 @@ class ProfileService:
         else:
             status, profile = await self._lookup(channel, customer, token)
         self.metrics.profile_lookups.labels(outcome=status).inc()
-        await self._store(channel, customer, status, profile)
+        if status == NO_TOKEN:
+            # Enrichment is off for a channel connected without a token: nothing visible
+            # changes (no placeholder, no event); the status says why there is no profile.
+            await self.store.customers.update_profile(customer["_id"], {"profile_status": status})
+        else:
+            await self._store(channel, customer, status, profile)
         log.info("customer profile: %s customer=%s channel=%s", status, customer_id, channel_id)
         return status
 

@@ -305,7 +305,11 @@ class EventsEnv:
 
 
 @contextlib.asynccontextmanager
-async def events_env(stores: EmbeddedStores, tmp_path: Path, **overrides: Any) -> AsyncIterator[EventsEnv]:
+async def events_env(
+    stores: EmbeddedStores, tmp_path: Path, *, realtime: bool = False, **overrides: Any
+) -> AsyncIterator[EventsEnv]:
+    """A real server with both fakes. Events go to a RecordingSink, or with ``realtime`` to
+    the real hub (read them with a WebSocket client)."""
     cdn = FakeCdn().start()
     graph = FakeGraphApi().start()
     values: dict[str, Any] = dict(
@@ -324,7 +328,7 @@ async def events_env(stores: EmbeddedStores, tmp_path: Path, **overrides: Any) -
     transcriber = values.pop("transcriber_object", None)
     settings = make_settings(stores, tmp_path, **values)
     sink = RecordingSink()
-    server = await start_server(settings, sink=sink, transcriber=transcriber)
+    server = await start_server(settings, sink=None if realtime else sink, transcriber=transcriber)
     try:
         channel, token = await connect_channel(server)
         yield EventsEnv(server, sink, cdn, graph, channel, token)

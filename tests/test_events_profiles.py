@@ -153,7 +153,12 @@ async def test_a_channel_without_token_is_not_looked_up(stores: Any, tmp_path: P
         )
         customer = await looked_up(env, answer)
         assert customer["profile_status"] == "no_token"
+        assert customer["first_name"] is None and customer["enhanced_data_fetched"] is False
         assert env.graph.requests == []
+        # Nothing visible changed, so the inbox is told nothing beyond the message's own events.
+        conversation_id = answer["data"]["conversation"]["id"]
+        updates = [e for e in env.events("conversation_updated") if e.conversation_id == conversation_id]
+        assert len(updates) == 1  # the message's own
 
 
 @pytest.mark.parametrize("env", [{"profile_concurrency": 2}], indirect=True)
