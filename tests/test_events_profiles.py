@@ -57,7 +57,9 @@ async def test_profile_is_fetched_and_reaches_the_inbox(env: EventsEnv) -> None:
             e for e in env.events("conversation_updated") if e.data["conversation"]["customer"]["enhanced_data_fetched"]
         ]
 
-    [event] = await wait_for(announced)
+    # The look-up runs beside the rest of the ingest: when it wins, the message's own
+    # conversation_updated already shows the profile too.
+    event = (await wait_for(announced))[-1]
     shown = event.data["conversation"]["customer"]
     assert shown["first_name"] == "Ana" and shown["username"] == "ana.costa"
     conversation = body_of(await env.client.get(f"/api/v1/conversations/{event.conversation_id}", token=env.token))
