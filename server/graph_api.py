@@ -80,26 +80,33 @@ def mask(text: str, secret: str | None) -> str:
     return text.replace(secret, "***") if secret else text
 
 
-class GraphApiClient:
-    def __init__(self, base_url: str, version: str, *, timeout_secs: float, max_clients: int = 10) -> None:
-        self.base_url = base_url.rstrip("/")
-        self.version = version.strip("/")
-        self.timeout_secs = timeout_secs
-        self.max_clients = max_clients
+class OutboundHttp:
+    """An ``AsyncHTTPClient`` of one's own for calls to Meta (Graph API, CDN): created on
+    first use, inside the running loop, and again after :meth:`close` (a restarted
+    service). Its own instance, so closing it never affects other users of the client."""
+
+    def __init__(self, **client_options: Any) -> None:
+        self.client_options = client_options
         self._http: AsyncHTTPClient | None = None
 
     @property
     def http(self) -> AsyncHTTPClient:
-        # Its own instance (closing it never affects other users of AsyncHTTPClient),
-        # created on first use inside the running loop.
         if self._http is None:
-            self._http = AsyncHTTPClient(force_instance=True, max_clients=self.max_clients)
+            self._http = AsyncHTTPClient(force_instance=True, **self.client_options)
         return self._http
 
     def close(self) -> None:
         if self._http is not None:
             self._http.close()
             self._http = None
+
+
+class GraphApiClient(OutboundHttp):
+    def __init__(self, base_url: str, version: str, *, timeout_secs: float, max_clients: int = 10) -> None:
+        super().__init__(max_clients=max_clients)
+        self.base_url = base_url.rstrip("/")
+        self.version = version.strip("/")
+        self.timeout_secs = timeout_secs
 
     async def user_profile(self, instagram_scoped_id: str, access_token: str) -> Profile:
         """Name, username and profile picture of a customer (Instagram-scoped id)."""

@@ -40,7 +40,8 @@ from typing import IO, Any, Protocol
 from bson import ObjectId
 from gridfs.asynchronous.grid_file import AsyncGridOut
 from pymongo.errors import PyMongoError
-from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
+from tornado.httpclient import HTTPClientError, HTTPRequest
+from tornado.simple_httpclient import HTTPTimeoutError
 
 from models import media_jobs as jobs_model
 from models.ids import as_object_id
@@ -48,6 +49,7 @@ from models.store import Store
 from models.timeutil import utcnow
 from server import events as ev
 from server import webhook_parse as wp
+from server.graph_api import OutboundHttp
 from server.metrics import Metrics
 
 log = logging.getLogger("igsync.media")
@@ -227,29 +229,14 @@ class _Transfer:
         self.spool.write(chunk)
 
 
-class Downloader:
+class Downloader(OutboundHttp):
     """Fetches one CDN URL into a spool, enforcing the cap, the timeout and the type."""
 
     def __init__(self, *, max_bytes: int, timeout_secs: float, max_clients: int) -> None:
+        limit = max_bytes + CLIENT_LIMIT_MARGIN_BYTES
+        super().__init__(max_clients=max_clients, max_body_size=limit, max_buffer_size=limit)
         self.max_bytes = max_bytes
         self.timeout_secs = timeout_secs
-        self.max_clients = max_clients
-        self._http: AsyncHTTPClient | None = None
-
-    @property
-    def http(self) -> AsyncHTTPClient:
-        # Created on first use, inside the running loop; again after close() (a restarted worker).
-        if self._http is None:
-            limit = self.max_bytes + CLIENT_LIMIT_MARGIN_BYTES
-            self._http = AsyncHTTPClient(
-                force_instance=True, max_clients=self.max_clients, max_body_size=limit, max_buffer_size=limit
-            )
-        return self._http
-
-    def close(self) -> None:
-        if self._http is not None:
-            self._http.close()
-            self._http = None
 
     async def fetch(self, url: str, media_type: str) -> Downloaded:
         if not url.startswith(("https://", "http://")):
@@ -278,7 +265,7 @@ class Downloader:
         except HTTPClientError as exc:  # 599: timeout or the connection was cut
             if transfer.too_large:
                 raise DownloadError("too_large", permanent=True) from None
-            reason = "timeout" if "imeout" in type(exc).__name__ or "imeout" in str(exc) else "connection"
+            reason = "timeout" if isinstance(exc, HTTPTimeoutError) else "connection"
             raise DownloadError(reason, permanent=False) from None
         except OSError:
             raise DownloadError("connection", permanent=False) from None
@@ -486,7 +473,8 @@ class MediaService:
         audio: bytes | None = None
         if info is None:
             if file_id is not None:
-                # An upload cut short by a crash: its chunks must not linger.
+                # The attached copy is gone (removed by an operator?): clear what is left of
+                # it and download again.
                 await self.store.media_files.delete(file_id)
             try:
                 downloaded = await self.downloader.fetch(job["url"], job["type"])

@@ -87,31 +87,34 @@ class ProfileService:
             self.metrics.profile_lookups.labels(outcome=DROPPED).inc()
             log.warning("profile look-up dropped: %d already pending (customer=%s)", len(self._tasks), customer["_id"])
             return
-        task = asyncio.get_running_loop().create_task(self._run(channel["_id"], customer["_id"]))
+        task = asyncio.get_running_loop().create_task(self._run(channel["_id"], customer))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _run(self, channel_id: ObjectId, customer_id: ObjectId) -> None:
+    async def _run(self, channel_id: ObjectId, customer: dict[str, Any]) -> None:
         try:
             async with self._slots:
-                await self.refresh(channel_id, customer_id)
+                await self.refresh(channel_id, customer)
         except asyncio.CancelledError:
             raise
         except PyMongoError as exc:
-            log.warning("profile look-up not stored: MongoDB failed (%s) customer=%s", type(exc).__name__, customer_id)
+            log.warning(
+                "profile look-up not stored: MongoDB failed (%s) customer=%s", type(exc).__name__, customer["_id"]
+            )
         except Exception:
-            log.exception("profile look-up failed unexpectedly customer=%s", customer_id)
+            log.exception("profile look-up failed unexpectedly customer=%s", customer["_id"])
 
     # -- the work ------------------------------------------------------------------------
 
-    async def refresh(self, channel_id: ObjectId, customer_id: ObjectId) -> str:
-        """Look the customer up and store the outcome; returns the ``profile_status``."""
-        # Fresh reads, not the webhook's cached channel: a 190 seen a moment ago by another
+    async def refresh(self, channel_id: ObjectId, customer: dict[str, Any]) -> str:
+        """Look the customer (as just created) up and store the outcome; returns the
+        ``profile_status``."""
+        # A fresh read, not the webhook's cached channel: a 190 seen a moment ago by another
         # look-up must stop this one from asking again.
         channel = await self.store.channels.get(channel_id)
-        customer = await self.store.customers.get(customer_id)
-        if channel is None or customer is None:
+        if channel is None:
             return ERROR
+        customer_id = customer["_id"]
         token = channel.get("access_token")
         if channel.get("needs_reauth"):
             status, profile = REAUTH_REQUIRED, None

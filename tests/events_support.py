@@ -34,6 +34,31 @@ def _quiet(handler: tornado.web.RequestHandler) -> None:
     return None
 
 
+class _LocalServer:
+    """A Tornado app on a free loopback port; quiet (a fake's access log would print the
+    tokens igsync must never log)."""
+
+    def __init__(self) -> None:
+        self.http: HTTPServer | None = None
+        self.port = 0
+
+    def routes(self) -> list[Any]:
+        raise NotImplementedError
+
+    def start(self) -> Any:
+        sockets = bind_sockets(0, "127.0.0.1")
+        self.port = sockets[0].getsockname()[1]
+        self.http = HTTPServer(tornado.web.Application(self.routes(), log_function=_quiet))
+        self.http.add_sockets(sockets)
+        return self
+
+    async def stop(self) -> None:
+        if self.http is not None:
+            self.http.stop()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.http.close_all_connections(), 1.0)
+
+
 # -- the fake CDN ------------------------------------------------------------------------
 
 
@@ -90,14 +115,16 @@ class _CdnHandler(tornado.web.RequestHandler):
             self.finish(spec.body)
 
 
-class FakeCdn:
+class FakeCdn(_LocalServer):
     """Serves ``/cdn/<name>`` as registered; anything unregistered is an expired link (404)."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.files: dict[str, CdnFile] = {}
         self.requests: list[str] = []
-        self.http: HTTPServer | None = None
-        self.port = 0
+
+    def routes(self) -> list[Any]:
+        return [(r"/cdn/([^/?]+)", _CdnHandler, {"cdn": self})]
 
     def add(self, name: str, **spec: Any) -> str:
         self.files[name] = CdnFile(**spec)
@@ -108,20 +135,6 @@ class FakeCdn:
 
     def count(self, name: str) -> int:
         return self.requests.count(name)
-
-    def start(self) -> FakeCdn:
-        app = tornado.web.Application([(r"/cdn/([^/?]+)", _CdnHandler, {"cdn": self})], log_function=_quiet)
-        sockets = bind_sockets(0, "127.0.0.1")
-        self.port = sockets[0].getsockname()[1]
-        self.http = HTTPServer(app)
-        self.http.add_sockets(sockets)
-        return self
-
-    async def stop(self) -> None:
-        if self.http is not None:
-            self.http.stop()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.http.close_all_connections(), 1.0)
 
 
 # -- the fake Graph API ---------------------------------------------------------------------
@@ -174,17 +187,19 @@ def _meta_error(code: int, message: str, subcode: int | None = None) -> dict[str
     return {"error": error}
 
 
-class FakeGraphApi:
+class FakeGraphApi(_LocalServer):
     """``GET /<version>/<igsid>?fields=…&access_token=…`` like graph.instagram.com."""
 
     def __init__(self, valid_token: str = ACCESS_TOKEN) -> None:
+        super().__init__()
         self.valid_token = valid_token
         self.answers: dict[str, list[GraphAnswer]] = {}
         self.requests: list[dict[str, Any]] = []
         self.inflight = 0
         self.max_inflight = 0
-        self.http: HTTPServer | None = None
-        self.port = 0
+
+    def routes(self) -> list[Any]:
+        return [(r"/(v[0-9.]+)/([^/?]+)", _GraphHandler, {"graph": self})]
 
     @property
     def url(self) -> str:
@@ -201,21 +216,6 @@ class FakeGraphApi:
 
     def requests_for(self, user_id: str) -> list[dict[str, Any]]:
         return [r for r in self.requests if r["user_id"] == user_id]
-
-    def start(self) -> FakeGraphApi:
-        # Quiet: the fake's own access log would print the token igsync must never log.
-        app = tornado.web.Application([(r"/(v[0-9.]+)/([^/?]+)", _GraphHandler, {"graph": self})], log_function=_quiet)
-        sockets = bind_sockets(0, "127.0.0.1")
-        self.port = sockets[0].getsockname()[1]
-        self.http = HTTPServer(app)
-        self.http.add_sockets(sockets)
-        return self
-
-    async def stop(self) -> None:
-        if self.http is not None:
-            self.http.stop()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.http.close_all_connections(), 1.0)
 
 
 # -- bodies ---------------------------------------------------------------------------------------
