@@ -13,6 +13,7 @@ from bson import ObjectId
 from gridfs import AsyncGridFSBucket
 from gridfs.asynchronous.grid_file import AsyncGridOut
 from gridfs.errors import NoFile
+from pymongo import ASCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 
 BUCKET = "media"
@@ -22,10 +23,15 @@ class MediaFileRepository:
     def __init__(self, db: AsyncDatabase) -> None:
         self.bucket = AsyncGridFSBucket(db, bucket_name=BUCKET)
         self.files = db[f"{BUCKET}.files"]
+        # The repositories' convention: ``coll`` is the collection whose indexes it owns.
+        self.coll = db[f"{BUCKET}.chunks"]
 
     async def ensure_indexes(self) -> None:
-        # GridFS creates its own (files_id, n) index on the first upload.
-        return None
+        # Every read of a file walks its chunks by (files_id, n). GridFS would create this
+        # index on the first upload; creating it at start-up (same keys and options, so
+        # GridFS's own attempt is a no-op) lets `igsync doctor` check it like the others.
+        # Files are found by _id only, so GridFS's (filename, uploadDate) index is left to it.
+        await self.coll.create_index([("files_id", ASCENDING), ("n", ASCENDING)], unique=True)
 
     async def upload(self, filename: str, source: IO[bytes], metadata: dict[str, Any]) -> ObjectId:
         file_id = ObjectId()
