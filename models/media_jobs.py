@@ -1,9 +1,10 @@
 """The ``media_jobs`` collection: the durable queue of attachments to download.
 
 One job per (message, attachment key) — a unique index, so the after-store hook can run
-again on a redelivery without queueing twice. Workers in any process *claim* a job with
-one ``find_one_and_update`` that sets a lease; a worker that dies leaves the lease to
-expire and another one takes the job over. Every later write of a worker is guarded by
+again on a redelivery without queueing twice. Workers in any process *claim* a job
+atomically (an indexed read of a candidate, then one ``update_one`` guarded by the state
+and owner it was read with) and hold it by a lease; a worker that dies leaves the lease
+to expire and another one takes the job over. Every later write of a worker is guarded by
 its lease (``lease_owner`` + ``state: running``), so a worker that lost its job (lease
 expired, or the message was unsent and the job cancelled) cannot overwrite the outcome.
 

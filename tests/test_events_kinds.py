@@ -43,6 +43,7 @@ async def test_media_kinds_are_stored_and_their_files_kept(env: EventsEnv) -> No
         ("customer_file", "file", PDF, "application/pdf"),
         ("customer_story_mention", "story_mention", JPEG, "image/jpeg"),
         ("customer_share_reel", "ig_reel", MP4, "video/mp4"),
+        ("owner_echo_image", "image", JPEG, "image/jpeg"),  # the business sent a photo from the app
     ]
     for name, message_type, data, content_type in cases:
         url = env.cdn.add(name, body=data, content_type=content_type)
