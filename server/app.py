@@ -10,7 +10,7 @@ from typing import Any
 
 import tornado.web
 
-from handlers import api, health, inbox_page, metrics, webhook, ws
+from handlers import api, health, inbox_page, media, metrics, webhook, ws
 from handlers.base import NotFoundHandler
 from server.core import Core
 
@@ -22,7 +22,7 @@ WS_MAX_MESSAGE_BYTES = 64 * 1024
 
 def route_table() -> list[Any]:
     routes: list[Any] = []
-    for module in (webhook, api, health, metrics, ws, inbox_page):
+    for module in (webhook, api, health, metrics, ws, media, inbox_page):
         routes.extend(module.routes)
     return routes
 

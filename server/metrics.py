@@ -22,6 +22,10 @@ DUPLICATE_LAYERS = ("mid", "cache", "database", "adopted")
 MARK_SENT_OUTCOMES = ("created", "idempotent", "adopted", "invalid", "not_found", "unauthorized", "error")
 WS_DISCONNECT_REASONS = ("client_closed", "slow_consumer", "shutdown", "ping_timeout", "error")
 STORES = ("mongo", "redis")
+# Events and media (issue 7).
+PROFILE_OUTCOMES = ("fetched", "reauth_required", "unavailable", "error", "no_token", "dropped")
+MEDIA_OUTCOMES = ("completed", "failed", "retried", "cancelled")
+ORPHAN_KINDS = ("reaction", "unreact", "read", "edit", "unsend")
 
 # Webhook handling is a few MongoDB round trips: ~1 ms on loopback, tens of ms on a
 # loaded replica set; Meta times out at 20 s. Buckets from 1 ms to 10 s.
@@ -81,6 +85,19 @@ class Metrics:
         self.store_errors = Counter(
             "igsync_store_errors_total", "Failed MongoDB/Redis operations.", ["store"], registry=r
         )
+        # Events and media (issue 7).
+        self.profile_lookups = Counter(
+            "igsync_profile_lookups_total", "Customer profile look-ups by outcome.", ["outcome"], registry=r
+        )
+        self.media_jobs = Counter(
+            "igsync_media_jobs_total", "Media download attempts by outcome.", ["outcome"], registry=r
+        )
+        self.orphan_events = Counter(
+            "igsync_orphan_events_total",
+            "Events about a message that was not stored (kept to apply later).",
+            ["kind"],
+            registry=r,
+        )
         self._precreate()
 
     def _precreate(self) -> None:
@@ -97,6 +114,12 @@ class Metrics:
             self.ws_disconnects.labels(reason=reason)
         for store in STORES:
             self.store_errors.labels(store=store)
+        for outcome in PROFILE_OUTCOMES:
+            self.profile_lookups.labels(outcome=outcome)
+        for outcome in MEDIA_OUTCOMES:
+            self.media_jobs.labels(outcome=outcome)
+        for kind in ORPHAN_KINDS:
+            self.orphan_events.labels(kind=kind)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
