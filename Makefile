@@ -39,6 +39,7 @@ system-deps:
 
 bench: $(STAMP)
 	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/events.py
 
 ## make bench-fanout: WebSocket fan-out latency against a bare Tornado floor (docs/performance.md)
 bench-fanout: $(STAMP)

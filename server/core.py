@@ -21,10 +21,14 @@ from config import Settings
 from models.store import Store
 from server.auth import Authenticator
 from server.events import EventSink
+from server.graph_api import GraphApiClient
 from server.inbox_api import InboxService
 from server.ingest import IngestPipeline
+from server.media import Downloader, MediaService, Transcriber, load_transcriber
+from server.message_events import MessageArrivalHook, MessageEventHandler
 from server.metrics import Metrics
 from server.ops_monitor import ChannelActivity, OpsMonitor
+from server.profiles import ProfileService
 from server.realtime import EventHub
 from server.recorder import MessageRecorder
 from server.store_instruments import InstrumentedRedis, MongoCommandMetrics
@@ -82,6 +86,10 @@ class Core:
     realtime: EventHub | None = None
     # Background services with start()/stop() (realtime hub, workers); started by serve.
     services: list[Any] = field(default_factory=list)
+    # Events and media (issue 7): GET /media, the media worker, profile look-ups.
+    media: MediaService | None = None
+    profiles: ProfileService | None = None
+    message_events: MessageEventHandler | None = None
     # The periodic checks behind igsync_ready / igsync_channels_silent / igsync_duplicates_stored.
     monitor: OpsMonitor | None = None
 
@@ -120,6 +128,7 @@ async def build_core(
     sink: EventSink | None = None,
     ensure_indexes: bool = True,
     mongo_listeners: list[Any] | None = None,
+    transcriber: Transcriber | None = None,
 ) -> Core:
     if not settings.mongo_url or not settings.redis_url:
         raise ValueError("build_core needs store URLs; embedded stores are started by the CLI")
@@ -129,6 +138,7 @@ async def build_core(
         settings.mongo_db,
         timeout_ms=settings.store_timeout_ms,
         webhook_events_ttl_days=settings.webhook_events_ttl_days,
+        orphan_events_ttl_days=settings.orphan_events_ttl_days,
         listeners=[MongoCommandMetrics(metrics), *(mongo_listeners or [])],
     )
     if ensure_indexes:
@@ -154,6 +164,41 @@ async def build_core(
         )
         sink = realtime
     recorder = MessageRecorder(store, sink)
+    media = MediaService(
+        store,
+        recorder.publish,
+        metrics,
+        downloader=Downloader(
+            max_bytes=settings.media_max_bytes,
+            timeout_secs=settings.media_timeout_secs,
+            max_clients=max(settings.media_concurrency, 1),
+        ),
+        transcriber=transcriber or load_transcriber(settings.transcriber),
+        concurrency=settings.media_concurrency,
+        lease_secs=settings.media_lease_secs,
+        max_attempts=settings.media_max_attempts,
+        retry_base_secs=settings.media_retry_base_secs,
+        poll_secs=settings.media_poll_secs,
+        transcribe_timeout_secs=settings.media_timeout_secs,
+    )
+    message_events = MessageEventHandler(store, recorder, metrics, media)
+    profiles = ProfileService(
+        store,
+        GraphApiClient(
+            settings.graph_api_url,
+            settings.graph_api_version,
+            timeout_secs=settings.graph_api_timeout_secs,
+            max_clients=settings.profile_concurrency,
+        ),
+        recorder.publish,
+        metrics,
+        concurrency=settings.profile_concurrency,
+        max_attempts=settings.profile_max_attempts,
+        retry_base_secs=settings.profile_retry_base_secs,
+    )
+    # Order matters: earlier events are applied (an unsend clears the attachments) before
+    # media jobs are queued.
+    recorder.hooks.extend([MessageArrivalHook(store, message_events), media])
     pipeline = IngestPipeline(
         store=store,
         app_secret=settings.app_secret or "",
@@ -161,6 +206,8 @@ async def build_core(
         threads=threads,
         recorder=recorder,
         metrics=metrics,
+        item_events=message_events,
+        new_customer_hooks=[profiles],
         activity=ChannelActivity(store, metrics),
     )
     auth = Authenticator(
@@ -182,7 +229,11 @@ async def build_core(
         inbox=inbox,
         sink=sink,
         realtime=realtime,
-        services=[realtime] if realtime is not None else [],
+        # Started in this order, stopped in reverse: the hub outlives the workers that publish.
+        services=[*([realtime] if realtime is not None else []), media, profiles],
+        media=media,
+        profiles=profiles,
+        message_events=message_events,
     )
     core.monitor = OpsMonitor(
         store,

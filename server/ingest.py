@@ -226,17 +226,20 @@ class IngestPipeline:
         else:
             result = await self.item_events.handle(item, channel, received_at=received_at)
         message_id = result.get("message_id")
+        kind = str(result.get("event") or item.kind)  # "unreact" is a reaction item
         log.info(
-            "webhook item: %s direction=%s channel=%s on mid=%s message=%s changes=%s",
-            item.kind,
+            "webhook item: %s direction=%s channel=%s on mid=%s message=%s changes=%s%s",
+            kind,
             direction,
             channel["_id"],
             item.target_mid,
             message_id,
             ",".join(result.get("changes") or []) or "-",
+            "" if message_id else " (the message is not stored (yet): kept to apply when it arrives)",
             extra=item_fields(
-                kind=item.kind,
-                outcome="applied" if message_id else "unmatched",
+                kind=kind,
+                # orphan: the message it is about is not stored (yet); the event is kept for it.
+                outcome="applied" if message_id else "orphan",
                 started=started,
                 direction=direction,
                 channel_id=channel["_id"],

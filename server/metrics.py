@@ -101,6 +101,10 @@ HTTP_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", OTHE
 # Status classes, not codes: bounded, and what an alert asks ("are we answering 5xx?").
 # The exact code is in the access log line.
 HTTP_STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
+# Events and media (issue 7).
+PROFILE_OUTCOMES = ("fetched", "reauth_required", "unavailable", "error", "no_token", "dropped")
+MEDIA_OUTCOMES = ("completed", "failed", "retried", "cancelled")
+ORPHAN_KINDS = ("reaction", "unreact", "read", "edit", "unsend")
 
 # Webhook handling is a few MongoDB round trips: ~1 ms on loopback, tens of ms on a
 # loaded replica set; Meta times out at 20 s. Buckets from 1 ms to 10 s.
@@ -269,6 +273,19 @@ class Metrics:
             registry=r,
         )
         self.build_info.labels(version=package_version(), python=platform.python_version()).set(1)
+        # Events and media (issue 7).
+        self.profile_lookups = Counter(
+            "igsync_profile_lookups_total", "Customer profile look-ups by outcome.", ["outcome"], registry=r
+        )
+        self.media_jobs = Counter(
+            "igsync_media_jobs_total", "Media download attempts by outcome.", ["outcome"], registry=r
+        )
+        self.orphan_events = Counter(
+            "igsync_orphan_events_total",
+            "Events about a message that was not stored (kept to apply later).",
+            ["kind"],
+            registry=r,
+        )
         self._precreate()
 
     def _precreate(self) -> None:
@@ -290,6 +307,12 @@ class Metrics:
             self.channels_silent.labels(threshold=threshold)
         for result in ("ok", "failed"):
             self.monitor_runs.labels(result=result)
+        for outcome in PROFILE_OUTCOMES:
+            self.profile_lookups.labels(outcome=outcome)
+        for outcome in MEDIA_OUTCOMES:
+            self.media_jobs.labels(outcome=outcome)
+        for kind in ORPHAN_KINDS:
+            self.orphan_events.labels(kind=kind)
         # Store commands are the hottest path of all: their children are looked up once here,
         # not through labels() (a lock and a validation) on every command.
         self.mongo_commands = {

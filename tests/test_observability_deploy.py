@@ -206,10 +206,10 @@ def test_operations_doc_describes_every_metric() -> None:
     """docs/operations.md describes every metric of API.md §5 and every operations metric; a
     metric another capability adds may be described in that capability's docs page."""
     from server.metrics import Metrics
-    from tests.test_observability_metrics import DOCUMENTED, OPERATIONS
+    from tests.test_observability_metrics import DOCUMENTED, EVENTS, OPERATIONS
 
     operations = OPERATIONS_DOC.read_text()
-    for name in (*DOCUMENTED, *OPERATIONS):
+    for name in (*DOCUMENTED, *OPERATIONS, *EVENTS):
         assert f"`{name}`" in operations, f"docs/operations.md does not describe {name}"
     docs = "\n".join(p.read_text() for p in sorted((ROOT / "docs").glob("*.md")))
     for family in {m.name for m in Metrics(process_metrics=False).registry.collect()}:

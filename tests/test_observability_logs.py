@@ -105,12 +105,20 @@ async def test_json_line_of_each_webhook_item(server: RunningServer, tenant: Ten
     assert (await client.webhook_fixture("changes_test_payload")).code == 200
     assert (await client.webhook(messaging_body(text_item("m.x", "x"), account_id="1999"))).code == 200
     assert [(i["kind"], i["outcome"]) for i in json_lines.items()] == [
-        ("reaction", "unmatched"),
+        ("reaction", "orphan"),  # about the owner's echo, which this test never stored
         ("test", "acknowledged"),
         ("message", "ignored"),
     ]
     reaction = json_lines.items()[0]
     assert reaction["direction"] == "customer_to_owner" and reaction["channel_id"] == tenant.channel["id"]
+
+    # Once the message exists, an event about it is applied — and still logged exactly once.
+    assert (await client.webhook_fixture("owner_echo_text")).code == 200
+    json_lines.lines.clear()
+    assert (await client.webhook_fixture("customer_reaction")).code == 200
+    (applied,) = json_lines.items()
+    assert (applied["kind"], applied["outcome"]) == ("reaction", "applied")
+    assert len(applied["message_id"]) == 24 and applied["mid"] == reaction["mid"]
 
 
 async def test_access_log_line(server: RunningServer, tenant: Tenant, json_lines: Lines) -> None:

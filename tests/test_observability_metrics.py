@@ -32,6 +32,7 @@ from server.metrics import (
     package_version,
 )
 from tests.conftest import RunningServer, Tenant, connect_tenant, start_server, stop_server
+from tests.events_support import JPEG, events_env, fixture_with
 from tests.helpers import (
     ACCOUNT_ID,
     ADMIN_TOKEN,
@@ -78,6 +79,13 @@ OPERATIONS = {
     "igsync_http_request_duration_seconds": "histogram",
 }
 
+# Added by the events capability (issue 7); described in docs/events.md and docs/operations.md.
+EVENTS = {
+    "igsync_orphan_events_total": "counter",
+    "igsync_media_jobs_total": "counter",
+    "igsync_profile_lookups_total": "counter",
+}
+
 WEBHOOK_SERIES = ("igsync_webhook_requests_total", "igsync_webhook_events_total", "igsync_duplicates_total")
 
 
@@ -89,7 +97,7 @@ def family_name(name: str) -> str:
 async def test_every_series_exists_at_zero_before_its_first_event(server: RunningServer) -> None:
     await server.core.monitor.stop()  # a quiet process: only what this test does moves
     metrics = await scrape(server.client)
-    for name, kind in {**DOCUMENTED, **OPERATIONS}.items():
+    for name, kind in {**DOCUMENTED, **OPERATIONS, **EVENTS}.items():
         assert metrics.families.get(family_name(name)) == kind, name
     for layer in DUPLICATE_LAYERS:
         assert metrics.value("igsync_duplicates_total", layer=layer) == 0
@@ -548,9 +556,9 @@ async def test_websocket_series_move_with_real_sockets(server: RunningServer, te
     assert closed.delta(before, "igsync_ws_disconnects_total", reason="slow_consumer") == 0
 
 
-async def _delta_at_least(client: Any, before: Any, name: str, minimum: float) -> Any:
+async def _delta_at_least(client: Any, before: Any, name: str, minimum: float, **labels: str) -> Any:
     now = await scrape(client)
-    return now if now.delta(before, name) >= minimum else None
+    return now if now.delta(before, name, **labels) >= minimum else None
 
 
 async def _gauge_is(client: Any, name: str, value: float) -> Any:
@@ -580,3 +588,41 @@ async def test_a_redis_restart_costs_no_failed_command(tmp_path: Path) -> None:
     finally:
         await client.aclose()
         own.stop()
+
+
+async def test_events_media_and_profile_series(stores: EmbeddedStores, tmp_path: Path) -> None:
+    """Issue 7's series, through /metrics: an orphan event, a media download, a profile look-up."""
+    async with events_env(stores, tmp_path) as env:
+        client = env.client
+        before = await scrape(client)
+        assert before.value("igsync_orphan_events_total", kind="reaction") == 0
+        assert before.value("igsync_media_jobs_total", outcome="completed") == 0
+        assert before.value("igsync_profile_lookups_total", outcome="fetched") == 0
+
+        # A reaction to a message never stored: kept as an orphan, counted once.
+        reaction = messaging_body(
+            {
+                "sender": {"id": CUSTOMER_A},
+                "recipient": {"id": ACCOUNT_ID},
+                "timestamp": 1763460660000,
+                "reaction": {"mid": "m.never.stored", "action": "react", "reaction": "love", "emoji": "x"},
+            }
+        )
+        assert body_of(await client.webhook(reaction))["message_id"] is None
+        assert (await scrape(client)).delta(before, "igsync_orphan_events_total", kind="reaction") == 1
+
+        # A new customer with an image: one profile look-up (fetched) and one media job (completed).
+        env.graph.profile(CUSTOMER_A, name="Ana")
+        url = env.cdn.add("photo", body=JPEG, content_type="image/jpeg")
+        assert (await env.post(fixture_with("customer_image", urls=[url], mid="m.obs.image")))["status"] == "success"
+        after = await wait_for(
+            lambda: _delta_at_least(client, before, "igsync_media_jobs_total", 1, outcome="completed"), timeout=20
+        )
+        await wait_for(
+            lambda: _delta_at_least(client, before, "igsync_profile_lookups_total", 1, outcome="fetched"), timeout=20
+        )
+        final = await scrape(client)
+        assert final.delta(before, "igsync_media_jobs_total", outcome="completed") == 1
+        assert final.delta(before, "igsync_media_jobs_total", outcome="failed") == 0
+        assert final.delta(before, "igsync_profile_lookups_total", outcome="fetched") == 1
+        assert after.delta(before, "igsync_orphan_events_total", kind="reaction") == 1
