@@ -65,6 +65,9 @@ class Settings:
     log_format: str = _setting("text", "log format: text or json")
     log_level: str = _setting("INFO", "log level")
     metrics_token: str | None = _setting(None, "bearer token required on /metrics when set", secret=True)
+    monitor_interval_secs: float = _setting(
+        30.0, "how often readiness, silent channels and stored duplicates are re-checked for /metrics"
+    )
     trigger_stream: str = _setting("igsync:triggers", "Redis Stream of workflow triggers")
     webhook_events_ttl_days: int = _setting(7, "how long raw webhook bodies are kept")
     channel_cache_secs: float = _setting(5.0, "how long a process trusts its cached channel lookup")
@@ -156,6 +159,7 @@ class Settings:
             "webhook_events_ttl_days",
             "store_timeout_ms",
             "media_max_bytes",
+            "monitor_interval_secs",
             "profile_concurrency",
             "profile_max_attempts",
             "profile_retry_base_secs",

@@ -35,6 +35,8 @@ TYPE_CUSTOMER = "customer"
 TYPE_SUPPORT = "support"
 TYPE_AI = "AI"
 OUTBOUND_TYPES = (TYPE_SUPPORT, TYPE_AI)
+# An owner message first seen as an echo from the Instagram app (not sent through igsync).
+SOURCE_INSTAGRAM_DIRECT = "instagram_direct"
 # Rows sharing the anchor's millisecond that a page can step over (see ``page``).
 _TIE_SLACK = 20
 
@@ -75,6 +77,9 @@ class MessageRepository:
         await self.coll.create_index(
             [("conversation_id", ASCENDING), ("sent_at", ASCENDING), ("_id", ASCENDING)], name="conversation_time"
         )
+        # The stored-duplicates audit (igsync_duplicates_stored) reads the last hour's messages by
+        # this range; without it the embedded store scans the collection (bench/ops_monitor.py).
+        await self.coll.create_index([("created_at", ASCENDING)], name="created_at")
 
     async def insert(self, doc: dict[str, Any]) -> dict[str, Any]:
         """Insert (group-committed with concurrent inserts); ``DuplicateKeyError`` propagates —
@@ -156,6 +161,39 @@ class MessageRepository:
         if not forward:
             rows.reverse()
         return rows, has_more
+
+    async def count_suspected_duplicates(self, since: dt.datetime, window_secs: int) -> int:
+        """Outbound texts stored twice since ``since``: in one conversation, the same content
+        as an app/AI message *and* as an echo no dedup layer absorbed, within ``window_secs``.
+
+        The failure dedup exists to prevent, measured after the fact. It reads only the
+        messages created since ``since`` (the ``created_at`` index). A text the owner really
+        typed in the Instagram app right after the AI sent the same one also counts: rare,
+        hence "suspected".
+        """
+        pipeline: list[dict[str, Any]] = [
+            {"$match": {"created_at": {"$gte": since}, "type": {"$in": list(OUTBOUND_TYPES)}}},
+            {
+                "$group": {
+                    "_id": {"conversation": "$conversation_id", "content": "$content_hash"},
+                    "sources": {"$addToSet": "$source"},
+                    "first": {"$min": "$created_at"},
+                    "last": {"$max": "$created_at"},
+                    "count": {"$sum": 1},
+                }
+            },
+            {"$match": {"count": {"$gt": 1}, "sources": SOURCE_INSTAGRAM_DIRECT}},
+            {
+                "$project": {
+                    "spread_ms": {"$subtract": ["$last", "$first"]},
+                    "sent_by_us": {"$size": {"$setDifference": ["$sources", [SOURCE_INSTAGRAM_DIRECT]]}},
+                }
+            },
+            {"$match": {"sent_by_us": {"$gt": 0}, "spread_ms": {"$lte": window_secs * 1000}}},
+            {"$count": "suspected"},
+        ]
+        rows = await (await self.coll.aggregate(pipeline)).to_list(None)
+        return int(rows[0]["suspected"]) if rows else 0
 
 
 def _inside(row: dict[str, Any], after: dict[str, Any] | None, before: dict[str, Any] | None) -> bool:

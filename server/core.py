@@ -15,6 +15,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from config import Settings
 from models.store import Store
@@ -26,25 +27,37 @@ from server.ingest import IngestPipeline
 from server.media import Downloader, MediaService, Transcriber, load_transcriber
 from server.message_events import MessageArrivalHook, MessageEventHandler
 from server.metrics import Metrics
+from server.ops_monitor import ChannelActivity, OpsMonitor
 from server.profiles import ProfileService
 from server.realtime import EventHub
 from server.recorder import MessageRecorder
+from server.store_instruments import InstrumentedRedis, MongoCommandMetrics
 from server.threads import ChannelCache, ThreadResolver
 
 log = logging.getLogger("igsync.core")
 
 
-def redis_client(url: str, *, timeout_ms: int, retries: int | None = None) -> aioredis.Redis:
+def redis_client(
+    url: str, *, timeout_ms: int, retries: int | None = None, metrics: Metrics | None = None
+) -> aioredis.Redis:
     """The one way the project builds a Redis client: short timeouts, since Redis is an
     accelerator (dedup hints, fan-out) and a slow Redis must not stall a webhook.
 
-    ``retries`` replaces redis-py's default (3 retries with exponential backoff, seconds in
-    all) by that many immediate ones — for paths that have their own fallback."""
+    ``retries``: that many immediate retries on connection errors and timeouts — for paths
+    that have their own fallback. Without it, one immediate retry on a *connection* error
+    only: a client built by ``from_url`` otherwise has no retry at all, so after a Redis
+    restart or failover the first command on every pooled connection failed ("Connection
+    closed by server") although Redis was back. Timeouts are not retried (a hung Redis must
+    cost one timeout, not two). With ``metrics``, every command's latency and failures are
+    measured."""
     timeout = timeout_ms / 1000
-    extra: dict[str, Any] = {}
-    if retries is not None:
-        extra["retry"] = Retry(NoBackoff(), retries)
-    return aioredis.from_url(
+    retry = (
+        Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
+        if retries is None
+        else Retry(NoBackoff(), retries)
+    )
+    extra: dict[str, Any] = {"retry": retry}
+    client = InstrumentedRedis.from_url(
         url,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
@@ -52,6 +65,8 @@ def redis_client(url: str, *, timeout_ms: int, retries: int | None = None) -> ai
         decode_responses=False,
         **extra,
     )
+    client.redis_metrics = metrics
+    return client
 
 
 @dataclass
@@ -75,9 +90,11 @@ class Core:
     media: MediaService | None = None
     profiles: ProfileService | None = None
     message_events: MessageEventHandler | None = None
+    # The periodic checks behind igsync_ready / igsync_channels_silent / igsync_duplicates_stored.
+    monitor: OpsMonitor | None = None
 
     async def ready(self) -> dict[str, bool]:
-        """Whether each store answers now (``/readyz``)."""
+        """Whether each store answers now (``/readyz``); also sets ``igsync_ready``."""
         status = {"mongo": False, "redis": False}
         try:
             status["mongo"] = await self.store.ping()
@@ -87,6 +104,7 @@ class Core:
             status["redis"] = bool(await self.redis.ping())
         except Exception:
             self.metrics.store_errors.labels(store="redis").inc()
+        self.metrics.set_readiness(status)
         return status
 
     async def start(self) -> None:
@@ -121,11 +139,11 @@ async def build_core(
         timeout_ms=settings.store_timeout_ms,
         webhook_events_ttl_days=settings.webhook_events_ttl_days,
         orphan_events_ttl_days=settings.orphan_events_ttl_days,
-        listeners=mongo_listeners,
+        listeners=[MongoCommandMetrics(metrics), *(mongo_listeners or [])],
     )
     if ensure_indexes:
         await store.ensure_indexes()
-    redis = redis_client(settings.redis_url, timeout_ms=settings.store_timeout_ms)
+    redis = redis_client(settings.redis_url, timeout_ms=settings.store_timeout_ms, metrics=metrics)
     channels = ChannelCache(store, ttl_secs=settings.channel_cache_secs)
     threads = ThreadResolver(store)
     inbox = InboxService(store, channels)
@@ -135,8 +153,12 @@ async def build_core(
         # timeout (its breaker takes over), the pub/sub reader none (its loop reconnects).
         realtime = EventHub(
             settings=settings,
-            publish_redis=redis_client(settings.redis_url, timeout_ms=settings.realtime_redis_timeout_ms, retries=1),
-            pubsub_redis=redis_client(settings.redis_url, timeout_ms=settings.store_timeout_ms, retries=0),
+            publish_redis=redis_client(
+                settings.redis_url, timeout_ms=settings.realtime_redis_timeout_ms, retries=1, metrics=metrics
+            ),
+            pubsub_redis=redis_client(
+                settings.redis_url, timeout_ms=settings.store_timeout_ms, retries=0, metrics=metrics
+            ),
             metrics=metrics,
             inbox=inbox,
         )
@@ -186,6 +208,7 @@ async def build_core(
         metrics=metrics,
         item_events=message_events,
         new_customer_hooks=[profiles],
+        activity=ChannelActivity(store, metrics),
     )
     auth = Authenticator(
         store,
@@ -193,7 +216,7 @@ async def build_core(
         internal_tokens=settings.internal_tokens,
         metrics_token=settings.metrics_token,
     )
-    return Core(
+    core = Core(
         settings=settings,
         store=store,
         redis=redis,
@@ -212,3 +235,12 @@ async def build_core(
         profiles=profiles,
         message_events=message_events,
     )
+    core.monitor = OpsMonitor(
+        store,
+        metrics,
+        core.ready,
+        interval_secs=settings.monitor_interval_secs,
+        dedup_window_secs=settings.dedup_window_secs,
+    )
+    core.services.append(core.monitor)
+    return core

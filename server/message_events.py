@@ -168,7 +168,8 @@ class MessageEventHandler:
                     await self.store.orphan_events.mark_applied_key(change.key(), applied.message["_id"])
         await self.recorder.publish(self.events(applied, received_at=received_at))
         message_id = None if applied.message is None else str(applied.message["_id"])
-        log.info(
+        # The item's one INFO line (with its structured fields) is logged by the ingest pipeline.
+        log.debug(
             "webhook item: %s channel=%s target_mid=%s message=%s changes=%s%s",
             change.kind,
             change.channel_id,
