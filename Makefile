@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: run test lint unit bench bench-fanout clean system-deps screenshot
+.PHONY: run test lint rules unit bench bench-fanout clean system-deps screenshot
 
 $(STAMP): requirements.txt requirements-embedded.txt requirements-dev.txt setup.py
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "igsync needs Python >= 3.11")'
@@ -18,21 +18,28 @@ $(STAMP): requirements.txt requirements-embedded.txt requirements-dev.txt setup.
 run: $(STAMP)
 	$(BIN)/igsync serve
 
-## make test: set up and run every check (lint, Dockerfile lint, the whole test suite)
-test: $(STAMP) system-deps lint
+## make test: set up and run every check (lint, Dockerfile lint, alert rules, the whole test suite)
+test: $(STAMP) system-deps lint rules
 	$(BIN)/pytest
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/hadolint --failure-threshold warning Dockerfile
 
+# The Prometheus alert rules: valid, and each alert fires (and stays quiet) when it should.
+rules: system-deps
+	promtool check rules deploy/prometheus/alerts.yml
+	promtool test rules deploy/prometheus/alerts_test.yml
+	promtool check config deploy/prometheus/prometheus.yml
+
 # Debian packages some tests need (promtool/Prometheus, Chromium). Installed when missing.
 # chromium: the inbox page's browser tests (Playwright drives /usr/bin/chromium; no browser download).
 system-deps:
-	@./scripts/system-deps.sh chromium:chromium
+	@./scripts/system-deps.sh promtool:prometheus prometheus:prometheus chromium:chromium
 
 bench: $(STAMP)
 	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/events.py
 
 ## make bench-fanout: WebSocket fan-out latency against a bare Tornado floor (docs/performance.md)
 bench-fanout: $(STAMP)

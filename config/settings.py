@@ -68,11 +68,26 @@ class Settings:
     log_format: str = _setting("text", "log format: text or json")
     log_level: str = _setting("INFO", "log level")
     metrics_token: str | None = _setting(None, "bearer token required on /metrics when set", secret=True)
+    monitor_interval_secs: float = _setting(
+        30.0, "how often readiness, silent channels and stored duplicates are re-checked for /metrics"
+    )
     trigger_stream: str = _setting("igsync:triggers", "Redis Stream of workflow triggers")
     webhook_events_ttl_days: int = _setting(7, "how long raw webhook bodies are kept")
     channel_cache_secs: float = _setting(5.0, "how long a process trusts its cached channel lookup")
     store_timeout_ms: int = _setting(5000, "MongoDB server-selection and Redis socket timeout")
     media_max_bytes: int = _setting(26_214_400, "largest media attachment downloaded")
+    graph_api_version: str = _setting("v22.0", "Graph API version path segment (profile look-ups)")
+    profile_concurrency: int = _setting(4, "customer profile look-ups running at once per process")
+    profile_max_attempts: int = _setting(3, "tries of one profile look-up on timeouts, 5xx and rate limits")
+    profile_retry_base_secs: float = _setting(2.0, "first wait before retrying a profile look-up (doubles)")
+    media_concurrency: int = _setting(4, "media downloads running at once per process (0: this process runs none)")
+    media_timeout_secs: float = _setting(60.0, "timeout of one media download")
+    media_lease_secs: float = _setting(120.0, "how long a claimed media job is reserved (longer than the timeout)")
+    media_max_attempts: int = _setting(5, "tries of one media download before it is marked failed")
+    media_retry_base_secs: float = _setting(5.0, "first wait before retrying a media download (doubles)")
+    media_poll_secs: float = _setting(2.0, "how often an idle media worker looks for jobs from other processes")
+    orphan_events_ttl_days: int = _setting(30, "how long an event about a message we never stored is kept")
+    transcriber: str = _setting("", "audio transcriber as module:factory; empty keeps the no-op default")
 
     @property
     def embedded_mongo(self) -> bool:
@@ -148,6 +163,16 @@ class Settings:
             "webhook_events_ttl_days",
             "store_timeout_ms",
             "media_max_bytes",
+            "monitor_interval_secs",
+            "profile_concurrency",
+            "profile_max_attempts",
+            "profile_retry_base_secs",
+            "media_timeout_secs",
+            "media_lease_secs",
+            "media_max_attempts",
+            "media_retry_base_secs",
+            "media_poll_secs",
+            "orphan_events_ttl_days",
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{env_name(name)} must be a positive number")
@@ -164,6 +189,13 @@ class Settings:
                 raise ConfigError(f"IGSYNC_WS_ALLOWED_ORIGINS entries must be http(s) origins or *, got {origin!r}")
         if not self.graph_api_url.startswith(("http://", "https://")):
             raise ConfigError("IGSYNC_GRAPH_API_URL must be an http(s) URL")
+        if self.media_concurrency < 0:
+            raise ConfigError("IGSYNC_MEDIA_CONCURRENCY must be 0 or more")
+        if self.media_lease_secs <= self.media_timeout_secs:
+            # A lease shorter than a download would let a second worker start the same job.
+            raise ConfigError("IGSYNC_MEDIA_LEASE_SECS must be longer than IGSYNC_MEDIA_TIMEOUT_SECS")
+        if self.transcriber and ":" not in self.transcriber:
+            raise ConfigError("IGSYNC_TRANSCRIBER must look like package.module:factory")
 
 
 def env_name(field_name: str) -> str:

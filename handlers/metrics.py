@@ -1,23 +1,21 @@
-"""``GET /metrics`` in Prometheus text format, behind ``IGSYNC_METRICS_TOKEN`` when set."""
+"""``GET /metrics`` in Prometheus text format, behind ``IGSYNC_METRICS_TOKEN`` when set.
+
+With a token configured, API.md §6 applies as everywhere: no or a wrong token is 401, a
+valid token of another kind (admin, internal, inbox) is 403.
+"""
 
 from __future__ import annotations
-
-import hmac
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from handlers.base import BaseHandler
-from server.auth import bearer_token
-from server.errors import unauthorized
+from server.auth import METRICS
 
 
 class MetricsHandler(BaseHandler):
-    def get(self) -> None:
-        required = self.core.settings.metrics_token
-        if required:
-            given = bearer_token(self.request.headers.get("Authorization")) or ""
-            if not hmac.compare_digest(given.encode(), required.encode()):
-                raise unauthorized("A valid metrics bearer token is required.")
+    async def get(self) -> None:
+        if self.core.settings.metrics_token:
+            await self.authorize(METRICS)
         self.set_header("Content-Type", CONTENT_TYPE_LATEST)
         self.finish(self.core.metrics.render())
 

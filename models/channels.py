@@ -6,6 +6,7 @@ A channel is found by the webhook's ``entry.id``, which Meta fills with the acco
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 from bson import ObjectId
@@ -31,12 +32,16 @@ class ChannelRepository:
         """Create the channel or update and reconnect it; ``(channel, was_created)``."""
         now = utcnow()
         update: dict[str, Any] = {
-            "$set": {**fields, "is_connect": True, "updated_at": now},
+            # connected_at: silence (no webhook) is measured from here for a channel never heard from.
+            "$set": {**fields, "is_connect": True, "updated_at": now, "connected_at": now},
             "$setOnInsert": {"page_id": page_id, "created_at": now},
         }
         for key in ("ai_enabled",):
             if key not in fields:
                 update["$setOnInsert"][key] = True
+        if fields.get("access_token"):
+            # A new token is the re-authorisation a token-expired channel was waiting for.
+            update["$set"]["needs_reauth"] = False
         return await upsert_get(self.coll, {"page_id": page_id}, update)
 
     async def find_connected_by_account(self, account_id: str) -> dict[str, Any] | None:
@@ -70,3 +75,32 @@ class ChannelRepository:
 
     async def set_fields(self, channel_id: ObjectId, fields: dict[str, Any]) -> None:
         await self.coll.update_one({"_id": channel_id}, {"$set": {**fields, "updated_at": utcnow()}})
+
+    async def touch_last_webhook(self, channel_id: ObjectId, at: dt.datetime) -> None:
+        """Instagram called us for this channel at ``at``; ``$max`` never moves it back."""
+        await self.coll.update_one({"_id": channel_id}, {"$max": {"last_webhook_at": at}})
+
+    async def heard_from(self) -> list[dt.datetime | None]:
+        """For every connected channel, when it last showed a sign of life: its last webhook,
+        or when it was (re)connected if that is later or it never had one.
+
+        One read of the connected channels (a few small fields each) serves every silence
+        threshold: four count queries cost four scans on the embedded store.
+        """
+        docs = await self.coll.find(
+            {"is_connect": True}, {"_id": 0, "last_webhook_at": 1, "connected_at": 1, "created_at": 1}
+        ).to_list(None)
+        out: list[dt.datetime | None] = []
+        for doc in docs:
+            times = [t for t in (doc.get("last_webhook_at"), doc.get("connected_at") or doc.get("created_at")) if t]
+            out.append(max(times) if times else None)
+        return out
+
+    async def silent(self, cutoff: dt.datetime) -> list[dict[str, Any]]:
+        """The silent channels themselves (for an operator; the gauge only counts them)."""
+        query = {
+            "is_connect": True,
+            "$or": [{"last_webhook_at": {"$lt": cutoff}}, {"last_webhook_at": {"$exists": False}}],
+        }
+        fields = {"page_id": 1, "username": 1, "last_webhook_at": 1, "connected_at": 1}
+        return await self.coll.find(query, fields).sort("last_webhook_at", ASCENDING).to_list(None)

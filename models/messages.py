@@ -43,9 +43,9 @@ TYPE_CUSTOMER = "customer"
 TYPE_SUPPORT = "support"
 TYPE_AI = "AI"
 OUTBOUND_TYPES = (TYPE_SUPPORT, TYPE_AI)
-# What an owner message typed in the Instagram app looks like (ingest stores echoes so);
+# An owner message first seen as an echo from the Instagram app (not sent through igsync);
 # only such a message may be adopted by a mark-sent.
-SOURCE_INSTAGRAM_APP = "instagram_direct"
+SOURCE_INSTAGRAM_DIRECT = "instagram_direct"
 # Rows sharing the anchor's millisecond that a page can step over (see ``page``).
 _TIE_SLACK = 20
 
@@ -110,6 +110,9 @@ class MessageRepository:
         await self.coll.create_index(
             [("conversation_id", ASCENDING), ("sent_at", ASCENDING), ("_id", ASCENDING)], name="conversation_time"
         )
+        # The stored-duplicates audit (igsync_duplicates_stored) reads the last hour's messages by
+        # this range; without it the embedded store scans the collection (bench/ops_monitor.py).
+        await self.coll.create_index([("created_at", ASCENDING)], name="created_at")
 
     async def insert(self, doc: dict[str, Any]) -> dict[str, Any]:
         """Insert (group-committed with concurrent inserts); ``DuplicateKeyError`` propagates —
@@ -195,7 +198,7 @@ class MessageRepository:
             update["$addToSet"] = {"mids": {"$each": add_mids}, "mid_keys": {"$each": keys}}
         guard = {
             "_id": message["_id"],
-            "source": SOURCE_INSTAGRAM_APP,
+            "source": SOURCE_INSTAGRAM_DIRECT,
             "type": TYPE_SUPPORT,
             "merged_into": {"$exists": False},
             # Not paired with another send. ``$in`` with None matches a missing field; a
@@ -206,7 +209,7 @@ class MessageRepository:
 
     async def merge_into(self, message_id: ObjectId, primary_id: ObjectId) -> dict[str, Any] | None:
         """Hide a native-looking message that another message now stands for (keeps its keys)."""
-        guard = {"_id": message_id, "source": SOURCE_INSTAGRAM_APP, "merged_into": {"$exists": False}}
+        guard = {"_id": message_id, "source": SOURCE_INSTAGRAM_DIRECT, "merged_into": {"$exists": False}}
         return await update_get(self.coll, guard, {"$set": {"merged_into": primary_id}})
 
     async def mark_answered(self, conversation_id: ObjectId, up_to: dt.datetime) -> int:
@@ -263,6 +266,46 @@ class MessageRepository:
         if not forward:
             rows.reverse()
         return rows, has_more
+
+    async def count_suspected_duplicates(self, since: dt.datetime, window_secs: int) -> int:
+        """Outbound texts stored twice since ``since``: in one conversation, the same content
+        as an app/AI message *and* as an echo no dedup layer absorbed, within ``window_secs``.
+
+        The failure dedup exists to prevent, measured after the fact. It reads only the
+        messages created since ``since`` (the ``created_at`` index). A text the owner really
+        typed in the Instagram app right after the AI sent the same one also counts: rare,
+        hence "suspected".
+        """
+        pipeline: list[dict[str, Any]] = [
+            {
+                "$match": {
+                    "created_at": {"$gte": since},
+                    "type": {"$in": list(OUTBOUND_TYPES)},
+                    # A folded echo (dedup's hidden tombstone) is not a stored duplicate.
+                    "merged_into": {"$exists": False},
+                }
+            },
+            {
+                "$group": {
+                    "_id": {"conversation": "$conversation_id", "content": "$content_hash"},
+                    "sources": {"$addToSet": "$source"},
+                    "first": {"$min": "$created_at"},
+                    "last": {"$max": "$created_at"},
+                    "count": {"$sum": 1},
+                }
+            },
+            {"$match": {"count": {"$gt": 1}, "sources": SOURCE_INSTAGRAM_DIRECT}},
+            {
+                "$project": {
+                    "spread_ms": {"$subtract": ["$last", "$first"]},
+                    "sent_by_us": {"$size": {"$setDifference": ["$sources", [SOURCE_INSTAGRAM_DIRECT]]}},
+                }
+            },
+            {"$match": {"sent_by_us": {"$gt": 0}, "spread_ms": {"$lte": window_secs * 1000}}},
+            {"$count": "suspected"},
+        ]
+        rows = await (await self.coll.aggregate(pipeline)).to_list(None)
+        return int(rows[0]["suspected"]) if rows else 0
 
 
 def _inside(row: dict[str, Any], after: dict[str, Any] | None, before: dict[str, Any] | None) -> bool:

@@ -17,7 +17,11 @@ from models.channels import ChannelRepository
 from models.conversations import ConversationRepository
 from models.customers import CustomerRepository
 from models.echo_pairs import EchoPairRepository
+from models.media_files import MediaFileRepository
+from models.media_jobs import MediaJobRepository
+from models.message_updates import MessageUpdateRepository
 from models.messages import MessageRepository
+from models.orphan_events import OrphanEventRepository
 from models.tokens import TokenRepository
 from models.webhook_events import WebhookEventRepository
 
@@ -51,6 +55,7 @@ class Store:
         *,
         timeout_ms: int = 5000,
         webhook_events_ttl_days: int = 7,
+        orphan_events_ttl_days: int = 30,
         listeners: list[monitoring.CommandListener] | None = None,
     ) -> None:
         self.client = mongo_client(url, timeout_ms=timeout_ms, listeners=listeners)
@@ -61,6 +66,11 @@ class Store:
         self.messages = MessageRepository(self.db)
         self.tokens = TokenRepository(self.db)
         self.webhook_events = WebhookEventRepository(self.db, ttl_days=webhook_events_ttl_days)
+        # Events and media (issue 7): message changes, orphan events, the media queue and files.
+        self.message_updates = MessageUpdateRepository(self.db)
+        self.orphan_events = OrphanEventRepository(self.db, ttl_days=orphan_events_ttl_days)
+        self.media_jobs = MediaJobRepository(self.db)
+        self.media_files = MediaFileRepository(self.db)
         self.echo_pairs = EchoPairRepository(self.db)
         self.repositories: list[Any] = [
             self.channels,
@@ -69,6 +79,10 @@ class Store:
             self.messages,
             self.tokens,
             self.webhook_events,
+            self.message_updates,
+            self.orphan_events,
+            self.media_jobs,
+            self.media_files,
             self.echo_pairs,
         ]
 

@@ -282,7 +282,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             settings = Settings()
         else:
             settings = Settings.from_env(os.environ, require_secrets=args.command != "doctor")
-        logs.configure(settings.log_format, settings.log_level)
+        logs.configure(settings.log_format, settings.log_level, secrets=logs.secret_values(settings))
         return int(args.func(args) or 0)
     except ConfigError as exc:
         print(f"igsync: configuration error: {exc}", file=sys.stderr)

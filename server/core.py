@@ -15,34 +15,51 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from config import Settings
 from models.store import Store
 from server.auth import Authenticator
 from server.dedup import EchoDedup, EchoPairing, SentMarks
 from server.events import EventSink
+from server.graph_api import GraphApiClient
 from server.inbox_api import InboxService
 from server.ingest import IngestPipeline
 from server.marksent import MarkSentService
+from server.media import Downloader, MediaService, Transcriber, load_transcriber
+from server.message_events import MessageArrivalHook, MessageEventHandler
 from server.metrics import Metrics
+from server.ops_monitor import ChannelActivity, OpsMonitor
+from server.profiles import ProfileService
 from server.realtime import EventHub
 from server.recorder import MessageRecorder
+from server.store_instruments import InstrumentedRedis, MongoCommandMetrics
 from server.threads import ChannelCache, ThreadResolver
 
 log = logging.getLogger("igsync.core")
 
 
-def redis_client(url: str, *, timeout_ms: int, retries: int | None = None) -> aioredis.Redis:
+def redis_client(
+    url: str, *, timeout_ms: int, retries: int | None = None, metrics: Metrics | None = None
+) -> aioredis.Redis:
     """The one way the project builds a Redis client: short timeouts, since Redis is an
     accelerator (dedup hints, fan-out) and a slow Redis must not stall a webhook.
 
-    ``retries`` replaces redis-py's default (3 retries with exponential backoff, seconds in
-    all) by that many immediate ones — for paths that have their own fallback."""
+    ``retries``: that many immediate retries on connection errors and timeouts — for paths
+    that have their own fallback. Without it, one immediate retry on a *connection* error
+    only: a client built by ``from_url`` otherwise has no retry at all, so after a Redis
+    restart or failover the first command on every pooled connection failed ("Connection
+    closed by server") although Redis was back. Timeouts are not retried (a hung Redis must
+    cost one timeout, not two). With ``metrics``, every command's latency and failures are
+    measured."""
     timeout = timeout_ms / 1000
-    extra: dict[str, Any] = {}
-    if retries is not None:
-        extra["retry"] = Retry(NoBackoff(), retries)
-    return aioredis.from_url(
+    retry = (
+        Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
+        if retries is None
+        else Retry(NoBackoff(), retries)
+    )
+    extra: dict[str, Any] = {"retry": retry}
+    client = InstrumentedRedis.from_url(
         url,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
@@ -50,6 +67,8 @@ def redis_client(url: str, *, timeout_ms: int, retries: int | None = None) -> ai
         decode_responses=False,
         **extra,
     )
+    client.redis_metrics = metrics
+    return client
 
 
 @dataclass
@@ -72,9 +91,15 @@ class Core:
     marksent: MarkSentService | None = None
     # Background services with start()/stop() (realtime hub, workers); started by serve.
     services: list[Any] = field(default_factory=list)
+    # Events and media (issue 7): GET /media, the media worker, profile look-ups.
+    media: MediaService | None = None
+    profiles: ProfileService | None = None
+    message_events: MessageEventHandler | None = None
+    # The periodic checks behind igsync_ready / igsync_channels_silent / igsync_duplicates_stored.
+    monitor: OpsMonitor | None = None
 
     async def ready(self) -> dict[str, bool]:
-        """Whether each store answers now (``/readyz``)."""
+        """Whether each store answers now (``/readyz``); also sets ``igsync_ready``."""
         status = {"mongo": False, "redis": False}
         try:
             status["mongo"] = await self.store.ping()
@@ -84,6 +109,7 @@ class Core:
             status["redis"] = bool(await self.redis.ping())
         except Exception:
             self.metrics.store_errors.labels(store="redis").inc()
+        self.metrics.set_readiness(status)
         return status
 
     async def start(self) -> None:
@@ -107,6 +133,7 @@ async def build_core(
     sink: EventSink | None = None,
     ensure_indexes: bool = True,
     mongo_listeners: list[Any] | None = None,
+    transcriber: Transcriber | None = None,
 ) -> Core:
     if not settings.mongo_url or not settings.redis_url:
         raise ValueError("build_core needs store URLs; embedded stores are started by the CLI")
@@ -116,11 +143,12 @@ async def build_core(
         settings.mongo_db,
         timeout_ms=settings.store_timeout_ms,
         webhook_events_ttl_days=settings.webhook_events_ttl_days,
-        listeners=mongo_listeners,
+        orphan_events_ttl_days=settings.orphan_events_ttl_days,
+        listeners=[MongoCommandMetrics(metrics), *(mongo_listeners or [])],
     )
     if ensure_indexes:
         await store.ensure_indexes()
-    redis = redis_client(settings.redis_url, timeout_ms=settings.store_timeout_ms)
+    redis = redis_client(settings.redis_url, timeout_ms=settings.store_timeout_ms, metrics=metrics)
     channels = ChannelCache(store, ttl_secs=settings.channel_cache_secs)
     threads = ThreadResolver(store)
     inbox = InboxService(store, channels)
@@ -130,18 +158,57 @@ async def build_core(
         # timeout (its breaker takes over), the pub/sub reader none (its loop reconnects).
         realtime = EventHub(
             settings=settings,
-            publish_redis=redis_client(settings.redis_url, timeout_ms=settings.realtime_redis_timeout_ms, retries=1),
-            pubsub_redis=redis_client(settings.redis_url, timeout_ms=settings.store_timeout_ms, retries=0),
+            publish_redis=redis_client(
+                settings.redis_url, timeout_ms=settings.realtime_redis_timeout_ms, retries=1, metrics=metrics
+            ),
+            pubsub_redis=redis_client(
+                settings.redis_url, timeout_ms=settings.store_timeout_ms, retries=0, metrics=metrics
+            ),
             metrics=metrics,
             inbox=inbox,
         )
         sink = realtime
     recorder = MessageRecorder(store, sink)
-    # Dedup hints get their own Redis client with a short timeout and one immediate retry (a
-    # connection left stale by a Redis restart is replaced at once): a slow or dead Redis is
-    # skipped, never waited for (MongoDB decides alone, P4).
+    media = MediaService(
+        store,
+        recorder.publish,
+        metrics,
+        downloader=Downloader(
+            max_bytes=settings.media_max_bytes,
+            timeout_secs=settings.media_timeout_secs,
+            max_clients=max(settings.media_concurrency, 1),
+        ),
+        transcriber=transcriber or load_transcriber(settings.transcriber),
+        concurrency=settings.media_concurrency,
+        lease_secs=settings.media_lease_secs,
+        max_attempts=settings.media_max_attempts,
+        retry_base_secs=settings.media_retry_base_secs,
+        poll_secs=settings.media_poll_secs,
+        transcribe_timeout_secs=settings.media_timeout_secs,
+    )
+    message_events = MessageEventHandler(store, recorder, metrics, media)
+    profiles = ProfileService(
+        store,
+        GraphApiClient(
+            settings.graph_api_url,
+            settings.graph_api_version,
+            timeout_secs=settings.graph_api_timeout_secs,
+            max_clients=settings.profile_concurrency,
+        ),
+        recorder.publish,
+        metrics,
+        concurrency=settings.profile_concurrency,
+        max_attempts=settings.profile_max_attempts,
+        retry_base_secs=settings.profile_retry_base_secs,
+    )
+    # Order matters: earlier events are applied (an unsend clears the attachments) before
+    # media jobs are queued.
+    recorder.hooks.extend([MessageArrivalHook(store, message_events), media])
+    # Dedup hints get their own Redis client with a short timeout (and the default single
+    # immediate retry on a connection error, for restarts): a slow or dead Redis is skipped,
+    # never waited for (MongoDB decides alone, P4).
     marks = SentMarks(
-        redis_client(settings.redis_url, timeout_ms=settings.dedup_redis_timeout_ms, retries=1),
+        redis_client(settings.redis_url, timeout_ms=settings.dedup_redis_timeout_ms, metrics=metrics),
         metrics,
         ttl_secs=settings.dedup_ttl_secs,
     )
@@ -154,6 +221,9 @@ async def build_core(
         threads=threads,
         recorder=recorder,
         metrics=metrics,
+        item_events=message_events,
+        new_customer_hooks=[profiles],
+        activity=ChannelActivity(store, metrics),
         owner_messages=dedup,
     )
     auth = Authenticator(
@@ -173,7 +243,7 @@ async def build_core(
         metrics=metrics,
         new_customer_hooks=pipeline.new_customer_hooks,
     )
-    return Core(
+    core = Core(
         settings=settings,
         store=store,
         redis=redis,
@@ -188,6 +258,19 @@ async def build_core(
         realtime=realtime,
         dedup=dedup,
         marksent=marksent,
-        # Stopped in reverse: the hub closes its sockets first, the dedup Redis client last.
-        services=[marks, realtime] if realtime is not None else [marks],
+        # Started in this order, stopped in reverse: the hub outlives the workers that publish;
+        # the dedup Redis client closes last.
+        services=[marks, *([realtime] if realtime is not None else []), media, profiles],
+        media=media,
+        profiles=profiles,
+        message_events=message_events,
     )
+    core.monitor = OpsMonitor(
+        store,
+        metrics,
+        core.ready,
+        interval_secs=settings.monitor_interval_secs,
+        dedup_window_secs=settings.dedup_window_secs,
+    )
+    core.services.append(core.monitor)
+    return core

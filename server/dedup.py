@@ -36,7 +36,7 @@ from pymongo.errors import DuplicateKeyError
 from redis.exceptions import RedisError
 
 from models.echo_pairs import EchoPairContention, EchoPairRepository
-from models.messages import SOURCE_INSTAGRAM_APP
+from models.messages import SOURCE_INSTAGRAM_DIRECT
 from models.store import Store
 from server.metrics import Metrics
 from server.recorder import MessageRecorder, Recorded
@@ -294,7 +294,7 @@ class SentMarks:
 
 def is_native_looking(message: dict[str, Any]) -> bool:
     """Stored as typed in the Instagram app (not, or not yet, an outbound message of ours)."""
-    return message.get("source") == SOURCE_INSTAGRAM_APP and "merged_into" not in message
+    return message.get("source") == SOURCE_INSTAGRAM_DIRECT and "merged_into" not in message
 
 
 class EchoDedup:

@@ -24,6 +24,7 @@ from models.messages import TYPE_CUSTOMER, TYPE_SUPPORT
 from models.store import Store
 from models.timeutil import from_epoch_ms, iso, utcnow
 from server import webhook_parse as wp
+from server.logs import item_fields
 from server.metrics import Metrics
 from server.recorder import MessageRecorder, Recorded
 from server.threads import ChannelCache, Thread, ThreadResolver, channel_account_ids
@@ -61,6 +62,12 @@ class NewCustomerHook(Protocol):
     def new_customer(self, channel: dict[str, Any], customer: dict[str, Any]) -> None: ...
 
 
+class WebhookActivity(Protocol):
+    """Told of every item for a connected channel (``server.ops_monitor.ChannelActivity``)."""
+
+    async def seen(self, channel_id: ObjectId, received_at: float) -> None: ...
+
+
 def signature_ok(body: bytes, header: str | None, secret: str) -> bool:
     """``X-Hub-Signature-256`` over the raw bytes, compared in constant time."""
     if not header or not secret:
@@ -82,6 +89,7 @@ class IngestPipeline:
         owner_messages: OwnerMessageStore | None = None,
         item_events: EventItemHandler | None = None,
         new_customer_hooks: list[NewCustomerHook] | None = None,
+        activity: WebhookActivity | None = None,
     ) -> None:
         self.store = store
         self.app_secret = app_secret
@@ -92,6 +100,7 @@ class IngestPipeline:
         self.owner_messages = owner_messages
         self.item_events = item_events
         self.new_customer_hooks = list(new_customer_hooks or [])
+        self.activity = activity
 
     # -- the request -------------------------------------------------------------------
 
@@ -143,7 +152,9 @@ class IngestPipeline:
             failure = exc
             self.metrics.store_errors.labels(store="mongo").inc()
             log.error(
-                "MongoDB failed while processing a webhook (%s); answering 503 for redelivery", type(exc).__name__
+                "MongoDB failed while processing a webhook (%s); answering 503 for redelivery",
+                type(exc).__name__,
+                extra={"event": "store_error", "outcome": "store_error"},
             )
         if audit:
             await self._audit(body, items, results, received_at, failure)
@@ -173,34 +184,79 @@ class IngestPipeline:
             # The audit copy is for humans and replay; the 503 (if any) already tells Meta to retry.
             if failure is None:
                 self.metrics.store_errors.labels(store="mongo").inc()
-                log.warning("could not record the webhook body for audit (%s)", type(exc).__name__)
+                log.warning(
+                    "could not record the webhook body for audit (%s)",
+                    type(exc).__name__,
+                    extra={"event": "store_error"},
+                )
 
     # -- one item ----------------------------------------------------------------------
 
     async def process_item(self, item: wp.WebhookItem, *, received_at: float) -> dict[str, Any]:
+        """One item → its response object; logs exactly one ``webhook_item`` line for it."""
+        started = time.perf_counter()
         if item.kind == wp.KIND_INVALID:
-            return self._invalid(item)
+            return self._invalid(item, started)
         if item.kind == wp.KIND_TEST:
             self.metrics.webhook_events.labels(kind="test", direction="none").inc()
-            log.info("webhook item: dashboard test payload acknowledged (entry=%s)", item.entry_id)
+            log.info(
+                "webhook item: dashboard test payload acknowledged (entry=%s)",
+                item.entry_id,
+                extra=item_fields(kind="test", outcome="acknowledged", started=started),
+            )
             return {"status": "success", "event": "test", "message": "Test webhook received."}
         channel = await self.channels.lookup(item.entry_id)
         if channel is None:
             self.metrics.webhook_events.labels(kind="ignored", direction="none").inc()
-            log.info("webhook item ignored: unknown_channel entry=%s kind=%s", item.entry_id, item.kind)
+            log.info(
+                "webhook item ignored: unknown_channel entry=%s kind=%s",
+                item.entry_id,
+                item.kind,
+                extra=item_fields(kind=item.kind, outcome="ignored", reason="unknown_channel", started=started),
+            )
             return {"status": "ignored", "reason": "unknown_channel"}
+        if self.activity is not None:
+            await self.activity.seen(channel["_id"], received_at)
         if item.kind == wp.KIND_MESSAGE:
-            return await self._message(item, channel, received_at)
+            return await self._message(item, channel, received_at, started)
         direction = self._direction(item, channel)
         self.metrics.webhook_events.labels(kind=item.kind, direction=direction).inc()
         if self.item_events is None:
-            log.info("webhook item: %s on mid=%s recorded only (no handler)", item.kind, item.target_mid)
-            return {"status": "success", "event": item.kind, "message_id": None, "changes": []}
-        return await self.item_events.handle(item, channel, received_at=received_at)
+            result: dict[str, Any] = {"status": "success", "event": item.kind, "message_id": None, "changes": []}
+        else:
+            result = await self.item_events.handle(item, channel, received_at=received_at)
+        message_id = result.get("message_id")
+        kind = str(result.get("event") or item.kind)  # "unreact" is a reaction item
+        log.info(
+            "webhook item: %s direction=%s channel=%s on mid=%s message=%s changes=%s%s",
+            kind,
+            direction,
+            channel["_id"],
+            item.target_mid,
+            message_id,
+            ",".join(result.get("changes") or []) or "-",
+            "" if message_id else " (the message is not stored (yet): kept to apply when it arrives)",
+            extra=item_fields(
+                kind=kind,
+                # orphan: the message it is about is not stored (yet); the event is kept for it.
+                outcome="applied" if message_id else "orphan",
+                started=started,
+                direction=direction,
+                channel_id=channel["_id"],
+                mid=item.target_mid,
+                message_id=message_id,
+            ),
+        )
+        return result
 
-    def _invalid(self, item: wp.WebhookItem) -> dict[str, Any]:
+    def _invalid(self, item: wp.WebhookItem, started: float) -> dict[str, Any]:
         self.metrics.webhook_events.labels(kind="invalid", direction="none").inc()
-        log.warning("webhook item skipped: invalid_item entry=%s reason=%s", item.entry_id, item.error)
+        log.warning(
+            "webhook item skipped: invalid_item entry=%s reason=%s",
+            item.entry_id,
+            item.error,
+            extra=item_fields(kind=item.kind, outcome="invalid", reason="invalid_item", mid=item.mid, started=started),
+        )
         return {"status": "error", "error": "invalid_item", "message": item.error or "The item cannot be processed."}
 
     @staticmethod
@@ -209,12 +265,14 @@ class IngestPipeline:
             return OWNER_TO_CUSTOMER
         return CUSTOMER_TO_OWNER
 
-    async def _message(self, item: wp.WebhookItem, channel: dict[str, Any], received_at: float) -> dict[str, Any]:
+    async def _message(
+        self, item: wp.WebhookItem, channel: dict[str, Any], received_at: float, started: float
+    ) -> dict[str, Any]:
         direction = self._direction(item, channel)
         customer_ig = item.recipient_id if direction == OWNER_TO_CUSTOMER else item.sender_id
         if customer_ig in channel_account_ids(channel):
             item.error = "the business cannot be its own customer (sender and recipient are the account)"
-            return self._invalid(item)
+            return self._invalid(item, started)
         self.metrics.webhook_events.labels(kind="message", direction=direction).inc()
         thread = await self.threads.resolve(channel["_id"], customer_ig)
         if thread.customer_created and thread.customer is not None:
@@ -230,11 +288,23 @@ class IngestPipeline:
         if layer is not None:
             self.metrics.duplicates.labels(layer=layer).inc()
             log.info(
-                "webhook item: duplicate detected via %s direction=%s channel=%s mid=%s",
+                "webhook item: duplicate detected via %s direction=%s channel=%s conversation=%s mid=%s",
                 layer.upper(),
                 direction,
                 channel["_id"],
+                thread.conversation_id,
                 item.mid,
+                extra=item_fields(
+                    kind="message",
+                    outcome="duplicate",
+                    started=started,
+                    direction=direction,
+                    dedup_layer=layer,
+                    channel_id=channel["_id"],
+                    conversation_id=thread.conversation_id,
+                    mid=item.mid,
+                    message_id=recorded.message.get("_id"),
+                ),
             )
             return {"status": "success", "duplicate": True, "layer": layer}
         message = recorded.message
@@ -247,6 +317,16 @@ class IngestPipeline:
             channel["_id"],
             message["conversation_id"],
             item.mid,
+            extra=item_fields(
+                kind="message",
+                outcome="stored",
+                started=started,
+                direction=direction,
+                channel_id=channel["_id"],
+                conversation_id=message["conversation_id"],
+                mid=item.mid,
+                message_id=message["_id"],
+            ),
         )
         return success_response(direction, channel, thread, conversation, message)
 

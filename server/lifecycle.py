@@ -21,7 +21,7 @@ from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
 from config import Settings
-from server import devsecrets
+from server import devsecrets, logs
 from server.app import make_app
 from server.core import Core, build_core
 from server.embedded import EmbeddedStores, running_stores
@@ -184,6 +184,8 @@ async def serve_async(settings: Settings, embedded: EmbeddedStores | None) -> No
 
 def serve(settings: Settings) -> int:
     settings = fill_dev_secrets(settings)
+    # The dev secrets are known only now: let the log redactor know them too.
+    logs.configure(settings.log_format, settings.log_level, secrets=logs.secret_values(settings))
     resolved = start_stores(settings)
     try:
         asyncio.run(serve_async(resolved.settings, resolved.embedded))

@@ -25,12 +25,26 @@ from server.embedded import EmbeddedStores
 from tests.helpers import (
     ACCOUNT_ID,
     ADMIN_TOKEN,
+    ALL_SECRETS,
     APP_SECRET,
     INTERNAL_TOKEN,
     VERIFY_TOKEN,
     Client,
     body_of,
 )
+from tests.log_audit import AUDIT, LogAuditPlugin
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Every log line of the session is checked for secrets, tokens and signatures; a leak
+    # fails the session (tests/log_audit.py).
+    config.pluginmanager.register(LogAuditPlugin(AUDIT, ALL_SECRETS), "igsync_log_audit")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _audit_output_files(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Subprocess servers write their output under the session's temp directory."""
+    AUDIT.note_output_dir(tmp_path_factory.getbasetemp())
 
 
 @pytest.fixture(scope="session")
@@ -54,6 +68,10 @@ def make_settings(stores: EmbeddedStores, data_dir: Path, **overrides: Any) -> S
         internal_tokens=(INTERNAL_TOKEN,),
         store_timeout_ms=1500,
         channel_cache_secs=0.0,
+        # No media worker unless a test asks for one: the fixtures' attachment URLs are
+        # Meta's CDN, never to be fetched from a test (tests/events_support.py turns the
+        # worker on against a local fake CDN).
+        media_concurrency=0,
     )
     values.update(overrides)
     return Settings(**values)

@@ -18,6 +18,7 @@ import orjson
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest, HTTPResponse
 
 from config import Settings
+from tests.log_audit import AUDIT
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures" / "instagram"
@@ -36,7 +37,9 @@ CUSTOMER_B = "6200000000000102"
 
 
 def sign(body: bytes, secret: str = APP_SECRET) -> str:
-    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    signature = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    AUDIT.note_signature(signature)  # the session's log audit looks for it in every log line
+    return signature
 
 
 def fixture_bytes(name: str) -> bytes:
@@ -117,7 +120,9 @@ class Client:
             request_timeout=timeout,
             allow_nonstandard_methods=True,
         )
-        return await self.http.fetch(request, raise_error=False)
+        response = await self.http.fetch(request, raise_error=False)
+        _note_issued_token(response)
+        return response
 
     async def get(self, path: str, **kw: Any) -> HTTPResponse:
         return await self.request("GET", path, **kw)
@@ -138,6 +143,14 @@ class Client:
 
     def close(self) -> None:
         self.http.close()
+
+
+def _note_issued_token(response: HTTPResponse) -> None:
+    """Inbox tokens issued over HTTP (``POST /api/v1/tokens``) join the session's log audit."""
+    if response.code == 201 and response.body and b'"token"' in response.body:
+        token = orjson.loads(response.body).get("token")
+        if isinstance(token, str):
+            AUDIT.note_token(token)
 
 
 def body_of(response: HTTPResponse) -> Any:
@@ -180,6 +193,7 @@ class ServerProcessHandle:
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
+        AUDIT.note_output_file(log_path)  # read by the session's log audit at the end
 
     def start(self, timeout: float = 30) -> ServerProcessHandle:
         self._log = open(self.log_path, "ab")

@@ -42,6 +42,13 @@ async def recorded(settings) -> AsyncIterator[tuple[RunningServer, RecordingSink
     await stop_server(running)
 
 
+def assert_duplicate_logged(text: str, layer: str, channel_id: str, mid: str) -> None:
+    """Ingest's one line for the item names the layer, the direction, the channel and the mid."""
+    lines = [line for line in text.splitlines() if f"duplicate detected via {layer} " in line and f"mid={mid}" in line]
+    assert len(lines) == 1, text
+    assert "direction=owner_to_customer" in lines[0] and f"channel={channel_id}" in lines[0]
+
+
 def dup_layer(response) -> str | None:
     body = ok_body(response)
     return body.get("layer") if body.get("duplicate") else None
@@ -58,9 +65,7 @@ async def test_mark_sent_then_echo_is_a_cache_duplicate(server, client, tenant, 
 
     mid = new_mid("echo")
     assert dup_layer(await echo(client, mid, "Your order shipped.")) == "cache"
-    assert f"duplicate detected via CACHE direction=owner_to_customer channel={tenant.channel['id']} mid={mid}" in (
-        caplog.text
-    )
+    assert_duplicate_logged(caplog.text, "CACHE", tenant.channel["id"], mid)
 
     [message] = await stored_messages(server.core.store.db)
     assert str(message["_id"]) == body["message"]["id"]
@@ -83,9 +88,7 @@ async def test_mark_sent_with_its_mid_then_echo_is_a_mid_duplicate(server, clien
     assert body_of(sent)["message"]["mid"] == mid
 
     assert dup_layer(await echo(client, mid, "Here is the link.")) == "mid"
-    assert f"duplicate detected via MID direction=owner_to_customer channel={tenant.channel['id']} mid={mid}" in (
-        caplog.text
-    )
+    assert_duplicate_logged(caplog.text, "MID", tenant.channel["id"], mid)
     [message] = await stored_messages(server.core.store.db)
     assert message["mids"] == [mid] and message["type"] == "support"
     assert sample(server.core.metrics, "igsync_duplicates_total", layer="mid") == 1
