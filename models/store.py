@@ -18,6 +18,7 @@ from models.conversations import ConversationRepository
 from models.customers import CustomerRepository
 from models.messages import MessageRepository
 from models.tokens import TokenRepository
+from models.trigger_jobs import TriggerJobRepository
 from models.webhook_events import WebhookEventRepository
 
 log = logging.getLogger("igsync.store")
@@ -50,6 +51,7 @@ class Store:
         *,
         timeout_ms: int = 5000,
         webhook_events_ttl_days: int = 7,
+        trigger_jobs_ttl_days: int = 7,
         listeners: list[monitoring.CommandListener] | None = None,
     ) -> None:
         self.client = mongo_client(url, timeout_ms=timeout_ms, listeners=listeners)
@@ -60,6 +62,7 @@ class Store:
         self.messages = MessageRepository(self.db)
         self.tokens = TokenRepository(self.db)
         self.webhook_events = WebhookEventRepository(self.db, ttl_days=webhook_events_ttl_days)
+        self.trigger_jobs = TriggerJobRepository(self.db, delivered_ttl_days=trigger_jobs_ttl_days)
         self.repositories: list[Any] = [
             self.channels,
             self.customers,
@@ -67,6 +70,7 @@ class Store:
             self.messages,
             self.tokens,
             self.webhook_events,
+            self.trigger_jobs,
         ]
 
     async def ensure_indexes(self) -> None:

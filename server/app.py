@@ -9,7 +9,7 @@ from typing import Any
 
 import tornado.web
 
-from handlers import api, health, metrics, webhook
+from handlers import api, health, metrics, triggers, webhook
 from handlers.base import NotFoundHandler
 from server.core import Core
 
@@ -19,7 +19,7 @@ WS_MAX_MESSAGE_BYTES = 64 * 1024
 
 def route_table() -> list[Any]:
     routes: list[Any] = []
-    for module in (webhook, api, health, metrics):
+    for module in (webhook, api, health, metrics, triggers):
         routes.extend(module.routes)
     return routes
 

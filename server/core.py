@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
+from tornado.httpclient import AsyncHTTPClient
 
 from config import Settings
 from models.store import Store
@@ -23,6 +24,8 @@ from server.ingest import IngestPipeline
 from server.metrics import Metrics
 from server.recorder import MessageRecorder
 from server.threads import ChannelCache, ThreadResolver
+from server.trigger_delivery import TriggerDispatcher
+from server.triggers import TriggerAdmin, TriggerOutbox
 
 log = logging.getLogger("igsync.core")
 
@@ -53,6 +56,8 @@ class Core:
     auth: Authenticator
     inbox: InboxService
     sink: EventSink
+    # Workflow triggers: dead letters and retries (the dispatcher is one of the services).
+    triggers: TriggerAdmin
     # Background services with start()/stop() (realtime hub, workers); started by serve.
     services: list[Any] = field(default_factory=list)
 
@@ -99,6 +104,7 @@ async def build_core(
         settings.mongo_db,
         timeout_ms=settings.store_timeout_ms,
         webhook_events_ttl_days=settings.webhook_events_ttl_days,
+        trigger_jobs_ttl_days=settings.trigger_jobs_ttl_days,
         listeners=mongo_listeners,
     )
     if ensure_indexes:
@@ -107,7 +113,17 @@ async def build_core(
     sink = sink or NullSink()
     channels = ChannelCache(store, ttl_secs=settings.channel_cache_secs)
     threads = ThreadResolver(store)
-    recorder = MessageRecorder(store, sink)
+    # Trigger deliveries are the only outgoing HTTP of the dispatcher: one client, one
+    # connection slot per lane delivered at once.
+    dispatcher = TriggerDispatcher(
+        settings=settings,
+        store=store,
+        redis=redis,
+        http=AsyncHTTPClient(force_instance=True, max_clients=max(1, settings.trigger_workers)),
+        metrics=metrics,
+    )
+    outbox = TriggerOutbox(store, channel_cache_secs=settings.channel_cache_secs, on_recorded=dispatcher.wake)
+    recorder = MessageRecorder(store, sink, hooks=[outbox])
     pipeline = IngestPipeline(
         store=store,
         app_secret=settings.app_secret or "",
@@ -135,4 +151,6 @@ async def build_core(
         auth=auth,
         inbox=inbox,
         sink=sink,
+        triggers=TriggerAdmin(store, on_requeued=dispatcher.wake),
+        services=[dispatcher],
     )

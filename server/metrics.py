@@ -22,6 +22,18 @@ DUPLICATE_LAYERS = ("mid", "cache", "database", "adopted")
 MARK_SENT_OUTCOMES = ("created", "idempotent", "adopted", "invalid", "not_found", "unauthorized", "error")
 WS_DISCONNECT_REASONS = ("client_closed", "slow_consumer", "shutdown", "ping_timeout", "error")
 STORES = ("mongo", "redis")
+# Workflow triggers (server.triggers): where a job goes, how a job ended, how one attempt went.
+TRIGGER_TARGETS = ("http", "redis_stream")
+TRIGGER_OUTCOMES = ("delivered", "dead", "cancelled")
+TRIGGER_ATTEMPT_RESULTS = (
+    "ok",
+    "client_error",
+    "rate_limited",
+    "server_error",
+    "timeout",
+    "network_error",
+    "redis_error",
+)
 
 # Webhook handling is a few MongoDB round trips: ~1 ms on loopback, tens of ms on a
 # loaded replica set; Meta times out at 20 s. Buckets from 1 ms to 10 s.
@@ -32,6 +44,9 @@ DELIVERY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0
 # mark-sent → its echo: Meta usually echoes within a second, sometimes before mark-sent
 # (observed as 0), and redeliveries come minutes later; the window is 30–60 s.
 ECHO_DELAY_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+# Customer message stored → trigger acknowledged: milliseconds when the receiver is up, then
+# the retry schedule (30 s … about an hour) when it is not.
+TRIGGER_DELIVERY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0, 300.0, 1800.0, 3600.0)
 
 
 class Metrics:
@@ -76,6 +91,40 @@ class Metrics:
         self.store_errors = Counter(
             "igsync_store_errors_total", "Failed MongoDB/Redis operations.", ["store"], registry=r
         )
+        self.trigger_deliveries = Counter(
+            "igsync_trigger_deliveries_total",
+            "Trigger jobs finished, by target and outcome (delivered, dead-lettered, cancelled).",
+            ["target", "outcome"],
+            registry=r,
+        )
+        self.trigger_attempts = Counter(
+            "igsync_trigger_attempts_total",
+            "Trigger delivery attempts, by target and result.",
+            ["target", "result"],
+            registry=r,
+        )
+        self.trigger_dead_letters = Gauge(
+            "igsync_trigger_dead_letters",
+            "Trigger jobs dead-lettered and not retried yet (refreshed by the dispatcher).",
+            registry=r,
+        )
+        self.trigger_pending = Gauge(
+            "igsync_trigger_pending_jobs",
+            "Trigger jobs not delivered yet (refreshed by the dispatcher).",
+            registry=r,
+        )
+        self.trigger_oldest_pending = Gauge(
+            "igsync_trigger_oldest_pending_seconds",
+            "Age of the oldest undelivered trigger job, 0 when none (refreshed by the dispatcher).",
+            registry=r,
+        )
+        self.trigger_delivery = Histogram(
+            "igsync_trigger_delivery_seconds",
+            "Customer message stored → its trigger acknowledged by the receiver.",
+            ["target"],
+            buckets=TRIGGER_DELIVERY_BUCKETS,
+            registry=r,
+        )
         self._precreate()
 
     def _precreate(self) -> None:
@@ -92,6 +141,12 @@ class Metrics:
             self.ws_disconnects.labels(reason=reason)
         for store in STORES:
             self.store_errors.labels(store=store)
+        for target in TRIGGER_TARGETS:
+            self.trigger_delivery.labels(target=target)
+            for outcome in TRIGGER_OUTCOMES:
+                self.trigger_deliveries.labels(target=target, outcome=outcome)
+            for result in TRIGGER_ATTEMPT_RESULTS:
+                self.trigger_attempts.labels(target=target, result=result)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -1,0 +1,273 @@
+"""The trigger outbox: ``trigger_jobs`` (one job per customer message and target) and
+``trigger_lanes`` (the lease that makes one process at a time deliver a conversation's jobs).
+
+Jobs
+    ``{_id, lane, target, message_id, conversation_id, channel_id, state, order_at, due_at,
+    attempts, created_at, last_error, delivered_at | dead_at | cancelled_at}``. ``_id`` is
+    the ``delivery_id`` receivers deduplicate on. The unique index ``(message_id, target)``
+    makes recording a job idempotent: the webhook redelivery that repairs a half-written
+    message inserts it again and gets ``DuplicateKeyError``, which means "already recorded".
+    ``state`` is ``pending`` until it ends ``delivered``, ``dead`` or ``cancelled``.
+
+Lanes
+    A lane is one conversation's jobs for one target (``"<conversation_id>:<target>"``); its
+    jobs are delivered one at a time in ``(order_at, _id)`` order. The lane lock is a
+    document with the lane as ``_id``: inserting it takes the lock (the unique ``_id`` decides
+    between processes), a conditional update steals it once its lease has run out (the
+    holder died), deleting it releases it. No upsert is involved, so SecantusDB's answer of
+    ``None`` to racing upserts cannot hand the lock to two processes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from bson import ObjectId
+from pymongo import ASCENDING, DESCENDING, ReturnDocument
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import BulkWriteError, DuplicateKeyError
+
+from models.timeutil import utcnow
+
+STATE_PENDING = "pending"
+STATE_DELIVERED = "delivered"
+STATE_DEAD = "dead"
+STATE_CANCELLED = "cancelled"
+
+TARGET_HTTP = "http"
+TARGET_REDIS_STREAM = "redis_stream"
+TARGETS = (TARGET_HTTP, TARGET_REDIS_STREAM)
+
+_JOB_KEY = {"message_id": 1, "target": 1}
+# A lock document nobody released (its process was killed) is stolen once its lease has run
+# out; the TTL only tidies locks of lanes that never get work again.
+_LANE_LOCK_TTL_SECS = 86400
+
+
+def lane_of(conversation_id: ObjectId, target: str) -> str:
+    return f"{conversation_id}:{target}"
+
+
+def _only_job_duplicates(errors: list[dict[str, Any]]) -> bool:
+    return all(e.get("code") == 11000 and e.get("keyPattern") == _JOB_KEY for e in errors)
+
+
+class TriggerJobRepository:
+    def __init__(self, db: AsyncDatabase, *, delivered_ttl_days: int = 7) -> None:
+        self.coll = db["trigger_jobs"]
+        self.lanes = db["trigger_lanes"]
+        self.delivered_ttl_secs = delivered_ttl_days * 86400
+
+    async def ensure_indexes(self) -> None:
+        await self.coll.create_index(
+            [("message_id", ASCENDING), ("target", ASCENDING)], unique=True, name="message_target_unique"
+        )
+        # The dispatcher's poll: due pending jobs, oldest due first.
+        await self.coll.create_index([("state", ASCENDING), ("due_at", ASCENDING)], name="state_due")
+        # A lane's head: its first pending job in order.
+        await self.coll.create_index(
+            [("lane", ASCENDING), ("state", ASCENDING), ("order_at", ASCENDING), ("_id", ASCENDING)],
+            name="lane_state_order",
+        )
+        # The oldest undelivered job (lag gauge).
+        await self.coll.create_index([("state", ASCENDING), ("created_at", ASCENDING)], name="state_created")
+        # Dead letters, newest first, for the admin API.
+        await self.coll.create_index(
+            [("state", ASCENDING), ("dead_at", DESCENDING), ("_id", DESCENDING)], name="state_dead_at"
+        )
+        # Delivered and cancelled jobs are history only; dead and pending ones never carry
+        # ``finished_at`` and so never expire.
+        await self.coll.create_index(
+            [("finished_at", ASCENDING)], expireAfterSeconds=self.delivered_ttl_secs, name="finished_at_ttl"
+        )
+        await self.lanes.create_index(
+            [("lease_until", ASCENDING)], expireAfterSeconds=_LANE_LOCK_TTL_SECS, name="lease_until_ttl"
+        )
+
+    # -- recording (the webhook's hot path) ---------------------------------------------
+
+    async def record(self, message: dict[str, Any], targets: list[str]) -> int:
+        """Insert one pending job per target; ``(message, target)`` pairs already recorded are
+        skipped. Returns how many were new. Any other failure propagates (→ 503, redelivery)."""
+        now = utcnow()
+        docs = [
+            {
+                "_id": ObjectId(),
+                "lane": lane_of(message["conversation_id"], target),
+                "target": target,
+                "message_id": message["_id"],
+                "conversation_id": message["conversation_id"],
+                "channel_id": message["channel_id"],
+                "state": STATE_PENDING,
+                "order_at": message.get("sent_at") or now,
+                "due_at": now,
+                "attempts": 0,
+                "created_at": now,
+                "last_error": None,
+            }
+            for target in targets
+        ]
+        if len(docs) == 1:
+            try:
+                await self.coll.insert_one(docs[0])
+            except DuplicateKeyError as exc:
+                if not _only_job_duplicates([exc.details or {}]):
+                    raise
+                return 0
+            return 1
+        try:
+            result = await self.coll.insert_many(docs, ordered=False)
+        except BulkWriteError as exc:
+            errors = exc.details.get("writeErrors", [])
+            if exc.details.get("writeConcernErrors") or not _only_job_duplicates(errors):
+                raise
+            return int(exc.details.get("nInserted", 0))
+        return len(result.inserted_ids)
+
+    # -- the dispatcher -----------------------------------------------------------------
+
+    async def due_lanes(self, now: dt.datetime, *, exclude: list[str], limit: int) -> list[str]:
+        """Lanes with a due pending job, most overdue first (a job's lane may still be busy)."""
+        query: dict[str, Any] = {"state": STATE_PENDING, "due_at": {"$lte": now}}
+        if exclude:
+            query["lane"] = {"$nin": exclude}
+        rows = await self.coll.find(query, {"lane": 1}).sort("due_at", ASCENDING).limit(limit).to_list(None)
+        lanes: list[str] = []
+        for row in rows:
+            if row["lane"] not in lanes:
+                lanes.append(row["lane"])
+        return lanes
+
+    async def head(self, lane: str) -> dict[str, Any] | None:
+        """The lane's next job to deliver: its first pending one in order."""
+        return await self.coll.find_one(
+            {"lane": lane, "state": STATE_PENDING}, sort=[("order_at", ASCENDING), ("_id", ASCENDING)]
+        )
+
+    async def hold_back(self, lane: str, until: dt.datetime) -> None:
+        """Jobs queued behind a head that waits for a retry are not due before it: keeps the
+        poll from returning, again and again, lanes that cannot move."""
+        await self.coll.update_many(
+            {"lane": lane, "state": STATE_PENDING, "due_at": {"$lt": until}}, {"$set": {"due_at": until}}
+        )
+
+    async def delivered(self, job_id: ObjectId, attempts: int) -> None:
+        now = utcnow()
+        await self.coll.update_one(
+            {"_id": job_id},
+            {
+                "$set": {
+                    "state": STATE_DELIVERED,
+                    "attempts": attempts,
+                    "delivered_at": now,
+                    "finished_at": now,
+                    "last_attempt_at": now,
+                }
+            },
+        )
+
+    async def retry_later(self, job_id: ObjectId, attempts: int, due_at: dt.datetime, error: dict[str, Any]) -> None:
+        await self.coll.update_one(
+            {"_id": job_id},
+            {"$set": {"attempts": attempts, "due_at": due_at, "last_error": error, "last_attempt_at": utcnow()}},
+        )
+
+    async def dead(self, job_id: ObjectId, attempts: int, error: dict[str, Any]) -> None:
+        now = utcnow()
+        await self.coll.update_one(
+            {"_id": job_id},
+            {
+                "$set": {
+                    "state": STATE_DEAD,
+                    "attempts": attempts,
+                    "dead_at": now,
+                    "last_error": error,
+                    "last_attempt_at": now,
+                }
+            },
+        )
+
+    async def cancelled(self, job_id: ObjectId, reason: str) -> None:
+        now = utcnow()
+        await self.coll.update_one(
+            {"_id": job_id},
+            {"$set": {"state": STATE_CANCELLED, "cancelled_at": now, "finished_at": now, "cancel_reason": reason}},
+        )
+
+    # -- lane locks ---------------------------------------------------------------------
+
+    async def acquire_lane(self, lane: str, owner: str, lease_until: dt.datetime) -> bool:
+        try:
+            await self.lanes.insert_one({"_id": lane, "owner": owner, "lease_until": lease_until})
+            return True
+        except DuplicateKeyError:
+            pass
+        # Held — or left behind by a process that died: take it only once its lease has run out.
+        stolen = await self.lanes.find_one_and_update(
+            {"_id": lane, "lease_until": {"$lte": utcnow()}},
+            {"$set": {"owner": owner, "lease_until": lease_until}},
+            return_document=ReturnDocument.AFTER,
+        )
+        return stolen is not None and stolen.get("owner") == owner
+
+    async def renew_lane(self, lane: str, owner: str, lease_until: dt.datetime) -> bool:
+        result = await self.lanes.update_one({"_id": lane, "owner": owner}, {"$set": {"lease_until": lease_until}})
+        return result.matched_count == 1
+
+    async def release_lane(self, lane: str, owner: str) -> None:
+        await self.lanes.delete_one({"_id": lane, "owner": owner})
+
+    # -- gauges -------------------------------------------------------------------------
+
+    async def oldest_pending_created_at(self) -> dt.datetime | None:
+        doc = await self.coll.find_one(
+            {"state": STATE_PENDING}, {"created_at": 1}, sort=[("state", ASCENDING), ("created_at", ASCENDING)]
+        )
+        return None if doc is None else doc["created_at"]
+
+    async def count(self, state: str) -> int:
+        return await self.coll.count_documents({"state": state})
+
+    # -- admin --------------------------------------------------------------------------
+
+    async def get(self, job_id: ObjectId) -> dict[str, Any] | None:
+        return await self.coll.find_one({"_id": job_id})
+
+    async def find_for_message(self, message_id: ObjectId) -> list[dict[str, Any]]:
+        return await self.coll.find({"message_id": message_id}).sort("target", ASCENDING).to_list(None)
+
+    async def dead_page(
+        self,
+        *,
+        limit: int,
+        channel_id: ObjectId | None = None,
+        before: tuple[dt.datetime, ObjectId] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Dead-lettered jobs, most recently dead first; ``before`` is the (dead_at, _id) last seen."""
+        query: dict[str, Any] = {"state": STATE_DEAD}
+        if channel_id is not None:
+            query["channel_id"] = channel_id
+        if before is not None:
+            at, oid = before
+            query["$or"] = [{"dead_at": {"$lt": at}}, {"dead_at": at, "_id": {"$lt": oid}}]
+        cursor = self.coll.find(query).sort([("dead_at", DESCENDING), ("_id", DESCENDING)]).limit(limit)
+        return await cursor.to_list(None)
+
+    async def requeue_dead(self, job_ids: list[ObjectId] | None, *, channel_id: ObjectId | None = None) -> int:
+        """Dead jobs (these, or all of them) back to pending with a fresh set of attempts."""
+        query: dict[str, Any] = {"state": STATE_DEAD}
+        if job_ids is not None:
+            query["_id"] = {"$in": job_ids}
+        if channel_id is not None:
+            query["channel_id"] = channel_id
+        now = utcnow()
+        result = await self.coll.update_many(
+            query,
+            {
+                "$set": {"state": STATE_PENDING, "attempts": 0, "due_at": now, "retried_at": now},
+                "$unset": {"dead_at": ""},
+                "$inc": {"retries": 1},
+            },
+        )
+        return result.modified_count

@@ -1,0 +1,376 @@
+"""The trigger dispatcher: a background service that delivers the outbox's jobs.
+
+Owns delivery — the rules of which job may go are in :mod:`server.triggers`, every query
+in :mod:`models.trigger_jobs`:
+
+* **Claiming.** Jobs are delivered per *lane* (one conversation, one target). A process
+  delivers a lane's jobs only while it holds the lane's lock, a lease in MongoDB that it
+  renews before each attempt for the HTTP timeout plus ``trigger_lease_margin_secs``. So two
+  processes never deliver the same job — or two jobs of one conversation — at the same time;
+  a process that dies leaves its lease to run out, and the job it was delivering is
+  delivered again (at least once).
+* **Order.** Inside a lane, jobs go one at a time in the order of the messages (Instagram's
+  time, then arrival). A job that must wait for a retry holds back the jobs queued behind
+  it, until it is delivered or dead-lettered; other lanes keep flowing: up to
+  ``trigger_workers`` lanes are delivered at once per process.
+* **Durability.** Nothing lives only in memory: a restarted process finds pending jobs with
+  its first poll. The poll runs every ``trigger_poll_secs``, and at once when this process
+  recorded a job.
+* **Sending.** HTTP with Tornado's ``AsyncHTTPClient`` (signed, timeout, retried with
+  exponential backoff and jitter on network errors, timeouts, 5xx and 429 — honouring
+  ``Retry-After`` — never on other 4xx), or ``XADD`` to the Redis Stream, trimmed to about
+  ``trigger_stream_maxlen`` entries.
+* **Metrics.** Attempts and outcomes as they happen; pending count, dead letters and the age
+  of the oldest undelivered job refreshed with each poll.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import os
+import random
+import socket
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+from pymongo.errors import PyMongoError
+from redis.exceptions import RedisError
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
+from tornado.iostream import StreamClosedError
+from tornado.simple_httpclient import HTTPTimeoutError
+
+from config import Settings
+from models.store import Store
+from models.timeutil import utcnow
+from models.trigger_jobs import STATE_DEAD, STATE_PENDING, TARGET_HTTP
+from server import triggers as rules
+from server.metrics import Metrics
+
+log = logging.getLogger("igsync.triggers")
+
+# Jobs one lane delivers per hold of its lock before it lets the poll rotate lanes.
+LANE_BURST = 50
+# After a wake-up, polls are at least this far apart: a burst of webhooks costs one poll,
+# not one per message.
+MIN_POLL_GAP_SECS = 0.02
+# On shutdown an attempt in flight may finish within this; then it is cancelled (its job
+# stays pending and is delivered again after the restart).
+STOP_GRACE_SECS = 5.0
+# Lanes found locked by another process are left out of this process's polls for a while.
+MAX_REMEMBERED_BUSY_LANES = 1000
+# A receiver's answer body is kept (truncated) in the dead letter to tell why it refused.
+ERROR_DETAIL_CHARS = 300
+
+
+@dataclass
+class AttemptResult:
+    ok: bool
+    result: str  # igsync_trigger_attempts_total{result}
+    retryable: bool = False
+    status: int | None = None
+    retry_after_secs: float | None = None
+    detail: str | None = None
+
+
+def _classify_http(status: int) -> tuple[bool, str, bool]:
+    """(ok, result, retryable) of an HTTP answer."""
+    if 200 <= status < 300:
+        return True, "ok", False
+    if status == 429:
+        return False, "rate_limited", True
+    if status >= 500:
+        return False, "server_error", True
+    # Other 4xx — and 3xx, since redirects are not followed: the receiver refuses this
+    # request (or the URL is wrong); sending it again cannot help. Fix, then `igsync triggers retry`.
+    return False, "client_error", False
+
+
+class TriggerDispatcher:
+    """A service (``start``/``stop``) of the core: polls for due lanes and delivers them."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        store: Store,
+        redis: aioredis.Redis,
+        http: AsyncHTTPClient,
+        metrics: Metrics,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.jobs = store.trigger_jobs
+        self.redis = redis
+        self.http = http
+        self.metrics = metrics
+        self.rng = rng or random.Random()
+        # Unique per process life: a restarted process does not inherit its predecessor's leases.
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._wake = asyncio.Event()
+        self._active: dict[str, asyncio.Task[None]] = {}
+        self._busy_elsewhere: dict[str, float] = {}
+        self._loop_task: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    # -- life --------------------------------------------------------------------------
+
+    def wake(self) -> None:
+        """A job was recorded (or requeued) here: poll now instead of at the next tick."""
+        self._wake.set()
+
+    async def start(self) -> None:
+        if self.settings.trigger_workers == 0:
+            log.info("trigger dispatcher off in this process (IGSYNC_TRIGGER_WORKERS=0)")
+            return
+        self._stopping = False
+        self._loop_task = asyncio.create_task(self._run(), name="trigger-dispatcher")
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+        if self._loop_task is not None:
+            await asyncio.gather(self._loop_task, return_exceptions=True)
+            self._loop_task = None
+        lanes = list(self._active.values())
+        if lanes:
+            _, unfinished = await asyncio.wait(lanes, timeout=STOP_GRACE_SECS)
+            for task in unfinished:
+                task.cancel()
+            await asyncio.gather(*lanes, return_exceptions=True)
+        self.http.close()
+
+    # -- the poll loop -----------------------------------------------------------------
+
+    async def _run(self) -> None:
+        last_gauges = 0.0
+        while not self._stopping:
+            self._wake.clear()
+            try:
+                if time.monotonic() - last_gauges >= min(1.0, self.settings.trigger_poll_secs):
+                    last_gauges = time.monotonic()
+                    await self.refresh_gauges()
+                await self._fill()
+            except PyMongoError as exc:
+                self.metrics.store_errors.labels(store="mongo").inc()
+                log.warning("trigger dispatcher: MongoDB failed (%s); retrying at the next poll", type(exc).__name__)
+            except Exception:
+                log.exception("trigger dispatcher poll failed")
+            await asyncio.sleep(MIN_POLL_GAP_SECS)
+            if self._stopping:
+                break
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.settings.trigger_poll_secs)
+            except TimeoutError:
+                pass
+
+    async def _fill(self) -> None:
+        free = self.settings.trigger_workers - len(self._active)
+        if free <= 0:
+            return
+        now_mono = time.monotonic()
+        self._busy_elsewhere = {lane: t for lane, t in self._busy_elsewhere.items() if t > now_mono}
+        exclude = list(self._active) + list(self._busy_elsewhere)
+        lanes = await self.jobs.due_lanes(utcnow(), exclude=exclude, limit=free * 4)
+        for lane in lanes[:free]:
+            self._active[lane] = asyncio.create_task(self._lane(lane), name=f"trigger-lane-{lane}")
+
+    async def refresh_gauges(self) -> None:
+        oldest = await self.jobs.oldest_pending_created_at()
+        age = 0.0 if oldest is None else max(0.0, (utcnow() - oldest).total_seconds())
+        self.metrics.trigger_oldest_pending.set(age)
+        self.metrics.trigger_pending.set(await self.jobs.count(STATE_PENDING))
+        self.metrics.trigger_dead_letters.set(await self.jobs.count(STATE_DEAD))
+
+    # -- one lane ----------------------------------------------------------------------
+
+    def _lease_until(self, timeout_secs: float) -> dt.datetime:
+        return utcnow() + dt.timedelta(seconds=timeout_secs + self.settings.trigger_lease_margin_secs)
+
+    async def _lane(self, lane: str) -> None:
+        try:
+            if not await self.jobs.acquire_lane(lane, self.owner, self._lease_until(0)):
+                if len(self._busy_elsewhere) < MAX_REMEMBERED_BUSY_LANES:
+                    self._busy_elsewhere[lane] = time.monotonic() + self.settings.trigger_poll_secs
+                return
+            try:
+                await self._deliver_lane(lane)
+            finally:
+                await self.jobs.release_lane(lane, self.owner)
+        except PyMongoError as exc:
+            self.metrics.store_errors.labels(store="mongo").inc()
+            log.warning("trigger lane %s: MongoDB failed (%s); it is retried at a later poll", lane, type(exc).__name__)
+        except Exception:
+            log.exception("trigger lane %s failed", lane)
+        finally:
+            self._active.pop(lane, None)
+            self._wake.set()
+
+    async def _deliver_lane(self, lane: str) -> None:
+        channel: dict[str, Any] | None = None
+        for _ in range(LANE_BURST):
+            if self._stopping:
+                return
+            job = await self.jobs.head(lane)
+            if job is None:
+                return
+            if job["due_at"] > utcnow():
+                # The head waits for a retry: nothing behind it may go first.
+                await self.jobs.hold_back(lane, job["due_at"])
+                return
+            if channel is None:
+                channel = await self.store.channels.get(job["channel_id"])
+            config = ((channel or {}).get("triggers") or {}).get("http") or {}
+            timeout = float(config.get("timeout_secs") or 10.0) if job["target"] == TARGET_HTTP else 0.0
+            if not await self.jobs.renew_lane(lane, self.owner, self._lease_until(timeout)):
+                log.warning("trigger lane %s: lease lost; leaving it to its new holder", lane)
+                return
+            if not await self._deliver(job, channel):
+                return
+
+    async def _deliver(self, job: dict[str, Any], channel: dict[str, Any] | None) -> bool:
+        """One attempt at ``job``; True when the lane may go on to its next job."""
+        target = job["target"]
+        delivery_id = str(job["_id"])
+        if target not in rules.channel_targets(channel):
+            # Triggers were turned off (or the channel disconnected) after the message came.
+            await self.jobs.cancelled(job["_id"], "triggers_off")
+            self.metrics.trigger_deliveries.labels(target=target, outcome="cancelled").inc()
+            log.info("trigger cancelled: triggers off target=%s delivery_id=%s", target, delivery_id)
+            return True
+        assert channel is not None
+        message, conversation = await asyncio.gather(
+            self.store.messages.get(job["message_id"]), self.store.conversations.get(job["conversation_id"])
+        )
+        if message is None or conversation is None:
+            await self.jobs.cancelled(job["_id"], "message_missing")
+            self.metrics.trigger_deliveries.labels(target=target, outcome="cancelled").inc()
+            log.warning("trigger cancelled: message gone target=%s delivery_id=%s", target, delivery_id)
+            return True
+        body = orjson.dumps(rules.trigger_payload(delivery_id, channel, conversation, message))
+        attempt = int(job.get("attempts") or 0) + 1
+        started = time.perf_counter()
+        if target == TARGET_HTTP:
+            http_config = channel["triggers"]["http"]
+            result = await self._send_http(body, http_config, delivery_id, attempt)
+            max_attempts = int(http_config.get("max_attempts") or self.settings.trigger_max_attempts)
+        else:
+            result = await self._send_stream(body, job, delivery_id)
+            max_attempts = self.settings.trigger_max_attempts
+        duration_ms = round((time.perf_counter() - started) * 1000, 1)
+        self.metrics.trigger_attempts.labels(target=target, result=result.result).inc()
+        fields = {
+            "target": target,
+            "delivery_id": delivery_id,
+            "conversation": job["conversation_id"],
+            "attempt": attempt,
+            "result": result.result,
+            "status": result.status,
+            "duration_ms": duration_ms,
+        }
+        extra = {
+            "event": "trigger",
+            "kind": target,
+            "conversation_id": str(job["conversation_id"]),
+            "message_id": str(job["message_id"]),
+            "status": result.status,
+            "duration_ms": duration_ms,
+        }
+        if result.ok:
+            await self.jobs.delivered(job["_id"], attempt)
+            self.metrics.trigger_deliveries.labels(target=target, outcome="delivered").inc()
+            self.metrics.trigger_delivery.labels(target=target).observe(
+                max(0.0, (utcnow() - job["created_at"]).total_seconds())
+            )
+            log.info("trigger delivered %s", _kv(fields), extra={**extra, "outcome": "delivered"})
+            return True
+        error = {"result": result.result, "status": result.status, "detail": result.detail, "at": utcnow()}
+        if result.retryable and attempt < max_attempts:
+            delay = rules.retry_delay(
+                attempt,
+                base_secs=self.settings.trigger_retry_base_secs,
+                max_secs=self.settings.trigger_retry_max_secs,
+                retry_after_secs=result.retry_after_secs,
+                rng=self.rng,
+            )
+            due = utcnow() + dt.timedelta(seconds=delay)
+            await self.jobs.retry_later(job["_id"], attempt, due, error)
+            await self.jobs.hold_back(job["lane"], due)
+            log.warning("trigger will be retried in %.1fs %s", delay, _kv(fields), extra={**extra, "outcome": "retry"})
+            return False
+        await self.jobs.dead(job["_id"], attempt, error)
+        self.metrics.trigger_deliveries.labels(target=target, outcome="dead").inc()
+        log.warning("trigger dead-lettered %s", _kv(fields), extra={**extra, "outcome": "dead"})
+        return True
+
+    # -- sending -----------------------------------------------------------------------
+
+    async def _send_http(self, body: bytes, config: dict[str, Any], delivery_id: str, attempt: int) -> AttemptResult:
+        timeout = float(config.get("timeout_secs") or 10.0)
+        answer = bytearray()
+
+        def keep_head(chunk: bytes) -> None:
+            # Only the start of the answer is kept (for the dead letter); the rest is dropped unread.
+            if len(answer) < ERROR_DETAIL_CHARS:
+                answer.extend(chunk[: ERROR_DETAIL_CHARS - len(answer)])
+
+        request = HTTPRequest(
+            config["url"],
+            method="POST",
+            body=body,
+            headers={
+                "Content-Type": "application/json",
+                "User-Agent": "igsync-triggers/1",
+                rules.SIGNATURE_HEADER: rules.signature_header(body, config["secret"]),
+                rules.DELIVERY_HEADER: delivery_id,
+                rules.ATTEMPT_HEADER: str(attempt),
+                rules.EVENT_HEADER: rules.EVENT_CUSTOMER_MESSAGE,
+            },
+            connect_timeout=timeout,
+            request_timeout=timeout,
+            follow_redirects=False,
+            streaming_callback=keep_head,
+        )
+        try:
+            response = await self.http.fetch(request, raise_error=False)
+        except HTTPTimeoutError:
+            return AttemptResult(False, "timeout", retryable=True, detail=f"no answer within {timeout:g}s")
+        except (HTTPClientError, OSError, StreamClosedError) as exc:
+            return AttemptResult(False, "network_error", retryable=True, detail=type(exc).__name__)
+        ok, result, retryable = _classify_http(response.code)
+        retry_after = None
+        if retryable:
+            retry_after = rules.parse_retry_after(response.headers.get("Retry-After"), utcnow())
+        detail = None if ok else bytes(answer).decode("utf-8", "replace")
+        return AttemptResult(ok, result, retryable, response.code, retry_after, detail)
+
+    async def _send_stream(self, body: bytes, job: dict[str, Any], delivery_id: str) -> AttemptResult:
+        fields = {
+            "event": rules.EVENT_CUSTOMER_MESSAGE,
+            "delivery_id": delivery_id,
+            "channel_id": str(job["channel_id"]),
+            "conversation_id": str(job["conversation_id"]),
+            "message_id": str(job["message_id"]),
+            "payload": body,
+        }
+        try:
+            await self.redis.xadd(
+                self.settings.trigger_stream,
+                fields,  # type: ignore[arg-type]
+                maxlen=self.settings.trigger_stream_maxlen,
+                approximate=True,
+            )
+        except RedisError as exc:
+            self.metrics.store_errors.labels(store="redis").inc()
+            return AttemptResult(False, "redis_error", retryable=True, detail=type(exc).__name__)
+        return AttemptResult(True, "ok")
+
+
+def _kv(fields: dict[str, Any]) -> str:
+    return " ".join(f"{k}={v}" for k, v in fields.items() if v is not None)
