@@ -63,23 +63,34 @@ class TriggerJobRepository:
         await self.coll.create_index(
             [("message_id", ASCENDING), ("target", ASCENDING)], unique=True, name="message_target_unique"
         )
-        # The dispatcher's poll: due pending jobs, oldest due first.
-        await self.coll.create_index([("state", ASCENDING), ("due_at", ASCENDING)], name="state_due")
+        # Every query of the dispatcher is about pending jobs, the admin's about dead ones:
+        # partial indexes hold only those, so they stay small however much history is kept.
+        pending = {"state": STATE_PENDING}
+        # The poll: due pending jobs, most overdue first.
+        await self.coll.create_index([("due_at", ASCENDING)], name="pending_due", partialFilterExpression=pending)
         # A lane's head: its first pending job in order.
         await self.coll.create_index(
-            [("lane", ASCENDING), ("state", ASCENDING), ("order_at", ASCENDING), ("_id", ASCENDING)],
-            name="lane_state_order",
+            [("lane", ASCENDING), ("order_at", ASCENDING), ("_id", ASCENDING)],
+            name="pending_lane_order",
+            partialFilterExpression=pending,
         )
         # The oldest undelivered job (lag gauge).
-        await self.coll.create_index([("state", ASCENDING), ("created_at", ASCENDING)], name="state_created")
+        await self.coll.create_index(
+            [("created_at", ASCENDING)], name="pending_created", partialFilterExpression=pending
+        )
         # Dead letters, newest first, for the admin API.
         await self.coll.create_index(
-            [("state", ASCENDING), ("dead_at", DESCENDING), ("_id", DESCENDING)], name="state_dead_at"
+            [("dead_at", DESCENDING), ("_id", DESCENDING)],
+            name="dead_newest",
+            partialFilterExpression={"state": STATE_DEAD},
         )
-        # Delivered and cancelled jobs are history only; dead and pending ones never carry
-        # ``finished_at`` and so never expire.
+        # Delivered and cancelled jobs are history only, kept for a while; pending and dead
+        # ones never carry ``finished_at`` and so never expire.
         await self.coll.create_index(
-            [("finished_at", ASCENDING)], expireAfterSeconds=self.delivered_ttl_secs, name="finished_at_ttl"
+            [("finished_at", ASCENDING)],
+            expireAfterSeconds=self.delivered_ttl_secs,
+            name="finished_at_ttl",
+            partialFilterExpression={"finished_at": {"$exists": True}},
         )
         await self.lanes.create_index(
             [("lease_until", ASCENDING)], expireAfterSeconds=_LANE_LOCK_TTL_SECS, name="lease_until_ttl"
@@ -139,11 +150,14 @@ class TriggerJobRepository:
                 lanes.append(row["lane"])
         return lanes
 
-    async def head(self, lane: str) -> dict[str, Any] | None:
-        """The lane's next job to deliver: its first pending one in order."""
-        return await self.coll.find_one(
-            {"lane": lane, "state": STATE_PENDING}, sort=[("order_at", ASCENDING), ("_id", ASCENDING)]
+    async def heads(self, lane: str, *, limit: int) -> list[dict[str, Any]]:
+        """The lane's next jobs to deliver: its first pending ones, in order."""
+        cursor = (
+            self.coll.find({"lane": lane, "state": STATE_PENDING})
+            .sort([("order_at", ASCENDING), ("_id", ASCENDING)])
+            .limit(limit)
         )
+        return await cursor.to_list(None)
 
     async def hold_back(self, lane: str, until: dt.datetime) -> None:
         """Jobs queued behind a head that waits for a retry are not due before it: keeps the
@@ -221,9 +235,7 @@ class TriggerJobRepository:
     # -- gauges -------------------------------------------------------------------------
 
     async def oldest_pending_created_at(self) -> dt.datetime | None:
-        doc = await self.coll.find_one(
-            {"state": STATE_PENDING}, {"created_at": 1}, sort=[("state", ASCENDING), ("created_at", ASCENDING)]
-        )
+        doc = await self.coll.find_one({"state": STATE_PENDING}, {"created_at": 1}, sort=[("created_at", ASCENDING)])
         return None if doc is None else doc["created_at"]
 
     async def count(self, state: str) -> int:

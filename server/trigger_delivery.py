@@ -54,8 +54,10 @@ from server.metrics import Metrics
 
 log = logging.getLogger("igsync.triggers")
 
-# Jobs one lane delivers per hold of its lock before it lets the poll rotate lanes.
+# Jobs one lane delivers per hold of its lock before it lets the poll rotate lanes, and
+# how many of them are read at once.
 LANE_BURST = 50
+LANE_BATCH = 10
 # After a wake-up, polls are at least this far apart: a burst of webhooks costs one poll,
 # not one per message.
 MIN_POLL_GAP_SECS = 0.02
@@ -64,6 +66,8 @@ MIN_POLL_GAP_SECS = 0.02
 STOP_GRACE_SECS = 5.0
 # Lanes found locked by another process are left out of this process's polls for a while.
 MAX_REMEMBERED_BUSY_LANES = 1000
+# The schema's default; a channel stored without one (by hand) gets it too.
+DEFAULT_HTTP_TIMEOUT_SECS = 10.0
 # A receiver's answer body is kept (truncated) in the dead letter to tell why it refused.
 ERROR_DETAIL_CHARS = 300
 
@@ -195,12 +199,13 @@ class TriggerDispatcher:
 
     async def _lane(self, lane: str) -> None:
         try:
-            if not await self.jobs.acquire_lane(lane, self.owner, self._lease_until(0)):
+            lease = self._lease_until(0)
+            if not await self.jobs.acquire_lane(lane, self.owner, lease):
                 if len(self._busy_elsewhere) < MAX_REMEMBERED_BUSY_LANES:
                     self._busy_elsewhere[lane] = time.monotonic() + self.settings.trigger_poll_secs
                 return
             try:
-                await self._deliver_lane(lane)
+                await self._deliver_lane(lane, lease)
             finally:
                 await self.jobs.release_lane(lane, self.owner)
         except PyMongoError as exc:
@@ -212,29 +217,51 @@ class TriggerDispatcher:
             self._active.pop(lane, None)
             self._wake.set()
 
-    async def _deliver_lane(self, lane: str) -> None:
+    async def _deliver_lane(self, lane: str, lease: dt.datetime) -> None:
+        """Deliver the lane's jobs in order while this process holds its lock.
+
+        Reads a few jobs at a time with their messages and the conversation (three reads per
+        batch), so that a busy conversation costs about one write per delivered job.
+        """
         channel: dict[str, Any] | None = None
-        for _ in range(LANE_BURST):
-            if self._stopping:
-                return
-            job = await self.jobs.head(lane)
-            if job is None:
-                return
-            if job["due_at"] > utcnow():
-                # The head waits for a retry: nothing behind it may go first.
-                await self.jobs.hold_back(lane, job["due_at"])
+        done = 0
+        while done < LANE_BURST and not self._stopping:
+            batch = await self.jobs.heads(lane, limit=LANE_BATCH)
+            if not batch:
                 return
             if channel is None:
-                channel = await self.store.channels.get(job["channel_id"])
-            config = ((channel or {}).get("triggers") or {}).get("http") or {}
-            timeout = float(config.get("timeout_secs") or 10.0) if job["target"] == TARGET_HTTP else 0.0
-            if not await self.jobs.renew_lane(lane, self.owner, self._lease_until(timeout)):
-                log.warning("trigger lane %s: lease lost; leaving it to its new holder", lane)
-                return
-            if not await self._deliver(job, channel):
-                return
+                channel = await self.store.channels.get(batch[0]["channel_id"])
+            messages, conversation = await asyncio.gather(
+                self.store.messages.get_many([j["message_id"] for j in batch]),
+                self.store.conversations.get(batch[0]["conversation_id"]),
+            )
+            for job in batch:
+                if self._stopping:
+                    return
+                if job["due_at"] > utcnow():
+                    # This job waits for a retry: nothing behind it may go first.
+                    await self.jobs.hold_back(lane, job["due_at"])
+                    return
+                timeout = _http_timeout(channel) if job["target"] == TARGET_HTTP else 0.0
+                # Renew only when the lease would not outlast this attempt with half the
+                # margin to spare: a busy lane renews every few seconds, not per job.
+                needed = utcnow() + dt.timedelta(seconds=timeout + self.settings.trigger_lease_margin_secs / 2)
+                if lease < needed:
+                    lease = self._lease_until(timeout)
+                    if not await self.jobs.renew_lane(lane, self.owner, lease):
+                        log.warning("trigger lane %s: lease lost; leaving it to its new holder", lane)
+                        return
+                done += 1
+                if not await self._deliver(job, channel, messages.get(job["message_id"]), conversation):
+                    return
 
-    async def _deliver(self, job: dict[str, Any], channel: dict[str, Any] | None) -> bool:
+    async def _deliver(
+        self,
+        job: dict[str, Any],
+        channel: dict[str, Any] | None,
+        message: dict[str, Any] | None,
+        conversation: dict[str, Any] | None,
+    ) -> bool:
         """One attempt at ``job``; True when the lane may go on to its next job."""
         target = job["target"]
         delivery_id = str(job["_id"])
@@ -245,9 +272,6 @@ class TriggerDispatcher:
             log.info("trigger cancelled: triggers off target=%s delivery_id=%s", target, delivery_id)
             return True
         assert channel is not None
-        message, conversation = await asyncio.gather(
-            self.store.messages.get(job["message_id"]), self.store.conversations.get(job["conversation_id"])
-        )
         if message is None or conversation is None:
             await self.jobs.cancelled(job["_id"], "message_missing")
             self.metrics.trigger_deliveries.labels(target=target, outcome="cancelled").inc()
@@ -312,7 +336,7 @@ class TriggerDispatcher:
     # -- sending -----------------------------------------------------------------------
 
     async def _send_http(self, body: bytes, config: dict[str, Any], delivery_id: str, attempt: int) -> AttemptResult:
-        timeout = float(config.get("timeout_secs") or 10.0)
+        timeout = float(config.get("timeout_secs") or DEFAULT_HTTP_TIMEOUT_SECS)
         answer = bytearray()
 
         def keep_head(chunk: bytes) -> None:
@@ -370,6 +394,11 @@ class TriggerDispatcher:
             self.metrics.store_errors.labels(store="redis").inc()
             return AttemptResult(False, "redis_error", retryable=True, detail=type(exc).__name__)
         return AttemptResult(True, "ok")
+
+
+def _http_timeout(channel: dict[str, Any] | None) -> float:
+    config = ((channel or {}).get("triggers") or {}).get("http") or {}
+    return float(config.get("timeout_secs") or DEFAULT_HTTP_TIMEOUT_SECS)
 
 
 def _kv(fields: dict[str, Any]) -> str:
