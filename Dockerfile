@@ -22,7 +22,7 @@ COPY igsync_client ./igsync_client
 RUN pip install --no-cache-dir --no-deps . \
     && useradd --system --uid 10001 --no-create-home igsync
 
-USER igsync
+USER 10001
 EXPOSE 8080
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('IGSYNC_PORT', '8080'), timeout=2)"]

@@ -22,6 +22,8 @@ from typing import Any
 ENV_PREFIX = "IGSYNC_"
 # A secret shorter than this is a placeholder, not a secret.
 MIN_SECRET_CHARS = 16
+# Values copied from an example file rather than generated.
+PLACEHOLDER_MARKERS = ("replace-with", "changeme", "change-me", "example", "placeholder")
 SECRET_FIELDS = ("app_secret", "verify_token", "admin_token", "internal_tokens")
 
 
@@ -104,6 +106,8 @@ class Settings:
             if not value:
                 raise ConfigError(f"{env_name(name)} is required when MongoDB and Redis URLs are given")
             for v in values:
+                if any(marker in v.lower() for marker in PLACEHOLDER_MARKERS):
+                    raise ConfigError(f"{env_name(name)} still holds a placeholder value; generate a real secret")
                 if len(v) < MIN_SECRET_CHARS:
                     raise ConfigError(
                         f"{env_name(name)} is too short to be a real secret (at least {MIN_SECRET_CHARS} characters)"

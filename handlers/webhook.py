@@ -23,8 +23,7 @@ class InstagramWebhookHandler(BaseHandler):
         limit = self.core.settings.max_body_bytes
         declared = self.request.headers.get("Content-Length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            # Answer before reading the body, and close: the rest is not worth reading.
-            self.request.connection.set_close()
+            # Answer before reading the body (Tornado then closes the connection unread).
             self._reject_too_large()
         # A chunked body has no declared size: read and discard past our limit, up to a
         # hard cap after which Tornado drops the connection.

@@ -9,10 +9,10 @@ from __future__ import annotations
 from typing import Any
 
 from bson import ObjectId
-from pymongo import ASCENDING, ReturnDocument
+from pymongo import ASCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 
-from models.atomic import upsert_get
+from models.atomic import update_get, upsert_get
 from models.ids import as_object_id
 from models.timeutil import utcnow
 
@@ -60,11 +60,7 @@ class ChannelRepository:
         oid = as_object_id(channel_id)
         if oid is None:
             return None
-        return await self.coll.find_one_and_update(
-            {"_id": oid},
-            {"$set": {"is_connect": False, "updated_at": utcnow()}},
-            return_document=ReturnDocument.AFTER,
-        )
+        return await update_get(self.coll, {"_id": oid}, {"$set": {"is_connect": False, "updated_at": utcnow()}})
 
     async def find_owner(self, *, email: str | None = None, owner_id: Any = None) -> dict[str, Any] | None:
         """The ``owner`` object of a channel owned by this email or id, if any."""

@@ -16,10 +16,10 @@ import datetime as dt
 from typing import Any
 
 from bson import ObjectId
-from pymongo import ASCENDING, DESCENDING, ReturnDocument
+from pymongo import ASCENDING, DESCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 
-from models.atomic import upsert_get
+from models.atomic import get_or_insert, update_get
 from models.customers import PROFILE_FIELDS
 from models.timeutil import UTC, utcnow
 
@@ -28,8 +28,10 @@ STATUS_ANSWERED = "answered"
 # How many applied message ids a conversation remembers for the idempotency guard. A
 # redelivery that comes back after more messages than this were applied only risks an
 # unread count off by one; Meta retries within seconds to hours, not thousands of messages.
-RECENT_IDS_KEPT = 200
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=UTC)
+RECENT_IDS_KEPT = 32
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=UTC)
+# Rows sharing the cursor's millisecond that a page can step over (see ``page``).
+_TIE_SLACK = 20
 
 
 def customer_snapshot(customer: dict[str, Any]) -> dict[str, Any]:
@@ -74,91 +76,97 @@ class ConversationRepository:
 
     async def get_or_create(self, channel_id: ObjectId, customer: dict[str, Any]) -> tuple[dict[str, Any], bool]:
         now = utcnow()
-        return await upsert_get(
-            self.coll,
-            {"channel_id": channel_id, "customer_id": customer["_id"]},
-            {
-                "$setOnInsert": {
-                    "customer_instagram_id": customer["instagram_id"],
-                    "customer": customer_snapshot(customer),
-                    "source": "instagram",
-                    "status": STATUS_NEEDS_REPLY,
-                    "unread_count": 0,
-                    "last_message": None,
-                    "last_message_at": None,
-                    "created_at": now,
-                    "updated_at": now,
-                    "recent_message_ids": [],
-                }
-            },
-        )
+        key = {"channel_id": channel_id, "customer_id": customer["_id"]}
+        new = {
+            "_id": ObjectId(),
+            **key,
+            "customer_instagram_id": customer["instagram_id"],
+            "customer": customer_snapshot(customer),
+            "source": "instagram",
+            "status": STATUS_NEEDS_REPLY,
+            "unread_count": 0,
+            "last_message": None,
+            # Never null, so "is this message newer" is one plain range condition (no $or).
+            "last_message_at": EPOCH,
+            "created_at": now,
+            "updated_at": now,
+            "recent_message_ids": [],
+        }
+        return await get_or_insert(self.coll, key, new)
 
     async def apply_message(self, conversation_id: ObjectId, message: dict[str, Any]) -> dict[str, Any] | None:
         """Account for a newly stored message; the conversation after, or None if already applied.
 
-        One pipeline update so that it is atomic: the last message and status follow the
-        newest message by Instagram's time (a late redelivery of an old message does not
-        push it to the top), a customer message adds one unread and asks for a reply, an
-        outbound one answers and clears the unread count (the business has seen the thread).
-        ``prev_status`` tells the caller whether earlier customer messages still need
-        marking ``is_answered`` — without another read.
+        The last message and status follow the newest message by Instagram's time (a late
+        redelivery of an old message does not push it to the top); a customer message adds one
+        unread and asks for a reply; an outbound one answers and clears the unread count (the
+        business has seen the thread).
+
+        The decision is one conditional ``update_one``, guarded by the message id so that it
+        applies once. The variants are tried in order of likelihood; the one that matched tells
+        what the conversation was like at that instant — newest or late message, and for an
+        outbound message whether it was waiting for a reply (``prev_status``, so that earlier
+        customer messages are marked answered only when some may be unanswered). A read by id
+        then returns the conversation after.
         """
         inbound = message["type"] == "customer"
-        sent_at = message["sent_at"]
-        is_newer = {"$gte": [sent_at, {"$ifNull": ["$last_message_at", _EPOCH]}]}
-        new_status = STATUS_NEEDS_REPLY if inbound else STATUS_ANSWERED
-        unread = (
-            {"$add": [{"$ifNull": ["$unread_count", 0]}, 1]}
-            if inbound
-            else {"$cond": [is_newer, 0, {"$ifNull": ["$unread_count", 0]}]}
-        )
-        pipeline = [
-            {"$set": {"prev_status": {"$ifNull": ["$status", STATUS_NEEDS_REPLY]}}},
-            {
-                "$set": {
-                    "last_message": {"$cond": [is_newer, {"$literal": message_summary(message)}, "$last_message"]},
-                    "last_message_at": {"$cond": [is_newer, sent_at, "$last_message_at"]},
-                    "status": {"$cond": [is_newer, new_status, "$status"]},
-                    "unread_count": unread,
-                    "updated_at": utcnow(),
-                    "recent_message_ids": {
-                        "$slice": [
-                            {"$concatArrays": [{"$ifNull": ["$recent_message_ids", []]}, [message["_id"]]]},
-                            -RECENT_IDS_KEPT,
-                        ]
-                    },
-                }
+        mid = message["_id"]
+        now = utcnow()
+        push = {"recent_message_ids": {"$each": [mid], "$slice": -RECENT_IDS_KEPT}}
+        newest: dict[str, Any] = {
+            "$set": {
+                "last_message": message_summary(message),
+                "last_message_at": message["sent_at"],
+                "status": STATUS_NEEDS_REPLY if inbound else STATUS_ANSWERED,
+                "updated_at": now,
             },
-        ]
-        return await self.coll.find_one_and_update(
-            {"_id": conversation_id, "recent_message_ids": {"$ne": message["_id"]}},
-            pipeline,
-            return_document=ReturnDocument.AFTER,
-        )
+            "$push": push,
+        }
+        older: dict[str, Any] = {"$set": {"updated_at": now}, "$push": push}
+        if inbound:
+            newest["$inc"] = older["$inc"] = {"unread_count": 1}
+        else:
+            newest["$set"]["unread_count"] = 0
+        not_applied = {"_id": conversation_id, "recent_message_ids": {"$ne": mid}}
+        is_newest = {**not_applied, "last_message_at": {"$lte": message["sent_at"]}}
+        variants: list[tuple[dict[str, Any], dict[str, Any], str | None]]
+        if inbound:
+            variants = [(is_newest, newest, None), (not_applied, older, None)]
+        else:
+            variants = [
+                ({**is_newest, "status": STATUS_NEEDS_REPLY}, newest, STATUS_NEEDS_REPLY),
+                ({**is_newest, "status": {"$ne": STATUS_NEEDS_REPLY}}, newest, STATUS_ANSWERED),
+                # A late outbound message may still answer customer messages older than it.
+                (not_applied, older, STATUS_NEEDS_REPLY),
+            ]
+        for _ in range(3):  # another writer can move the conversation between two variants
+            for query, update, prev_status in variants:
+                result = await self.coll.update_one(query, update)
+                if result.matched_count:
+                    after = await self.coll.find_one({"_id": conversation_id})
+                    if after is not None:
+                        after["prev_status"] = prev_status
+                    return after
+            if await self.coll.count_documents({"_id": conversation_id, "recent_message_ids": mid}, limit=1):
+                return None  # applied before (a redelivery)
+        return None
 
     async def touch(self, conversation_id: ObjectId, fields: dict[str, Any] | None = None) -> dict[str, Any] | None:
-        return await self.coll.find_one_and_update(
-            {"_id": conversation_id},
-            {"$set": {**(fields or {}), "updated_at": utcnow()}},
-            return_document=ReturnDocument.AFTER,
+        return await update_get(
+            self.coll, {"_id": conversation_id}, {"$set": {**(fields or {}), "updated_at": utcnow()}}
         )
-
-    async def set_status_answered(self, conversation_id: ObjectId) -> dict[str, Any] | None:
-        return await self.touch(conversation_id, {"status": STATUS_ANSWERED, "unread_count": 0})
 
     async def refresh_customer(self, channel_id: ObjectId, customer: dict[str, Any]) -> dict[str, Any] | None:
-        return await self.coll.find_one_and_update(
-            {"channel_id": channel_id, "customer_id": customer["_id"]},
-            {"$set": {"customer": customer_snapshot(customer), "updated_at": utcnow()}},
-            return_document=ReturnDocument.AFTER,
-        )
+        key = {"channel_id": channel_id, "customer_id": customer["_id"]}
+        update = {"$set": {"customer": customer_snapshot(customer), "updated_at": utcnow()}}
+        return await update_get(self.coll, key, update, key=key)
 
     async def refresh_last_message(self, conversation_id: ObjectId, message: dict[str, Any]) -> dict[str, Any] | None:
         """Rewrite the summary when the message it shows changed (edit, unsend, adoption)."""
-        return await self.coll.find_one_and_update(
+        return await update_get(
+            self.coll,
             {"_id": conversation_id, "last_message.id": message["_id"]},
             {"$set": {"last_message": message_summary(message), "updated_at": utcnow()}},
-            return_document=ReturnDocument.AFTER,
         )
 
     async def mark_read(self, conversation_id: ObjectId) -> dict[str, Any] | None:
@@ -171,13 +179,28 @@ class ConversationRepository:
         limit: int,
         updated_since: dt.datetime | None = None,
         before: tuple[dt.datetime, ObjectId] | None = None,
-    ) -> list[dict[str, Any]]:
-        """Most recently updated first; ``before`` is the (updated_at, _id) of the last row seen."""
+    ) -> tuple[list[dict[str, Any]], bool]:
+        """Most recently updated first, and whether more rows follow.
+
+        ``before`` is the (updated_at, _id) of the last row already seen. The query uses one
+        plain range on ``updated_at`` (a top-level ``$or`` for the tie-break would defeat the
+        index on the embedded server); rows tied with the cursor's time are skipped here.
+        """
         query: dict[str, Any] = {"channel_id": {"$in": channel_ids}}
+        time_range: dict[str, Any] = {}
         if updated_since is not None:
-            query["updated_at"] = {"$gte": updated_since}
+            time_range["$gte"] = updated_since
+        if before is not None:
+            time_range["$lte"] = before[0]
+        if time_range:
+            query["updated_at"] = time_range
+        slack = _TIE_SLACK if before is not None else 0
+        fetch = limit + 1 + slack
+        cursor = self.coll.find(query).sort([("updated_at", DESCENDING), ("_id", DESCENDING)]).limit(fetch)
+        raw = await cursor.to_list(None)
+        rows = raw
         if before is not None:
             at, oid = before
-            query["$or"] = [{"updated_at": {"$lt": at}}, {"updated_at": at, "_id": {"$lt": oid}}]
-        cursor = self.coll.find(query).sort([("updated_at", DESCENDING), ("_id", DESCENDING)]).limit(limit)
-        return await cursor.to_list(None)
+            rows = [r for r in raw if r["updated_at"] < at or r["_id"] < oid]
+        has_more = len(rows) > limit or len(raw) == fetch
+        return rows[:limit], has_more

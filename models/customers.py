@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from bson import ObjectId
-from pymongo import ASCENDING, ReturnDocument
+from pymongo import ASCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 
-from models.atomic import upsert_get
+from models.atomic import get_or_insert, update_get
 from models.timeutil import utcnow
 
 # The fields of a customer that the API shows (Conversation.customer).
@@ -28,29 +28,23 @@ class CustomerRepository:
 
     async def get_or_create(self, channel_id: ObjectId, instagram_id: str) -> tuple[dict[str, Any], bool]:
         now = utcnow()
-        return await upsert_get(
-            self.coll,
-            {"channel_id": channel_id, "instagram_id": instagram_id},
-            {
-                "$setOnInsert": {
-                    "source": "instagram",
-                    "first_name": None,
-                    "last_name": None,
-                    "username": None,
-                    "profile_pic": None,
-                    "enhanced_data_fetched": False,
-                    "created_at": now,
-                    "updated_at": now,
-                }
-            },
-        )
+        key = {"channel_id": channel_id, "instagram_id": instagram_id}
+        new = {
+            "_id": ObjectId(),
+            **key,
+            "source": "instagram",
+            "first_name": None,
+            "last_name": None,
+            "username": None,
+            "profile_pic": None,
+            "enhanced_data_fetched": False,
+            "created_at": now,
+            "updated_at": now,
+        }
+        return await get_or_insert(self.coll, key, new)
 
     async def get(self, customer_id: ObjectId) -> dict[str, Any] | None:
         return await self.coll.find_one({"_id": customer_id})
 
     async def update_profile(self, customer_id: ObjectId, fields: dict[str, Any]) -> dict[str, Any] | None:
-        return await self.coll.find_one_and_update(
-            {"_id": customer_id},
-            {"$set": {**fields, "updated_at": utcnow()}},
-            return_document=ReturnDocument.AFTER,
-        )
+        return await update_get(self.coll, {"_id": customer_id}, {"$set": {**fields, "updated_at": utcnow()}})

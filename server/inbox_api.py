@@ -40,7 +40,7 @@ def parse_limit(raw: str | None, default: int = DEFAULT_LIMIT) -> int:
 
 
 def encode_cursor(updated_at: dt.datetime, oid: ObjectId) -> str:
-    raw = orjson.dumps([int(updated_at.timestamp() * 1000), str(oid)])
+    raw = orjson.dumps([round(updated_at.timestamp() * 1000), str(oid)])
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
@@ -115,10 +115,11 @@ class InboxService:
             except ValueError:
                 raise validation_error({"updated_since": ["must be an ISO-8601 time"]}) from None
         before = decode_cursor(cursor) if cursor else None
-        docs = await self.store.conversations.page(channel_ids, limit=page_size + 1, updated_since=since, before=before)
+        docs, has_more = await self.store.conversations.page(
+            channel_ids, limit=page_size, updated_since=since, before=before
+        )
         next_cursor = None
-        if len(docs) > page_size:
-            docs = docs[:page_size]
+        if has_more and docs:
             last = docs[-1]
             next_cursor = encode_cursor(last["updated_at"], last["_id"])
         return {"conversations": [serializers.conversation(d) for d in docs], "next_cursor": next_cursor}

@@ -101,16 +101,19 @@ async def ensure_demo_channel(core: Core) -> str | None:
 
 
 class ServerProcess:
-    def __init__(self, settings: Settings, *, embedded: EmbeddedStores | None = None) -> None:
+    def __init__(
+        self, settings: Settings, *, embedded: EmbeddedStores | None = None, mongo_listeners: list[Any] | None = None
+    ) -> None:
         self.settings = settings
         self.embedded = embedded
+        self.mongo_listeners = mongo_listeners
         self.core: Core | None = None
         self.http: HTTPServer | None = None
         self.port: int | None = None
         self._stop = asyncio.Event()
 
     async def start(self) -> None:
-        self.core = await build_core(self.settings)
+        self.core = await build_core(self.settings, mongo_listeners=self.mongo_listeners)
         await self.core.start()
         app = make_app(self.core)
         # Bodies above max_body_bytes are refused by the webhook handler with 413; other

@@ -25,7 +25,7 @@ from typing import Any, Protocol
 from pymongo.errors import DuplicateKeyError
 
 from models.conversations import STATUS_NEEDS_REPLY
-from models.messages import TYPE_CUSTOMER
+from models.messages import TYPE_CUSTOMER, is_mid_conflict
 from models.store import Store
 from server import events as ev
 
@@ -58,7 +58,7 @@ class MessageRecorder:
         try:
             await self.store.messages.insert(message)
         except DuplicateKeyError as exc:
-            if "mids" not in str(exc.details or exc):
+            if not is_mid_conflict(exc):
                 raise
             return await self._repair(message, received_at)
         await self.run_hooks(message)

@@ -1,0 +1,267 @@
+"""Webhook ingest throughput, latency and MongoDB round trips — igsync against its floor, in one run.
+
+    .venv/bin/python -m bench.ingest [--items 3000] [--concurrency 32] [--customers 200]
+
+What it does, all on this machine's loopback:
+1. starts the embedded stores (SecantusDB + Redis) in a temporary directory;
+2. the **floor**: a bare Tornado handler doing HMAC check, JSON parse and one ``insert_one``
+   into the same store — the least any webhook receiver does — under the same load;
+3. **igsync** (``ServerProcess``, instrumented with a PyMongo command listener) with a connected
+   channel and warmed-up customers, under the same load: signed single-item webhooks, mixed
+   customer texts and owner echoes, with a share of redeliveries;
+4. a round-trip phase: messages from known customers only, counting MongoDB commands per item;
+5. prints req/s, p50/p99, the igsync/floor throughput ratio and round trips per item.
+
+Both servers are separate processes driven by the same client, so the ratio compares like with
+like even though the absolute numbers move with the machine's load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from bench.loadgen import LoadResult, build_post, run_load
+from server.embedded import EmbeddedStores, free_port
+from tests.helpers import sign
+
+ROOT = Path(__file__).resolve().parent.parent
+ACCOUNT = "17841400000000001"
+SECRET = "bench-app-secret-0123456789abcdef"
+ADMIN = "bench-admin-token-0123456789abcdef"
+HOST = "127.0.0.1"
+
+
+def webhook_body(mid: str, text: str, customer: str, *, echo: bool, ts_ms: int) -> bytes:
+    sender, recipient = (ACCOUNT, customer) if echo else (customer, ACCOUNT)
+    message: dict[str, Any] = {"mid": mid, "text": text}
+    if echo:
+        message["is_echo"] = True
+    item = {"sender": {"id": sender}, "recipient": {"id": recipient}, "timestamp": ts_ms, "message": message}
+    return orjson.dumps({"object": "instagram", "entry": [{"id": ACCOUNT, "time": ts_ms, "messaging": [item]}]})
+
+
+def workload(
+    items: int, customers: list[str], *, echo_share: float, redelivery_share: float, seed: int, tag: str
+) -> list[bytes]:
+    rng = random.Random(seed)
+    bodies: list[bytes] = []
+    ts = int(time.time() * 1000)
+    for i in range(items):
+        if bodies and rng.random() < redelivery_share:
+            bodies.append(rng.choice(bodies))
+            continue
+        customer = rng.choice(customers)
+        echo = rng.random() < echo_share
+        text = f"{'reply' if echo else 'question'} {i} from the bench, long enough to look like a real message"
+        bodies.append(webhook_body(f"bench.{tag}.{i}", text, customer, echo=echo, ts_ms=ts + i))
+    return bodies
+
+
+def requests_for(bodies: list[bytes], port: int) -> list[bytes]:
+    return [build_post(HOST, port, "/webhooks/instagram", b, {"X-Hub-Signature-256": sign(b, SECRET)}) for b in bodies]
+
+
+class BenchServer:
+    def __init__(self, kind: str, env: dict[str, str], workdir: Path) -> None:
+        self.kind = kind
+        self.port = int(env["IGSYNC_PORT"])
+        self.counts_file = workdir / f"{kind}-counts.json"
+        env = {**env, "BENCH_COUNTS_FILE": str(self.counts_file)}
+        self.log = open(workdir / f"{kind}.log", "w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bench.servers", kind],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            text=True,
+        )
+        line = self.proc.stdout.readline() if self.proc.stdout else ""
+        if "READY" not in line:
+            raise RuntimeError(f"{kind} server did not start; see {self.log.name}")
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def counts(self) -> dict[str, int]:
+        self.counts_file.unlink(missing_ok=True)
+        self.proc.send_signal(signal.SIGUSR2)
+        deadline = time.monotonic() + 10
+        while not self.counts_file.exists() or not self.counts_file.read_text():
+            if time.monotonic() > deadline:
+                raise RuntimeError("no counts from the server")
+            time.sleep(0.01)
+        return json.loads(self.counts_file.read_text())
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(30)
+        self.log.close()
+
+
+async def admin_connect(port: int) -> None:
+    body = orjson.dumps({"page_id": ACCOUNT, "username": "bench", "owner": {"id": 1, "email": "bench@example.com"}})
+    raw = build_post(HOST, port, "/api/v1/channels", body, {"Authorization": f"Bearer {ADMIN}"})
+    result = await run_load(HOST, port, [raw], 1)
+    if not set(result.statuses) <= {200, 201}:
+        raise RuntimeError(f"could not connect the bench channel: {result.statuses}")
+
+
+def env_for(stores: EmbeddedStores, port: int, db: str, extra: dict[str, str]) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IGSYNC_")}
+    env.update(
+        {
+            "IGSYNC_HOST": HOST,
+            "IGSYNC_PORT": str(port),
+            "IGSYNC_MONGO_URL": stores.mongo_url or "",
+            "IGSYNC_REDIS_URL": stores.redis_url or "",
+            "IGSYNC_MONGO_DB": db,
+            "IGSYNC_APP_SECRET": SECRET,
+            "IGSYNC_VERIFY_TOKEN": "bench-verify-token-0123456789",
+            "IGSYNC_ADMIN_TOKEN": ADMIN,
+            "IGSYNC_INTERNAL_TOKENS": "bench-internal-token-0123456789ab",
+            "IGSYNC_LOG_LEVEL": "WARNING",
+        }
+    )
+    env.update(extra)
+    return env
+
+
+def per_item(counts: dict[str, int], items: int) -> str:
+    total = sum(counts.values())
+    detail = ", ".join(f"{k} {v / items:.2f}" for k, v in sorted(counts.items()))
+    return f"{total / items:.2f} round trips/item ({detail})"
+
+
+async def main(args: argparse.Namespace) -> dict[str, Any]:
+    workdir = Path(tempfile.mkdtemp(prefix="igsync-bench-"))
+    stores = EmbeddedStores(workdir / "stores", lock=False).start()
+    customers = [f"62{n:014d}" for n in range(args.customers)]
+    extra = dict(kv.split("=", 1) for kv in args.env)
+    out: dict[str, Any] = {"items": args.items, "concurrency": args.concurrency, "customers": args.customers}
+    try:
+        # -- the floor ---------------------------------------------------------------------
+        port = free_port()
+        floor = BenchServer("floor", env_for(stores, port, "bench_floor", {}), workdir)
+        try:
+            bodies = workload(
+                args.items,
+                customers,
+                echo_share=args.echo_share,
+                redelivery_share=args.redelivery_share,
+                seed=args.seed,
+                tag="floor",
+            )
+            floor_result = await run_load(HOST, port, requests_for(bodies, port), args.concurrency)
+        finally:
+            floor.stop()
+        print(f"floor  (HMAC + JSON + 1 insert_one): {floor_result.summary()}")
+
+        # -- igsync ------------------------------------------------------------------------
+        port = free_port()
+        igsync = BenchServer("igsync", env_for(stores, port, "bench_igsync", extra), workdir)
+        try:
+            await admin_connect(port)
+            warm = [
+                webhook_body(f"bench.warm.{i}", "hello", c, echo=False, ts_ms=int(time.time() * 1000))
+                for i, c in enumerate(customers)
+            ]
+            await run_load(HOST, port, requests_for(warm, port), args.concurrency)
+
+            bodies = workload(
+                args.items,
+                customers,
+                echo_share=args.echo_share,
+                redelivery_share=args.redelivery_share,
+                seed=args.seed,
+                tag="igsync",
+            )
+            igsync.signal(signal.SIGUSR1)
+            igsync_result: LoadResult = await run_load(HOST, port, requests_for(bodies, port), args.concurrency)
+            mixed_counts = igsync.counts()
+
+            known = workload(
+                args.rt_items, customers, echo_share=0.0, redelivery_share=0.0, seed=args.seed + 1, tag="known"
+            )
+            igsync.signal(signal.SIGUSR1)
+            await run_load(HOST, port, requests_for(known, port), 4)
+            known_counts = igsync.counts()
+
+            echoes = workload(
+                args.rt_items, customers, echo_share=1.0, redelivery_share=0.0, seed=args.seed + 2, tag="echo"
+            )
+            igsync.signal(signal.SIGUSR1)
+            await run_load(HOST, port, requests_for(echoes, port), 4)
+            echo_counts = igsync.counts()
+        finally:
+            igsync.stop()
+        print(f"igsync (full pipeline):              {igsync_result.summary()}")
+        ratio = igsync_result.rate / floor_result.rate if floor_result.rate else 0.0
+        print(f"throughput ratio igsync/floor: {ratio:.2f} (aim >= 0.60)")
+        print(f"mixed load:                       {per_item(mixed_counts, args.items)}")
+        print(f"customer text, known customer:    {per_item(known_counts, args.rt_items)}  (aim <= 3)")
+        print(f"owner echo, known customer:       {per_item(echo_counts, args.rt_items)}")
+        out.update(
+            {
+                "floor": {
+                    "rate": floor_result.rate,
+                    "p50_ms": floor_result.percentile(50) * 1000,
+                    "p99_ms": floor_result.percentile(99) * 1000,
+                    "statuses": floor_result.statuses,
+                },
+                "igsync": {
+                    "rate": igsync_result.rate,
+                    "p50_ms": igsync_result.percentile(50) * 1000,
+                    "p99_ms": igsync_result.percentile(99) * 1000,
+                    "statuses": igsync_result.statuses,
+                },
+                "ratio": ratio,
+                "round_trips_per_item": {
+                    "mixed": sum(mixed_counts.values()) / args.items,
+                    "known_customer_text": sum(known_counts.values()) / args.rt_items,
+                    "owner_echo": sum(echo_counts.values()) / args.rt_items,
+                },
+            }
+        )
+        if args.json:
+            Path(args.json).write_text(json.dumps(out, indent=2))  # noqa: ASYNC240 (after the load)
+        return out
+    finally:
+        stores.stop()
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--items", type=int, default=3000, help="webhooks in the measured load")
+    parser.add_argument("--concurrency", type=int, default=32, help="keep-alive connections")
+    parser.add_argument("--customers", type=int, default=200)
+    parser.add_argument("--echo-share", type=float, default=0.3, help="share of owner echoes")
+    parser.add_argument("--redelivery-share", type=float, default=0.1, help="share of redelivered bodies")
+    parser.add_argument("--rt-items", type=int, default=300, help="items in each round-trip phase")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="IGSYNC_X=value",
+        help="extra settings for the igsync server (repeatable)",
+    )
+    parser.add_argument("--json", help="also write the figures to this file")
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    asyncio.run(main(parse_args()))
