@@ -24,7 +24,7 @@ import datetime as dt
 from typing import Any
 
 from bson import ObjectId
-from pymongo import ASCENDING, DESCENDING, ReturnDocument
+from pymongo import ASCENDING, DESCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
@@ -40,6 +40,8 @@ TARGET_REDIS_STREAM = "redis_stream"
 TARGETS = (TARGET_HTTP, TARGET_REDIS_STREAM)
 
 _JOB_KEY = {"message_id": 1, "target": 1}
+# Dead letters that died in the same millisecond as a page's last row, read past per page.
+_TIE_SLACK = 20
 # A lock document nobody released (its process was killed) is stolen once its lease has run
 # out; the TTL only tidies locks of lanes that never get work again.
 _LANE_LOCK_TTL_SECS = 86400
@@ -217,13 +219,12 @@ class TriggerJobRepository:
             return True
         except DuplicateKeyError:
             pass
-        # Held — or left behind by a process that died: take it only once its lease has run out.
-        stolen = await self.lanes.find_one_and_update(
-            {"_id": lane, "lease_until": {"$lte": utcnow()}},
-            {"$set": {"owner": owner, "lease_until": lease_until}},
-            return_document=ReturnDocument.AFTER,
+        # Held — or left behind by a process that died: take it only once its lease has run
+        # out. One conditional update decides; of two processes trying, one matches.
+        stolen = await self.lanes.update_one(
+            {"_id": lane, "lease_until": {"$lte": utcnow()}}, {"$set": {"owner": owner, "lease_until": lease_until}}
         )
-        return stolen is not None and stolen.get("owner") == owner
+        return stolen.modified_count == 1
 
     async def renew_lane(self, lane: str, owner: str, lease_until: dt.datetime) -> bool:
         result = await self.lanes.update_one({"_id": lane, "owner": owner}, {"$set": {"lease_until": lease_until}})
@@ -246,9 +247,6 @@ class TriggerJobRepository:
     async def get(self, job_id: ObjectId) -> dict[str, Any] | None:
         return await self.coll.find_one({"_id": job_id})
 
-    async def find_for_message(self, message_id: ObjectId) -> list[dict[str, Any]]:
-        return await self.coll.find({"message_id": message_id}).sort("target", ASCENDING).to_list(None)
-
     async def dead_page(
         self,
         *,
@@ -256,15 +254,28 @@ class TriggerJobRepository:
         channel_id: ObjectId | None = None,
         before: tuple[dt.datetime, ObjectId] | None = None,
     ) -> list[dict[str, Any]]:
-        """Dead-lettered jobs, most recently dead first; ``before`` is the (dead_at, _id) last seen."""
+        """Dead-lettered jobs, most recently dead first; ``before`` is the (dead_at, _id) last seen.
+
+        One plain range on ``dead_at`` (a top-level ``$or`` for the tie-break makes the
+        embedded server scan); rows tied with the cursor's time that were already seen are
+        dropped here, reading further while a whole batch was such ties.
+        """
         query: dict[str, Any] = {"state": STATE_DEAD}
         if channel_id is not None:
             query["channel_id"] = channel_id
-        if before is not None:
-            at, oid = before
-            query["$or"] = [{"dead_at": {"$lt": at}}, {"dead_at": at, "_id": {"$lt": oid}}]
-        cursor = self.coll.find(query).sort([("dead_at", DESCENDING), ("_id", DESCENDING)]).limit(limit)
-        return await cursor.to_list(None)
+        if before is None:
+            cursor = self.coll.find(query).sort([("dead_at", DESCENDING), ("_id", DESCENDING)]).limit(limit)
+            return await cursor.to_list(None)
+        at, oid = before
+        query["dead_at"] = {"$lte": at}
+        fetch = limit + _TIE_SLACK
+        while True:
+            cursor = self.coll.find(query).sort([("dead_at", DESCENDING), ("_id", DESCENDING)]).limit(fetch)
+            raw = await cursor.to_list(None)
+            rows = [r for r in raw if r["dead_at"] < at or r["_id"] < oid]
+            if len(rows) >= limit or len(raw) < fetch:
+                return rows[:limit]
+            fetch *= 2
 
     async def requeue_dead(self, job_ids: list[ObjectId] | None, *, channel_id: ObjectId | None = None) -> int:
         """Dead jobs (these, or all of them) back to pending with a fresh set of attempts."""

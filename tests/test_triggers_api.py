@@ -273,3 +273,41 @@ async def test_cli_lists_and_retries_dead_letters(igsync: RunningServer, trigger
         assert result["not_dead"] == [{"delivery_id": ids[0], "state": "delivered"}]
     finally:
         await receiver.stop()
+
+
+async def test_dead_letters_that_died_in_the_same_millisecond_page_exactly_once(igsync: RunningServer) -> None:
+    from bson import ObjectId
+
+    from models.timeutil import utcnow
+
+    at = utcnow()
+    channel = await connect_with_triggers(igsync.client, {"redis_stream": True})
+    conversation_id = ObjectId()
+    docs = [
+        {
+            "_id": ObjectId(),
+            "lane": f"{conversation_id}:redis_stream",
+            "target": "redis_stream",
+            "message_id": ObjectId(),
+            "conversation_id": conversation_id,
+            "channel_id": ObjectId(channel["id"]),
+            "state": "dead",
+            "attempts": 8,
+            "created_at": at,
+            "dead_at": at,
+            "last_error": {"result": "redis_error", "status": None, "detail": "ConnectionError", "at": at},
+        }
+        for _ in range(45)
+    ]
+    await igsync.core.store.trigger_jobs.coll.insert_many(docs)
+    seen: list[str] = []
+    cursor = None
+    while True:
+        path = "/api/v1/triggers/dead?limit=7" + (f"&cursor={cursor}" if cursor else "")
+        page = body_of(await igsync.client.get(path, token=ADMIN_TOKEN))
+        seen.extend(d["delivery_id"] for d in page["deliveries"])
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert sorted(seen) == sorted(str(d["_id"]) for d in docs)
+    assert len(seen) == len(set(seen))
