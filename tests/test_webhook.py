@@ -419,3 +419,36 @@ async def test_every_body_is_kept_for_audit_with_its_results(server: RunningServ
     info = await server.core.store.db.webhook_events.index_information()
     ttl = next(v for v in info.values() if "expireAfterSeconds" in v)
     assert ttl["expireAfterSeconds"] == 7 * 86400
+
+
+async def test_self_messaging_is_an_invalid_item(server: RunningServer, tenant: Tenant) -> None:
+    item = text_item("mid.self", "note to self", sender=ACCOUNT_ID, recipient=ACCOUNT_ID, echo=True)
+    response = await server.client.webhook(messaging_body(item))
+    assert body_of(response)["error"] == "invalid_item"
+    assert await count(server, "messages") == 0
+
+
+async def test_chunked_body_over_the_limit_is_413(stores, tmp_path) -> None:
+    from tornado.httpclient import AsyncHTTPClient, HTTPRequest
+
+    from tests.conftest import make_settings, start_server, stop_server
+
+    server = await start_server(make_settings(stores, tmp_path, max_body_bytes=2048))
+    try:
+        big = messaging_body(text_item("mid.chunked", "y" * 4096))
+
+        async def produce(write):  # no Content-Length: Tornado sends it chunked
+            for i in range(0, len(big), 1000):
+                await write(big[i : i + 1000])
+
+        request = HTTPRequest(
+            server.base_url + "/webhooks/instagram",
+            method="POST",
+            body_producer=produce,
+            headers={"X-Hub-Signature-256": sign(big)},
+        )
+        response = await AsyncHTTPClient(force_instance=True).fetch(request, raise_error=False)
+        assert response.code == 413
+        assert await count(server, "messages") == 0
+    finally:
+        await stop_server(server)

@@ -1,0 +1,100 @@
+"""Why the repositories avoid some MongoDB features on the embedded store — measured.
+
+    .venv/bin/python -m bench.store_access [--docs 2000]
+
+For a collection of N documents (small N = 200 as the baseline, in the same run) it times:
+- ``find_one_and_update`` by ``_id`` versus ``update_one`` by ``_id`` followed by ``find_one``;
+- a lookup through a partial compound multikey unique index versus a single-field multikey
+  unique index holding the same keys;
+- a query with a top-level ``$or`` tie-break versus one range;
+and prints each cost and its growth from 200 to N documents. On real MongoDB all of these
+are index lookups; on SecantusDB 0.7 the first of each pair scans the collection.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from bson import ObjectId
+
+from models.store import mongo_client
+from server.embedded import EmbeddedStores
+
+
+async def per_op_ms(fn: Callable[[int], Awaitable[Any]], n: int) -> float:
+    started = time.perf_counter()
+    for i in range(n):
+        await fn(i)
+    return (time.perf_counter() - started) / n * 1000
+
+
+async def measure(url: str, docs: int, reps: int) -> dict[str, float]:
+    client = mongo_client(url)
+    db = client[f"store_access_{docs}"]
+    channel = ObjectId()
+    ids = [ObjectId() for _ in range(docs)]
+    rows = [
+        {"_id": ids[i], "ch": channel, "mids": [f"m{i}"], "keys": [f"{channel}:m{i}"], "t": i, "n": 0}
+        for i in range(docs)
+    ]
+    await db.c.insert_many(rows)
+    await db.c.create_index(
+        [("ch", 1), ("mids", 1)], unique=True, partialFilterExpression={"mids": {"$type": "string"}}
+    )
+    await db.c.create_index("keys", unique=True)
+    await db.c.create_index([("ch", 1), ("t", 1)])
+    out = {
+        "findAndModify by _id": await per_op_ms(
+            lambda i: db.c.find_one_and_update({"_id": ids[i % docs]}, {"$inc": {"n": 1}}), reps
+        ),
+        "update_one + find_one by _id": await per_op_ms(lambda i: _update_then_find(db.c, ids[i % docs]), reps),
+        "partial compound multikey lookup": await per_op_ms(
+            lambda i: db.c.find_one({"ch": channel, "mids": f"m{i % docs}"}), reps
+        ),
+        "single-field multikey lookup": await per_op_ms(
+            lambda i: db.c.find_one({"keys": f"{channel}:m{i % docs}"}), reps
+        ),
+        "top-level $or page": await per_op_ms(
+            lambda i: (
+                db.c.find({"ch": channel, "$or": [{"t": {"$lt": docs // 2}}, {"t": docs // 2, "_id": {"$lt": ids[0]}}]})
+                .sort("t", -1)
+                .limit(20)
+                .to_list(None)
+            ),
+            max(5, reps // 10),
+        ),
+        "single-range page": await per_op_ms(
+            lambda i: db.c.find({"ch": channel, "t": {"$lte": docs // 2}}).sort("t", -1).limit(21).to_list(None),
+            max(5, reps // 10),
+        ),
+    }
+    await client.drop_database(db.name)
+    await client.close()
+    return out
+
+
+async def _update_then_find(coll: Any, oid: ObjectId) -> Any:
+    await coll.update_one({"_id": oid}, {"$inc": {"n": 1}})
+    return await coll.find_one({"_id": oid})
+
+
+async def main(args: argparse.Namespace) -> None:
+    with EmbeddedStores(tempfile.mkdtemp(prefix="igsync-store-access-"), redis=False, lock=False) as stores:
+        assert stores.mongo_url
+        small = await measure(stores.mongo_url, 200, args.reps)
+        large = await measure(stores.mongo_url, args.docs, args.reps)
+    print(f"{'operation':36} {'200 docs':>10} {f'{args.docs} docs':>12} {'growth':>8}")
+    for name in small:
+        print(f"{name:36} {small[name]:8.2f}ms {large[name]:10.2f}ms {large[name] / small[name]:7.1f}x")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--docs", type=int, default=2000)
+    parser.add_argument("--reps", type=int, default=100)
+    asyncio.run(main(parser.parse_args()))
