@@ -59,7 +59,7 @@ class Settings:
     metrics_token: str | None = _setting(None, "bearer token required on /metrics when set", secret=True)
     trigger_stream: str = _setting("igsync:triggers", "Redis Stream of workflow triggers")
     trigger_stream_maxlen: int = _setting(100_000, "approximate length the trigger stream is trimmed to")
-    trigger_workers: int = _setting(8, "conversations this process delivers triggers for at once (0: none)")
+    trigger_workers: int = _setting(32, "conversations this process delivers triggers for at once (0: none)")
     trigger_poll_secs: float = _setting(1.0, "how often the trigger dispatcher looks for due jobs")
     trigger_max_attempts: int = _setting(8, "delivery attempts before a trigger job is dead-lettered")
     trigger_retry_base_secs: float = _setting(30.0, "first retry delay of a trigger; doubles per attempt")

@@ -20,14 +20,16 @@ Lanes
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from typing import Any
 
 from bson import ObjectId
 from pymongo import ASCENDING, DESCENDING
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import BulkWriteError, DuplicateKeyError
+from pymongo.errors import DuplicateKeyError
 
+from models.group_commit import GroupInserter
 from models.timeutil import utcnow
 
 STATE_PENDING = "pending"
@@ -60,6 +62,8 @@ class TriggerJobRepository:
         self.coll = db["trigger_jobs"]
         self.lanes = db["trigger_lanes"]
         self.delivered_ttl_secs = delivered_ttl_days * 86400
+        self._inserter = GroupInserter(self.coll)
+        self._lock_inserter = GroupInserter(self.lanes)
 
     async def ensure_indexes(self) -> None:
         await self.coll.create_index(
@@ -121,22 +125,15 @@ class TriggerJobRepository:
             }
             for target in targets
         ]
-        if len(docs) == 1:
-            try:
-                await self.coll.insert_one(docs[0])
-            except DuplicateKeyError as exc:
-                if not _only_job_duplicates([exc.details or {}]):
-                    raise
-                return 0
-            return 1
-        try:
-            result = await self.coll.insert_many(docs, ordered=False)
-        except BulkWriteError as exc:
-            errors = exc.details.get("writeErrors", [])
-            if exc.details.get("writeConcernErrors") or not _only_job_duplicates(errors):
-                raise
-            return int(exc.details.get("nInserted", 0))
-        return len(result.inserted_ids)
+        # Group-committed: under load the jobs of concurrent webhooks share one insert_many.
+        results = await asyncio.gather(*(self._inserter.insert(doc) for doc in docs), return_exceptions=True)
+        new = 0
+        for result in results:
+            if result is None:
+                new += 1
+            elif not (isinstance(result, DuplicateKeyError) and _only_job_duplicates([result.details or {}])):
+                raise result
+        return new
 
     # -- the dispatcher -----------------------------------------------------------------
 
@@ -152,14 +149,35 @@ class TriggerJobRepository:
                 lanes.append(row["lane"])
         return lanes
 
-    async def heads(self, lane: str, *, limit: int) -> list[dict[str, Any]]:
-        """The lane's next jobs to deliver: its first pending ones, in order."""
-        cursor = (
-            self.coll.find({"lane": lane, "state": STATE_PENDING})
-            .sort([("order_at", ASCENDING), ("_id", ASCENDING)])
+    async def heads(self, lanes: list[str], *, per_lane: int) -> dict[str, list[dict[str, Any]]]:
+        """Each lane's next jobs to deliver — its first ``per_lane`` pending ones, in order.
+
+        One query for all lanes (their jobs are adjacent in the index); a lane whose rows the
+        overall limit may have cut off (a long backlog in a lane before it) is read alone.
+        """
+        order = [("lane", ASCENDING), ("order_at", ASCENDING), ("_id", ASCENDING)]
+        limit = per_lane * len(lanes)
+        rows = (
+            await self.coll.find({"lane": {"$in": lanes}, "state": STATE_PENDING})
+            .sort(order)
             .limit(limit)
+            .to_list(None)
         )
-        return await cursor.to_list(None)
+        heads: dict[str, list[dict[str, Any]]] = {lane: [] for lane in lanes}
+        for row in rows:
+            if len(heads[row["lane"]]) < per_lane:
+                heads[row["lane"]].append(row)
+        if len(rows) == limit:
+            last = rows[-1]["lane"]
+            for lane in lanes:
+                if lane >= last and len(heads[lane]) < per_lane:
+                    heads[lane] = (
+                        await self.coll.find({"lane": lane, "state": STATE_PENDING})
+                        .sort(order[1:])
+                        .limit(per_lane)
+                        .to_list(None)
+                    )
+        return heads
 
     async def hold_back(self, lane: str, until: dt.datetime) -> None:
         """Jobs queued behind a head that waits for a retry are not due before it: keeps the
@@ -168,18 +186,14 @@ class TriggerJobRepository:
             {"lane": lane, "state": STATE_PENDING, "due_at": {"$lt": until}}, {"$set": {"due_at": until}}
         )
 
-    async def delivered(self, job_id: ObjectId, attempts: int) -> None:
+    async def delivered(self, job_ids: list[ObjectId]) -> None:
+        """Jobs acknowledged by their receivers (each after one more attempt)."""
         now = utcnow()
-        await self.coll.update_one(
-            {"_id": job_id},
+        await self.coll.update_many(
+            {"_id": {"$in": job_ids}},
             {
-                "$set": {
-                    "state": STATE_DELIVERED,
-                    "attempts": attempts,
-                    "delivered_at": now,
-                    "finished_at": now,
-                    "last_attempt_at": now,
-                }
+                "$set": {"state": STATE_DELIVERED, "delivered_at": now, "finished_at": now, "last_attempt_at": now},
+                "$inc": {"attempts": 1},
             },
         )
 
@@ -215,7 +229,7 @@ class TriggerJobRepository:
 
     async def acquire_lane(self, lane: str, owner: str, lease_until: dt.datetime) -> bool:
         try:
-            await self.lanes.insert_one({"_id": lane, "owner": owner, "lease_until": lease_until})
+            await self._lock_inserter.insert({"_id": lane, "owner": owner, "lease_until": lease_until})
             return True
         except DuplicateKeyError:
             pass
@@ -230,8 +244,8 @@ class TriggerJobRepository:
         result = await self.lanes.update_one({"_id": lane, "owner": owner}, {"$set": {"lease_until": lease_until}})
         return result.matched_count == 1
 
-    async def release_lane(self, lane: str, owner: str) -> None:
-        await self.lanes.delete_one({"_id": lane, "owner": owner})
+    async def release_lanes(self, lanes: list[str], owner: str) -> None:
+        await self.lanes.delete_many({"_id": {"$in": lanes}, "owner": owner})
 
     # -- gauges -------------------------------------------------------------------------
 

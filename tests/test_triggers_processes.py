@@ -25,6 +25,8 @@ def process_env(settings: Any, **extra: str) -> dict[str, str]:
         IGSYNC_TRIGGER_RETRY_MAX_SECS="2",
         IGSYNC_TRIGGER_POLL_SECS="0.1",
         IGSYNC_TRIGGER_LEASE_MARGIN_SECS="0.5",
+        # Fewer lanes at a time than conversations: both processes must take part.
+        IGSYNC_TRIGGER_WORKERS="3",
         **extra,
     )
 
