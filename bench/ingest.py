@@ -1,6 +1,7 @@
 """Webhook ingest throughput, latency and MongoDB round trips — igsync against its floor, in one run.
 
-    .venv/bin/python -m bench.ingest [--items 3000] [--concurrency 32] [--customers 200] [--triggers off|http|stream]
+    .venv/bin/python -m bench.ingest [--items 3000] [--concurrency 32] [--customers 200]
+                                     [--triggers off|recorded|http|stream]
 
 What it does, all on this machine's loopback:
 1. starts the embedded stores (SecantusDB + Redis) in a temporary directory;
@@ -169,9 +170,16 @@ class TriggerSink:
             if "READY" not in (self.receiver.stdout.readline() if self.receiver.stdout else ""):
                 raise RuntimeError("the trigger receiver did not start")
 
+    def env(self) -> dict[str, str]:
+        # "recorded": every customer message gets its job, but this process delivers none —
+        # the webhook's own share of the cost, without the dispatcher's.
+        return {"IGSYNC_TRIGGER_WORKERS": "0"} if self.mode == "recorded" else {}
+
     def channel_triggers(self) -> dict[str, Any] | None:
         if self.mode == "http":
             return {"http": {"url": f"http://{HOST}:{self.port}/hook", "secret": TRIGGER_SECRET}}
+        if self.mode == "recorded":
+            return {"http": {"url": f"http://{HOST}:9/never-called", "secret": TRIGGER_SECRET}}
         if self.mode == "stream":
             return {"redis_stream": True}
         return None
@@ -234,7 +242,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         # -- igsync ------------------------------------------------------------------------
         port = free_port()
         triggers = TriggerSink(args.triggers, stores, "bench_igsync", workdir)
-        igsync = BenchServer("igsync", env_for(stores, port, "bench_igsync", extra), workdir)
+        igsync = BenchServer("igsync", env_for(stores, port, "bench_igsync", {**extra, **triggers.env()}), workdir)
         try:
             await admin_connect(port, triggers.channel_triggers())
             warm = [
@@ -254,7 +262,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             igsync.signal(signal.SIGUSR1)
             igsync_result: LoadResult = await run_load(HOST, port, requests_for(bodies, port), args.concurrency)
             mixed_counts = igsync.counts()
-            drain = await triggers.drain() if args.triggers != "off" else None
+            drain = await triggers.drain() if args.triggers in ("http", "stream") else None
 
             known = workload(
                 args.rt_items, customers, echo_share=0.0, redelivery_share=0.0, seed=args.seed + 1, tag="known"
@@ -331,10 +339,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--triggers",
-        choices=("off", "http", "stream"),
+        choices=("off", "recorded", "http", "stream"),
         default="off",
-        help="workflow triggers on the bench channel: off, HTTP to a receiver process, or the Redis Stream "
-        "(bench/triggers.py compares off and on in one run)",
+        help="workflow triggers on the bench channel: off; recorded (jobs written, none delivered by this "
+        "process); HTTP to a receiver process; or the Redis Stream (bench/triggers.py compares them in one run)",
     )
     parser.add_argument("--json", help="also write the figures to this file")
     return parser.parse_args(argv)

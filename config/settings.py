@@ -61,6 +61,9 @@ class Settings:
     trigger_stream_maxlen: int = _setting(100_000, "approximate length the trigger stream is trimmed to")
     trigger_workers: int = _setting(32, "conversations this process delivers triggers for at once (0: none)")
     trigger_poll_secs: float = _setting(1.0, "how often the trigger dispatcher looks for due jobs")
+    trigger_max_defer_secs: float = _setting(
+        1.0, "while webhooks are being handled, trigger deliveries start at most this often"
+    )
     trigger_max_attempts: int = _setting(8, "delivery attempts before a trigger job is dead-lettered")
     trigger_retry_base_secs: float = _setting(30.0, "first retry delay of a trigger; doubles per attempt")
     trigger_retry_max_secs: float = _setting(
@@ -142,6 +145,7 @@ class Settings:
             "media_max_bytes",
             "trigger_stream_maxlen",
             "trigger_poll_secs",
+            "trigger_max_defer_secs",
             "trigger_max_attempts",
             "trigger_retry_base_secs",
             "trigger_retry_max_secs",

@@ -1,12 +1,20 @@
-"""The trigger outbox: ``trigger_jobs`` (one job per customer message and target) and
-``trigger_lanes`` (the lease that makes one process at a time deliver a conversation's jobs).
+"""The trigger outbox: the marks on messages, ``trigger_jobs`` (one job per customer message
+and target) and ``trigger_lanes`` (the lease that makes one process at a time deliver a
+conversation's jobs).
+
+Marks
+    A customer message of a channel with triggers is inserted with ``trigger_pending: true``
+    and ``trigger_targets`` — the outbox entry is part of the message's own write. The
+    dispatcher *materializes* marked messages into jobs (an idempotent ``insert_many``) and
+    then clears the marks; a crash in between only repeats the insert, which the unique
+    index turns into a no-op.
 
 Jobs
     ``{_id, lane, target, message_id, conversation_id, channel_id, state, order_at, due_at,
     attempts, created_at, last_error, delivered_at | dead_at | cancelled_at}``. ``_id`` is
     the ``delivery_id`` receivers deduplicate on. The unique index ``(message_id, target)``
-    makes recording a job idempotent: the webhook redelivery that repairs a half-written
-    message inserts it again and gets ``DuplicateKeyError``, which means "already recorded".
+    makes materializing idempotent: inserting a job again gets ``DuplicateKeyError``, which
+    means "already recorded".
     ``state`` is ``pending`` until it ends ``delivered``, ``dead`` or ``cancelled``.
 
 Lanes
@@ -20,14 +28,13 @@ Lanes
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 from typing import Any
 
 from bson import ObjectId
 from pymongo import ASCENDING, DESCENDING
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from models.group_commit import GroupInserter
 from models.timeutil import utcnow
@@ -53,19 +60,30 @@ def lane_of(conversation_id: ObjectId, target: str) -> str:
     return f"{conversation_id}:{target}"
 
 
+def mark_for_triggers(message: dict[str, Any], targets: list[str]) -> None:
+    """Put the outbox mark on a message document about to be inserted."""
+    message["trigger_pending"] = True
+    message["trigger_targets"] = list(targets)
+
+
 def _only_job_duplicates(errors: list[dict[str, Any]]) -> bool:
     return all(e.get("code") == 11000 and e.get("keyPattern") == _JOB_KEY for e in errors)
 
 
 class TriggerJobRepository:
     def __init__(self, db: AsyncDatabase, *, delivered_ttl_days: int = 7) -> None:
+        self.messages = db["messages"]
         self.coll = db["trigger_jobs"]
         self.lanes = db["trigger_lanes"]
         self.delivered_ttl_secs = delivered_ttl_days * 86400
-        self._inserter = GroupInserter(self.coll)
         self._lock_inserter = GroupInserter(self.lanes)
 
     async def ensure_indexes(self) -> None:
+        # Marked messages: few at any time (the dispatcher clears them within a poll), so a
+        # partial index on the flag stays tiny however many messages there are.
+        await self.messages.create_index(
+            [("trigger_pending", ASCENDING)], name="trigger_pending", partialFilterExpression={"trigger_pending": True}
+        )
         await self.coll.create_index(
             [("message_id", ASCENDING), ("target", ASCENDING)], unique=True, name="message_target_unique"
         )
@@ -102,38 +120,57 @@ class TriggerJobRepository:
             [("lease_until", ASCENDING)], expireAfterSeconds=_LANE_LOCK_TTL_SECS, name="lease_until_ttl"
         )
 
-    # -- recording (the webhook's hot path) ---------------------------------------------
+    # -- materializing marks into jobs (the dispatcher, off the hot path) --------------
 
-    async def record(self, message: dict[str, Any], targets: list[str]) -> int:
-        """Insert one pending job per target; ``(message, target)`` pairs already recorded are
-        skipped. Returns how many were new. Any other failure propagates (→ 503, redelivery)."""
+    async def materialize(self, *, limit: int) -> int:
+        """Turn up to ``limit`` marked messages into pending jobs, then clear their marks.
+
+        Returns how many messages were taken. Jobs that already exist (a crash between the
+        insert and the clearing) are skipped by the unique index; any other failure leaves
+        the marks for the next poll.
+        """
+        fields = {"conversation_id": 1, "channel_id": 1, "sent_at": 1, "created_at": 1, "trigger_targets": 1}
+        marked = await self.messages.find({"trigger_pending": True}, fields).limit(limit).to_list(None)
+        if not marked:
+            return 0
         now = utcnow()
         docs = [
             {
                 "_id": ObjectId(),
-                "lane": lane_of(message["conversation_id"], target),
+                "lane": lane_of(m["conversation_id"], target),
                 "target": target,
-                "message_id": message["_id"],
-                "conversation_id": message["conversation_id"],
-                "channel_id": message["channel_id"],
+                "message_id": m["_id"],
+                "conversation_id": m["conversation_id"],
+                "channel_id": m["channel_id"],
                 "state": STATE_PENDING,
-                "order_at": message.get("sent_at") or now,
+                "order_at": m.get("sent_at") or now,
                 "due_at": now,
                 "attempts": 0,
-                "created_at": now,
+                # The message's time: lag and delivery latency count from when it was stored.
+                "created_at": m.get("created_at") or now,
                 "last_error": None,
             }
-            for target in targets
+            for m in marked
+            for target in m.get("trigger_targets") or []
         ]
-        # Group-committed: under load the jobs of concurrent webhooks share one insert_many.
-        results = await asyncio.gather(*(self._inserter.insert(doc) for doc in docs), return_exceptions=True)
-        new = 0
-        for result in results:
-            if result is None:
-                new += 1
-            elif not (isinstance(result, DuplicateKeyError) and _only_job_duplicates([result.details or {}])):
-                raise result
-        return new
+        if docs:
+            try:
+                await self.coll.insert_many(docs, ordered=False)
+            except BulkWriteError as exc:
+                errors = exc.details.get("writeErrors", [])
+                if exc.details.get("writeConcernErrors") or not _only_job_duplicates(errors):
+                    raise
+        await self.messages.update_many(
+            {"_id": {"$in": [m["_id"] for m in marked]}}, {"$unset": {"trigger_pending": "", "trigger_targets": ""}}
+        )
+        return len(marked)
+
+    async def oldest_marked_created_at(self) -> dt.datetime | None:
+        """About the oldest mark not materialized yet (the first few in the flag's index —
+        a sort on another field would make the embedded server scan all messages)."""
+        docs = await self.messages.find({"trigger_pending": True}, {"created_at": 1}).limit(50).to_list(None)
+        times = [d["created_at"] for d in docs if d.get("created_at") is not None]
+        return min(times) if times else None
 
     # -- the dispatcher -----------------------------------------------------------------
 

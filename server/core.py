@@ -24,7 +24,7 @@ from server.ingest import IngestPipeline
 from server.metrics import Metrics
 from server.recorder import MessageRecorder
 from server.threads import ChannelCache, ThreadResolver
-from server.trigger_delivery import TriggerDispatcher
+from server.trigger_delivery import CachingResolver, TriggerDispatcher
 from server.triggers import TriggerAdmin, TriggerOutbox
 
 log = logging.getLogger("igsync.core")
@@ -119,11 +119,13 @@ async def build_core(
         settings=settings,
         store=store,
         redis=redis,
-        http=AsyncHTTPClient(force_instance=True, max_clients=max(1, settings.trigger_workers)),
+        http=AsyncHTTPClient(
+            force_instance=True, max_clients=max(1, settings.trigger_workers), resolver=CachingResolver()
+        ),
         metrics=metrics,
     )
     outbox = TriggerOutbox(store, channel_cache_secs=settings.channel_cache_secs, on_recorded=dispatcher.wake)
-    recorder = MessageRecorder(store, sink, hooks=[outbox])
+    recorder = MessageRecorder(store, sink, before_hooks=[outbox])
     pipeline = IngestPipeline(
         store=store,
         app_secret=settings.app_secret or "",
@@ -132,6 +134,8 @@ async def build_core(
         recorder=recorder,
         metrics=metrics,
     )
+    # Webhooks first: the dispatcher gives way while this process is handling them.
+    dispatcher.webhooks_busy = lambda: pipeline.in_flight > 0
     auth = Authenticator(
         store,
         admin_token=settings.admin_token,

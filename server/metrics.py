@@ -118,6 +118,11 @@ class Metrics:
             "Age of the oldest undelivered trigger job, 0 when none (refreshed by the dispatcher).",
             registry=r,
         )
+        self.trigger_deferred_polls = Counter(
+            "igsync_trigger_deferred_polls_total",
+            "Dispatcher polls put off because this process was handling webhooks (webhooks first).",
+            registry=r,
+        )
         self.trigger_delivery = Histogram(
             "igsync_trigger_delivery_seconds",
             "Customer message stored → its trigger acknowledged by the receiver.",

@@ -4,18 +4,21 @@ Owns delivery — the rules of which job may go are in :mod:`server.triggers`, e
 in :mod:`models.trigger_jobs`:
 
 * **Claiming.** Jobs are delivered per *lane* (one conversation, one target). A process
-  delivers a lane's jobs only while it holds the lane's lock, a lease in MongoDB that it
-  renews before each attempt for the HTTP timeout plus ``trigger_lease_margin_secs``. So two
-  processes never deliver the same job — or two jobs of one conversation — at the same time;
-  a process that dies leaves its lease to run out, and the job it was delivering is
-  delivered again (at least once).
+  delivers a lane's jobs only while it holds the lane's lock, a lease in MongoDB that always
+  outlasts the attempt under way (HTTP timeout plus ``trigger_lease_margin_secs``; renewed
+  when it would not). So two processes never deliver the same job — or two jobs of one
+  conversation — at the same time; a process that dies leaves its lease to run out, and the
+  job it was delivering is delivered again (at least once).
 * **Order.** Inside a lane, jobs go one at a time in the order of the messages (Instagram's
   time, then arrival). A job that must wait for a retry holds back the jobs queued behind
   it, until it is delivered or dead-lettered; other lanes keep flowing: up to
   ``trigger_workers`` lanes are delivered at once per process.
 * **Durability.** Nothing lives only in memory: a restarted process finds pending jobs with
-  its first poll. The poll runs every ``trigger_poll_secs``, and at once when this process
-  recorded a job.
+  its first poll. The poll runs every ``trigger_poll_secs``, sooner when this process
+  recorded a job, but never twice within ``MIN_POLL_GAP_SECS``.
+* **Economy.** The lanes started by one poll share their store commands (:class:`Coalesced`),
+  so under load a delivery costs well under one MongoDB command — the webhooks, which share
+  the store, keep their throughput.
 * **Sending.** HTTP with Tornado's ``AsyncHTTPClient`` (signed, timeout, retried with
   exponential backoff and jitter on network errors, timeouts, 5xx and 429 — honouring
   ``Retry-After`` — never on other 4xx), or ``XADD`` to the Redis Stream, trimmed to about
@@ -29,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import math
 import os
 import random
 import socket
@@ -45,6 +49,7 @@ from pymongo.errors import PyMongoError
 from redis.exceptions import RedisError
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from tornado.iostream import StreamClosedError
+from tornado.netutil import DefaultLoopResolver, Resolver
 from tornado.simple_httpclient import HTTPTimeoutError
 
 from config import Settings
@@ -75,6 +80,8 @@ STOP_GRACE_SECS = 5.0
 # when it lets go, delivers them meanwhile), short enough to help soon if the holder died.
 BUSY_LANE_SKIP_SECS = 2.0
 MAX_REMEMBERED_BUSY_LANES = 1000
+# Marked messages turned into jobs per poll (one find, one insert_many, one update_many).
+MATERIALIZE_BATCH = 500
 # A poll reads this many due jobs per free worker: a lane with a backlog has several.
 POLL_ROWS_PER_WORKER = 8
 # The schema's default; a channel stored without one (by hand) gets it too.
@@ -128,6 +135,32 @@ class Coalesced(Generic[K, V]):
             self._draining = False
 
 
+class CachingResolver(Resolver):
+    """Host name → addresses, remembered for a minute.
+
+    Tornado's default resolver hands every connection's ``getaddrinfo`` to a thread; trigger
+    receivers are a handful of hosts called thousands of times, so one lookup per host and
+    minute is plenty and saves a thread hop per delivery.
+    """
+
+    def initialize(self, ttl_secs: float = 60.0) -> None:  # type: ignore[override]
+        self.ttl_secs = ttl_secs
+        self.resolver = DefaultLoopResolver()
+        self._cache: dict[tuple[str, int, int], tuple[float, list[tuple[int, Any]]]] = {}
+
+    async def resolve(self, host: str, port: int, family: int = socket.AF_UNSPEC) -> list[tuple[int, Any]]:
+        key = (host, port, int(family))
+        hit = self._cache.get(key)
+        if hit is not None and hit[0] > time.monotonic():
+            return hit[1]
+        addresses = await self.resolver.resolve(host, port, family)
+        self._cache[key] = (time.monotonic() + self.ttl_secs, addresses)
+        return addresses
+
+    def close(self) -> None:
+        self.resolver.close()
+
+
 @dataclass
 class AttemptResult:
     ok: bool
@@ -162,9 +195,12 @@ class TriggerDispatcher:
         redis: aioredis.Redis,
         http: AsyncHTTPClient,
         metrics: Metrics,
+        webhooks_busy: Callable[[], bool] | None = None,
         rng: random.Random | None = None,
     ) -> None:
         self.settings = settings
+        # Whether this process is handling webhooks right now: they come first (see _run).
+        self.webhooks_busy = webhooks_busy or (lambda: False)
         self.store = store
         self.jobs = store.trigger_jobs
         self.redis = redis
@@ -216,14 +252,28 @@ class TriggerDispatcher:
     # -- the poll loop -----------------------------------------------------------------
 
     async def _run(self) -> None:
+        """Poll and start lanes — giving way to webhooks.
+
+        While this process is handling webhooks, new lanes start at most every
+        ``trigger_max_defer_secs``: the webhook never waits for trigger work, and under a
+        sustained burst deliveries go on at a reduced pace and catch up when it ends (the
+        lag shows in ``igsync_trigger_oldest_pending_seconds``). Between bursts — almost
+        always, at real traffic — they start at once.
+        """
         last_gauges = 0.0
+        last_fill = -math.inf
         while not self._stopping:
             self._wake.clear()
+            deferred = self.webhooks_busy() and time.monotonic() - last_fill < self.settings.trigger_max_defer_secs
+            if deferred:
+                self.metrics.trigger_deferred_polls.inc()
             try:
                 if time.monotonic() - last_gauges >= min(1.0, self.settings.trigger_poll_secs):
                     last_gauges = time.monotonic()
                     await self.refresh_gauges()
-                await self._fill()
+                if not deferred:
+                    last_fill = time.monotonic()
+                    await self._fill()
             except PyMongoError as exc:
                 self.metrics.store_errors.labels(store="mongo").inc()
                 log.warning("trigger dispatcher: MongoDB failed (%s); retrying at the next poll", type(exc).__name__)
@@ -232,12 +282,16 @@ class TriggerDispatcher:
             await asyncio.sleep(MIN_POLL_GAP_SECS)
             if self._stopping:
                 break
+            if deferred:
+                continue  # look again as soon as the webhooks let go
             try:
                 await asyncio.wait_for(self._wake.wait(), self.settings.trigger_poll_secs)
             except TimeoutError:
                 pass
 
     async def _fill(self) -> None:
+        # Marked messages become jobs first (a few hundred per poll), then due lanes start.
+        await self.jobs.materialize(limit=MATERIALIZE_BATCH)
         free = self.settings.trigger_workers - len(self._active)
         if free <= 0:
             return
@@ -249,8 +303,10 @@ class TriggerDispatcher:
             self._active[lane] = asyncio.create_task(self._lane(lane), name=f"trigger-lane-{lane}")
 
     async def refresh_gauges(self) -> None:
-        oldest = await self.jobs.oldest_pending_created_at()
-        age = 0.0 if oldest is None else max(0.0, (utcnow() - oldest).total_seconds())
+        times = [
+            t for t in (await self.jobs.oldest_pending_created_at(), await self.jobs.oldest_marked_created_at()) if t
+        ]
+        age = max(0.0, (utcnow() - min(times)).total_seconds()) if times else 0.0
         self.metrics.trigger_oldest_pending.set(age)
         self.metrics.trigger_pending.set(await self.jobs.count(STATE_PENDING))
         self.metrics.trigger_dead_letters.set(await self.jobs.count(STATE_DEAD))
@@ -326,8 +382,9 @@ class TriggerDispatcher:
                     if not await self._deliver(job, channel, messages.get(job["message_id"]), conversation, acked):
                         return
                 await self._flush(acked)
-                if len(batch) < LANE_BATCH:
-                    # The lane had no more; a job recorded meanwhile is found by the next poll.
+                if len(batch) < LANE_BATCH or self.webhooks_busy():
+                    # The lane had no more (a job recorded meanwhile is found by the next poll),
+                    # or webhooks are waiting: the next poll resumes it, at the pace of _run.
                     return
         finally:
             await self._flush(acked)

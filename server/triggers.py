@@ -3,12 +3,13 @@ what they receive, and the admin operations on deliveries that failed for good.
 
 This module owns the *rules* and the *outbox side*:
 
-* :class:`TriggerOutbox` — an :class:`~server.recorder.AfterStoreHook`. Storing a customer
-  message records one trigger job per target of its channel in the same logical step (after
-  the message insert, before the conversation update). If that insert fails the webhook
-  answers 503 and the redelivery records it; the ``(message, target)`` unique index makes
-  the repeat harmless. Echoes and outbound messages never get a job; neither does a channel
-  with ``ai_enabled: false`` (its history is still stored).
+* :class:`TriggerOutbox` — a :class:`~server.recorder.BeforeStoreHook`. A customer message
+  is stored *with* its trigger mark (``trigger_pending`` and the channel's targets at that
+  moment): one write, so the message never exists without it, a failure is the message's own
+  503, and the webhook pays no extra round trip. The dispatcher turns marks into
+  ``trigger_jobs`` (one per message and target) off the hot path. Echoes and outbound
+  messages are never marked; neither are messages of a channel with ``ai_enabled: false``
+  (their history is stored as always).
 * the payload (:func:`trigger_payload`), its signature (:func:`signature_header`) and the
   retry policy (:func:`retry_delay`, :func:`parse_retry_after`) — pure functions;
 * :class:`TriggerAdmin` — dead letters for ``GET /api/v1/triggers/dead`` and
@@ -35,7 +36,7 @@ from models.ids import as_object_id
 from models.messages import TYPE_CUSTOMER
 from models.store import Store
 from models.timeutil import UTC, iso
-from models.trigger_jobs import STATE_DEAD, TARGET_HTTP, TARGET_REDIS_STREAM
+from models.trigger_jobs import STATE_DEAD, TARGET_HTTP, TARGET_REDIS_STREAM, mark_for_triggers
 from server.errors import not_found
 from server.inbox_api import decode_cursor, encode_cursor, parse_limit
 
@@ -66,7 +67,7 @@ def channel_targets(channel: dict[str, Any] | None) -> list[str]:
 
 
 class TriggerOutbox:
-    """Records trigger jobs for customer messages (an after-store hook of the recorder)."""
+    """Marks customer messages for their triggers as they are stored (a before-store hook)."""
 
     def __init__(
         self, store: Store, *, channel_cache_secs: float, on_recorded: Callable[[], None] | None = None
@@ -78,13 +79,14 @@ class TriggerOutbox:
         # message, so a change made elsewhere takes effect within channel_cache_secs.
         self._channels: dict[ObjectId, tuple[float, dict[str, Any] | None]] = {}
 
-    async def after_message_stored(self, message: dict[str, Any], conversation_id: Any) -> None:
+    async def before_message_stored(self, message: dict[str, Any]) -> None:
         if message.get("type") != TYPE_CUSTOMER:
             return
         targets = channel_targets(await self._channel(message["channel_id"]))
         if not targets:
             return
-        if await self.store.trigger_jobs.record(message, targets) and self.on_recorded is not None:
+        mark_for_triggers(message, targets)
+        if self.on_recorded is not None:
             self.on_recorded()
 
     async def _channel(self, channel_id: ObjectId) -> dict[str, Any] | None:
