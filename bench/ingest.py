@@ -187,12 +187,18 @@ class TriggerSink:
     async def drain(self, timeout: float = 120) -> dict[str, Any]:
         """Pending jobs now, and how long until none is left (the dispatcher's lag after a load)."""
         jobs = self.db["trigger_jobs"]
+
+        async def undelivered() -> int:
+            # Jobs not delivered yet, and messages whose mark is not a job yet.
+            marked = await self.db["messages"].count_documents({"trigger_pending": True})
+            return marked + await jobs.count_documents({"state": "pending"})
+
         started = time.perf_counter()
-        pending_at_end = await jobs.count_documents({"state": "pending"})
+        pending_at_end = await undelivered()
         pending = pending_at_end
         while pending and time.perf_counter() - started < timeout:
             await asyncio.sleep(0.05)  # observing background work, not ordering it
-            pending = await jobs.count_documents({"state": "pending"})
+            pending = await undelivered()
         return {
             "pending_at_end_of_load": pending_at_end,
             "drain_secs": time.perf_counter() - started,

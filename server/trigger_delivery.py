@@ -80,8 +80,14 @@ STOP_GRACE_SECS = 5.0
 # when it lets go, delivers them meanwhile), short enough to help soon if the holder died.
 BUSY_LANE_SKIP_SECS = 2.0
 MAX_REMEMBERED_BUSY_LANES = 1000
-# Marked messages turned into jobs per poll (one find, one insert_many, one update_many).
-MATERIALIZE_BATCH = 500
+# Marked messages turned into jobs per poll (one find, one insert_many, one update_many);
+# fewer while webhooks are being handled. Bounded also when idle: the embedded store writes
+# one document at a time, and a webhook arriving meanwhile waits for the whole batch.
+MATERIALIZE_BATCH = 100
+BUSY_MATERIALIZE_BATCH = 16
+# The gauges (pending, dead, oldest) are counted at most this often: scrapes come every
+# 15–30 s, and counting a long backlog is not free.
+GAUGE_INTERVAL_SECS = 5.0
 # A poll reads this many due jobs per free worker: a lane with a backlog has several.
 POLL_ROWS_PER_WORKER = 8
 # The schema's default; a channel stored without one (by hand) gets it too.
@@ -100,7 +106,7 @@ class Coalesced(Generic[K, V]):
     the command fails, every caller of that batch gets the exception.
     """
 
-    def __init__(self, run: Callable[[list[K]], Awaitable[Mapping[K, V]]], *, max_batch: int = 200) -> None:
+    def __init__(self, run: Callable[[list[K]], Awaitable[Mapping[K, V]]], *, max_batch: int = 100) -> None:
         self.run = run
         self.max_batch = max_batch
         self._queue: list[tuple[K, asyncio.Future[V | None]]] = []
@@ -255,10 +261,11 @@ class TriggerDispatcher:
         """Poll and start lanes — giving way to webhooks.
 
         While this process is handling webhooks, new lanes start at most every
-        ``trigger_max_defer_secs``: the webhook never waits for trigger work, and under a
-        sustained burst deliveries go on at a reduced pace and catch up when it ends (the
-        lag shows in ``igsync_trigger_oldest_pending_seconds``). Between bursts — almost
-        always, at real traffic — they start at once.
+        ``trigger_max_defer_secs``, an eighth of them, each for one batch: the webhook never
+        waits for trigger work, and under a sustained burst deliveries go on at a reduced
+        pace and catch up when it ends (the lag shows in
+        ``igsync_trigger_oldest_pending_seconds``). Between requests — almost always, at
+        real traffic — they start at once.
         """
         last_gauges = 0.0
         last_fill = -math.inf
@@ -268,7 +275,7 @@ class TriggerDispatcher:
             if deferred:
                 self.metrics.trigger_deferred_polls.inc()
             try:
-                if time.monotonic() - last_gauges >= min(1.0, self.settings.trigger_poll_secs):
+                if time.monotonic() - last_gauges >= min(GAUGE_INTERVAL_SECS, 10 * self.settings.trigger_poll_secs):
                     last_gauges = time.monotonic()
                     await self.refresh_gauges()
                 if not deferred:
@@ -290,9 +297,14 @@ class TriggerDispatcher:
                 pass
 
     async def _fill(self) -> None:
-        # Marked messages become jobs first (a few hundred per poll), then due lanes start.
-        await self.jobs.materialize(limit=MATERIALIZE_BATCH)
+        # Marked messages become jobs first, then due lanes start. While webhooks are being
+        # handled, both in small portions: on a store that writes one document at a time, a
+        # batch of hundreds holds every webhook's write back for a fifth of a second.
+        busy = self.webhooks_busy()
+        await self.jobs.materialize(limit=BUSY_MATERIALIZE_BATCH if busy else MATERIALIZE_BATCH)
         free = self.settings.trigger_workers - len(self._active)
+        if busy:
+            free = min(free, max(1, self.settings.trigger_workers // 8))
         if free <= 0:
             return
         now_mono = time.monotonic()
