@@ -62,7 +62,7 @@ class Settings:
     trigger_workers: int = _setting(32, "conversations this process delivers triggers for at once (0: none)")
     trigger_poll_secs: float = _setting(1.0, "how often the trigger dispatcher looks for due jobs")
     trigger_max_defer_secs: float = _setting(
-        1.0, "while webhooks are being handled, trigger deliveries start at most this often"
+        5.0, "while webhooks are being handled, trigger deliveries start at most this often"
     )
     trigger_max_attempts: int = _setting(8, "delivery attempts before a trigger job is dead-lettered")
     trigger_retry_base_secs: float = _setting(30.0, "first retry delay of a trigger; doubles per attempt")

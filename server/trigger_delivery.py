@@ -83,7 +83,7 @@ MAX_REMEMBERED_BUSY_LANES = 1000
 # Marked messages turned into jobs per poll (one find, one insert_many, one update_many);
 # fewer while webhooks are being handled. Bounded also when idle: the embedded store writes
 # one document at a time, and a webhook arriving meanwhile waits for the whole batch.
-MATERIALIZE_BATCH = 100
+MATERIALIZE_BATCH = 250
 BUSY_MATERIALIZE_BATCH = 16
 # The gauges (pending, dead, oldest) are counted at most this often: scrapes come every
 # 15–30 s, and counting a long backlog is not free.
