@@ -88,6 +88,7 @@ BUSY_MATERIALIZE_BATCH = 16
 # The gauges (pending, dead, oldest) are counted at most this often: scrapes come every
 # 15–30 s, and counting a long backlog is not free.
 GAUGE_INTERVAL_SECS = 5.0
+BUSY_GAUGE_INTERVAL_SECS = 30.0
 # A poll reads this many due jobs per free worker: a lane with a backlog has several.
 POLL_ROWS_PER_WORKER = 8
 # The schema's default; a channel stored without one (by hand) gets it too.
@@ -275,7 +276,10 @@ class TriggerDispatcher:
             if deferred:
                 self.metrics.trigger_deferred_polls.inc()
             try:
-                if time.monotonic() - last_gauges >= min(GAUGE_INTERVAL_SECS, 10 * self.settings.trigger_poll_secs):
+                gauge_interval = min(GAUGE_INTERVAL_SECS, 10 * self.settings.trigger_poll_secs)
+                if self.webhooks_busy():
+                    gauge_interval = BUSY_GAUGE_INTERVAL_SECS  # counting a backlog competes with webhooks
+                if time.monotonic() - last_gauges >= gauge_interval:
                     last_gauges = time.monotonic()
                     await self.refresh_gauges()
                 if not deferred:
