@@ -165,6 +165,9 @@ class TriggerJobRepository:
         )
         return len(marked)
 
+    async def count_marked(self) -> int:
+        return await self.messages.count_documents({"trigger_pending": True})
+
     async def oldest_marked_created_at(self) -> dt.datetime | None:
         """About the oldest mark not materialized yet (the first few in the flag's index —
         a sort on another field would make the embedded server scan all messages)."""

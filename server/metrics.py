@@ -110,7 +110,7 @@ class Metrics:
         )
         self.trigger_pending = Gauge(
             "igsync_trigger_pending_jobs",
-            "Trigger jobs not delivered yet (refreshed by the dispatcher).",
+            "Triggers not delivered yet: pending jobs and marked messages (refreshed by the dispatcher).",
             registry=r,
         )
         self.trigger_oldest_pending = Gauge(

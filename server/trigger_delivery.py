@@ -324,7 +324,7 @@ class TriggerDispatcher:
         ]
         age = max(0.0, (utcnow() - min(times)).total_seconds()) if times else 0.0
         self.metrics.trigger_oldest_pending.set(age)
-        self.metrics.trigger_pending.set(await self.jobs.count(STATE_PENDING))
+        self.metrics.trigger_pending.set(await self.jobs.count(STATE_PENDING) + await self.jobs.count_marked())
         self.metrics.trigger_dead_letters.set(await self.jobs.count(STATE_DEAD))
 
     # -- one lane ----------------------------------------------------------------------
