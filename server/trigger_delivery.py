@@ -319,13 +319,15 @@ class TriggerDispatcher:
             self._active[lane] = asyncio.create_task(self._lane(lane), name=f"trigger-lane-{lane}")
 
     async def refresh_gauges(self) -> None:
+        """Read everything first, then set the three gauges together (one consistent scrape)."""
         times = [
             t for t in (await self.jobs.oldest_pending_created_at(), await self.jobs.oldest_marked_created_at()) if t
         ]
-        age = max(0.0, (utcnow() - min(times)).total_seconds()) if times else 0.0
-        self.metrics.trigger_oldest_pending.set(age)
-        self.metrics.trigger_pending.set(await self.jobs.count(STATE_PENDING) + await self.jobs.count_marked())
-        self.metrics.trigger_dead_letters.set(await self.jobs.count(STATE_DEAD))
+        pending = await self.jobs.count(STATE_PENDING) + await self.jobs.count_marked()
+        dead = await self.jobs.count(STATE_DEAD)
+        self.metrics.trigger_oldest_pending.set(max(0.0, (utcnow() - min(times)).total_seconds()) if times else 0.0)
+        self.metrics.trigger_pending.set(pending)
+        self.metrics.trigger_dead_letters.set(dead)
 
     # -- one lane ----------------------------------------------------------------------
 
