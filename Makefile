@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: run test lint unit bench clean system-deps
+.PHONY: run test lint unit bench bench-fanout clean system-deps screenshot
 
 $(STAMP): requirements.txt requirements-embedded.txt requirements-dev.txt setup.py
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "igsync needs Python >= 3.11")'
@@ -27,11 +27,21 @@ lint: $(STAMP)
 	$(BIN)/hadolint --failure-threshold warning Dockerfile
 
 # Debian packages some tests need (promtool/Prometheus, Chromium). Installed when missing.
+# chromium: the inbox page's browser tests (Playwright drives /usr/bin/chromium; no browser download).
 system-deps:
-	@./scripts/system-deps.sh
+	@./scripts/system-deps.sh chromium:chromium
 
 bench: $(STAMP)
 	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/events.py
+
+## make bench-fanout: WebSocket fan-out latency against a bare Tornado floor (docs/performance.md)
+bench-fanout: $(STAMP)
+	$(BIN)/python bench/fanout.py
+
+## make screenshot: regenerate docs/inbox.png (the inbox page with sample messages, headless Chromium)
+screenshot: $(STAMP) system-deps
+	$(BIN)/python scripts/inbox_screenshot.py docs/inbox.png
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache

@@ -53,6 +53,14 @@ class Settings:
     graph_api_timeout_secs: float = _setting(10.0, "timeout of one Graph API call")
     ws_ping_secs: int = _setting(25, "WebSocket keep-alive ping interval")
     ws_queue_max: int = _setting(1000, "events queued for one socket before it is dropped")
+    ws_allowed_origins: tuple[str, ...] = _setting(
+        (), "comma-separated browser origins allowed on /ws besides the server's own (e.g. https://inbox.example.com)"
+    )
+    ws_log_max_events: int = _setting(1000, "events kept per channel for since_seq resume (Redis stream MAXLEN ~)")
+    ws_log_ttl_secs: int = _setting(604_800, "an idle channel's event log expires after this long (then a new epoch)")
+    realtime_redis_timeout_ms: int = _setting(
+        500, "Redis timeout on the event publish path; past it events reach this process's sockets only"
+    )
     max_body_bytes: int = _setting(1_048_576, "largest webhook body accepted")
     log_format: str = _setting("text", "log format: text or json")
     log_level: str = _setting("INFO", "log level")
@@ -75,6 +83,18 @@ class Settings:
     channel_cache_secs: float = _setting(5.0, "how long a process trusts its cached channel lookup")
     store_timeout_ms: int = _setting(5000, "MongoDB server-selection and Redis socket timeout")
     media_max_bytes: int = _setting(26_214_400, "largest media attachment downloaded")
+    graph_api_version: str = _setting("v22.0", "Graph API version path segment (profile look-ups)")
+    profile_concurrency: int = _setting(4, "customer profile look-ups running at once per process")
+    profile_max_attempts: int = _setting(3, "tries of one profile look-up on timeouts, 5xx and rate limits")
+    profile_retry_base_secs: float = _setting(2.0, "first wait before retrying a profile look-up (doubles)")
+    media_concurrency: int = _setting(4, "media downloads running at once per process (0: this process runs none)")
+    media_timeout_secs: float = _setting(60.0, "timeout of one media download")
+    media_lease_secs: float = _setting(120.0, "how long a claimed media job is reserved (longer than the timeout)")
+    media_max_attempts: int = _setting(5, "tries of one media download before it is marked failed")
+    media_retry_base_secs: float = _setting(5.0, "first wait before retrying a media download (doubles)")
+    media_poll_secs: float = _setting(2.0, "how often an idle media worker looks for jobs from other processes")
+    orphan_events_ttl_days: int = _setting(30, "how long an event about a message we never stored is kept")
+    transcriber: str = _setting("", "audio transcriber as module:factory; empty keeps the no-op default")
 
     @property
     def embedded_mongo(self) -> bool:
@@ -117,8 +137,11 @@ class Settings:
                     )
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> Settings:
-        """Build settings from ``env``; raise :class:`ConfigError` with one clear line."""
+    def from_env(cls, env: Mapping[str, str], *, require_secrets: bool = True) -> Settings:
+        """Build settings from ``env``; raise :class:`ConfigError` with one clear line.
+
+        ``require_secrets=False`` is for ``igsync doctor``, which reports missing or weak secrets
+        as a failing check instead of refusing to run."""
         values: dict[str, Any] = {}
         for f in dataclasses.fields(cls):
             raw = env.get(env_name(f.name))
@@ -127,7 +150,7 @@ class Settings:
             values[f.name] = _parse(f, raw.strip())
         settings = cls(**values)
         settings.validate()
-        if settings.production:
+        if settings.production and require_secrets:
             settings.check_secrets()
         return settings
 
@@ -139,6 +162,9 @@ class Settings:
             "dedup_window_secs",
             "ws_ping_secs",
             "ws_queue_max",
+            "ws_log_max_events",
+            "ws_log_ttl_secs",
+            "realtime_redis_timeout_ms",
             "max_body_bytes",
             "webhook_events_ttl_days",
             "store_timeout_ms",
@@ -151,6 +177,15 @@ class Settings:
             "trigger_retry_max_secs",
             "trigger_lease_margin_secs",
             "trigger_jobs_ttl_days",
+            "profile_concurrency",
+            "profile_max_attempts",
+            "profile_retry_base_secs",
+            "media_timeout_secs",
+            "media_lease_secs",
+            "media_max_attempts",
+            "media_retry_base_secs",
+            "media_poll_secs",
+            "orphan_events_ttl_days",
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{env_name(name)} must be a positive number")
@@ -168,8 +203,18 @@ class Settings:
             raise ConfigError("IGSYNC_MONGO_URL must start with mongodb:// or mongodb+srv://")
         if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise ConfigError("IGSYNC_REDIS_URL must start with redis://, rediss:// or unix://")
+        for origin in self.ws_allowed_origins:
+            if origin != "*" and not origin.startswith(("http://", "https://")):
+                raise ConfigError(f"IGSYNC_WS_ALLOWED_ORIGINS entries must be http(s) origins or *, got {origin!r}")
         if not self.graph_api_url.startswith(("http://", "https://")):
             raise ConfigError("IGSYNC_GRAPH_API_URL must be an http(s) URL")
+        if self.media_concurrency < 0:
+            raise ConfigError("IGSYNC_MEDIA_CONCURRENCY must be 0 or more")
+        if self.media_lease_secs <= self.media_timeout_secs:
+            # A lease shorter than a download would let a second worker start the same job.
+            raise ConfigError("IGSYNC_MEDIA_LEASE_SECS must be longer than IGSYNC_MEDIA_TIMEOUT_SECS")
+        if self.transcriber and ":" not in self.transcriber:
+            raise ConfigError("IGSYNC_TRANSCRIBER must look like package.module:factory")
 
 
 def env_name(field_name: str) -> str:

@@ -37,6 +37,9 @@ class ChannelRepository:
         for key in ("ai_enabled",):
             if key not in fields:
                 update["$setOnInsert"][key] = True
+        if fields.get("access_token"):
+            # A new token is the re-authorisation a token-expired channel was waiting for.
+            update["$set"]["needs_reauth"] = False
         return await upsert_get(self.coll, {"page_id": page_id}, update)
 
     async def find_connected_by_account(self, account_id: str) -> dict[str, Any] | None:

@@ -21,6 +21,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from models.atomic import get_or_insert, update_get
 from models.customers import PROFILE_FIELDS
+from models.guarded import guarded_update, lit
 from models.timeutil import UTC, utcnow
 
 STATUS_NEEDS_REPLY = "needs_reply"
@@ -173,6 +174,24 @@ class ConversationRepository:
             {"_id": conversation_id, "last_message.id": message["_id"]},
             {"$set": {"last_message": message_summary(message), "updated_at": utcnow()}},
         )
+
+    async def refresh_summary_if_stale(
+        self, conversation_id: ObjectId, message: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        """Like :meth:`refresh_last_message`, but only when the shown text differs — so that
+        a redelivered edit or unsend can repair a missed refresh without touching
+        ``updated_at`` again. The conversation after, or None when nothing changed."""
+        summary = message_summary(message)
+        guard = {
+            "$and": [
+                {"$eq": ["$last_message.id", message["_id"]]},
+                {"$ne": ["$last_message.content", lit(summary["content"])]},
+            ]
+        }
+        outcome = await guarded_update(
+            self.coll, {"_id": conversation_id}, guard, {"last_message": lit(summary), "updated_at": lit(utcnow())}
+        )
+        return outcome.doc if outcome.applied else None
 
     async def mark_read(self, conversation_id: ObjectId) -> dict[str, Any] | None:
         return await self.touch(conversation_id, {"unread_count": 0})

@@ -16,9 +16,13 @@ from pymongo import AsyncMongoClient, monitoring
 from models.channels import ChannelRepository
 from models.conversations import ConversationRepository
 from models.customers import CustomerRepository
+from models.media_files import MediaFileRepository
+from models.media_jobs import MediaJobRepository
+from models.message_updates import MessageUpdateRepository
 from models.messages import MessageRepository
+from models.orphan_events import OrphanEventRepository
 from models.tokens import TokenRepository
-from models.trigger_jobs import TriggerJobRepository
+from models.trigger_jobs import TriggerJobRepository, TriggerLaneRepository
 from models.webhook_events import WebhookEventRepository
 
 log = logging.getLogger("igsync.store")
@@ -52,6 +56,7 @@ class Store:
         timeout_ms: int = 5000,
         webhook_events_ttl_days: int = 7,
         trigger_jobs_ttl_days: int = 7,
+        orphan_events_ttl_days: int = 30,
         listeners: list[monitoring.CommandListener] | None = None,
     ) -> None:
         self.client = mongo_client(url, timeout_ms=timeout_ms, listeners=listeners)
@@ -63,6 +68,12 @@ class Store:
         self.tokens = TokenRepository(self.db)
         self.webhook_events = WebhookEventRepository(self.db, ttl_days=webhook_events_ttl_days)
         self.trigger_jobs = TriggerJobRepository(self.db, delivered_ttl_days=trigger_jobs_ttl_days)
+        self.trigger_lanes = TriggerLaneRepository(self.db)
+        # Events and media (issue 7): message changes, orphan events, the media queue and files.
+        self.message_updates = MessageUpdateRepository(self.db)
+        self.orphan_events = OrphanEventRepository(self.db, ttl_days=orphan_events_ttl_days)
+        self.media_jobs = MediaJobRepository(self.db)
+        self.media_files = MediaFileRepository(self.db)
         self.repositories: list[Any] = [
             self.channels,
             self.customers,
@@ -71,6 +82,11 @@ class Store:
             self.tokens,
             self.webhook_events,
             self.trigger_jobs,
+            self.trigger_lanes,
+            self.message_updates,
+            self.orphan_events,
+            self.media_jobs,
+            self.media_files,
         ]
 
     async def ensure_indexes(self) -> None:

@@ -74,9 +74,7 @@ class TriggerJobRepository:
     def __init__(self, db: AsyncDatabase, *, delivered_ttl_days: int = 7) -> None:
         self.messages = db["messages"]
         self.coll = db["trigger_jobs"]
-        self.lanes = db["trigger_lanes"]
         self.delivered_ttl_secs = delivered_ttl_days * 86400
-        self._lock_inserter = GroupInserter(self.lanes)
 
     async def ensure_indexes(self) -> None:
         # Marked messages: few at any time (the dispatcher clears them within a poll), so a
@@ -84,8 +82,9 @@ class TriggerJobRepository:
         await self.messages.create_index(
             [("trigger_pending", ASCENDING)], name="trigger_pending", partialFilterExpression={"trigger_pending": True}
         )
+        # Sparse: only jobs carry both fields (a hand-made document without them is no duplicate).
         await self.coll.create_index(
-            [("message_id", ASCENDING), ("target", ASCENDING)], unique=True, name="message_target_unique"
+            [("message_id", ASCENDING), ("target", ASCENDING)], unique=True, sparse=True, name="message_target_unique"
         )
         # Every query of the dispatcher is about pending jobs, the admin's about dead ones:
         # partial indexes hold only those, so they stay small however much history is kept.
@@ -115,9 +114,6 @@ class TriggerJobRepository:
             expireAfterSeconds=self.delivered_ttl_secs,
             name="finished_at_ttl",
             partialFilterExpression={"finished_at": {"$exists": True}},
-        )
-        await self.lanes.create_index(
-            [("lease_until", ASCENDING)], expireAfterSeconds=_LANE_LOCK_TTL_SECS, name="lease_until_ttl"
         )
 
     # -- materializing marks into jobs (the dispatcher, off the hot path) --------------
@@ -265,28 +261,6 @@ class TriggerJobRepository:
             {"$set": {"state": STATE_CANCELLED, "cancelled_at": now, "finished_at": now, "cancel_reason": reason}},
         )
 
-    # -- lane locks ---------------------------------------------------------------------
-
-    async def acquire_lane(self, lane: str, owner: str, lease_until: dt.datetime) -> bool:
-        try:
-            await self._lock_inserter.insert({"_id": lane, "owner": owner, "lease_until": lease_until})
-            return True
-        except DuplicateKeyError:
-            pass
-        # Held — or left behind by a process that died: take it only once its lease has run
-        # out. One conditional update decides; of two processes trying, one matches.
-        stolen = await self.lanes.update_one(
-            {"_id": lane, "lease_until": {"$lte": utcnow()}}, {"$set": {"owner": owner, "lease_until": lease_until}}
-        )
-        return stolen.modified_count == 1
-
-    async def renew_lane(self, lane: str, owner: str, lease_until: dt.datetime) -> bool:
-        result = await self.lanes.update_one({"_id": lane, "owner": owner}, {"$set": {"lease_until": lease_until}})
-        return result.matched_count == 1
-
-    async def release_lanes(self, lanes: list[str], owner: str) -> None:
-        await self.lanes.delete_many({"_id": {"$in": lanes}, "owner": owner})
-
     # -- gauges -------------------------------------------------------------------------
 
     async def oldest_pending_created_at(self) -> dt.datetime | None:
@@ -348,3 +322,37 @@ class TriggerJobRepository:
             },
         )
         return result.modified_count
+
+
+class TriggerLaneRepository:
+    """``trigger_lanes``: one lock document per lane being delivered (see the module docstring)."""
+
+    def __init__(self, db: AsyncDatabase) -> None:
+        self.coll = db["trigger_lanes"]
+        # Lanes starting together take their locks in one insert_many.
+        self._inserter = GroupInserter(self.coll)
+
+    async def ensure_indexes(self) -> None:
+        await self.coll.create_index(
+            [("lease_until", ASCENDING)], expireAfterSeconds=_LANE_LOCK_TTL_SECS, name="lease_until_ttl"
+        )
+
+    async def acquire_lane(self, lane: str, owner: str, lease_until: dt.datetime) -> bool:
+        try:
+            await self._inserter.insert({"_id": lane, "owner": owner, "lease_until": lease_until})
+            return True
+        except DuplicateKeyError:
+            pass
+        # Held — or left behind by a process that died: take it only once its lease has run
+        # out. One conditional update decides; of two processes trying, one matches.
+        stolen = await self.coll.update_one(
+            {"_id": lane, "lease_until": {"$lte": utcnow()}}, {"$set": {"owner": owner, "lease_until": lease_until}}
+        )
+        return stolen.modified_count == 1
+
+    async def renew_lane(self, lane: str, owner: str, lease_until: dt.datetime) -> bool:
+        result = await self.coll.update_one({"_id": lane, "owner": owner}, {"$set": {"lease_until": lease_until}})
+        return result.matched_count == 1
+
+    async def release_lanes(self, lanes: list[str], owner: str) -> None:
+        await self.coll.delete_many({"_id": {"$in": lanes}, "owner": owner})

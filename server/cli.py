@@ -1,9 +1,9 @@
 """The ``igsync`` command line (also ``python -m server``), API.md §7.
 
 Commands: ``serve``, ``channel add|list|disconnect``, ``token create``, ``simulate``,
-``replay``, ``triggers list-dead|retry``. Store-backed tools use the configured URLs, else the stores of a running
-``igsync serve`` on the same data directory, else start the embedded stores for the
-duration of the command. A configuration error is one line on stderr and exit code 2.
+``replay``, ``doctor``, ``triggers list-dead|retry``. Store-backed tools use the configured
+URLs, else the stores of a running ``igsync serve`` on the same data directory, else start
+the embedded stores for the duration of the command. A configuration error is one line on stderr and exit code 2.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import asyncio
 import hashlib
 import hmac
 import json
+import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -113,6 +114,15 @@ def cmd_token_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def server_url(settings: Settings, override: str | None = None) -> str:
+    """The running server's base URL: given, or the configured listen address (a wildcard
+    listen address is reached on loopback)."""
+    if override:
+        return override.rstrip("/")
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "", "::") else settings.host
+    return f"http://{host}:{settings.port}"
+
+
 def sign_body(body: bytes, secret: str) -> str:
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
@@ -126,7 +136,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         secret = devsecrets.load_or_create(settings.data_dir)["app_secret"]
     if not secret:
         raise ConfigError("no app secret: set IGSYNC_APP_SECRET or pass --app-secret")
-    url = (args.url or f"http://{settings.host}:{settings.port}").rstrip("/") + "/webhooks/instagram"
+    url = server_url(settings, args.url) + "/webhooks/instagram"
     failed = 0
     for name in args.files:
         body = Path(name).read_bytes()
@@ -201,6 +211,23 @@ def cmd_triggers_retry(args: argparse.Namespace) -> int:
     return 1 if result["not_found"] or result["not_dead"] else 0
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from server import doctor
+
+    # Missing or weak secrets are one of the things the doctor reports, not a reason to stop.
+    settings = lifecycle.fill_dev_secrets(Settings.from_env(os.environ, require_secrets=False))
+    target = None if args.no_server else server_url(settings, args.url)
+    # The report is the output; the pipeline's per-item INFO lines for the test webhook are noise here.
+    logging.getLogger().setLevel(max(logging.WARNING, logging.getLogger().level))
+    with lifecycle.stores_for_tool(settings) as resolved:
+        checkup = doctor.Doctor(
+            resolved, server_url=target, timeout_secs=args.timeout, embedded=not settings.production
+        )
+        results = asyncio.run(checkup.run())
+    print(doctor.render_json(results) if args.json else doctor.render_text(results))
+    return doctor.exit_code(results)
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     for name, default, help_text in describe():
         print(f"{name:32} {default or '-':28} {help_text}")
@@ -270,6 +297,12 @@ def build_parser() -> argparse.ArgumentParser:
     retry.add_argument("--channel-id", help="only this channel's")
     retry.add_argument("delivery_ids", nargs="*", metavar="ID", help="delivery ids, as listed by list-dead")
     retry.set_defaults(func=cmd_triggers_retry)
+    doctor = sub.add_parser("doctor", help="check stores, indexes, channels, secrets and the pipeline; say what to fix")
+    doctor.add_argument("--json", action="store_true", help="print the checks as JSON (for scripts)")
+    doctor.add_argument("--url", help="the running server's base URL (default http://IGSYNC_HOST:IGSYNC_PORT)")
+    doctor.add_argument("--no-server", action="store_true", help="skip the checks of the running server over HTTP")
+    doctor.add_argument("--timeout", type=float, default=5.0, help="seconds each check may take (default 5)")
+    doctor.set_defaults(func=cmd_doctor)
 
     config = sub.add_parser("config", help="list every IGSYNC_* setting with its default")
     config.set_defaults(func=cmd_config)
@@ -279,7 +312,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        settings = _settings() if args.command != "config" else Settings()
+        if args.command == "config":
+            settings = Settings()
+        else:
+            settings = Settings.from_env(os.environ, require_secrets=args.command != "doctor")
         logs.configure(settings.log_format, settings.log_level)
         return int(args.func(args) or 0)
     except ConfigError as exc:

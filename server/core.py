@@ -13,15 +13,22 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from tornado.httpclient import AsyncHTTPClient
 
 from config import Settings
 from models.store import Store
 from server.auth import Authenticator
-from server.events import EventSink, NullSink
+from server.events import EventSink
+from server.graph_api import GraphApiClient
 from server.inbox_api import InboxService
 from server.ingest import IngestPipeline
+from server.media import Downloader, MediaService, Transcriber, load_transcriber
+from server.message_events import MessageArrivalHook, MessageEventHandler
 from server.metrics import Metrics
+from server.profiles import ProfileService
+from server.realtime import EventHub
 from server.recorder import MessageRecorder
 from server.threads import ChannelCache, ThreadResolver
 from server.trigger_delivery import CachingResolver, TriggerDispatcher
@@ -30,16 +37,23 @@ from server.triggers import TriggerAdmin, TriggerOutbox
 log = logging.getLogger("igsync.core")
 
 
-def redis_client(url: str, *, timeout_ms: int) -> aioredis.Redis:
+def redis_client(url: str, *, timeout_ms: int, retries: int | None = None) -> aioredis.Redis:
     """The one way the project builds a Redis client: short timeouts, since Redis is an
-    accelerator (dedup hints, fan-out) and a slow Redis must not stall a webhook."""
+    accelerator (dedup hints, fan-out) and a slow Redis must not stall a webhook.
+
+    ``retries`` replaces redis-py's default (3 retries with exponential backoff, seconds in
+    all) by that many immediate ones — for paths that have their own fallback."""
     timeout = timeout_ms / 1000
+    extra: dict[str, Any] = {}
+    if retries is not None:
+        extra["retry"] = Retry(NoBackoff(), retries)
     return aioredis.from_url(
         url,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
         health_check_interval=15,
         decode_responses=False,
+        **extra,
     )
 
 
@@ -58,8 +72,14 @@ class Core:
     sink: EventSink
     # Workflow triggers: dead letters and retries (the dispatcher is one of the services).
     triggers: TriggerAdmin
+    # The WebSocket hub when this core publishes to it (the default); None with another sink.
+    realtime: EventHub | None = None
     # Background services with start()/stop() (realtime hub, workers); started by serve.
     services: list[Any] = field(default_factory=list)
+    # Events and media (issue 7): GET /media, the media worker, profile look-ups.
+    media: MediaService | None = None
+    profiles: ProfileService | None = None
+    message_events: MessageEventHandler | None = None
 
     async def ready(self) -> dict[str, bool]:
         """Whether each store answers now (``/readyz``)."""
@@ -95,6 +115,7 @@ async def build_core(
     sink: EventSink | None = None,
     ensure_indexes: bool = True,
     mongo_listeners: list[Any] | None = None,
+    transcriber: Transcriber | None = None,
 ) -> Core:
     if not settings.mongo_url or not settings.redis_url:
         raise ValueError("build_core needs store URLs; embedded stores are started by the CLI")
@@ -105,14 +126,27 @@ async def build_core(
         timeout_ms=settings.store_timeout_ms,
         webhook_events_ttl_days=settings.webhook_events_ttl_days,
         trigger_jobs_ttl_days=settings.trigger_jobs_ttl_days,
+        orphan_events_ttl_days=settings.orphan_events_ttl_days,
         listeners=mongo_listeners,
     )
     if ensure_indexes:
         await store.ensure_indexes()
     redis = redis_client(settings.redis_url, timeout_ms=settings.store_timeout_ms)
-    sink = sink or NullSink()
     channels = ChannelCache(store, ttl_secs=settings.channel_cache_secs)
     threads = ThreadResolver(store)
+    inbox = InboxService(store, channels)
+    realtime = None
+    if sink is None:
+        # The hub has its own clients: the publish path gets one immediate retry and a short
+        # timeout (its breaker takes over), the pub/sub reader none (its loop reconnects).
+        realtime = EventHub(
+            settings=settings,
+            publish_redis=redis_client(settings.redis_url, timeout_ms=settings.realtime_redis_timeout_ms, retries=1),
+            pubsub_redis=redis_client(settings.redis_url, timeout_ms=settings.store_timeout_ms, retries=0),
+            metrics=metrics,
+            inbox=inbox,
+        )
+        sink = realtime
     # Trigger deliveries are the only outgoing HTTP of the dispatcher: one client, one
     # connection slot per lane delivered at once.
     dispatcher = TriggerDispatcher(
@@ -126,6 +160,41 @@ async def build_core(
     )
     outbox = TriggerOutbox(store, channel_cache_secs=settings.channel_cache_secs, on_recorded=dispatcher.wake)
     recorder = MessageRecorder(store, sink, before_hooks=[outbox])
+    media = MediaService(
+        store,
+        recorder.publish,
+        metrics,
+        downloader=Downloader(
+            max_bytes=settings.media_max_bytes,
+            timeout_secs=settings.media_timeout_secs,
+            max_clients=max(settings.media_concurrency, 1),
+        ),
+        transcriber=transcriber or load_transcriber(settings.transcriber),
+        concurrency=settings.media_concurrency,
+        lease_secs=settings.media_lease_secs,
+        max_attempts=settings.media_max_attempts,
+        retry_base_secs=settings.media_retry_base_secs,
+        poll_secs=settings.media_poll_secs,
+        transcribe_timeout_secs=settings.media_timeout_secs,
+    )
+    message_events = MessageEventHandler(store, recorder, metrics, media)
+    profiles = ProfileService(
+        store,
+        GraphApiClient(
+            settings.graph_api_url,
+            settings.graph_api_version,
+            timeout_secs=settings.graph_api_timeout_secs,
+            max_clients=settings.profile_concurrency,
+        ),
+        recorder.publish,
+        metrics,
+        concurrency=settings.profile_concurrency,
+        max_attempts=settings.profile_max_attempts,
+        retry_base_secs=settings.profile_retry_base_secs,
+    )
+    # Order matters: earlier events are applied (an unsend clears the attachments) before
+    # media jobs are queued.
+    recorder.hooks.extend([MessageArrivalHook(store, message_events), media])
     pipeline = IngestPipeline(
         store=store,
         app_secret=settings.app_secret or "",
@@ -133,6 +202,8 @@ async def build_core(
         threads=threads,
         recorder=recorder,
         metrics=metrics,
+        item_events=message_events,
+        new_customer_hooks=[profiles],
     )
     # Webhooks first: the dispatcher gives way while this process is handling them.
     dispatcher.webhooks_busy = lambda: pipeline.in_flight > 0
@@ -142,7 +213,6 @@ async def build_core(
         internal_tokens=settings.internal_tokens,
         metrics_token=settings.metrics_token,
     )
-    inbox = InboxService(store, channels)
     return Core(
         settings=settings,
         store=store,
@@ -156,5 +226,10 @@ async def build_core(
         inbox=inbox,
         sink=sink,
         triggers=TriggerAdmin(store, on_requeued=dispatcher.wake),
-        services=[dispatcher],
+        realtime=realtime,
+        # Started in this order, stopped in reverse: the hub outlives the workers that publish.
+        services=[*([realtime] if realtime is not None else []), media, profiles, dispatcher],
+        media=media,
+        profiles=profiles,
+        message_events=message_events,
     )

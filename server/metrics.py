@@ -34,6 +34,10 @@ TRIGGER_ATTEMPT_RESULTS = (
     "network_error",
     "redis_error",
 )
+# Events and media (issue 7).
+PROFILE_OUTCOMES = ("fetched", "reauth_required", "unavailable", "error", "no_token", "dropped")
+MEDIA_OUTCOMES = ("completed", "failed", "retried", "cancelled")
+ORPHAN_KINDS = ("reaction", "unreact", "read", "edit", "unsend")
 
 # Webhook handling is a few MongoDB round trips: ~1 ms on loopback, tens of ms on a
 # loaded replica set; Meta times out at 20 s. Buckets from 1 ms to 10 s.
@@ -88,6 +92,11 @@ class Metrics:
         self.ws_disconnects = Counter(
             "igsync_ws_disconnects_total", "WebSocket connections closed, by reason.", ["reason"], registry=r
         )
+        self.pubsub_reconnects = Counter(
+            "igsync_pubsub_reconnects_total",
+            "Times the realtime hub's Redis pub/sub connection was re-established after a failure.",
+            registry=r,
+        )
         self.store_errors = Counter(
             "igsync_store_errors_total", "Failed MongoDB/Redis operations.", ["store"], registry=r
         )
@@ -130,6 +139,19 @@ class Metrics:
             buckets=TRIGGER_DELIVERY_BUCKETS,
             registry=r,
         )
+        # Events and media (issue 7).
+        self.profile_lookups = Counter(
+            "igsync_profile_lookups_total", "Customer profile look-ups by outcome.", ["outcome"], registry=r
+        )
+        self.media_jobs = Counter(
+            "igsync_media_jobs_total", "Media download attempts by outcome.", ["outcome"], registry=r
+        )
+        self.orphan_events = Counter(
+            "igsync_orphan_events_total",
+            "Events about a message that was not stored (kept to apply later).",
+            ["kind"],
+            registry=r,
+        )
         self._precreate()
 
     def _precreate(self) -> None:
@@ -152,6 +174,12 @@ class Metrics:
                 self.trigger_deliveries.labels(target=target, outcome=outcome)
             for result in TRIGGER_ATTEMPT_RESULTS:
                 self.trigger_attempts.labels(target=target, result=result)
+        for outcome in PROFILE_OUTCOMES:
+            self.profile_lookups.labels(outcome=outcome)
+        for outcome in MEDIA_OUTCOMES:
+            self.media_jobs.labels(outcome=outcome)
+        for kind in ORPHAN_KINDS:
+            self.orphan_events.labels(kind=kind)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -210,6 +210,7 @@ class TriggerDispatcher:
         self.webhooks_busy = webhooks_busy or (lambda: False)
         self.store = store
         self.jobs = store.trigger_jobs
+        self.lanes = store.trigger_lanes
         self.redis = redis
         self.http = http
         self.metrics = metrics
@@ -337,7 +338,7 @@ class TriggerDispatcher:
     async def _lane(self, lane: str) -> None:
         try:
             lease = self._lease_until(0)
-            if not await self.jobs.acquire_lane(lane, self.owner, lease):
+            if not await self.lanes.acquire_lane(lane, self.owner, lease):
                 if len(self._busy_elsewhere) < MAX_REMEMBERED_BUSY_LANES:
                     self._busy_elsewhere[lane] = time.monotonic() + BUSY_LANE_SKIP_SECS
                 return
@@ -393,7 +394,7 @@ class TriggerDispatcher:
                     needed = utcnow() + dt.timedelta(seconds=timeout + self.settings.trigger_lease_margin_secs / 2)
                     if lease < needed:
                         lease = self._lease_until(timeout)
-                        if not await self.jobs.renew_lane(lane, self.owner, lease):
+                        if not await self.lanes.renew_lane(lane, self.owner, lease):
                             log.warning("trigger lane %s: lease lost; leaving it to its new holder", lane)
                             return
                     done += 1
@@ -510,7 +511,7 @@ class TriggerDispatcher:
         return {}
 
     async def _release_lanes(self, lanes: list[str]) -> dict[str, None]:
-        await self.jobs.release_lanes(lanes, self.owner)
+        await self.lanes.release_lanes(lanes, self.owner)
         return {}
 
     # -- sending -----------------------------------------------------------------------

@@ -15,8 +15,9 @@ from typing import Any
 
 from models.timeutil import from_epoch_ms, utcnow
 
-# Attachment types that carry a file we keep a copy of (media worker).
-MEDIA_TYPES = frozenset({"image", "audio", "video", "file", "story_mention"})
+# Attachment types that carry a file we keep a copy of (media worker). Shared posts and
+# reels are included: their preview is a signed CDN link that expires like any other.
+MEDIA_TYPES = frozenset({"image", "audio", "video", "file", "story_mention", "share", "ig_post", "ig_reel", "reel"})
 # Attachment types Instagram documents; anything else is stored as ``unsupported``.
 KNOWN_ATTACHMENT_TYPES = MEDIA_TYPES | {"share", "ig_reel", "ig_post", "reel", "template", "fallback"}
 # Meta's dashboard "Test" sample keeps fixed values; it is not a chat.
@@ -71,7 +72,9 @@ class WebhookItem:
         for att in self.attachments:
             if att.get("type") in MEDIA_TYPES and att.get("url"):
                 return att["url"]
-        return None
+        # A story reply shows the story it answers; the story's link expires within a day.
+        story = (self.reply_to or {}).get("story") or {}
+        return story.get("url")
 
     @property
     def has_media(self) -> bool:

@@ -54,6 +54,10 @@ def make_settings(stores: EmbeddedStores, data_dir: Path, **overrides: Any) -> S
         internal_tokens=(INTERNAL_TOKEN,),
         store_timeout_ms=1500,
         channel_cache_secs=0.0,
+        # No media worker unless a test asks for one: the fixtures' attachment URLs are
+        # Meta's CDN, never to be fetched from a test (tests/events_support.py turns the
+        # worker on against a local fake CDN).
+        media_concurrency=0,
     )
     values.update(overrides)
     return Settings(**values)

@@ -13,6 +13,7 @@ from pymongo import ASCENDING
 
 from config import Settings
 from models.messages import TYPE_AI
+from server.trigger_delivery import TriggerDispatcher
 from tests.conftest import RunningServer, make_settings, start_server, stop_server
 from tests.helpers import body_of, messaging_body, text_item, wait_for
 from tests.triggers_support import (
@@ -225,7 +226,7 @@ async def test_webhooks_come_first_deliveries_wait_while_they_are_handled(
     trigger_settings: Settings, receiver: TriggerReceiver
 ) -> None:
     server = await start_server(trigger_settings.replace(trigger_max_defer_secs=3600))
-    dispatcher = server.core.services[0]
+    dispatcher = next(s for s in server.core.services if isinstance(s, TriggerDispatcher))
     busy = {"now": False}
     dispatcher.webhooks_busy = lambda: busy["now"]
 
@@ -247,3 +248,23 @@ async def test_webhooks_come_first_deliveries_wait_while_they_are_handled(
         await wait_for(lambda: receiver.acked_contents() == ["wait for the webhooks"])
     finally:
         await stop_server(server)
+
+
+async def test_a_mark_seen_twice_still_makes_one_job(igsync: RunningServer, receiver: TriggerReceiver) -> None:
+    """A crash between inserting the jobs and clearing the marks: the next poll inserts them
+    again, and the unique (message, target) index keeps one job — one delivery."""
+    await connect_with_triggers(igsync.client, http_triggers(receiver.url))
+    await MessageSender(igsync.client).send("once")
+    await wait_for(lambda: receiver.acked_contents() == ["once"])
+    [message] = await customer_messages(igsync)
+    await igsync.core.store.messages.coll.update_one(
+        {"_id": message["_id"]}, {"$set": {"trigger_pending": True, "trigger_targets": ["http"]}}
+    )
+
+    async def mark_cleared() -> bool:
+        stored = await igsync.core.store.messages.get(message["_id"])
+        return "trigger_pending" not in stored
+
+    await wait_for(mark_cleared)
+    assert len(await jobs(igsync)) == 1
+    assert receiver.acked_contents() == ["once"]

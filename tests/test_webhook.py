@@ -193,8 +193,18 @@ async def test_fixture_is_stored_with_direction_customer_type_and_content(
     assert await count(server, "messages") == 1
     customer_doc = await server.core.store.db.customers.find_one({})
     assert customer_doc["instagram_id"] == expected_customer
-    # Media waits for the media worker; everything else is complete at once.
-    has_media = message_type in ("image", "audio", "video", "file", "story_mention")
+    # Media waits for the media worker; everything else is complete at once. Shared posts and
+    # reels have a preview, a story reply its story: kept too (docs/events.md).
+    has_media = message_type in (
+        "image",
+        "audio",
+        "video",
+        "file",
+        "story_mention",
+        "ig_post",
+        "ig_reel",
+        "story_reply",
+    )
     assert stored["processing_status"] == ("pending" if has_media else "completed")
     if has_media:
         assert stored["media_url"].startswith("https://")

@@ -1,0 +1,129 @@
+"""``GET /ws`` (API.md §4): authenticate before the upgrade, then hand frames to a session.
+
+Thin: the token, origin and command rules live in :mod:`server.ws_access` and
+:mod:`server.ws_session`; delivery in :mod:`server.realtime`. A bad token is answered
+``401`` (a token of another kind ``403``) with the JSON error body *before* the upgrade.
+The query string (which may hold ``access_token``) never reaches a log line: Tornado's
+request summary is replaced by method + path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import orjson
+import tornado.iostream
+import tornado.web
+import tornado.websocket
+
+from server import ws_wire
+from server.auth import INBOX, Authenticator
+from server.core import Core
+from server.errors import ApiError
+from server.ws_access import origin_allowed, token_from
+from server.ws_session import WsSession
+
+log = logging.getLogger("igsync.http")
+
+
+class TornadoTransport:
+    """The session's view of a Tornado WebSocket: a batch of text frames, one stream write."""
+
+    def __init__(self, handler: tornado.websocket.WebSocketHandler) -> None:
+        self.handler = handler
+
+    def send(self, frames: list[bytes]) -> Any:
+        connection = self.handler.ws_connection
+        if connection is None or connection.is_closing():
+            raise tornado.websocket.WebSocketClosedError()
+        stream = getattr(connection, "stream", None)
+        if stream is None:  # not Tornado's RFC 6455 protocol: frame by frame, its way
+            return asyncio.gather(*(self.handler.write_message(f) for f in frames))
+        try:
+            return stream.write(ws_wire.text_frames(frames))
+        except tornado.iostream.StreamClosedError:
+            raise tornado.websocket.WebSocketClosedError() from None
+
+    def close(self, code: int, reason: str) -> None:
+        self.handler.close(code, reason)
+
+
+class WebSocketHandler(tornado.websocket.WebSocketHandler):
+    session: WsSession | None = None
+
+    @property
+    def core(self) -> Core:
+        return self.settings["igsync_core"]
+
+    def _refuse(self, error: ApiError) -> None:
+        self.set_status(error.status)
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.set_header("Cache-Control", "no-store")
+        self.finish(orjson.dumps(error.body()))
+
+    async def get(self, *args: Any, **kwargs: Any) -> None:
+        hub = self.core.realtime
+        if hub is None or hub.closing:
+            self._refuse(ApiError(503, "unavailable", "Live events are not available on this server now."))
+            return
+        token = token_from(self.request.headers.get("Authorization"), self.get_query_argument("access_token", None))
+        try:
+            self.principal = Authenticator.check(await self.core.auth.resolve(token), INBOX)
+        except ApiError as exc:
+            self._refuse(exc)
+            return
+        headers = self.request.headers
+        if not origin_allowed(
+            headers.get("Origin"),
+            headers.get("Host"),
+            headers.get("Sec-Fetch-Site"),
+            self.core.settings.ws_allowed_origins,
+        ):
+            self._refuse(ApiError(403, "origin_not_allowed", "This origin may not open the inbox WebSocket."))
+            return
+        await super().get(*args, **kwargs)
+
+    def check_origin(self, origin: str) -> bool:
+        # Already decided in get() (same rules, with a JSON answer).
+        return True
+
+    def open(self, *args: Any, **kwargs: Any) -> None:
+        # Small events back to back would otherwise wait on Nagle + delayed ACK (~40 ms).
+        self.set_nodelay(True)
+        self._last_heard = time.monotonic()
+        hub = self.core.realtime
+        assert hub is not None
+        self.session = hub.open_session(self.principal, TornadoTransport(self))
+
+    async def on_message(self, message: str | bytes) -> None:
+        self._last_heard = time.monotonic()
+        if self.session is not None:
+            await self.session.handle_frame(message)
+
+    def on_pong(self, data: bytes) -> None:
+        self._last_heard = time.monotonic()
+
+    def on_close(self) -> None:
+        if self.session is None:
+            return
+        # A client that stopped answering past the keep-alive window was dropped by our ping
+        # timeout; anything else (a close frame, with or without a code, or a TCP close) is
+        # the client leaving.
+        silent = time.monotonic() - getattr(self, "_last_heard", 0.0)
+        timed_out = self.close_code is None and silent >= self.core.settings.ws_ping_secs
+        reason = "ping_timeout" if timed_out else "client_closed"
+        self.session.transport_closed(reason)
+
+    def _request_summary(self) -> str:
+        return f"{self.request.method} {self.request.path} ({self.request.remote_ip})"
+
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        if isinstance(value, tornado.web.HTTPError) and value.status_code < 500:
+            return
+        log.error("unhandled error in %s %s", self.request.method, type(self).__name__, exc_info=(typ, value, tb))
+
+
+routes = [(r"/ws", WebSocketHandler)]

@@ -1,0 +1,65 @@
+"""The ``orphan_events`` collection: reactions, edits, unsends and reads about a message we
+never stored (older than igsync, or not arrived yet).
+
+Each event is kept once (unique ``key`` built from what Instagram sent, so a redelivery
+is not a second row), for ``orphan_events_ttl_days``. When the message arrives later the
+pending events are applied to it and marked ``applied_at``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bson import ObjectId
+from pymongo import ASCENDING
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError
+
+from models.timeutil import utcnow
+
+
+class OrphanEventRepository:
+    def __init__(self, db: AsyncDatabase, *, ttl_days: int = 30) -> None:
+        self.coll = db["orphan_events"]
+        self.ttl_secs = ttl_days * 86400
+
+    async def ensure_indexes(self) -> None:
+        await self.coll.create_index([("key", ASCENDING)], unique=True, name="key_unique")
+        await self.coll.create_index([("channel_id", ASCENDING), ("target_mid", ASCENDING)], name="channel_target")
+        await self.coll.create_index(
+            [("received_at", ASCENDING)], expireAfterSeconds=self.ttl_secs, name="received_at_ttl"
+        )
+
+    async def record(self, doc: dict[str, Any]) -> bool:
+        """Keep one orphan event; False when this exact event was kept before."""
+        try:
+            await self.coll.insert_one({**doc, "received_at": utcnow(), "applied_at": None})
+        except DuplicateKeyError:
+            return False
+        return True
+
+    async def pending_for(self, channel_id: ObjectId, mids: list[str]) -> list[dict[str, Any]]:
+        """Events waiting for a message known by any of ``mids``, oldest first. One equality
+        query per mid (a message has one or two): an ``$in`` would make SecantusDB scan."""
+        rows: list[dict[str, Any]] = []
+        for mid in dict.fromkeys(mids):
+            found = await self.coll.find({"channel_id": channel_id, "target_mid": mid}).to_list(None)
+            rows.extend(r for r in found if r.get("applied_at") is None)
+        return sorted(rows, key=lambda r: (r["at"], r["_id"]))
+
+    async def mark_applied(self, ids: list[ObjectId], message_id: ObjectId) -> None:
+        now = utcnow()
+        for oid in ids:
+            await self.coll.update_one({"_id": oid}, {"$set": {"applied_at": now, "message_id": message_id}})
+
+    async def mark_applied_key(self, key: str, message_id: ObjectId) -> None:
+        await self.coll.update_one({"key": key}, {"$set": {"applied_at": utcnow(), "message_id": message_id}})
+
+    async def count(self, channel_id: ObjectId, *, applied: bool | None = None) -> int:
+        query: dict[str, Any] = {"channel_id": channel_id}
+        if applied is not None:
+            query["applied_at"] = {"$ne": None} if applied else None
+        return await self.coll.count_documents(query)
+
+    async def find(self, channel_id: ObjectId, target_mid: str) -> list[dict[str, Any]]:
+        return await self.coll.find({"channel_id": channel_id, "target_mid": target_mid}).to_list(None)

@@ -1,0 +1,167 @@
+"""The Instagram Graph API client: customer profile look-ups, with Tornado's AsyncHTTPClient.
+
+Owns the HTTP call and the translation of Meta's answers into one exception type,
+:class:`GraphApiError`, whose ``category`` the callers act on (see
+:func:`classify`). The access token travels as the ``access_token`` query parameter, as
+Meta documents it; therefore no URL of this module is ever logged, and no exception
+raised here carries the URL or the token — only codes and Meta's message with the token
+masked.
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
+
+PROFILE_FIELDS = "name,username,profile_pic"
+
+# What to do about an error (Meta's codes, as Chatwoot learned them).
+TOKEN_EXPIRED = "token_expired"  # 190: the channel needs re-authorisation; stop asking
+UNAVAILABLE = "unavailable"  # 230 no consent, 9010 no such user, 100 not reachable: placeholder, never retry
+TRANSIENT = "transient"  # timeouts, 5xx, rate limits: worth another try later
+FAILED = "failed"  # anything else: give up quietly
+
+UNAVAILABLE_CODES = frozenset({230, 9010, 100})
+# 1/2 unknown/service, 4/17/32/613 rate limits, 341 application limit.
+TRANSIENT_CODES = frozenset({1, 2, 4, 17, 32, 341, 613})
+
+
+class GraphApiError(Exception):
+    def __init__(
+        self,
+        category: str,
+        *,
+        code: int | None = None,
+        subcode: int | None = None,
+        http_status: int | None = None,
+        detail: str = "",
+    ) -> None:
+        self.category = category
+        self.code = code
+        self.subcode = subcode
+        self.http_status = http_status
+        self.detail = detail
+        super().__init__(f"graph api {category} (code={code} subcode={subcode} http={http_status}) {detail}".strip())
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str | None
+    username: str | None
+    profile_pic: str | None
+
+    def names(self) -> tuple[str | None, str | None]:
+        """(first_name, last_name): Instagram has one display name; split at the first space.
+        Without a name the username is what a person recognises."""
+        name = (self.name or "").strip()
+        if not name:
+            return (self.username, None)
+        first, _, last = name.partition(" ")
+        return (first, last.strip() or None)
+
+
+def classify(code: int | None, http_status: int | None) -> str:
+    if code == 190:
+        return TOKEN_EXPIRED
+    if code in UNAVAILABLE_CODES:
+        return UNAVAILABLE
+    if code in TRANSIENT_CODES:
+        return TRANSIENT
+    if code is None and (http_status is None or http_status >= 500 or http_status == 429):
+        return TRANSIENT
+    return FAILED
+
+
+def mask(text: str, secret: str | None) -> str:
+    return text.replace(secret, "***") if secret else text
+
+
+class OutboundHttp:
+    """An ``AsyncHTTPClient`` of one's own for calls to Meta (Graph API, CDN): created on
+    first use, inside the running loop, and again after :meth:`close` (a restarted
+    service). Its own instance, so closing it never affects other users of the client."""
+
+    def __init__(self, **client_options: Any) -> None:
+        self.client_options = client_options
+        self._http: AsyncHTTPClient | None = None
+
+    @property
+    def http(self) -> AsyncHTTPClient:
+        if self._http is None:
+            self._http = AsyncHTTPClient(force_instance=True, **self.client_options)
+        return self._http
+
+    def close(self) -> None:
+        if self._http is not None:
+            self._http.close()
+            self._http = None
+
+
+class GraphApiClient(OutboundHttp):
+    def __init__(self, base_url: str, version: str, *, timeout_secs: float, max_clients: int = 10) -> None:
+        super().__init__(max_clients=max_clients)
+        self.base_url = base_url.rstrip("/")
+        self.version = version.strip("/")
+        self.timeout_secs = timeout_secs
+
+    async def user_profile(self, instagram_scoped_id: str, access_token: str) -> Profile:
+        """Name, username and profile picture of a customer (Instagram-scoped id)."""
+        if not instagram_scoped_id.isdigit():
+            raise GraphApiError(FAILED, detail="the customer id is not an Instagram-scoped id")
+        query = urllib.parse.urlencode({"fields": PROFILE_FIELDS, "access_token": access_token})
+        url = f"{self.base_url}/{self.version}/{instagram_scoped_id}?{query}"
+        body = await self._get(url, access_token)
+        return Profile(
+            name=_text(body.get("name")),
+            username=_text(body.get("username")),
+            profile_pic=_text(body.get("profile_pic")),
+        )
+
+    async def _get(self, url: str, access_token: str) -> dict[str, Any]:
+        request = HTTPRequest(
+            url,
+            method="GET",
+            headers={"Accept": "application/json"},
+            connect_timeout=self.timeout_secs,
+            request_timeout=self.timeout_secs,
+            follow_redirects=False,
+        )
+        try:
+            response = await self.http.fetch(request, raise_error=False)
+        except HTTPClientError as exc:  # 599: timeout, connection closed
+            raise GraphApiError(TRANSIENT, http_status=exc.code, detail=type(exc).__name__) from None
+        except OSError as exc:  # refused, unreachable, DNS
+            raise GraphApiError(TRANSIENT, detail=type(exc).__name__) from None
+        if response.code == 599:
+            raise GraphApiError(TRANSIENT, http_status=599, detail=type(response.error).__name__)
+        try:
+            body = orjson.loads(response.body or b"{}")
+        except orjson.JSONDecodeError:
+            body = None
+        if 200 <= response.code < 300 and isinstance(body, dict) and "error" not in body:
+            return body
+        error = body.get("error") if isinstance(body, dict) else None
+        code = subcode = None
+        detail = ""
+        if isinstance(error, dict):
+            code = _int(error.get("code"))
+            subcode = _int(error.get("error_subcode"))
+            detail = mask(str(error.get("message") or ""), access_token)[:200]
+        raise GraphApiError(
+            classify(code, response.code), code=code, subcode=subcode, http_status=response.code, detail=detail
+        )
+
+
+def _int(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None

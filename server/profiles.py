@@ -1,0 +1,207 @@
+"""Customer profiles: a best-effort Graph API look-up when a customer writes for the first time.
+
+Owns the :class:`ProfileService` — a ``new_customer_hook`` of the ingest pipeline and a
+background service of the core. The webhook never waits for it: the hook only schedules
+a task; at most ``profile_concurrency`` look-ups run at once per process, and at most
+``MAX_PENDING`` wait (beyond that a look-up is dropped and logged — the customer keeps
+its id, nothing else is lost).
+
+What each answer does (Meta's codes, handled as Chatwoot learned to):
+
+* a profile → names, username, picture stored, ``enhanced_data_fetched: true``;
+* 190 (token expired or revoked) → the channel is marked ``needs_reauth`` and no more
+  look-ups are made for it until it is reconnected with a new token; the customer gets
+  the placeholder name;
+* 230 (no consent), 9010 (no such user), 100 (not reachable) → placeholder name
+  ``Unknown (IG: <id>)``, never retried;
+* timeouts, 5xx, rate limits → retried ``profile_max_attempts`` times with a doubling
+  wait, then the placeholder;
+* a channel connected without an access token → no call, nothing visible changes;
+
+and each outcome is stored on the customer (``profile_status``) and reaches the inbox as
+``conversation_updated`` (the conversation embeds the customer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from bson import ObjectId
+from pymongo.errors import PyMongoError
+
+from models.store import Store
+from models.timeutil import utcnow
+from server import events as ev
+from server import graph_api as graph
+from server.metrics import Metrics
+
+log = logging.getLogger("igsync.profiles")
+
+MAX_PENDING = 1000
+
+# customers.profile_status values (also the outcome label of igsync_profile_lookups_total).
+FETCHED = "fetched"
+REAUTH_REQUIRED = "reauth_required"
+UNAVAILABLE = "unavailable"
+ERROR = "error"
+NO_TOKEN = "no_token"
+DROPPED = "dropped"
+
+
+def placeholder_name(instagram_id: str) -> str:
+    return f"Unknown (IG: {instagram_id})"
+
+
+class ProfileService:
+    def __init__(
+        self,
+        store: Store,
+        graph_api: graph.GraphApiClient,
+        publish: Callable[[list[ev.Event]], Awaitable[None]],
+        metrics: Metrics,
+        *,
+        concurrency: int,
+        max_attempts: int,
+        retry_base_secs: float,
+    ) -> None:
+        self.store = store
+        self.graph = graph_api
+        self.publish = publish
+        self.metrics = metrics
+        self.max_attempts = max_attempts
+        self.retry_base_secs = retry_base_secs
+        self._slots = asyncio.Semaphore(concurrency)
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._stopping = False
+
+    # -- NewCustomerHook -----------------------------------------------------------------
+
+    def new_customer(self, channel: dict[str, Any], customer: dict[str, Any]) -> None:
+        """Schedule the look-up and return at once (the webhook is waiting)."""
+        if self._stopping:
+            return
+        if len(self._tasks) >= MAX_PENDING:
+            self.metrics.profile_lookups.labels(outcome=DROPPED).inc()
+            log.warning("profile look-up dropped: %d already pending (customer=%s)", len(self._tasks), customer["_id"])
+            return
+        task = asyncio.get_running_loop().create_task(self._run(channel["_id"], customer))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, channel_id: ObjectId, customer: dict[str, Any]) -> None:
+        try:
+            async with self._slots:
+                await self.refresh(channel_id, customer)
+        except asyncio.CancelledError:
+            raise
+        except PyMongoError as exc:
+            log.warning(
+                "profile look-up not stored: MongoDB failed (%s) customer=%s", type(exc).__name__, customer["_id"]
+            )
+        except Exception:
+            log.exception("profile look-up failed unexpectedly customer=%s", customer["_id"])
+
+    # -- the work ------------------------------------------------------------------------
+
+    async def refresh(self, channel_id: ObjectId, customer: dict[str, Any]) -> str:
+        """Look the customer (as just created) up and store the outcome; returns the
+        ``profile_status``."""
+        # A fresh read, not the webhook's cached channel: a 190 seen a moment ago by another
+        # look-up must stop this one from asking again.
+        channel = await self.store.channels.get(channel_id)
+        if channel is None:
+            return ERROR
+        customer_id = customer["_id"]
+        token = channel.get("access_token")
+        if channel.get("needs_reauth"):
+            status, profile = REAUTH_REQUIRED, None
+        elif not token:
+            status, profile = NO_TOKEN, None
+        else:
+            status, profile = await self._lookup(channel, customer, token)
+        self.metrics.profile_lookups.labels(outcome=status).inc()
+        if status == NO_TOKEN:
+            # Enrichment is off for a channel connected without a token: nothing visible
+            # changes (no placeholder, no event); the status says why there is no profile.
+            await self.store.customers.update_profile(customer["_id"], {"profile_status": status})
+        else:
+            await self._store(channel, customer, status, profile)
+        log.info("customer profile: %s customer=%s channel=%s", status, customer_id, channel_id)
+        return status
+
+    async def _lookup(
+        self, channel: dict[str, Any], customer: dict[str, Any], token: str
+    ) -> tuple[str, graph.Profile | None]:
+        for attempt in range(1, self.max_attempts + 1):
+            try:
+                return FETCHED, await self.graph.user_profile(customer["instagram_id"], token)
+            except graph.GraphApiError as exc:
+                # The error carries codes and Meta's message with the token masked — never the URL.
+                log.info(
+                    "graph api profile look-up: %s code=%s subcode=%s http=%s attempt=%d customer=%s",
+                    exc.category,
+                    exc.code,
+                    exc.subcode,
+                    exc.http_status,
+                    attempt,
+                    customer["_id"],
+                )
+                if exc.category == graph.TOKEN_EXPIRED:
+                    await self.store.channels.set_fields(
+                        channel["_id"], {"needs_reauth": True, "needs_reauth_since": utcnow()}
+                    )
+                    log.warning(
+                        "channel %s needs re-authorisation: its access token expired or was revoked", channel["_id"]
+                    )
+                    return REAUTH_REQUIRED, None
+                if exc.category == graph.UNAVAILABLE:
+                    return UNAVAILABLE, None
+                if exc.category != graph.TRANSIENT or attempt == self.max_attempts:
+                    return ERROR, None
+            await asyncio.sleep(self.retry_base_secs * 2 ** (attempt - 1))
+        return ERROR, None
+
+    async def _store(
+        self, channel: dict[str, Any], customer: dict[str, Any], status: str, profile: graph.Profile | None
+    ) -> None:
+        fields: dict[str, Any] = {"profile_status": status, "profile_checked_at": utcnow()}
+        if profile is not None:
+            first, last = profile.names()
+            fields.update(
+                first_name=first,
+                last_name=last,
+                username=profile.username,
+                profile_pic=profile.profile_pic,
+                enhanced_data_fetched=True,
+            )
+        elif not customer.get("enhanced_data_fetched"):
+            fields.update(first_name=placeholder_name(customer["instagram_id"]), enhanced_data_fetched=False)
+        updated = await self.store.customers.update_profile(customer["_id"], fields)
+        if updated is None:
+            return
+        conversation = await self.store.conversations.refresh_customer(channel["_id"], updated)
+        if conversation is not None:
+            await self.publish([ev.conversation_updated(conversation)])
+
+    # -- service ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._stopping = False
+
+    async def stop(self) -> None:
+        """Cancel what is still pending: a look-up is best-effort, the customer stays usable."""
+        self._stopping = True
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        self.graph.close()
+
+    async def idle(self) -> None:
+        """Wait for the look-ups scheduled so far (tests, benchmarks)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)

@@ -1,0 +1,123 @@
+"""Events about a message we never stored: recorded (not an error), answered with
+``message_id: null``, kept once under redelivery, and applied when the message arrives."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from models.timeutil import from_epoch_ms
+from tests.events_support import EventsEnv, events_env, fixture_mid
+from tests.helpers import ACCOUNT_ID, CUSTOMER_A, echo_item, messaging_body, text_item
+
+ECHO_MID = fixture_mid("owner_echo_text")
+TEXT_MID = fixture_mid("customer_text")
+REPLY_MID = fixture_mid("customer_reply_to_message")
+
+
+@pytest.fixture
+async def env(stores: Any, tmp_path: Path) -> Any:
+    async with events_env(stores, tmp_path) as e:
+        yield e
+
+
+async def test_reaction_before_its_message_is_kept_once_and_applied_on_arrival(env: EventsEnv) -> None:
+    answer = await env.fixture("customer_reaction")
+    assert answer == {"status": "success", "event": "reaction", "message_id": None, "changes": []}
+    assert (await env.fixture("customer_reaction"))["message_id"] is None
+    [orphan] = await env.core.store.orphan_events.find(env.channel_oid, ECHO_MID)
+    assert orphan["kind"] == "reaction" and orphan["applied_at"] is None
+    assert env.events() == []
+
+    await env.fixture("owner_echo_text")
+    echo = await env.message(ECHO_MID)
+    assert echo is not None
+    assert [(r["by"], r["reaction"]) for r in echo["reactions"]] == [(CUSTOMER_A, "love")]
+    # The message's own chat_message already shows the reaction: no separate update.
+    [chat] = env.events("chat_message")
+    assert chat.data["message"]["reactions"][0]["reaction"] == "love"
+    assert env.events("message_updated") == []
+    [orphan] = await env.core.store.orphan_events.find(env.channel_oid, ECHO_MID)
+    assert orphan["applied_at"] is not None and orphan["message_id"] == echo["_id"]
+
+    metrics = (await env.client.get("/metrics")).body
+    assert b'igsync_orphan_events_total{kind="reaction"} 1.0' in metrics
+
+
+async def test_edit_and_unsend_before_the_message(env: EventsEnv) -> None:
+    await env.fixture("message_edit")
+    await env.fixture("customer_unsend")
+    assert await env.core.store.orphan_events.count(env.channel_oid, applied=False) == 2
+
+    await env.fixture("customer_text")
+    text = await env.message(TEXT_MID)
+    assert text is not None and text["is_deleted"] is True and text["content"] == ""
+    conversation = await env.core.store.conversations.get(text["conversation_id"])
+    # The conversation's summary never showed the unsent text.
+    assert conversation["last_message"]["id"] == text["_id"] and conversation["last_message"]["content"] == ""
+    assert env.events("chat_message")[0].data["message"]["is_deleted"] is True
+
+    await env.fixture("owner_echo_text")
+    await env.fixture("customer_reply_to_message")
+    reply = await env.message(REPLY_MID)
+    assert reply is not None
+    assert reply["content"] == "Great, then I'll order tomorrow."
+    assert [(h["content"], h["num_edit"]) for h in reply["edit_history"]] == [("Great, then I'll order today.", 0)]
+    assert reply["reply_to"]["message_id"] == (await env.message(ECHO_MID))["_id"]
+    conversation = await env.core.store.conversations.get(reply["conversation_id"])
+    assert conversation["last_message"]["content"] == "Great, then I'll order tomorrow."
+    assert await env.core.store.orphan_events.count(env.channel_oid, applied=False) == 0
+
+
+async def test_read_receipt_before_the_echo_reaches_earlier_messages_too(env: EventsEnv) -> None:
+    base = 1_763_520_000_000
+    await env.post(messaging_body(echo_item("early-out", "sent earlier", timestamp_ms=base)))
+    answer = await env.post(
+        messaging_body(
+            {
+                "sender": {"id": CUSTOMER_A},
+                "recipient": {"id": ACCOUNT_ID},
+                "timestamp": base + 50,
+                "read": {"mid": "late-out"},
+            }
+        )
+    )
+    assert answer["message_id"] is None
+    await env.clear_events()
+    await env.post(messaging_body(echo_item("late-out", "the read one", timestamp_ms=base + 10)))
+    late = await env.message("late-out")
+    early = await env.message("early-out")
+    assert late["read_at"] == from_epoch_ms(base + 50)
+    assert early["read_at"] == from_epoch_ms(base + 50)
+    # The earlier message's change is news; the arriving one is shown by its chat_message.
+    assert [e.data["message"]["mid"] for e in env.events("message_updated")] == ["early-out"]
+    assert env.events("chat_message")[0].data["message"]["read_at"] is not None
+
+
+async def test_an_event_for_an_unknown_channel_is_ignored_not_kept(env: EventsEnv) -> None:
+    body = messaging_body(
+        {"sender": {"id": CUSTOMER_A}, "recipient": {"id": "999"}, "timestamp": 1, "read": {"mid": "x"}},
+        account_id="999",
+    )
+    assert await env.post(body) == {"status": "ignored", "reason": "unknown_channel"}
+    assert await env.core.store.orphan_events.count(env.channel_oid) == 0
+
+
+async def test_reply_to_a_stored_message_links_it(env: EventsEnv) -> None:
+    await env.post(messaging_body(text_item("q-1", "do you ship to Lisbon?", timestamp_ms=1_763_530_000_000)))
+    await env.post(
+        messaging_body(
+            {
+                "sender": {"id": CUSTOMER_A},
+                "recipient": {"id": ACCOUNT_ID},
+                "timestamp": 1_763_530_000_100,
+                "message": {"mid": "q-2", "text": "and Porto?", "reply_to": {"mid": "q-1"}},
+            }
+        )
+    )
+    first, reply = await env.message("q-1"), await env.message("q-2")
+    assert reply["reply_to"] == {"mid": "q-1", "message_id": first["_id"]}
+    shown = await env.ws_message(str(reply["_id"]))
+    assert shown["reply_to"] == {"mid": "q-1", "message_id": str(first["_id"])}

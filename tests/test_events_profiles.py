@@ -1,0 +1,210 @@
+"""Customer profiles (issue 7 item 4): a best-effort Graph API look-up on a customer's first
+message, off the webhook's hot path, against a fake Graph API (a real local server) that
+answers profiles, Meta's error codes and slow responses. The token is never logged."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+from bson import ObjectId
+
+from server.graph_api import Profile, classify
+from tests.events_support import ACCESS_TOKEN, EventsEnv, GraphAnswer, connect_channel, events_env
+from tests.helpers import ADMIN_TOKEN, CUSTOMER_A, CUSTOMER_B, body_of, messaging_body, text_item, wait_for
+
+CUSTOMER_C = "6200000000000103"
+
+
+@pytest.fixture
+async def env(stores: Any, tmp_path: Path, request: pytest.FixtureRequest) -> Any:
+    async with events_env(stores, tmp_path, **getattr(request, "param", {})) as e:
+        yield e
+
+
+async def first_message(env: EventsEnv, customer: str, mid: str) -> dict[str, Any]:
+    return await env.post(messaging_body(text_item(mid, "hello", sender=customer, timestamp_ms=1_763_600_000_000)))
+
+
+async def looked_up(env: EventsEnv, answer: dict[str, Any]) -> dict[str, Any]:
+    customer_id = ObjectId(answer["data"]["customer"]["id"])
+
+    async def checked() -> Any:
+        doc = await env.core.store.customers.get(customer_id)
+        return doc if doc.get("profile_status") else None
+
+    return await wait_for(checked)
+
+
+async def test_profile_is_fetched_and_reaches_the_inbox(env: EventsEnv) -> None:
+    env.graph.profile(CUSTOMER_A, name="Ana Maria Costa", username="ana.costa", profile_pic="https://cdn/pic.jpg")
+    answer = await first_message(env, CUSTOMER_A, "p-1")
+    assert answer["data"]["customer"]["was_created"] is True
+    customer = await looked_up(env, answer)
+    assert customer["first_name"] == "Ana" and customer["last_name"] == "Maria Costa"
+    assert customer["username"] == "ana.costa" and customer["profile_pic"] == "https://cdn/pic.jpg"
+    assert customer["enhanced_data_fetched"] is True and customer["profile_status"] == "fetched"
+
+    [request] = env.graph.requests
+    assert request["version"] == "v22.0" and request["user_id"] == CUSTOMER_A
+    assert request["fields"] == "name,username,profile_pic" and request["access_token"] == ACCESS_TOKEN
+
+    async def announced() -> Any:
+        return [
+            e for e in env.events("conversation_updated") if e.data["conversation"]["customer"]["enhanced_data_fetched"]
+        ]
+
+    # The look-up runs beside the rest of the ingest: when it wins, the message's own
+    # conversation_updated already shows the profile too.
+    event = (await wait_for(announced))[-1]
+    shown = event.data["conversation"]["customer"]
+    assert shown["first_name"] == "Ana" and shown["username"] == "ana.costa"
+    conversation = body_of(await env.client.get(f"/api/v1/conversations/{event.conversation_id}", token=env.token))
+    assert conversation["conversation"]["customer"]["username"] == "ana.costa"
+
+    # The customer's next message asks nothing more.
+    await env.post(messaging_body(text_item("p-2", "again", sender=CUSTOMER_A)))
+    await env.core.profiles.idle()
+    assert len(env.graph.requests) == 1
+
+
+async def test_the_webhook_does_not_wait_for_the_profile(env: EventsEnv) -> None:
+    gate = asyncio.Event()
+    env.graph.sequence(CUSTOMER_A, GraphAnswer(200, {"id": CUSTOMER_A, "name": "Slow Poke"}, gate=gate))
+    # The Graph API holds its answer until we open the gate: the webhook answers anyway.
+    answer = await first_message(env, CUSTOMER_A, "p-slow")
+    assert answer["data"]["customer"]["enhanced_data_fetched"] is False
+    await wait_for(lambda: env.graph.inflight == 1)
+    customer = await env.core.store.customers.get(ObjectId(answer["data"]["customer"]["id"]))
+    assert customer["enhanced_data_fetched"] is False
+    gate.set()
+    customer = await looked_up(env, answer)
+    assert customer["first_name"] == "Slow" and customer["enhanced_data_fetched"] is True
+
+
+async def test_expired_token_marks_the_channel_and_stops_asking(env: EventsEnv) -> None:
+    env.graph.error(CUSTOMER_A, 190, message="Error validating access token: Session has expired")
+    customer = await looked_up(env, await first_message(env, CUSTOMER_A, "t-1"))
+    assert customer["profile_status"] == "reauth_required"
+    assert customer["first_name"] == f"Unknown (IG: {CUSTOMER_A})" and customer["enhanced_data_fetched"] is False
+    channels = body_of(await env.client.get("/api/v1/channels", token=env.token))["channels"]
+    assert channels[0]["needs_reauth"] is True
+
+    # A second new customer: no call at all while the channel waits for a new token.
+    other = await looked_up(env, await first_message(env, CUSTOMER_B, "t-2"))
+    assert other["profile_status"] == "reauth_required"
+    assert len(env.graph.requests) == 1
+
+    # Reconnecting with a new token lifts it.
+    await connect_channel(env.server, access_token=ACCESS_TOKEN)
+    channels = body_of(await env.client.get("/api/v1/channels", token=env.token))["channels"]
+    assert "needs_reauth" not in channels[0]
+    env.graph.profile(CUSTOMER_C, name="Carla")
+    third = await looked_up(env, await first_message(env, CUSTOMER_C, "t-3"))
+    assert third["profile_status"] == "fetched" and third["first_name"] == "Carla"
+
+
+@pytest.mark.parametrize("code", [230, 9010, 100])
+async def test_unreachable_profiles_get_a_placeholder_and_no_retry(env: EventsEnv, code: int) -> None:
+    env.graph.error(CUSTOMER_A, code, message="User consent is required to access user profile")
+    customer = await looked_up(env, await first_message(env, CUSTOMER_A, f"u-{code}"))
+    assert customer["profile_status"] == "unavailable"
+    assert customer["first_name"] == f"Unknown (IG: {CUSTOMER_A})"
+    assert customer["enhanced_data_fetched"] is False
+    assert len(env.graph.requests) == 1
+    metrics = (await env.client.get("/metrics")).body
+    assert b'igsync_profile_lookups_total{outcome="unavailable"} 1.0' in metrics
+
+
+async def test_transient_errors_are_retried_then_given_up(env: EventsEnv) -> None:
+    env.graph.sequence(
+        CUSTOMER_A,
+        GraphAnswer(500, {"error": {"code": 2, "message": "Service temporarily unavailable"}}),
+        GraphAnswer(502, {}),
+        GraphAnswer(200, {"id": CUSTOMER_A, "username": "only_username"}),
+    )
+    customer = await looked_up(env, await first_message(env, CUSTOMER_A, "r-1"))
+    assert customer["profile_status"] == "fetched" and customer["first_name"] == "only_username"
+    assert len(env.graph.requests_for(CUSTOMER_A)) == 3
+
+    env.graph.error(CUSTOMER_B, 4, message="Application request limit reached")
+    other = await looked_up(env, await first_message(env, CUSTOMER_B, "r-2"))
+    assert other["profile_status"] == "error" and other["first_name"] == f"Unknown (IG: {CUSTOMER_B})"
+    assert len(env.graph.requests_for(CUSTOMER_B)) == 3  # profile_max_attempts, then quiet
+
+
+@pytest.mark.parametrize("env", [{"graph_api_timeout_secs": 0.3, "profile_max_attempts": 1}], indirect=True)
+async def test_a_slow_graph_api_times_out(env: EventsEnv) -> None:
+    env.graph.sequence(CUSTOMER_A, GraphAnswer(200, {"id": CUSTOMER_A, "name": "Too Late"}, delay_secs=2.0))
+    customer = await looked_up(env, await first_message(env, CUSTOMER_A, "s-1"))
+    assert customer["profile_status"] == "error" and customer["enhanced_data_fetched"] is False
+
+
+async def test_a_channel_without_token_is_not_looked_up(stores: Any, tmp_path: Path) -> None:
+    async with events_env(stores, tmp_path) as env:
+        await env.client.post(
+            "/api/v1/channels",
+            {"page_id": "17841400000000777", "username": "notoken", "owner": {"id": 1, "email": "owner@example.com"}},
+            token=ADMIN_TOKEN,
+        )
+        answer = await env.post(
+            messaging_body(text_item("n-1", "hi", recipient="17841400000000777"), account_id="17841400000000777")
+        )
+        customer = await looked_up(env, answer)
+        assert customer["profile_status"] == "no_token"
+        assert customer["first_name"] is None and customer["enhanced_data_fetched"] is False
+        assert env.graph.requests == []
+        # Nothing visible changed, so the inbox is told nothing beyond the message's own events.
+        conversation_id = answer["data"]["conversation"]["id"]
+        updates = [e for e in env.events("conversation_updated") if e.conversation_id == conversation_id]
+        assert len(updates) == 1  # the message's own
+
+
+@pytest.mark.parametrize("env", [{"profile_concurrency": 2}], indirect=True)
+async def test_look_ups_are_bounded(env: EventsEnv) -> None:
+    customers = [f"62000000000002{i:02d}" for i in range(8)]
+    for igsid in customers:
+        env.graph.sequence(igsid, GraphAnswer(200, {"id": igsid, "name": "N"}, delay_secs=0.15))
+    body = messaging_body(*[text_item(f"b-{c}", "hi", sender=c) for c in customers])
+    await env.post(body)
+    await env.core.profiles.idle()
+    assert len(env.graph.requests) == 8
+    assert env.graph.max_inflight == 2
+
+
+async def test_the_access_token_is_never_logged(env: EventsEnv, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    # As `igsync serve` configures it (server.logs): PyMongo's DEBUG command log prints whole
+    # documents, stored tokens included, and is never enabled in igsync.
+    caplog.set_level(logging.WARNING, logger="pymongo")
+    env.graph.profile(CUSTOMER_A, name="Ok")
+    env.graph.sequence(CUSTOMER_B, GraphAnswer(500, {}), GraphAnswer(200, {"id": CUSTOMER_B}))
+    env.graph.error(CUSTOMER_C, 190, message=f"Invalid OAuth access token {ACCESS_TOKEN}")
+    for customer, mid in ((CUSTOMER_A, "l-1"), (CUSTOMER_B, "l-2"), (CUSTOMER_C, "l-3")):
+        await first_message(env, customer, mid)
+    await env.core.profiles.idle()
+    assert len(env.graph.requests) == 4
+    assert caplog.records
+    for record in caplog.records:
+        text = record.getMessage() + (record.exc_text or "")
+        assert ACCESS_TOKEN not in text, record.name
+
+
+# -- pure functions -------------------------------------------------------------------------------
+
+
+def test_error_classification() -> None:
+    assert classify(190, 400) == "token_expired"
+    assert {classify(c, 400) for c in (230, 9010, 100)} == {"unavailable"}
+    assert {classify(c, 400) for c in (4, 17, 32, 613)} == {"transient"}
+    assert classify(None, 503) == "transient" and classify(None, 404) == "failed"
+    assert classify(10, 403) == "failed"
+
+
+def test_names_from_a_profile() -> None:
+    assert Profile("Ana Costa", "ana", None).names() == ("Ana", "Costa")
+    assert Profile("Cher", "cher", None).names() == ("Cher", None)
+    assert Profile(None, "ana", None).names() == ("ana", None)
