@@ -174,14 +174,15 @@ class TriggerJobRepository:
     # -- the dispatcher -----------------------------------------------------------------
 
     async def due_lanes(self, now: dt.datetime, *, exclude: list[str], limit: int) -> list[str]:
-        """Lanes with a due pending job, most overdue first (a job's lane may still be busy)."""
-        query: dict[str, Any] = {"state": STATE_PENDING, "due_at": {"$lte": now}}
-        if exclude:
-            query["lane"] = {"$nin": exclude}
-        rows = await self.coll.find(query, {"lane": 1}).sort("due_at", ASCENDING).limit(limit).to_list(None)
+        """Lanes with a due pending job, most overdue first, leaving out ``exclude`` (lanes busy
+        here or elsewhere). The exclusion is applied here, not in the query: a predicate on a
+        field outside the index makes the embedded server scan the whole collection."""
+        skip = set(exclude)
+        query = {"state": STATE_PENDING, "due_at": {"$lte": now}}
+        rows = await self.coll.find(query, {"lane": 1}).sort("due_at", ASCENDING).limit(limit + len(skip)).to_list(None)
         lanes: list[str] = []
         for row in rows:
-            if row["lane"] not in lanes:
+            if row["lane"] not in skip and row["lane"] not in lanes:
                 lanes.append(row["lane"])
         return lanes
 
@@ -284,23 +285,24 @@ class TriggerJobRepository:
     ) -> list[dict[str, Any]]:
         """Dead-lettered jobs, most recently dead first; ``before`` is the (dead_at, _id) last seen.
 
-        One plain range on ``dead_at`` (a top-level ``$or`` for the tie-break makes the
-        embedded server scan); rows tied with the cursor's time that were already seen are
-        dropped here, reading further while a whole batch was such ties.
+        The query is one plain range on ``dead_at`` (a top-level ``$or`` for the tie-break, or
+        a channel predicate outside the index, makes the embedded server scan every job); the
+        channel and the rows tied with the cursor that were already seen are sorted out here,
+        reading further while a batch held too few.
         """
         query: dict[str, Any] = {"state": STATE_DEAD}
-        if channel_id is not None:
-            query["channel_id"] = channel_id
-        if before is None:
-            cursor = self.coll.find(query).sort([("dead_at", DESCENDING), ("_id", DESCENDING)]).limit(limit)
-            return await cursor.to_list(None)
-        at, oid = before
-        query["dead_at"] = {"$lte": at}
+        if before is not None:
+            query["dead_at"] = {"$lte": before[0]}
         fetch = limit + _TIE_SLACK
         while True:
             cursor = self.coll.find(query).sort([("dead_at", DESCENDING), ("_id", DESCENDING)]).limit(fetch)
             raw = await cursor.to_list(None)
-            rows = [r for r in raw if r["dead_at"] < at or r["_id"] < oid]
+            rows = [
+                r
+                for r in raw
+                if (channel_id is None or r["channel_id"] == channel_id)
+                and (before is None or r["dead_at"] < before[0] or r["_id"] < before[1])
+            ]
             if len(rows) >= limit or len(raw) < fetch:
                 return rows[:limit]
             fetch *= 2
