@@ -1,6 +1,7 @@
 """Webhook ingest throughput, latency and MongoDB round trips — igsync against its floor, in one run.
 
     .venv/bin/python -m bench.ingest [--items 3000] [--concurrency 32] [--customers 200]
+                                     [--triggers off|recorded|http|stream]
 
 What it does, all on this machine's loopback:
 1. starts the embedded stores (SecantusDB + Redis) in a temporary directory;
@@ -34,6 +35,7 @@ from typing import Any
 import orjson
 
 from bench.loadgen import LoadResult, build_post, run_load
+from models.store import mongo_client
 from server.embedded import EmbeddedStores, free_port
 from tests.helpers import sign
 
@@ -41,6 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 ACCOUNT = "17841400000000001"
 SECRET = "bench-app-secret-0123456789abcdef"
 ADMIN = "bench-admin-token-0123456789abcdef"
+TRIGGER_SECRET = "bench-trigger-secret-0123456789abcdef"
 HOST = "127.0.0.1"
 
 
@@ -112,8 +115,15 @@ class BenchServer:
         self.log.close()
 
 
-async def admin_connect(port: int) -> None:
-    body = orjson.dumps({"page_id": ACCOUNT, "username": "bench", "owner": {"id": 1, "email": "bench@example.com"}})
+async def admin_connect(port: int, triggers: dict[str, Any] | None = None) -> None:
+    channel: dict[str, Any] = {
+        "page_id": ACCOUNT,
+        "username": "bench",
+        "owner": {"id": 1, "email": "bench@example.com"},
+    }
+    if triggers is not None:
+        channel["triggers"] = triggers
+    body = orjson.dumps(channel)
     raw = build_post(HOST, port, "/api/v1/channels", body, {"Authorization": f"Bearer {ADMIN}"})
     result = await run_load(HOST, port, [raw], 1)
     if not set(result.statuses) <= {200, 201}:
@@ -138,6 +148,71 @@ def env_for(stores: EmbeddedStores, port: int, db: str, extra: dict[str, str]) -
     )
     env.update(extra)
     return env
+
+
+class TriggerSink:
+    """Workflow triggers for ``--triggers``: the receiver process (HTTP) and the outbox's drain."""
+
+    def __init__(self, mode: str, stores: EmbeddedStores, db: str, workdir: Path) -> None:
+        self.mode = mode
+        self.receiver: subprocess.Popen[str] | None = None
+        self.db = mongo_client(stores.mongo_url or "")[db]
+        if mode == "http":
+            self.port = free_port()
+            self.log = open(workdir / "trigger-receiver.log", "w")
+            self.receiver = subprocess.Popen(
+                [sys.executable, "-m", "bench.trigger_receiver", str(self.port), TRIGGER_SECRET],
+                cwd=ROOT,
+                stdout=subprocess.PIPE,
+                stderr=self.log,
+                text=True,
+            )
+            if "READY" not in (self.receiver.stdout.readline() if self.receiver.stdout else ""):
+                raise RuntimeError("the trigger receiver did not start")
+
+    def env(self) -> dict[str, str]:
+        # "recorded": every customer message gets its job, but this process delivers none —
+        # the webhook's own share of the cost, without the dispatcher's.
+        return {"IGSYNC_TRIGGER_WORKERS": "0"} if self.mode == "recorded" else {}
+
+    def channel_triggers(self) -> dict[str, Any] | None:
+        if self.mode == "http":
+            return {"http": {"url": f"http://{HOST}:{self.port}/hook", "secret": TRIGGER_SECRET}}
+        if self.mode == "recorded":
+            return {"http": {"url": f"http://{HOST}:9/never-called", "secret": TRIGGER_SECRET}}
+        if self.mode == "stream":
+            return {"redis_stream": True}
+        return None
+
+    async def drain(self, timeout: float = 120) -> dict[str, Any]:
+        """Pending jobs now, and how long until none is left (the dispatcher's lag after a load)."""
+        jobs = self.db["trigger_jobs"]
+
+        async def undelivered() -> int:
+            # Jobs not delivered yet, and messages whose mark is not a job yet.
+            marked = await self.db["messages"].count_documents({"trigger_pending": True})
+            return marked + await jobs.count_documents({"state": "pending"})
+
+        started = time.perf_counter()
+        pending_at_end = await undelivered()
+        pending = pending_at_end
+        while pending and time.perf_counter() - started < timeout:
+            await asyncio.sleep(0.05)  # observing background work, not ordering it
+            pending = await undelivered()
+        return {
+            "pending_at_end_of_load": pending_at_end,
+            "drain_secs": time.perf_counter() - started,
+            "still_pending": pending,
+            "delivered": await jobs.count_documents({"state": "delivered"}),
+            "dead": await jobs.count_documents({"state": "dead"}),
+        }
+
+    async def close(self) -> None:
+        await self.db.client.close()
+        if self.receiver is not None:
+            self.receiver.send_signal(signal.SIGTERM)
+            self.receiver.wait(30)
+            self.log.close()
 
 
 def per_item(counts: dict[str, int], items: int) -> str:
@@ -172,9 +247,10 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
 
         # -- igsync ------------------------------------------------------------------------
         port = free_port()
-        igsync = BenchServer("igsync", env_for(stores, port, "bench_igsync", extra), workdir)
+        triggers = TriggerSink(args.triggers, stores, "bench_igsync", workdir)
+        igsync = BenchServer("igsync", env_for(stores, port, "bench_igsync", {**extra, **triggers.env()}), workdir)
         try:
-            await admin_connect(port)
+            await admin_connect(port, triggers.channel_triggers())
             warm = [
                 webhook_body(f"bench.warm.{i}", "hello", c, echo=False, ts_ms=int(time.time() * 1000))
                 for i, c in enumerate(customers)
@@ -192,6 +268,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             igsync.signal(signal.SIGUSR1)
             igsync_result: LoadResult = await run_load(HOST, port, requests_for(bodies, port), args.concurrency)
             mixed_counts = igsync.counts()
+            drain = await triggers.drain() if args.triggers in ("http", "stream") else None
 
             known = workload(
                 args.rt_items, customers, echo_share=0.0, redelivery_share=0.0, seed=args.seed + 1, tag="known"
@@ -208,7 +285,13 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             echo_counts = igsync.counts()
         finally:
             igsync.stop()
-        print(f"igsync (full pipeline):              {igsync_result.summary()}")
+            await triggers.close()
+        print(f"igsync (full pipeline, triggers {args.triggers}): {igsync_result.summary()}")
+        if drain is not None:
+            print(
+                f"triggers: {drain['pending_at_end_of_load']} pending when the load ended, "
+                f"none left {drain['drain_secs']:.2f}s later; {drain['delivered']} delivered, {drain['dead']} dead"
+            )
         ratio = igsync_result.rate / floor_result.rate if floor_result.rate else 0.0
         print(f"throughput ratio igsync/floor: {ratio:.2f} (aim >= 0.60)")
         print(f"mixed load:                       {per_item(mixed_counts, args.items)}")
@@ -229,6 +312,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                     "statuses": igsync_result.statuses,
                 },
                 "ratio": ratio,
+                "triggers": {"mode": args.triggers, "drain": drain},
                 "round_trips_per_item": {
                     "mixed": sum(mixed_counts.values()) / args.items,
                     "known_customer_text": sum(known_counts.values()) / args.rt_items,
@@ -258,6 +342,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=[],
         metavar="IGSYNC_X=value",
         help="extra settings for the igsync server (repeatable)",
+    )
+    parser.add_argument(
+        "--triggers",
+        choices=("off", "recorded", "http", "stream"),
+        default="off",
+        help="workflow triggers on the bench channel: off; recorded (jobs written, none delivered by this "
+        "process); HTTP to a receiver process; or the Redis Stream (bench/triggers.py compares them in one run)",
     )
     parser.add_argument("--json", help="also write the figures to this file")
     return parser.parse_args(argv)

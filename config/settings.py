@@ -72,6 +72,19 @@ class Settings:
         30.0, "how often readiness, silent channels and stored duplicates are re-checked for /metrics"
     )
     trigger_stream: str = _setting("igsync:triggers", "Redis Stream of workflow triggers")
+    trigger_stream_maxlen: int = _setting(100_000, "approximate length the trigger stream is trimmed to")
+    trigger_workers: int = _setting(32, "conversations this process delivers triggers for at once (0: none)")
+    trigger_poll_secs: float = _setting(1.0, "how often the trigger dispatcher looks for due jobs")
+    trigger_max_defer_secs: float = _setting(
+        5.0, "while webhooks are being handled, trigger deliveries start at most this often"
+    )
+    trigger_max_attempts: int = _setting(8, "delivery attempts before a trigger job is dead-lettered")
+    trigger_retry_base_secs: float = _setting(30.0, "first retry delay of a trigger; doubles per attempt")
+    trigger_retry_max_secs: float = _setting(
+        3600.0, "longest wait between two trigger attempts (also caps Retry-After)"
+    )
+    trigger_lease_margin_secs: float = _setting(30.0, "lease on a conversation's triggers beyond the HTTP timeout")
+    trigger_jobs_ttl_days: int = _setting(7, "how long delivered trigger jobs are kept")
     webhook_events_ttl_days: int = _setting(7, "how long raw webhook bodies are kept")
     channel_cache_secs: float = _setting(5.0, "how long a process trusts its cached channel lookup")
     store_timeout_ms: int = _setting(5000, "MongoDB server-selection and Redis socket timeout")
@@ -164,6 +177,14 @@ class Settings:
             "store_timeout_ms",
             "media_max_bytes",
             "monitor_interval_secs",
+            "trigger_stream_maxlen",
+            "trigger_poll_secs",
+            "trigger_max_defer_secs",
+            "trigger_max_attempts",
+            "trigger_retry_base_secs",
+            "trigger_retry_max_secs",
+            "trigger_lease_margin_secs",
+            "trigger_jobs_ttl_days",
             "profile_concurrency",
             "profile_max_attempts",
             "profile_retry_base_secs",
@@ -176,6 +197,12 @@ class Settings:
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{env_name(name)} must be a positive number")
+        if self.trigger_workers < 0:
+            raise ConfigError("IGSYNC_TRIGGER_WORKERS must be 0 or more")
+        if self.trigger_retry_max_secs < self.trigger_retry_base_secs:
+            raise ConfigError("IGSYNC_TRIGGER_RETRY_MAX_SECS must not be below IGSYNC_TRIGGER_RETRY_BASE_SECS")
+        if not self.trigger_stream.strip():
+            raise ConfigError("IGSYNC_TRIGGER_STREAM must not be empty")
         if self.log_format not in ("text", "json"):
             raise ConfigError(f"IGSYNC_LOG_FORMAT must be 'text' or 'json', got {self.log_format!r}")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):

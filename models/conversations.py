@@ -72,6 +72,11 @@ class ConversationRepository:
     async def get(self, conversation_id: ObjectId) -> dict[str, Any] | None:
         return await self.coll.find_one({"_id": conversation_id})
 
+    async def get_many(self, conversation_ids: list[ObjectId]) -> dict[ObjectId, dict[str, Any]]:
+        """Several conversations by id in one round trip (trigger delivery reads a batch)."""
+        docs = await self.coll.find({"_id": {"$in": conversation_ids}}).to_list(None)
+        return {d["_id"]: d for d in docs}
+
     async def find_by_customer(self, channel_id: ObjectId, customer_instagram_id: str) -> dict[str, Any] | None:
         return await self.coll.find_one({"channel_id": channel_id, "customer_instagram_id": customer_instagram_id})
 

@@ -123,10 +123,11 @@ class OutboxState:
 
 async def trigger_outbox_state(store: Store) -> OutboxState:
     """The workflow-trigger outbox (``trigger_jobs``: ``state`` pending → delivered | dead |
-    cancelled), read only when the collection exists, so the doctor works with or without triggers."""
-    if TRIGGER_JOBS_COLLECTION not in await store.db.list_collection_names():
-        return OutboxState(exists=False)
+    cancelled), read only once it holds a job, so the doctor works with or without triggers
+    (the collection and its indexes exist from the first start either way)."""
     coll = store.db[TRIGGER_JOBS_COLLECTION]
+    if await coll.find_one({}, {"_id": 1}) is None:
+        return OutboxState(exists=False)
     pending = {"state": "pending"}
     return OutboxState(
         exists=True,

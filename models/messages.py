@@ -123,6 +123,11 @@ class MessageRepository:
     async def get(self, message_id: ObjectId) -> dict[str, Any] | None:
         return await self.coll.find_one({"_id": message_id})
 
+    async def get_many(self, message_ids: list[ObjectId]) -> dict[ObjectId, dict[str, Any]]:
+        """Several messages by id in one round trip (trigger delivery reads a batch)."""
+        docs = await self.coll.find({"_id": {"$in": message_ids}}).to_list(None)
+        return {d["_id"]: d for d in docs}
+
     async def find_by_mid(self, channel_id: ObjectId, mid: str) -> dict[str, Any] | None:
         return await self.coll.find_one({"mid_keys": mid_key(channel_id, mid)})
 

@@ -7,6 +7,7 @@ alike, so the inbox sees one shape wherever a message comes from.
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from bson import ObjectId
 
@@ -162,4 +163,30 @@ def channel(doc: dict[str, Any]) -> dict[str, Any]:
     }
     if doc.get("needs_reauth"):
         out["needs_reauth"] = True
+    out["triggers"] = channel_triggers(doc.get("triggers"))
     return out
+
+
+def channel_triggers(triggers: dict[str, Any] | None) -> dict[str, Any]:
+    """A channel's trigger targets as shown: never the secret, and the URL without user info
+    or query (a credential someone put there must not reach inbox clients)."""
+    triggers = triggers or {}
+    http = triggers.get("http")
+    shown_http = None
+    if http:
+        shown_http = {
+            "url": _display_url(http.get("url", "")),
+            "timeout_secs": http.get("timeout_secs"),
+            "max_attempts": http.get("max_attempts"),
+            "secret_set": bool(http.get("secret")),
+        }
+    return {"http": shown_http, "redis_stream": bool(triggers.get("redis_stream", False))}
+
+
+def _display_url(url: str) -> str:
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = host if parts.port is None else f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))

@@ -23,6 +23,7 @@ from models.message_updates import MessageUpdateRepository
 from models.messages import MessageRepository
 from models.orphan_events import OrphanEventRepository
 from models.tokens import TokenRepository
+from models.trigger_jobs import TriggerJobRepository, TriggerLaneRepository
 from models.webhook_events import WebhookEventRepository
 
 log = logging.getLogger("igsync.store")
@@ -55,6 +56,7 @@ class Store:
         *,
         timeout_ms: int = 5000,
         webhook_events_ttl_days: int = 7,
+        trigger_jobs_ttl_days: int = 7,
         orphan_events_ttl_days: int = 30,
         listeners: list[monitoring.CommandListener] | None = None,
     ) -> None:
@@ -66,6 +68,8 @@ class Store:
         self.messages = MessageRepository(self.db)
         self.tokens = TokenRepository(self.db)
         self.webhook_events = WebhookEventRepository(self.db, ttl_days=webhook_events_ttl_days)
+        self.trigger_jobs = TriggerJobRepository(self.db, delivered_ttl_days=trigger_jobs_ttl_days)
+        self.trigger_lanes = TriggerLaneRepository(self.db)
         # Events and media (issue 7): message changes, orphan events, the media queue and files.
         self.message_updates = MessageUpdateRepository(self.db)
         self.orphan_events = OrphanEventRepository(self.db, ttl_days=orphan_events_ttl_days)
@@ -79,6 +83,8 @@ class Store:
             self.messages,
             self.tokens,
             self.webhook_events,
+            self.trigger_jobs,
+            self.trigger_lanes,
             self.message_updates,
             self.orphan_events,
             self.media_jobs,

@@ -1,9 +1,9 @@
 """The ``igsync`` command line (also ``python -m server``), API.md §7.
 
 Commands: ``serve``, ``channel add|list|disconnect``, ``token create``, ``simulate``,
-``replay``, ``doctor``. Store-backed tools use the configured URLs, else the stores of a running
-``igsync serve`` on the same data directory, else start the embedded stores for the
-duration of the command. A configuration error is one line on stderr and exit code 2.
+``replay``, ``doctor``, ``triggers list-dead|retry``. Store-backed tools use the configured
+URLs, else the stores of a running ``igsync serve`` on the same data directory, else start
+the embedded stores for the duration of the command. A configuration error is one line on stderr and exit code 2.
 """
 
 from __future__ import annotations
@@ -189,6 +189,28 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 1 if counts["failed"] else 0
 
 
+def cmd_triggers_list_dead(args: argparse.Namespace) -> int:
+    async def work(core: Any) -> Any:
+        return await core.triggers.list_dead(limit=str(args.limit), cursor=args.cursor, channel_id=args.channel_id)
+
+    _print_json(_with_core(_settings(), work))
+    return 0
+
+
+def cmd_triggers_retry(args: argparse.Namespace) -> int:
+    if args.all == bool(args.delivery_ids):
+        print("igsync: give either --all or one or more delivery ids", file=sys.stderr)
+        return EXIT_CONFIG
+
+    async def work(core: Any) -> Any:
+        return await core.triggers.retry(None if args.all else args.delivery_ids, channel_id=args.channel_id)
+
+    result = _with_core(_settings(), work)
+    _print_json(result)
+    # A running server picks the requeued jobs up at its next poll.
+    return 1 if result["not_found"] or result["not_dead"] else 0
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     from server import doctor
 
@@ -263,6 +285,18 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--account", help="only bodies for this account id (entry.id)")
     replay.set_defaults(func=cmd_replay)
 
+    trig = sub.add_parser("triggers", help="workflow trigger deliveries: dead letters and retries")
+    trig_sub = trig.add_subparsers(dest="triggers_command", required=True)
+    list_dead = trig_sub.add_parser("list-dead", help="list dead-lettered deliveries, newest first")
+    list_dead.add_argument("--channel-id", help="only this channel's")
+    list_dead.add_argument("--limit", type=int, default=50, help="at most this many (1–200)")
+    list_dead.add_argument("--cursor", help="next_cursor of the previous page")
+    list_dead.set_defaults(func=cmd_triggers_list_dead)
+    retry = trig_sub.add_parser("retry", help="deliver dead-lettered deliveries again (fresh attempts)")
+    retry.add_argument("--all", action="store_true", help="every dead-lettered delivery (of --channel-id)")
+    retry.add_argument("--channel-id", help="only this channel's")
+    retry.add_argument("delivery_ids", nargs="*", metavar="ID", help="delivery ids, as listed by list-dead")
+    retry.set_defaults(func=cmd_triggers_retry)
     doctor = sub.add_parser("doctor", help="check stores, indexes, channels, secrets and the pipeline; say what to fix")
     doctor.add_argument("--json", action="store_true", help="print the checks as JSON (for scripts)")
     doctor.add_argument("--url", help="the running server's base URL (default http://IGSYNC_HOST:IGSYNC_PORT)")

@@ -16,6 +16,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from tornado.httpclient import AsyncHTTPClient
 
 from config import Settings
 from models.store import Store
@@ -35,6 +36,8 @@ from server.realtime import EventHub
 from server.recorder import MessageRecorder
 from server.store_instruments import InstrumentedRedis, MongoCommandMetrics
 from server.threads import ChannelCache, ThreadResolver
+from server.trigger_delivery import CachingResolver, TriggerDispatcher
+from server.triggers import TriggerAdmin, TriggerOutbox
 
 log = logging.getLogger("igsync.core")
 
@@ -84,6 +87,8 @@ class Core:
     auth: Authenticator
     inbox: InboxService
     sink: EventSink
+    # Workflow triggers: dead letters and retries (the dispatcher is one of the services).
+    triggers: TriggerAdmin
     # The WebSocket hub when this core publishes to it (the default); None with another sink.
     realtime: EventHub | None = None
     # Echo dedup (webhook side) and mark-sent (sender side): server/dedup.py, server/marksent.py.
@@ -143,6 +148,7 @@ async def build_core(
         settings.mongo_db,
         timeout_ms=settings.store_timeout_ms,
         webhook_events_ttl_days=settings.webhook_events_ttl_days,
+        trigger_jobs_ttl_days=settings.trigger_jobs_ttl_days,
         orphan_events_ttl_days=settings.orphan_events_ttl_days,
         listeners=[MongoCommandMetrics(metrics), *(mongo_listeners or [])],
     )
@@ -168,7 +174,19 @@ async def build_core(
             inbox=inbox,
         )
         sink = realtime
-    recorder = MessageRecorder(store, sink)
+    # Trigger deliveries are the only outgoing HTTP of the dispatcher: one client, one
+    # connection slot per lane delivered at once.
+    dispatcher = TriggerDispatcher(
+        settings=settings,
+        store=store,
+        redis=redis,
+        http=AsyncHTTPClient(
+            force_instance=True, max_clients=max(1, settings.trigger_workers), resolver=CachingResolver()
+        ),
+        metrics=metrics,
+    )
+    outbox = TriggerOutbox(store, channel_cache_secs=settings.channel_cache_secs, on_recorded=dispatcher.wake)
+    recorder = MessageRecorder(store, sink, before_hooks=[outbox])
     media = MediaService(
         store,
         recorder.publish,
@@ -226,6 +244,8 @@ async def build_core(
         activity=ChannelActivity(store, metrics),
         owner_messages=dedup,
     )
+    # Webhooks first: the dispatcher gives way while this process is handling them.
+    dispatcher.webhooks_busy = lambda: pipeline.in_flight > 0
     auth = Authenticator(
         store,
         admin_token=settings.admin_token,
@@ -255,12 +275,13 @@ async def build_core(
         auth=auth,
         inbox=inbox,
         sink=sink,
+        triggers=TriggerAdmin(store, on_requeued=dispatcher.wake),
         realtime=realtime,
         dedup=dedup,
         marksent=marksent,
         # Started in this order, stopped in reverse: the hub outlives the workers that publish;
         # the dedup Redis client closes last.
-        services=[marks, *([realtime] if realtime is not None else []), media, profiles],
+        services=[marks, *([realtime] if realtime is not None else []), media, profiles, dispatcher],
         media=media,
         profiles=profiles,
         message_events=message_events,

@@ -101,6 +101,9 @@ class IngestPipeline:
         self.item_events = item_events
         self.new_customer_hooks = list(new_customer_hooks or [])
         self.activity = activity
+        # Webhook POSTs being processed right now: background work (trigger delivery) gives
+        # way while this is above zero, so that it never slows the webhook down.
+        self.in_flight = 0
 
     # -- the request -------------------------------------------------------------------
 
@@ -109,12 +112,16 @@ class IngestPipeline:
     ) -> WebhookResponse:
         """Verify over the raw bytes, then process; never raises for bad input."""
         started = time.perf_counter()
-        if not signature_ok(body, signature, self.app_secret):
-            response = WebhookResponse(
-                401, _error("invalid_signature", "Missing or wrong X-Hub-Signature-256."), "invalid_signature"
-            )
-        else:
-            response = await self.process_body(body, received_at=received_at)
+        self.in_flight += 1
+        try:
+            if not signature_ok(body, signature, self.app_secret):
+                response = WebhookResponse(
+                    401, _error("invalid_signature", "Missing or wrong X-Hub-Signature-256."), "invalid_signature"
+                )
+            else:
+                response = await self.process_body(body, received_at=received_at)
+        finally:
+            self.in_flight -= 1
         self.metrics.webhook_requests.labels(outcome=response.outcome).inc()
         self.metrics.webhook_duration.observe(time.perf_counter() - started)
         return response

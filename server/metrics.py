@@ -101,6 +101,18 @@ HTTP_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", OTHE
 # Status classes, not codes: bounded, and what an alert asks ("are we answering 5xx?").
 # The exact code is in the access log line.
 HTTP_STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
+# Workflow triggers (server.triggers): where a job goes, how a job ended, how one attempt went.
+TRIGGER_TARGETS = ("http", "redis_stream")
+TRIGGER_OUTCOMES = ("delivered", "dead", "cancelled")
+TRIGGER_ATTEMPT_RESULTS = (
+    "ok",
+    "client_error",
+    "rate_limited",
+    "server_error",
+    "timeout",
+    "network_error",
+    "redis_error",
+)
 # Events and media (issue 7).
 PROFILE_OUTCOMES = ("fetched", "reauth_required", "unavailable", "error", "no_token", "dropped")
 MEDIA_OUTCOMES = ("completed", "failed", "retried", "cancelled")
@@ -138,6 +150,11 @@ def bounded(value: str, allowed: Iterable[str]) -> str:
 
 def status_class(status: int) -> str:
     return f"{status // 100}xx" if 100 <= status < 600 else "5xx"
+
+
+# Customer message stored → trigger acknowledged: milliseconds when the receiver is up, then
+# the retry schedule (30 s … about an hour) when it is not.
+TRIGGER_DELIVERY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0, 300.0, 1800.0, 3600.0)
 
 
 class Metrics:
@@ -273,6 +290,45 @@ class Metrics:
             registry=r,
         )
         self.build_info.labels(version=package_version(), python=platform.python_version()).set(1)
+        self.trigger_deliveries = Counter(
+            "igsync_trigger_deliveries_total",
+            "Trigger jobs finished, by target and outcome (delivered, dead-lettered, cancelled).",
+            ["target", "outcome"],
+            registry=r,
+        )
+        self.trigger_attempts = Counter(
+            "igsync_trigger_attempts_total",
+            "Trigger delivery attempts, by target and result.",
+            ["target", "result"],
+            registry=r,
+        )
+        self.trigger_dead_letters = Gauge(
+            "igsync_trigger_dead_letters",
+            "Trigger jobs dead-lettered and not retried yet (refreshed by the dispatcher).",
+            registry=r,
+        )
+        self.trigger_pending = Gauge(
+            "igsync_trigger_pending_jobs",
+            "Triggers not delivered yet: pending jobs and marked messages (refreshed by the dispatcher).",
+            registry=r,
+        )
+        self.trigger_oldest_pending = Gauge(
+            "igsync_trigger_oldest_pending_seconds",
+            "Age of the oldest undelivered trigger job, 0 when none (refreshed by the dispatcher).",
+            registry=r,
+        )
+        self.trigger_deferred_polls = Counter(
+            "igsync_trigger_deferred_polls_total",
+            "Dispatcher polls put off because this process was handling webhooks (webhooks first).",
+            registry=r,
+        )
+        self.trigger_delivery = Histogram(
+            "igsync_trigger_delivery_seconds",
+            "Customer message stored → its trigger acknowledged by the receiver.",
+            ["target"],
+            buckets=TRIGGER_DELIVERY_BUCKETS,
+            registry=r,
+        )
         # Events and media (issue 7).
         self.profile_lookups = Counter(
             "igsync_profile_lookups_total", "Customer profile look-ups by outcome.", ["outcome"], registry=r
@@ -307,6 +363,12 @@ class Metrics:
             self.channels_silent.labels(threshold=threshold)
         for result in ("ok", "failed"):
             self.monitor_runs.labels(result=result)
+        for target in TRIGGER_TARGETS:
+            self.trigger_delivery.labels(target=target)
+            for outcome in TRIGGER_OUTCOMES:
+                self.trigger_deliveries.labels(target=target, outcome=outcome)
+            for result in TRIGGER_ATTEMPT_RESULTS:
+                self.trigger_attempts.labels(target=target, result=result)
         for outcome in PROFILE_OUTCOMES:
             self.profile_lookups.labels(outcome=outcome)
         for outcome in MEDIA_OUTCOMES:

@@ -3,6 +3,7 @@
 Owns the write sequence every new message goes through — whether it came from a webhook
 or from mark-sent:
 
+0. let the before-store hooks mark the document (the trigger outbox's mark goes in with it);
 1. insert the message (the unique ``mids`` index decides "new or duplicate");
 2. run the after-store hooks (durable follow-up work: media jobs, trigger jobs), each
    idempotent per message;
@@ -39,6 +40,14 @@ class AfterStoreHook(Protocol):
     async def after_message_stored(self, message: dict[str, Any], conversation_id: Any) -> None: ...
 
 
+class BeforeStoreHook(Protocol):
+    """Marks a message document before its insert, so that follow-up work is recorded in the
+    same write as the message itself (the trigger outbox): no extra round trip, and no state
+    where the message exists without its mark."""
+
+    async def before_message_stored(self, message: dict[str, Any]) -> None: ...
+
+
 @dataclass
 class Recorded:
     message: dict[str, Any]
@@ -48,13 +57,22 @@ class Recorded:
 
 
 class MessageRecorder:
-    def __init__(self, store: Store, sink: ev.EventSink, hooks: list[AfterStoreHook] | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        sink: ev.EventSink,
+        hooks: list[AfterStoreHook] | None = None,
+        before_hooks: list[BeforeStoreHook] | None = None,
+    ) -> None:
         self.store = store
         self.sink = sink
         self.hooks: list[AfterStoreHook] = list(hooks or [])
+        self.before_hooks: list[BeforeStoreHook] = list(before_hooks or [])
 
     async def record(self, message: dict[str, Any], *, received_at: float) -> Recorded:
         """Store ``message`` once; a mid already known answers ``duplicate=True``."""
+        for before in self.before_hooks:
+            await before.before_message_stored(message)
         try:
             await self.store.messages.insert(message)
         except DuplicateKeyError as exc:

@@ -36,7 +36,8 @@ class HttpTriggerSchema(Schema):
     url = fields.Url(required=True, require_tld=False, schemes={"http", "https"})
     secret = fields.String(required=True, validate=validate.Length(min=16, max=256))
     timeout_secs = fields.Float(load_default=10.0, validate=validate.Range(min=0.1, max=60))
-    max_attempts = fields.Integer(load_default=8, validate=validate.Range(min=1, max=50))
+    # None: IGSYNC_TRIGGER_MAX_ATTEMPTS (8, about an hour of retries).
+    max_attempts = fields.Integer(load_default=None, allow_none=True, validate=validate.Range(min=1, max=50))
 
 
 class TriggersSchema(Schema):
