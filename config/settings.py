@@ -49,6 +49,9 @@ class Settings:
     internal_tokens: tuple[str, ...] = _setting((), "comma-separated bearer tokens of mark-sent callers", secret=True)
     dedup_ttl_secs: int = _setting(60, "life of the mark-sent Redis keys")
     dedup_window_secs: int = _setting(30, "how far back the MongoDB echo match looks")
+    dedup_redis_timeout_ms: int = _setting(
+        250, "Redis timeout of the dedup hints; a slower Redis is skipped (MongoDB decides alone)"
+    )
     graph_api_url: str = _setting("https://graph.instagram.com", "Graph API base URL")
     graph_api_timeout_secs: float = _setting(10.0, "timeout of one Graph API call")
     ws_ping_secs: int = _setting(25, "WebSocket keep-alive ping interval")
@@ -163,6 +166,7 @@ class Settings:
         for name in (
             "dedup_ttl_secs",
             "dedup_window_secs",
+            "dedup_redis_timeout_ms",
             "ws_ping_secs",
             "ws_queue_max",
             "ws_log_max_events",

@@ -167,11 +167,15 @@ class ConversationRepository:
         update = {"$set": {"customer": customer_snapshot(customer), "updated_at": utcnow()}}
         return await update_get(self.coll, key, update, key=key)
 
-    async def refresh_last_message(self, conversation_id: ObjectId, message: dict[str, Any]) -> dict[str, Any] | None:
-        """Rewrite the summary when the message it shows changed (edit, unsend, adoption)."""
+    async def refresh_last_message(
+        self, conversation_id: ObjectId, message: dict[str, Any], *, replacing: ObjectId | None = None
+    ) -> dict[str, Any] | None:
+        """Rewrite the summary when the message it shows changed (edit, unsend, adoption) — or,
+        with ``replacing``, when the message it shows was merged into ``message``."""
+        shown = replacing if replacing is not None else message["_id"]
         return await update_get(
             self.coll,
-            {"_id": conversation_id, "last_message.id": message["_id"]},
+            {"_id": conversation_id, "last_message.id": shown},
             {"$set": {"last_message": message_summary(message), "updated_at": utcnow()}},
         )
 

@@ -14,9 +14,17 @@ it and on MongoDB alike):
   document has at least one (an empty array would collide in a unique index).
 * ``client_key`` — unique, sparse: ``"<conversation_id>:<client_message_id>"``, mark-sent's
   idempotency key.
+* ``pair_key`` — unique, sparse: ``"<conversation_id>:<send_id>"``, one message per send: a
+  mark-sent and the echo paired with it (see :mod:`models.echo_pairs`) both insert with the
+  send's ``send_id``, so the second of them collides and merges into the first instead of
+  storing a second message.
+
+A message merged into another one (the extra echo of a multi-mid send that arrived before its
+mark-sent) stays as a hidden tombstone with ``merged_into`` set: it keeps its mid keys, so a
+redelivery of that echo still collides, and listings skip it.
 
 ``mids`` keeps the raw Instagram ids for people and the API; the repository derives the keys
-from it on every write, so callers never build them.
+from it (and ``pair_key`` from ``send_id``) on every write, so callers never build them.
 """
 
 from __future__ import annotations
@@ -35,7 +43,8 @@ TYPE_CUSTOMER = "customer"
 TYPE_SUPPORT = "support"
 TYPE_AI = "AI"
 OUTBOUND_TYPES = (TYPE_SUPPORT, TYPE_AI)
-# An owner message first seen as an echo from the Instagram app (not sent through igsync).
+# An owner message first seen as an echo from the Instagram app (not sent through igsync);
+# only such a message may be adopted by a mark-sent.
 SOURCE_INSTAGRAM_DIRECT = "instagram_direct"
 # Rows sharing the anchor's millisecond that a page can step over (see ``page``).
 _TIE_SLACK = 20
@@ -49,21 +58,44 @@ def client_key(conversation_id: ObjectId, client_message_id: str) -> str:
     return f"{conversation_id}:{client_message_id}"
 
 
+def pair_key(conversation_id: ObjectId, send_id: str) -> str:
+    return f"{conversation_id}:{send_id}"
+
+
 def with_keys(doc: dict[str, Any]) -> dict[str, Any]:
-    """Fill ``mid_keys`` and ``client_key`` from ``mids`` and ``client_message_id``."""
+    """Fill ``mid_keys``, ``client_key`` and ``pair_key`` from ``mids``, ``client_message_id``
+    and ``send_id``."""
     mids = [m for m in doc.get("mids") or [] if m]
     keys = [mid_key(doc["channel_id"], m) for m in mids]
     doc["mid_keys"] = keys or [mid_key(doc["channel_id"], f"local:{doc['_id']}")]
     if doc.get("client_message_id"):
         doc["client_key"] = client_key(doc["conversation_id"], doc["client_message_id"])
+    if doc.get("send_id"):
+        doc["pair_key"] = pair_key(doc["conversation_id"], doc["send_id"])
     return doc
+
+
+_KEY_INDEXES = {"mid_keys_unique": "mid_keys", "client_key_unique": "client_key", "pair_key_unique": "pair_key"}
+
+
+def conflict_key(exc: Exception) -> str | None:
+    """Which unique key a ``DuplicateKeyError`` was raised by: ``mid_keys``, ``client_key``,
+    ``pair_key`` (or ``_id``). From the server's ``keyPattern``, else the index *name* in the
+    message — never a substring of the key's value, which can hold a caller's id."""
+    details = getattr(exc, "details", None) or {}
+    pattern = details.get("keyPattern") or {}
+    if pattern:
+        return next(iter(pattern))
+    text = str(details.get("errmsg", exc))
+    for index, key in _KEY_INDEXES.items():
+        if f"index: {index}" in text:
+            return key
+    return "_id" if "index: _id_" in text else None
 
 
 def is_mid_conflict(exc: Exception) -> bool:
     """Whether a ``DuplicateKeyError`` was raised by the mid index (not the client key)."""
-    details = getattr(exc, "details", None) or {}
-    pattern = details.get("keyPattern") or {}
-    return "mid_keys" in pattern or "mid_keys" in str(details.get("errmsg", exc))
+    return conflict_key(exc) == "mid_keys"
 
 
 class MessageRepository:
@@ -74,6 +106,7 @@ class MessageRepository:
     async def ensure_indexes(self) -> None:
         await self.coll.create_index([("mid_keys", ASCENDING)], unique=True, name="mid_keys_unique")
         await self.coll.create_index([("client_key", ASCENDING)], unique=True, sparse=True, name="client_key_unique")
+        await self.coll.create_index([("pair_key", ASCENDING)], unique=True, sparse=True, name="pair_key_unique")
         await self.coll.create_index(
             [("conversation_id", ASCENDING), ("sent_at", ASCENDING), ("_id", ASCENDING)], name="conversation_time"
         )
@@ -112,6 +145,77 @@ class MessageRepository:
         if not message.get("mid") and mids:
             update["$set"] = {"mid": mids[0]}
         return await update_get(self.coll, {"_id": message["_id"]}, update)
+
+    async def find_collisions(
+        self, channel_id: ObjectId, conversation_id: ObjectId, mids: list[str], send_id: str
+    ) -> list[dict[str, Any]]:
+        """The messages an outbound insert with these mids and this send collided with (one
+        indexed lookup per key: this runs only after a collision)."""
+        found: dict[Any, dict[str, Any]] = {}
+        queries = [{"pair_key": pair_key(conversation_id, send_id)}]
+        queries += [{"mid_keys": mid_key(channel_id, m)} for m in mids]
+        for query in queries:
+            doc = await self.coll.find_one(query)
+            if doc is not None:
+                found.setdefault(doc["_id"], doc)
+        return sorted(found.values(), key=lambda d: d["_id"])
+
+    async def absorb_mid(
+        self, channel_id: ObjectId, conversation_id: ObjectId, send_id: str, mid: str
+    ) -> dict[str, Any] | None:
+        """Record an echo's mid on the message of its send; None if that message does not exist
+        yet. ``DuplicateKeyError`` when another message holds the mid."""
+        key = {"pair_key": pair_key(conversation_id, send_id)}
+        new_key = mid_key(channel_id, mid)
+        add = [
+            {
+                "$set": {
+                    "mids": {"$cond": [{"$in": [mid, "$mids"]}, "$mids", {"$concatArrays": ["$mids", [mid]]}]},
+                    "mid_keys": {
+                        "$cond": [
+                            {"$in": [new_key, "$mid_keys"]},
+                            "$mid_keys",
+                            {"$concatArrays": ["$mid_keys", [new_key]]},
+                        ]
+                    },
+                    "mid": {"$ifNull": ["$mid", mid]},
+                }
+            }
+        ]
+        return await update_get(self.coll, key, add, key=key)
+
+    async def adopt(
+        self, message: dict[str, Any], send_id: str, fields: dict[str, Any], add_mids: list[str]
+    ) -> dict[str, Any] | None:
+        """Turn a stored Instagram-app message into the outbound message of send ``send_id``.
+
+        One guarded update: it matches only while the message still looks native and is not
+        paired with another send, so it happens at most once; None when the guard did not match.
+        """
+        conversation_id = message["conversation_id"]
+        own = pair_key(conversation_id, send_id)
+        changes = {**fields, "send_id": send_id, "pair_key": own}
+        if fields.get("client_message_id"):
+            changes["client_key"] = client_key(conversation_id, fields["client_message_id"])
+        update: dict[str, Any] = {"$set": changes}
+        if add_mids:
+            keys = [mid_key(message["channel_id"], m) for m in add_mids]
+            update["$addToSet"] = {"mids": {"$each": add_mids}, "mid_keys": {"$each": keys}}
+        guard = {
+            "_id": message["_id"],
+            "source": SOURCE_INSTAGRAM_DIRECT,
+            "type": TYPE_SUPPORT,
+            "merged_into": {"$exists": False},
+            # Not paired with another send. ``$in`` with None matches a missing field; a
+            # top-level ``$or`` here would make the embedded server scan the collection.
+            "pair_key": {"$in": [None, own]},
+        }
+        return await update_get(self.coll, guard, update)
+
+    async def merge_into(self, message_id: ObjectId, primary_id: ObjectId) -> dict[str, Any] | None:
+        """Hide a native-looking message that another message now stands for (keeps its keys)."""
+        guard = {"_id": message_id, "source": SOURCE_INSTAGRAM_DIRECT, "merged_into": {"$exists": False}}
+        return await update_get(self.coll, guard, {"$set": {"merged_into": primary_id}})
 
     async def mark_answered(self, conversation_id: ObjectId, up_to: dt.datetime) -> int:
         """Mark the customer messages sent up to ``up_to`` answered (an owner reply came)."""
@@ -160,7 +264,8 @@ class MessageRepository:
         slack = _TIE_SLACK if (after is not None or before is not None) else 0
         fetch = limit + 1 + slack
         raw = await self.coll.find(query).sort([("sent_at", direction), ("_id", direction)]).limit(fetch).to_list(None)
-        rows = [r for r in raw if _inside(r, after, before)]
+        # Merged tombstones (models docstring) are never listed.
+        rows = [r for r in raw if _inside(r, after, before) and "merged_into" not in r]
         has_more = len(rows) > limit or len(raw) == fetch
         rows = rows[:limit]
         if not forward:
@@ -177,7 +282,14 @@ class MessageRepository:
         hence "suspected".
         """
         pipeline: list[dict[str, Any]] = [
-            {"$match": {"created_at": {"$gte": since}, "type": {"$in": list(OUTBOUND_TYPES)}}},
+            {
+                "$match": {
+                    "created_at": {"$gte": since},
+                    "type": {"$in": list(OUTBOUND_TYPES)},
+                    # A folded echo (dedup's hidden tombstone) is not a stored duplicate.
+                    "merged_into": {"$exists": False},
+                }
+            },
             {
                 "$group": {
                     "_id": {"conversation": "$conversation_id", "content": "$content_hash"},

@@ -16,6 +16,7 @@ from pymongo import AsyncMongoClient, monitoring
 from models.channels import ChannelRepository
 from models.conversations import ConversationRepository
 from models.customers import CustomerRepository
+from models.echo_pairs import EchoPairRepository
 from models.media_files import MediaFileRepository
 from models.media_jobs import MediaJobRepository
 from models.message_updates import MessageUpdateRepository
@@ -74,6 +75,7 @@ class Store:
         self.orphan_events = OrphanEventRepository(self.db, ttl_days=orphan_events_ttl_days)
         self.media_jobs = MediaJobRepository(self.db)
         self.media_files = MediaFileRepository(self.db)
+        self.echo_pairs = EchoPairRepository(self.db)
         self.repositories: list[Any] = [
             self.channels,
             self.customers,
@@ -87,6 +89,7 @@ class Store:
             self.orphan_events,
             self.media_jobs,
             self.media_files,
+            self.echo_pairs,
         ]
 
     async def ensure_indexes(self) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 import tornado.routing
 import tornado.web
 
-from handlers import api, health, inbox_page, media, metrics, triggers, webhook, ws
+from handlers import api, health, inbox_page, marksent, media, metrics, triggers, webhook, ws
 from handlers.base import NotFoundHandler
 from server.access_log import http_series, make_log_function
 from server.core import Core
@@ -21,7 +21,7 @@ WS_MAX_MESSAGE_BYTES = 64 * 1024
 
 def route_table() -> list[Any]:
     routes: list[Any] = []
-    for module in (webhook, api, health, metrics, ws, media, inbox_page, triggers):
+    for module in (webhook, api, marksent, health, metrics, ws, media, inbox_page, triggers):
         routes.extend(module.routes)
     return routes
 

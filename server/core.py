@@ -21,10 +21,12 @@ from tornado.httpclient import AsyncHTTPClient
 from config import Settings
 from models.store import Store
 from server.auth import Authenticator
+from server.dedup import EchoDedup, EchoPairing, SentMarks
 from server.events import EventSink
 from server.graph_api import GraphApiClient
 from server.inbox_api import InboxService
 from server.ingest import IngestPipeline
+from server.marksent import MarkSentService
 from server.media import Downloader, MediaService, Transcriber, load_transcriber
 from server.message_events import MessageArrivalHook, MessageEventHandler
 from server.metrics import Metrics
@@ -89,6 +91,9 @@ class Core:
     triggers: TriggerAdmin
     # The WebSocket hub when this core publishes to it (the default); None with another sink.
     realtime: EventHub | None = None
+    # Echo dedup (webhook side) and mark-sent (sender side): server/dedup.py, server/marksent.py.
+    dedup: EchoDedup | None = None
+    marksent: MarkSentService | None = None
     # Background services with start()/stop() (realtime hub, workers); started by serve.
     services: list[Any] = field(default_factory=list)
     # Events and media (issue 7): GET /media, the media worker, profile look-ups.
@@ -217,6 +222,16 @@ async def build_core(
     # Order matters: earlier events are applied (an unsend clears the attachments) before
     # media jobs are queued.
     recorder.hooks.extend([MessageArrivalHook(store, message_events), media])
+    # Dedup hints get their own Redis client with a short timeout (and the default single
+    # immediate retry on a connection error, for restarts): a slow or dead Redis is skipped,
+    # never waited for (MongoDB decides alone, P4).
+    marks = SentMarks(
+        redis_client(settings.redis_url, timeout_ms=settings.dedup_redis_timeout_ms, metrics=metrics),
+        metrics,
+        ttl_secs=settings.dedup_ttl_secs,
+    )
+    pairing = EchoPairing(store.echo_pairs, window_secs=settings.dedup_window_secs)
+    dedup = EchoDedup(store, recorder, pairing, marks, metrics)
     pipeline = IngestPipeline(
         store=store,
         app_secret=settings.app_secret or "",
@@ -227,6 +242,7 @@ async def build_core(
         item_events=message_events,
         new_customer_hooks=[profiles],
         activity=ChannelActivity(store, metrics),
+        owner_messages=dedup,
     )
     # Webhooks first: the dispatcher gives way while this process is handling them.
     dispatcher.webhooks_busy = lambda: pipeline.in_flight > 0
@@ -235,6 +251,17 @@ async def build_core(
         admin_token=settings.admin_token,
         internal_tokens=settings.internal_tokens,
         metrics_token=settings.metrics_token,
+    )
+    marksent = MarkSentService(
+        store=store,
+        auth=auth,
+        channels=channels,
+        threads=threads,
+        recorder=recorder,
+        pairing=pairing,
+        marks=marks,
+        metrics=metrics,
+        new_customer_hooks=pipeline.new_customer_hooks,
     )
     core = Core(
         settings=settings,
@@ -250,8 +277,11 @@ async def build_core(
         sink=sink,
         triggers=TriggerAdmin(store, on_requeued=dispatcher.wake),
         realtime=realtime,
-        # Started in this order, stopped in reverse: the hub outlives the workers that publish.
-        services=[*([realtime] if realtime is not None else []), media, profiles, dispatcher],
+        dedup=dedup,
+        marksent=marksent,
+        # Started in this order, stopped in reverse: the hub outlives the workers that publish;
+        # the dedup Redis client closes last.
+        services=[marks, *([realtime] if realtime is not None else []), media, profiles, dispatcher],
         media=media,
         profiles=profiles,
         message_events=message_events,

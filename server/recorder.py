@@ -83,6 +83,14 @@ class MessageRecorder:
         conversation = await self.apply(message, received_at=received_at)
         return Recorded(message, conversation)
 
+    async def record_new(self, message: dict[str, Any], *, received_at: float) -> Recorded:
+        """Steps 1–5 for a message whose collisions the caller resolves itself: every
+        ``DuplicateKeyError`` propagates (mark-sent turns a collision into an adoption)."""
+        await self.store.messages.insert(message)
+        await self.run_hooks(message)
+        conversation = await self.apply(message, received_at=received_at)
+        return Recorded(message, conversation)
+
     async def _repair(self, incoming: dict[str, Any], received_at: float) -> Recorded:
         existing = None
         for mid in incoming.get("mids") or []:
@@ -93,6 +101,11 @@ class MessageRecorder:
             # The index said "exists" but the read does not see it: the other writer's insert
             # is not visible yet (or was rolled back). Let the caller retry via 503/redelivery.
             raise DuplicateKeyError("message with this mid is not readable yet")
+        return await self.complete(existing, received_at=received_at)
+
+    async def complete(self, existing: dict[str, Any], *, received_at: float) -> Recorded:
+        """A message found already stored: finish steps 2–5 if its conversation has not seen it
+        (a half-written attempt), else nothing. Always ``duplicate=True``."""
         conversation = await self.store.conversations.get(existing["conversation_id"])
         if conversation is not None and existing["_id"] not in (conversation.get("recent_message_ids") or []):
             log.info("repairing a half-written message mid=%s", existing.get("mid"))
