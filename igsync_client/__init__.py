@@ -19,6 +19,7 @@ from igsync_client.errors import (
     IgsyncServerError,
     IgsyncValidationError,
 )
+from igsync_client.triggers import verify_trigger_signature
 
 __all__ = [
     "IgsyncAuthError",
@@ -29,4 +30,5 @@ __all__ = [
     "IgsyncServerError",
     "IgsyncValidationError",
     "MarkSentResult",
+    "verify_trigger_signature",
 ]

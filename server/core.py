@@ -187,6 +187,7 @@ async def build_core(
     )
     outbox = TriggerOutbox(store, channel_cache_secs=settings.channel_cache_secs, on_recorded=dispatcher.wake)
     recorder = MessageRecorder(store, sink, before_hooks=[outbox])
+    inbox.publish = recorder.publish
     media = MediaService(
         store,
         recorder.publish,

@@ -43,7 +43,14 @@ def bad_request(code: str, message: str) -> ApiError:
 
 
 def validation_error(fields: dict[str, Any]) -> ApiError:
-    return ApiError(422, "validation_error", "Some fields are invalid.", fields=fields)
+    return ApiError(422, "validation_error", "Some fields are invalid.", fields=_string_keys(fields))
+
+
+def _string_keys(value: Any) -> Any:
+    # marshmallow keys list items by position (``{"mids": {0: [...]}}``); JSON needs strings.
+    if isinstance(value, dict):
+        return {str(k): _string_keys(v) for k, v in value.items()}
+    return value
 
 
 class StoreUnavailable(Exception):

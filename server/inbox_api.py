@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -18,6 +19,7 @@ from models import serializers
 from models.ids import as_object_id
 from models.store import Store
 from models.timeutil import from_epoch_ms, parse_iso
+from server import events
 from server.auth import Principal
 from server.errors import ApiError, bad_request, not_found, validation_error
 from server.schemas import CHANNEL_INPUT, TOKEN_INPUT, load
@@ -60,6 +62,9 @@ class InboxService:
     def __init__(self, store: Store, channels: ChannelCache) -> None:
         self.store = store
         self.channel_cache = channels
+        # Set by build_core once the recorder exists (the realtime hub needs this service for
+        # owner scoping, so this service is built first).
+        self.publish: Callable[[list[events.Event]], Awaitable[None]] | None = None
 
     # -- owner scoping -----------------------------------------------------------------
 
@@ -146,9 +151,12 @@ class InboxService:
         return {"messages": [serializers.ws_message(r) for r in rows], "has_more": has_more}
 
     async def mark_conversation_read(self, principal: Principal, conversation_id: str) -> dict[str, Any]:
+        """Clear the unread count, and tell the owner's other open inboxes (other tabs, agents)."""
         conversation = await self.owned_conversation(principal, conversation_id)
-        updated = await self.store.conversations.mark_read(conversation["_id"])
-        return {"conversation": serializers.conversation(updated or conversation)}
+        updated = await self.store.conversations.mark_read(conversation["_id"]) or conversation
+        if self.publish is not None:
+            await self.publish([events.conversation_updated(updated)])
+        return {"conversation": serializers.conversation(updated)}
 
     # -- admin -------------------------------------------------------------------------
 

@@ -371,14 +371,7 @@ def parse_input(body: bytes) -> dict[str, Any]:
     try:
         return MARK_SENT_INPUT.load(payload)
     except ValidationError as exc:
-        raise validation_error(_string_keys(exc.messages_dict)) from None
-
-
-def _string_keys(value: Any) -> Any:
-    # marshmallow keys list items by position (``{"mids": {0: [...]}}``); JSON needs strings.
-    if isinstance(value, dict):
-        return {str(k): _string_keys(v) for k, v in value.items()}
-    return value
+        raise validation_error(exc.messages_dict) from None
 
 
 def outbound_message(

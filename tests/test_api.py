@@ -16,6 +16,7 @@ from tests.helpers import (
     messaging_body,
     text_item,
 )
+from tests.realtime_support import WsClient
 
 OTHER_ACCOUNT = "17841499999999999"
 
@@ -266,8 +267,18 @@ async def test_mark_read_clears_the_unread_count(client: Client, tenant: Tenant)
     await post_texts(client, "6200000000000401", 2)
     conversation = body_of(await client.get("/api/v1/conversations", token=tenant.token))["conversations"][0]
     assert conversation["unread_count"] == 2
-    read = await client.post(f"/api/v1/conversations/{conversation['id']}/read", token=tenant.token)
-    assert body_of(read)["conversation"]["unread_count"] == 0
+    other_tab = await WsClient.connect(client.base_url, tenant.token)
+    try:
+        await other_tab.subscribe(channel_id=tenant.channel["id"])
+        read = await client.post(f"/api/v1/conversations/{conversation['id']}/read", token=tenant.token)
+        assert body_of(read)["conversation"]["unread_count"] == 0
+        # Every other open inbox of the owner learns it at once.
+        event = await other_tab.next_event()
+        assert event["event"] == "conversation_updated"
+        assert event["data"]["conversation"]["id"] == conversation["id"]
+        assert event["data"]["conversation"]["unread_count"] == 0
+    finally:
+        other_tab.close()
 
 
 # -- tenant isolation on every read endpoint -------------------------------------------------------
@@ -312,3 +323,11 @@ async def test_health_and_readiness(client: Client) -> None:
     assert body_of(await client.get("/healthz")) == {"status": "ok"}
     ready = await client.get("/readyz")
     assert ready.code == 200 and body_of(ready)["checks"] == {"mongo": True, "redis": True}
+
+
+async def test_list_field_errors_are_422_with_string_keys(server: RunningServer) -> None:
+    """marshmallow keys list items by position; the JSON error shape needs string keys."""
+    from server.errors import validation_error
+
+    error = validation_error({"mids": {0: ["Not a valid string."]}})
+    assert error.body()["fields"] == {"mids": {"0": ["Not a valid string."]}}
