@@ -139,3 +139,9 @@ def test_dockerfile_runs_as_non_root_with_a_healthcheck() -> None:
     assert 'CMD ["igsync", "serve"]' in text
     # The embedded stores (SecantusDB is GPL-2.0-only) stay out of the image.
     assert "requirements-embedded" not in text and "[embedded]" not in text
+
+
+def test_every_setting_is_documented() -> None:
+    documented = (ROOT / "docs" / "configuration.md").read_text()
+    missing = [name for name, _, _ in describe() if f"`{name}`" not in documented]
+    assert missing == [], f"add these to docs/configuration.md: {missing}"
