@@ -82,6 +82,7 @@ class BenchServer:
         self.kind = kind
         self.port = int(env["IGSYNC_PORT"])
         self.counts_file = workdir / f"{kind}-counts.json"
+        self.last_micros: dict[str, int] = {}
         env = {**env, "BENCH_COUNTS_FILE": str(self.counts_file)}
         self.log = open(workdir / f"{kind}.log", "w")
         self.proc = subprocess.Popen(
@@ -107,7 +108,9 @@ class BenchServer:
             if time.monotonic() > deadline:
                 raise RuntimeError("no counts from the server")
             time.sleep(0.01)
-        return json.loads(self.counts_file.read_text())
+        dump = json.loads(self.counts_file.read_text())
+        self.last_micros = dump["micros"]
+        return dump["counts"]
 
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
@@ -276,6 +279,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             igsync.signal(signal.SIGUSR1)
             await run_load(HOST, port, requests_for(known, port), 4)
             known_counts = igsync.counts()
+            known_micros = igsync.last_micros
 
             echoes = workload(
                 args.rt_items, customers, echo_share=1.0, redelivery_share=0.0, seed=args.seed + 2, tag="echo"
@@ -297,6 +301,9 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         print(f"mixed load:                       {per_item(mixed_counts, args.items)}")
         print(f"customer text, known customer:    {per_item(known_counts, args.rt_items)}  (aim <= 3)")
         print(f"owner echo, known customer:       {per_item(echo_counts, args.rt_items)}")
+        print("store time per known-customer text, by command (ms):")
+        for name, micros in sorted(known_micros.items(), key=lambda kv: -kv[1]):
+            print(f"    {name:32} {micros / args.rt_items / 1000:.2f}")
         out.update(
             {
                 "floor": {

@@ -30,26 +30,37 @@ from server.lifecycle import ServerProcess
 
 
 class CommandCounter(monitoring.CommandListener):
-    """Counts every command sent to MongoDB: one started event = one round trip."""
+    """Counts every command sent to MongoDB (one started event = one round trip) and the
+    time each kind took, per collection (``"update conversations"``)."""
 
     def __init__(self) -> None:
         self.counts: Counter[str] = Counter()
+        self.micros: Counter[str] = Counter()
+        self._names: dict[int, str] = {}
 
     def started(self, event: monitoring.CommandStartedEvent) -> None:
         self.counts[event.command_name] += 1
+        target = event.command.get(event.command_name)
+        self._names[event.request_id] = (
+            f"{event.command_name} {target}" if isinstance(target, str) else event.command_name
+        )
 
     def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
-        pass
+        self.micros[self._names.pop(event.request_id, event.command_name)] += event.duration_micros
 
     def failed(self, event: monitoring.CommandFailedEvent) -> None:
-        pass
+        self._names.pop(event.request_id, None)
+
+    def clear(self) -> None:
+        self.counts.clear()
+        self.micros.clear()
 
 
 def _dump_counts(counter: CommandCounter) -> None:
     path = os.environ.get("BENCH_COUNTS_FILE")
     if path:
         with open(path, "w") as fh:
-            json.dump(dict(counter.counts), fh)
+            json.dump({"counts": dict(counter.counts), "micros": dict(counter.micros)}, fh)
 
 
 async def _run_until_signal(counter: CommandCounter, start) -> None:  # type: ignore[no-untyped-def]
@@ -58,7 +69,7 @@ async def _run_until_signal(counter: CommandCounter, start) -> None:  # type: ig
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     # Counts are reset on SIGUSR1 so a benchmark can measure one phase at a time.
-    loop.add_signal_handler(signal.SIGUSR1, counter.counts.clear)
+    loop.add_signal_handler(signal.SIGUSR1, counter.clear)
     loop.add_signal_handler(signal.SIGUSR2, lambda: _dump_counts(counter))
     cleanup = await start()
     print("READY", flush=True)
