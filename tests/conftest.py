@@ -34,6 +34,8 @@ from tests.helpers import (
 )
 from tests.log_audit import AUDIT, LogAuditPlugin
 
+pytest_plugins = ["tests.triggers_fixtures"]
+
 
 def pytest_configure(config: pytest.Config) -> None:
     # Every log line of the session is checked for secrets, tokens and signatures; a leak

@@ -6,35 +6,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
 import pytest
 
 from config import Settings
-from tests.conftest import RunningServer, connect_tenant, make_settings, start_server, stop_server
+from tests.conftest import RunningServer, connect_tenant
 from tests.helpers import ADMIN_TOKEN, ROOT, body_of, server_env, wait_for
 from tests.triggers_support import (
-    FAST_TRIGGERS,
     TRIGGER_SECRET,
     MessageSender,
     TriggerReceiver,
     connect_with_triggers,
     http_triggers,
 )
-
-
-@pytest.fixture
-def trigger_settings(stores: Any, tmp_path: Any) -> Settings:
-    return make_settings(stores, tmp_path, **FAST_TRIGGERS)
-
-
-@pytest.fixture
-async def igsync(trigger_settings: Settings) -> AsyncIterator[RunningServer]:
-    running = await start_server(trigger_settings)
-    yield running
-    await stop_server(running)
 
 
 async def refusing_receiver(payload: dict[str, Any], attempt: int) -> tuple[int, dict[str, str]]:

@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
-import pytest
 
 from config import Settings
 from igsync_client.triggers import verify_trigger_signature
 from models.serializers import CONVERSATION_FIELDS, WS_MESSAGE_FIELDS
-from tests.conftest import RunningServer, make_settings, start_server, stop_server
+from tests.conftest import RunningServer, start_server, stop_server
 from tests.helpers import (
     ACCOUNT_ID,
     ADMIN_TOKEN,
@@ -27,37 +25,14 @@ from tests.helpers import (
     server_env,
     wait_for,
 )
+from tests.triggers_fixtures import jobs
 from tests.triggers_support import (
-    FAST_TRIGGERS,
     TRIGGER_SECRET,
     MessageSender,
     TriggerReceiver,
     connect_with_triggers,
     http_triggers,
 )
-
-
-@pytest.fixture
-def trigger_settings(stores: Any, tmp_path: Any) -> Settings:
-    return make_settings(stores, tmp_path, **FAST_TRIGGERS)
-
-
-@pytest.fixture
-async def igsync(trigger_settings: Settings) -> AsyncIterator[RunningServer]:
-    running = await start_server(trigger_settings)
-    yield running
-    await stop_server(running)
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[TriggerReceiver]:
-    r = TriggerReceiver().start()
-    yield r
-    await r.stop()
-
-
-async def jobs(server: RunningServer, **query: Any) -> list[dict[str, Any]]:
-    return await server.core.store.trigger_jobs.coll.find(query).to_list(None)
 
 
 async def all_delivered(server: RunningServer, count: int, timeout: float = 10) -> None:

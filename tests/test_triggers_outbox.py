@@ -4,48 +4,23 @@ of storing the message (a failure answers 503, the redelivery records it, once).
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
-import pytest
 from bson import ObjectId
 from pymongo import ASCENDING
 
 from config import Settings
 from models.messages import TYPE_AI
 from server.trigger_delivery import TriggerDispatcher
-from tests.conftest import RunningServer, make_settings, start_server, stop_server
+from tests.conftest import RunningServer, start_server, stop_server
 from tests.helpers import body_of, messaging_body, text_item, wait_for
+from tests.triggers_fixtures import jobs
 from tests.triggers_support import (
-    FAST_TRIGGERS,
     MessageSender,
     TriggerReceiver,
     connect_with_triggers,
     http_triggers,
 )
-
-
-@pytest.fixture
-def trigger_settings(stores: Any, tmp_path: Any) -> Settings:
-    return make_settings(stores, tmp_path, **FAST_TRIGGERS)
-
-
-@pytest.fixture
-async def igsync(trigger_settings: Settings) -> AsyncIterator[RunningServer]:
-    running = await start_server(trigger_settings)
-    yield running
-    await stop_server(running)
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[TriggerReceiver]:
-    r = TriggerReceiver().start()
-    yield r
-    await r.stop()
-
-
-async def jobs(server: RunningServer, **query: Any) -> list[dict[str, Any]]:
-    return await server.core.store.trigger_jobs.coll.find(query).to_list(None)
 
 
 async def customer_messages(server: RunningServer) -> list[dict[str, Any]]:
