@@ -230,20 +230,24 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     customers = [f"62{n:014d}" for n in range(args.customers)]
     extra = dict(kv.split("=", 1) for kv in args.env)
     out: dict[str, Any] = {"items": args.items, "concurrency": args.concurrency, "customers": args.customers}
+
+    def mixed_load(tag: str) -> list[bytes]:
+        # The same seed for both servers: the same mix in the same order, only the mids differ.
+        return workload(
+            args.items,
+            customers,
+            echo_share=args.echo_share,
+            redelivery_share=args.redelivery_share,
+            seed=args.seed,
+            tag=tag,
+        )
+
     try:
         # -- the floor ---------------------------------------------------------------------
         port = free_port()
         floor = BenchServer("floor", env_for(stores, port, "bench_floor", {}), workdir)
         try:
-            bodies = workload(
-                args.items,
-                customers,
-                echo_share=args.echo_share,
-                redelivery_share=args.redelivery_share,
-                seed=args.seed,
-                tag="floor",
-            )
-            floor_result = await run_load(HOST, port, requests_for(bodies, port), args.concurrency)
+            floor_result = await run_load(HOST, port, requests_for(mixed_load("floor"), port), args.concurrency)
         finally:
             floor.stop()
         print(f"floor  (HMAC + JSON + 1 insert_one): {floor_result.summary()}")
@@ -260,16 +264,10 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             ]
             await run_load(HOST, port, requests_for(warm, port), args.concurrency)
 
-            bodies = workload(
-                args.items,
-                customers,
-                echo_share=args.echo_share,
-                redelivery_share=args.redelivery_share,
-                seed=args.seed,
-                tag="igsync",
-            )
             igsync.signal(signal.SIGUSR1)
-            igsync_result: LoadResult = await run_load(HOST, port, requests_for(bodies, port), args.concurrency)
+            igsync_result: LoadResult = await run_load(
+                HOST, port, requests_for(mixed_load("igsync"), port), args.concurrency
+            )
             mixed_counts = igsync.counts()
             drain = await triggers.drain() if args.triggers in ("http", "stream") else None
 

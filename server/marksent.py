@@ -42,6 +42,7 @@ from server.errors import ApiError, bad_request, not_found, validation_error
 from server.ingest import NewCustomerHook, content_hash
 from server.metrics import Metrics
 from server.recorder import MessageRecorder
+from server.schemas import ID_LENGTH
 from server.threads import ChannelCache, ThreadResolver, channel_account_ids
 
 log = logging.getLogger("igsync.marksent")
@@ -71,16 +72,15 @@ MESSAGE_TYPES = (
 ADOPTION_FIELDS = ("type", "source", "is_ai_response", "client_message_id", "media_url")
 # Each retry means a concurrent writer (the echo, a retried call) just changed the outcome.
 MAX_STORE_ATTEMPTS = 16
-_ID = validate.Length(min=1, max=64)
 
 
 class MarkSentSchema(Schema):
     class Meta:
         unknown = RAISE
 
-    conversation_id = fields.String(validate=_ID)
-    account_id = fields.String(validate=_ID)
-    customer_instagram_id = fields.String(validate=_ID)
+    conversation_id = fields.String(validate=ID_LENGTH)
+    account_id = fields.String(validate=ID_LENGTH)
+    customer_instagram_id = fields.String(validate=ID_LENGTH)
     content = fields.String(load_default="", validate=validate.Length(max=20_000))
     type = fields.String(required=True, validate=validate.OneOf([TYPE_AI, TYPE_SUPPORT]))
     message_type = fields.String(load_default="text", validate=validate.OneOf(MESSAGE_TYPES))

@@ -12,7 +12,8 @@ from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, validat
 
 from server.errors import bad_request, validation_error
 
-_ID_LENGTH = validate.Length(min=1, max=64)
+# Ids from other systems (page ids, IGSIDs, client ids): short opaque strings.
+ID_LENGTH = validate.Length(min=1, max=64)
 
 
 class OwnerSchema(Schema):
@@ -52,8 +53,8 @@ class ChannelInputSchema(Schema):
     class Meta:
         unknown = RAISE
 
-    page_id = fields.String(required=True, validate=[_ID_LENGTH, validate.Regexp(r"^[0-9A-Za-z_-]+$")])
-    instagram_user_id = fields.String(allow_none=True, validate=[_ID_LENGTH, validate.Regexp(r"^[0-9A-Za-z_-]+$")])
+    page_id = fields.String(required=True, validate=[ID_LENGTH, validate.Regexp(r"^[0-9A-Za-z_-]+$")])
+    instagram_user_id = fields.String(allow_none=True, validate=[ID_LENGTH, validate.Regexp(r"^[0-9A-Za-z_-]+$")])
     username = fields.String(required=True, validate=validate.Length(min=1, max=64))
     owner = fields.Nested(OwnerSchema, required=True)
     access_token = fields.String(allow_none=True, validate=validate.Length(max=1024))
