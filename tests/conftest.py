@@ -34,7 +34,7 @@ from tests.helpers import (
 )
 from tests.log_audit import AUDIT, LogAuditPlugin
 
-pytest_plugins = ["tests.triggers_fixtures"]
+pytest_plugins = ["tests.triggers_fixtures", "tests.events_fixtures"]
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -247,6 +247,12 @@ def fixture_mid(name: str) -> str:
     raise KeyError(name)
 
 
+# Mids of fixtures that other fixtures point at (see tests/fixtures/instagram/README.md).
+ECHO_MID = fixture_mid("owner_echo_text")
+TEXT_MID = fixture_mid("customer_text")
+REPLY_MID = fixture_mid("customer_reply_to_message")
+
+
 # -- the environment ------------------------------------------------------------------------------
 
 

@@ -5,25 +5,13 @@ RecordingSink until the realtime hub lands), and that a redelivery changes nothi
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import orjson
-import pytest
 
 from models.timeutil import from_epoch_ms, iso
-from tests.events_support import EventsEnv, events_env, fixture_mid
+from tests.events_support import ECHO_MID, REPLY_MID, TEXT_MID, EventsEnv
 from tests.helpers import ACCOUNT_ID, CUSTOMER_A, echo_item, fixture_json, messaging_body, text_item
-
-ECHO_MID = fixture_mid("owner_echo_text")
-TEXT_MID = fixture_mid("customer_text")
-REPLY_MID = fixture_mid("customer_reply_to_message")
-
-
-@pytest.fixture
-async def env(stores: Any, tmp_path: Path) -> Any:
-    async with events_env(stores, tmp_path) as e:
-        yield e
 
 
 def fixture_time(name: str) -> Any:

@@ -4,20 +4,19 @@ dropped — and its media is kept (a fake CDN serves each file)."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-import pytest
 from bson import ObjectId
 
-from tests.events_support import JPEG, MP4, PDF, EventsEnv, events_env, fixture_mid, fixture_with
+from tests.events_support import (
+    JPEG,
+    MP4,
+    PDF,
+    EventsEnv,
+    fixture_mid,
+    fixture_with,
+)
 from tests.helpers import CUSTOMER_A, CUSTOMER_B, body_of, wait_for
-
-
-@pytest.fixture
-async def env(stores: Any, tmp_path: Path) -> Any:
-    async with events_env(stores, tmp_path) as e:
-        yield e
 
 
 async def stored(env: EventsEnv, name: str, body: bytes | None = None) -> dict[str, Any]:

@@ -3,17 +3,15 @@ secret write-only), ``GET /api/v1/triggers/dead`` and ``igsync triggers list-dea
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import sys
 from typing import Any
 
-import orjson
 import pytest
 
 from config import Settings
 from tests.conftest import RunningServer, connect_tenant
-from tests.helpers import ADMIN_TOKEN, ROOT, body_of, server_env, wait_for
+from tests.helpers import ADMIN_TOKEN, body_of, wait_for
+from tests.triggers_fixtures import cli
 from tests.triggers_support import (
     TRIGGER_SECRET,
     MessageSender,
@@ -208,21 +206,6 @@ async def test_dead_letters_endpoint_checks_token_and_input(igsync: RunningServe
     assert unknown.code == 404
     empty = await igsync.client.get("/api/v1/triggers/dead", token=ADMIN_TOKEN)
     assert body_of(empty) == {"deliveries": [], "next_cursor": None}
-
-
-async def cli(settings: Settings, *args: str) -> tuple[int, Any, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "server",
-        *args,
-        cwd=ROOT,
-        env=server_env(settings),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await proc.communicate()
-    return proc.returncode or 0, orjson.loads(out) if out.strip() else None, err.decode()
 
 
 async def test_cli_lists_and_retries_dead_letters(igsync: RunningServer, trigger_settings: Settings) -> None:

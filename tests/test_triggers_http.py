@@ -4,10 +4,7 @@ answers 200, 500, 429 with Retry-After, 400, times out, or is down."""
 from __future__ import annotations
 
 import asyncio
-import sys
 from typing import Any
-
-import orjson
 
 from config import Settings
 from igsync_client.triggers import verify_trigger_signature
@@ -18,14 +15,12 @@ from tests.helpers import (
     ADMIN_TOKEN,
     CUSTOMER_A,
     CUSTOMER_B,
-    ROOT,
     body_of,
     echo_item,
     messaging_body,
-    server_env,
     wait_for,
 )
-from tests.triggers_fixtures import jobs
+from tests.triggers_fixtures import cli, jobs
 from tests.triggers_support import (
     TRIGGER_SECRET,
     MessageSender,
@@ -254,7 +249,8 @@ async def test_a_dead_receiver_dead_letters_then_the_retry_command_delivers(
 
     receiver.start()
     try:
-        result = await run_cli(trigger_settings, "triggers", "retry", *ids)
+        code, result, err = await cli(trigger_settings, "triggers", "retry", *ids)
+        assert code == 0, err
         assert result["retried"] == 2, result
         await wait_for(lambda: len(receiver.acked()) == 2)
         await all_delivered(igsync, 2)
@@ -267,23 +263,6 @@ async def test_a_dead_receiver_dead_letters_then_the_retry_command_delivers(
         assert body_of(response)["deliveries"] == []
     finally:
         await receiver.stop()
-
-
-async def run_cli(settings: Settings, *args: str, expect_code: int = 0) -> Any:
-    """``python -m server ARGS`` in a child process against the test's stores; its JSON output."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "server",
-        *args,
-        cwd=ROOT,
-        env=server_env(settings),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await proc.communicate()
-    assert proc.returncode == expect_code, (out, err)
-    return orjson.loads(out)
 
 
 async def test_undelivered_jobs_are_delivered_after_a_restart(trigger_settings: Settings) -> None:

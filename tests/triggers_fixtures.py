@@ -3,13 +3,17 @@ an igsync with fast trigger timings, a real receiver, and a look at the job queu
 
 from __future__ import annotations
 
+import asyncio
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
+import orjson
 import pytest
 
 from config import Settings
 from tests.conftest import RunningServer, make_settings, start_server, stop_server
+from tests.helpers import ROOT, server_env
 from tests.triggers_support import FAST_TRIGGERS, TriggerReceiver
 
 
@@ -34,3 +38,20 @@ async def receiver() -> AsyncIterator[TriggerReceiver]:
 
 async def jobs(server: RunningServer, **query: Any) -> list[dict[str, Any]]:
     return await server.core.store.trigger_jobs.coll.find(query).to_list(None)
+
+
+async def cli(settings: Settings, *args: str) -> tuple[int, Any, str]:
+    """``python -m server ARGS`` in a child process against the test's stores:
+    (exit code, its JSON output or None, stderr)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "server",
+        *args,
+        cwd=ROOT,
+        env=server_env(settings),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate()
+    return proc.returncode or 0, orjson.loads(out) if out.strip() else None, err.decode()
