@@ -7,6 +7,8 @@ For a collection of N documents (small N = 200 as the baseline, in the same run)
 - a lookup through a partial compound multikey unique index versus a single-field multikey
   unique index holding the same keys;
 - a query with a top-level ``$or`` tie-break versus one range;
+- marking a conversation's unanswered messages through the conversation-time index versus an
+  index holding the whole filter;
 and prints each cost and its growth from 200 to N documents. On real MongoDB all of these
 are index lookups; on SecantusDB 0.7 the first of each pair scans the collection.
 """
@@ -48,6 +50,13 @@ async def measure(url: str, docs: int, reps: int) -> dict[str, float]:
     )
     await db.c.create_index("keys", unique=True)
     await db.c.create_index([("ch", 1), ("t", 1)])
+    # One conversation of N messages, all answered: what an owner reply's "mark the earlier
+    # customer messages answered" costs, with the conversation-time index only and with the
+    # index that holds the whole filter (models/messages.py: mark_answered).
+    await db.m.insert_many([{"conv": channel, "at": i, "type": "customer", "answered": True} for i in range(docs)])
+    await db.m.create_index([("conv", 1), ("at", 1)])
+    await db.m2.insert_many([{"conv": channel, "at": i, "type": "customer", "answered": True} for i in range(docs)])
+    await db.m2.create_index([("conv", 1), ("answered", 1), ("at", 1)])
     out = {
         "findAndModify by _id": await per_op_ms(
             lambda i: db.c.find_one_and_update({"_id": ids[i % docs]}, {"$inc": {"n": 1}}), reps
@@ -70,6 +79,19 @@ async def measure(url: str, docs: int, reps: int) -> dict[str, float]:
         ),
         "single-range page": await per_op_ms(
             lambda i: db.c.find({"ch": channel, "t": {"$lte": docs // 2}}).sort("t", -1).limit(21).to_list(None),
+            max(5, reps // 10),
+        ),
+        "mark answered, time index": await per_op_ms(
+            lambda i: db.m.update_many(
+                {"conv": channel, "at": {"$lte": docs}, "type": "customer", "answered": False},
+                {"$set": {"answered": True}},
+            ),
+            max(5, reps // 10),
+        ),
+        "mark answered, whole-filter index": await per_op_ms(
+            lambda i: db.m2.update_many(
+                {"conv": channel, "answered": False, "at": {"$lte": docs}}, {"$set": {"answered": True}}
+            ),
             max(5, reps // 10),
         ),
     }

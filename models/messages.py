@@ -110,6 +110,14 @@ class MessageRepository:
         await self.coll.create_index(
             [("conversation_id", ASCENDING), ("sent_at", ASCENDING), ("_id", ASCENDING)], name="conversation_time"
         )
+        # mark_answered's filter, all of it: the embedded store plans an index only when every
+        # predicate is one of its fields. Without this one every owner reply read every earlier
+        # message of its conversation (130 ms at 3 000 messages; 0.8 ms with it, flat —
+        # bench/store_access.py).
+        await self.coll.create_index(
+            [("conversation_id", ASCENDING), ("is_answered", ASCENDING), ("sent_at", ASCENDING)],
+            name="conversation_unanswered",
+        )
         # The stored-duplicates audit (igsync_duplicates_stored) reads the last hour's messages by
         # this range; without it the embedded store scans the collection (bench/ops_monitor.py).
         await self.coll.create_index([("created_at", ASCENDING)], name="created_at")
@@ -218,14 +226,12 @@ class MessageRepository:
         return await update_get(self.coll, guard, {"$set": {"merged_into": primary_id}})
 
     async def mark_answered(self, conversation_id: ObjectId, up_to: dt.datetime) -> int:
-        """Mark the customer messages sent up to ``up_to`` answered (an owner reply came)."""
+        """Mark the customer messages sent up to ``up_to`` answered (an owner reply came).
+
+        ``is_answered: false`` is only ever stored on customer messages (outbound ones are
+        stored answered), so the filter needs no ``type`` — and stays on one index."""
         result = await self.coll.update_many(
-            {
-                "conversation_id": conversation_id,
-                "sent_at": {"$lte": up_to},
-                "type": TYPE_CUSTOMER,
-                "is_answered": False,
-            },
+            {"conversation_id": conversation_id, "is_answered": False, "sent_at": {"$lte": up_to}},
             {"$set": {"is_answered": True}},
         )
         return result.modified_count
