@@ -21,6 +21,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from models.atomic import get_or_insert, update_get
 from models.customers import PROFILE_FIELDS
+from models.group_commit import GroupUpdate, GroupUpdater
 from models.guarded import guarded_update, lit
 from models.timeutil import UTC, utcnow
 
@@ -55,6 +56,7 @@ def message_summary(message: dict[str, Any]) -> dict[str, Any]:
 class ConversationRepository:
     def __init__(self, db: AsyncDatabase) -> None:
         self.coll = db["conversations"]
+        self._updater = GroupUpdater(self.coll)
 
     async def ensure_indexes(self) -> None:
         await self.coll.create_index(
@@ -108,54 +110,51 @@ class ConversationRepository:
         unread and asks for a reply; an outbound one answers and clears the unread count (the
         business has seen the thread).
 
-        The decision is one conditional ``update_one``, guarded by the message id so that it
-        applies once. The variants are tried in order of likelihood; the one that matched tells
-        what the conversation was like at that instant — newest or late message, and for an
-        outbound message whether it was waiting for a reply (``prev_status``, so that earlier
-        customer messages are marked answered only when some may be unanswered). A read by id
-        then returns the conversation after.
+        The decision is one update, guarded by the message id so that it applies once; every
+        "is this the newest message" choice is made inside it (an update pipeline), so there
+        is nothing to retry. It also writes ``last_apply``: a token of this call and the status
+        the conversation had just before. The conversation read back afterwards (batched with
+        concurrent messages, :class:`models.group_commit.GroupUpdater`) shows that token when
+        nothing else wrote in between, and then ``prev_status`` is exact; when another writer
+        came between, ``prev_status`` is taken as ``needs_reply`` — the caller then marks
+        earlier customer messages answered, which is idempotent. A late outbound message
+        always reports ``needs_reply``: it may still answer customer messages older than it.
         """
         inbound = message["type"] == "customer"
         mid = message["_id"]
-        now = utcnow()
-        push = {"recent_message_ids": {"$each": [mid], "$slice": -RECENT_IDS_KEPT}}
-        newest: dict[str, Any] = {
-            "$set": {
-                "last_message": message_summary(message),
-                "last_message_at": message["sent_at"],
-                "status": STATUS_NEEDS_REPLY if inbound else STATUS_ANSWERED,
-                "updated_at": now,
+        token = ObjectId()
+        newest = {"$lte": ["$last_message_at", lit(message["sent_at"])]}
+
+        def if_newest(value: Any, name: str) -> dict[str, Any]:
+            return {"$cond": [newest, value, f"${name}"]}
+
+        sets: dict[str, Any] = {
+            "last_apply": {
+                "token": lit(token),
+                "prev_status": "$status" if inbound else {"$cond": [newest, "$status", lit(STATUS_NEEDS_REPLY)]},
             },
-            "$push": push,
+            "last_message": if_newest(lit(message_summary(message)), "last_message"),
+            "last_message_at": if_newest(lit(message["sent_at"]), "last_message_at"),
+            "status": if_newest(lit(STATUS_NEEDS_REPLY if inbound else STATUS_ANSWERED), "status"),
+            "unread_count": {"$add": ["$unread_count", 1]} if inbound else if_newest(0, "unread_count"),
+            "updated_at": lit(utcnow()),
+            "recent_message_ids": {
+                "$slice": [{"$concatArrays": [{"$ifNull": ["$recent_message_ids", []]}, [lit(mid)]]}, -RECENT_IDS_KEPT]
+            },
         }
-        older: dict[str, Any] = {"$set": {"updated_at": now}, "$push": push}
-        if inbound:
-            newest["$inc"] = older["$inc"] = {"unread_count": 1}
-        else:
-            newest["$set"]["unread_count"] = 0
-        not_applied = {"_id": conversation_id, "recent_message_ids": {"$ne": mid}}
-        is_newest = {**not_applied, "last_message_at": {"$lte": message["sent_at"]}}
-        variants: list[tuple[dict[str, Any], dict[str, Any], str | None]]
-        if inbound:
-            variants = [(is_newest, newest, None), (not_applied, older, None)]
-        else:
-            variants = [
-                ({**is_newest, "status": STATUS_NEEDS_REPLY}, newest, STATUS_NEEDS_REPLY),
-                ({**is_newest, "status": {"$ne": STATUS_NEEDS_REPLY}}, newest, STATUS_ANSWERED),
-                # A late outbound message may still answer customer messages older than it.
-                (not_applied, older, STATUS_NEEDS_REPLY),
-            ]
-        for _ in range(3):  # another writer can move the conversation between two variants
-            for query, update, prev_status in variants:
-                result = await self.coll.update_one(query, update)
-                if result.matched_count:
-                    after = await self.coll.find_one({"_id": conversation_id})
-                    if after is not None:
-                        after["prev_status"] = prev_status
-                    return after
-            if await self.coll.count_documents({"_id": conversation_id, "recent_message_ids": mid}, limit=1):
-                return None  # applied before (a redelivery)
-        return None
+        outcome = await self._updater.update(
+            GroupUpdate(
+                conversation_id,
+                {"_id": conversation_id, "recent_message_ids": {"$ne": mid}},
+                [{"$set": sets}],
+                is_mine=lambda doc: (doc.get("last_apply") or {}).get("token") == token,
+            )
+        )
+        after = outcome.doc
+        if after is None or not outcome.applied:
+            return None  # gone, or applied before (a redelivery)
+        after["prev_status"] = after["last_apply"]["prev_status"] if outcome.own_mark else STATUS_NEEDS_REPLY
+        return after
 
     async def touch(self, conversation_id: ObjectId, fields: dict[str, Any] | None = None) -> dict[str, Any] | None:
         return await update_get(

@@ -1,4 +1,5 @@
-"""Group commit: concurrent inserts into one collection share one ``insert_many``.
+"""Group commit: concurrent inserts into one collection share one ``insert_many``; concurrent
+updates share one ``bulk_write`` and one read-back; concurrent look-ups share one ``find``.
 
 Why: the store's cost is mostly per command, not per document (on the embedded SecantusDB an
 ``insert_one`` costs about eight documents of an ``insert_many``; on a real replica set it is one
@@ -15,8 +16,11 @@ server is gone) fails every caller of that batch, who answer 503 as before.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
+from pymongo import UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
 
@@ -81,3 +85,168 @@ def _as_exception(error: dict[str, Any]) -> OperationFailure:
     if error.get("code") == DUPLICATE_KEY:
         return DuplicateKeyError(error.get("errmsg", "duplicate key"), DUPLICATE_KEY, error)
     return OperationFailure(error.get("errmsg", "write failed"), error.get("code"), error)
+
+
+@dataclass
+class GroupUpdate:
+    """One caller's single-document update for :class:`GroupUpdater`."""
+
+    doc_id: Any
+    query: dict[str, Any]  # selects ``doc_id`` (plus the caller's guard)
+    update: Any  # an update document or pipeline
+    # Does the document read back carry this update's own mark (a token it wrote)?
+    is_mine: Callable[[dict[str, Any]], bool]
+
+
+@dataclass
+class UpdateOutcome:
+    doc: dict[str, Any] | None  # the document after the batch; None: it does not exist
+    applied: bool  # this update matched (see GroupUpdater for the one ambiguous case)
+    own_mark: bool  # ``doc`` shows this update's mark: nothing else wrote it in between
+
+
+class GroupUpdater:
+    """Concurrent single-document updates into one collection share one ``bulk_write`` and
+    one read-back ``find`` by ``_id: {$in}`` — group commit for updates.
+
+    Why: on the embedded store a command costs several documents' worth of work (a read by
+    ``_id`` costs 0.7 ms alone, 0.1 ms per document in a batch of eight), and every message
+    updates its conversation and reads it back. As with :class:`GroupInserter` nothing
+    waits for a timer: a lone update is sent at once, alone; the ones that queue while a
+    batch is in flight go together in the next.
+
+    A bulk write reports only how many statements matched, not which. Each caller therefore
+    writes a mark of its own (a fresh token) into the document, and the read-back says who
+    applied: a document showing my mark was updated by me. Two updates of one document never
+    share a batch (the second waits for the next), so within a batch the only writer that
+    can overwrite a mark before the read-back is another process. What matched but shows no
+    mark is counted: when every match is explained by a visible mark, the others did not
+    match (``applied=False``); otherwise a mark was overwritten, and each update without a
+    visible mark is reported ``applied=True, own_mark=False`` — the caller then assumes the
+    least (one that did not apply is reported applied only in that rare overlap, and its
+    update was idempotent anyway).
+    """
+
+    def __init__(self, coll: AsyncCollection, *, max_batch: int = MAX_BATCH) -> None:
+        self.coll = coll
+        self.max_batch = max_batch
+        self._queue: list[tuple[GroupUpdate, asyncio.Future[UpdateOutcome]]] = []
+        self._draining = False
+
+    async def update(self, op: GroupUpdate) -> UpdateOutcome:
+        future: asyncio.Future[UpdateOutcome] = asyncio.get_running_loop().create_future()
+        self._queue.append((op, future))
+        if not self._draining:
+            self._draining = True
+            asyncio.get_running_loop().create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        try:
+            while self._queue:
+                batch: list[tuple[GroupUpdate, asyncio.Future[UpdateOutcome]]] = []
+                later: list[tuple[GroupUpdate, asyncio.Future[UpdateOutcome]]] = []
+                seen: set[Any] = set()
+                for entry in self._queue:
+                    if entry[0].doc_id in seen or len(batch) >= self.max_batch:
+                        later.append(entry)
+                    else:
+                        seen.add(entry[0].doc_id)
+                        batch.append(entry)
+                self._queue = later
+                await self._write(batch)
+        finally:
+            self._draining = False
+
+    async def _write(self, batch: list[tuple[GroupUpdate, asyncio.Future[UpdateOutcome]]]) -> None:
+        failed: dict[int, BaseException] = {}
+        try:
+            if len(batch) == 1:
+                op = batch[0][0]
+                matched = (await self.coll.update_one(op.query, op.update)).matched_count
+            else:
+                requests = [UpdateOne(op.query, op.update) for op, _ in batch]
+                try:
+                    matched = (await self.coll.bulk_write(requests, ordered=False)).matched_count
+                except BulkWriteError as exc:
+                    matched = exc.details.get("nMatched", 0)
+                    for error in exc.details.get("writeErrors", []):
+                        failed[error["index"]] = _as_exception(error)
+            ids = [op.doc_id for op, _ in batch]
+            if len(ids) == 1:
+                found = await self.coll.find_one({"_id": ids[0]})
+                docs = {ids[0]: found} if found is not None else {}
+            else:
+                docs = {d["_id"]: d for d in await self.coll.find({"_id": {"$in": ids}}).to_list(None)}
+        except BaseException as exc:  # the whole command failed: every caller sees it
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        mine = [
+            i not in failed and (doc := docs.get(op.doc_id)) is not None and op.is_mine(doc)
+            for i, (op, _) in enumerate(batch)
+        ]
+        overwritten = matched - sum(mine) > 0
+        for i, (op, future) in enumerate(batch):
+            if future.done():
+                continue
+            if i in failed:
+                future.set_exception(failed[i])
+                continue
+            doc = docs.get(op.doc_id)
+            future.set_result(UpdateOutcome(doc, mine[i] or (overwritten and doc is not None), mine[i]))
+
+
+class GroupFinder:
+    """Concurrent equality look-ups (``scope_field`` = s, ``key_field`` = k) share one
+    ``find`` per scope with ``key_field: {$in: …}`` — natural batching for reads that every
+    request makes (the events that arrived before their message). An index on
+    ``(scope_field, key_field)`` serves the ``$in`` on the embedded store too (measured: 0.07 ms
+    per key in a batch of eight against 0.5 ms for a lone look-up, flat at 5 000 rows)."""
+
+    def __init__(self, coll: AsyncCollection, scope_field: str, key_field: str, *, max_batch: int = MAX_BATCH) -> None:
+        self.coll = coll
+        self.scope_field = scope_field
+        self.key_field = key_field
+        self.max_batch = max_batch
+        self._queue: list[tuple[Any, list[Any], asyncio.Future[list[dict[str, Any]]]]] = []
+        self._draining = False
+
+    async def find(self, scope: Any, keys: list[Any]) -> list[dict[str, Any]]:
+        """The documents whose key is one of ``keys`` within ``scope``."""
+        if not keys:
+            return []
+        future: asyncio.Future[list[dict[str, Any]]] = asyncio.get_running_loop().create_future()
+        self._queue.append((scope, list(keys), future))
+        if not self._draining:
+            self._draining = True
+            asyncio.get_running_loop().create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        try:
+            while self._queue:
+                batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
+                scopes: dict[Any, list[tuple[list[Any], asyncio.Future[list[dict[str, Any]]]]]] = {}
+                for scope, keys, future in batch:
+                    scopes.setdefault(scope, []).append((keys, future))
+                for scope, callers in scopes.items():
+                    await self._read(scope, callers)
+        finally:
+            self._draining = False
+
+    async def _read(self, scope: Any, callers: list[tuple[list[Any], asyncio.Future[list[dict[str, Any]]]]]) -> None:
+        wanted = list(dict.fromkeys(k for keys, _ in callers for k in keys))
+        query = {self.scope_field: scope, self.key_field: wanted[0] if len(wanted) == 1 else {"$in": wanted}}
+        try:
+            rows = await self.coll.find(query).to_list(None)
+        except BaseException as exc:
+            for _, future in callers:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for keys, future in callers:
+            if not future.done():
+                own = set(keys)
+                future.set_result([row for row in rows if row.get(self.key_field) in own])

@@ -15,12 +15,14 @@ from pymongo import ASCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
+from models.group_commit import GroupFinder
 from models.timeutil import utcnow
 
 
 class OrphanEventRepository:
     def __init__(self, db: AsyncDatabase, *, ttl_days: int = 30) -> None:
         self.coll = db["orphan_events"]
+        self._finder = GroupFinder(self.coll, "channel_id", "target_mid")
         self.ttl_secs = ttl_days * 86400
 
     async def ensure_indexes(self) -> None:
@@ -39,12 +41,14 @@ class OrphanEventRepository:
         return True
 
     async def pending_for(self, channel_id: ObjectId, mids: list[str]) -> list[dict[str, Any]]:
-        """Events waiting for a message known by any of ``mids``, oldest first. One equality
-        query per mid (a message has one or two): an ``$in`` would make SecantusDB scan."""
-        rows: list[dict[str, Any]] = []
-        for mid in dict.fromkeys(mids):
-            found = await self.coll.find({"channel_id": channel_id, "target_mid": mid}).to_list(None)
-            rows.extend(r for r in found if r.get("applied_at") is None)
+        """Events waiting for a message known by any of ``mids``, oldest first.
+
+        Every stored message asks this, so concurrent messages share one query
+        (:class:`models.group_commit.GroupFinder`); the filter holds only the indexed
+        ``(channel_id, target_mid)`` — ``applied_at`` is checked here, since a third predicate
+        would make the embedded store scan."""
+        found = await self._finder.find(channel_id, list(dict.fromkeys(mids)))
+        rows = [r for r in found if r.get("applied_at") is None]
         return sorted(rows, key=lambda r: (r["at"], r["_id"]))
 
     async def mark_applied(self, ids: list[ObjectId], message_id: ObjectId) -> None:

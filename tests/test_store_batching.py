@@ -1,0 +1,221 @@
+"""Group commit for updates and look-ups (models/group_commit.py), against the real embedded
+store: concurrent callers share commands, and each still gets its own, correct outcome.
+
+The batching is "natural" (no timer): the writer task starts on the loop's next turn and
+takes whatever has queued by then; callers that queue while a command is in flight go
+together in the next one. The tests start their callers in one event-loop turn, so they
+all queue before the first command — the command counts do not depend on the machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from bson import ObjectId
+from pymongo import monitoring
+from pymongo.errors import OperationFailure
+
+from models.conversations import STATUS_ANSWERED, STATUS_NEEDS_REPLY, ConversationRepository
+from models.group_commit import GroupFinder, GroupUpdate, GroupUpdater
+from models.store import mongo_client
+from server.embedded import EmbeddedStores
+
+
+class Commands(monitoring.CommandListener):
+    def __init__(self) -> None:
+        self.seen: Counter[str] = Counter()
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        self.seen[event.command_name] += 1
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+
+@pytest.fixture
+async def db(stores: EmbeddedStores) -> AsyncIterator[tuple[Any, Commands]]:
+    commands = Commands()
+    client = mongo_client(stores.mongo_url or "", listeners=[commands])
+    database = client[f"batching_{uuid.uuid4().hex[:12]}"]
+    yield database, commands
+    await client.drop_database(database.name)
+    await client.close()
+
+
+def bump(doc_id: ObjectId, *, guard: dict[str, Any] | None = None) -> tuple[GroupUpdate, ObjectId]:
+    """Add one to ``n`` and leave this call's token in the document."""
+    token = ObjectId()
+    op = GroupUpdate(
+        doc_id,
+        {"_id": doc_id, **(guard or {})},
+        [{"$set": {"n": {"$add": ["$n", 1]}, "token": {"$literal": token}}}],
+        is_mine=lambda doc: doc.get("token") == token,
+    )
+    return op, token
+
+
+async def test_concurrent_updates_share_commands_and_each_sees_its_own_write(db: tuple[Any, Commands]) -> None:
+    database, commands = db
+    ids = [ObjectId() for _ in range(12)]
+    await database.things.insert_many([{"_id": oid, "n": 0} for oid in ids])
+    updater = GroupUpdater(database.things)
+    commands.seen.clear()
+
+    ops = [bump(oid) for oid in ids]
+    outcomes = await asyncio.gather(*(updater.update(op) for op, _ in ops))
+
+    for (_, token), oid, outcome in zip(ops, ids, outcomes, strict=True):
+        assert outcome.applied and outcome.own_mark
+        assert outcome.doc is not None and outcome.doc["_id"] == oid
+        assert outcome.doc["n"] == 1 and outcome.doc["token"] == token
+    # 12 lone updates would be 12 updates + 12 reads.
+    assert commands.seen["update"] == 1 and commands.seen["find"] == 1
+    assert await database.things.count_documents({"n": 1}) == 12
+
+
+async def test_two_updates_of_one_document_never_share_a_batch(db: tuple[Any, Commands]) -> None:
+    database, commands = db
+    oid, other = ObjectId(), ObjectId()
+    await database.things.insert_many([{"_id": oid, "n": 0}, {"_id": other, "n": 0}])
+    updater = GroupUpdater(database.things)
+    commands.seen.clear()
+
+    ops = [bump(oid), bump(other), bump(oid), bump(oid)]
+    outcomes = await asyncio.gather(*(updater.update(op) for op, _ in ops))
+
+    # Each saw its own mark: the read-back of its batch came before the next write.
+    assert all(o.applied and o.own_mark for o in outcomes)
+    assert sorted(o.doc["n"] for o in outcomes if o.doc and o.doc["_id"] == oid) == [1, 2, 3]
+    assert (await database.things.find_one({"_id": oid}))["n"] == 3
+    # [oid, other], then [oid], then [oid]: three batches.
+    assert commands.seen["update"] == 3
+
+
+async def test_an_update_whose_guard_fails_reports_not_applied(db: tuple[Any, Commands]) -> None:
+    database, _ = db
+    applies, refuses, missing = ObjectId(), ObjectId(), ObjectId()
+    await database.things.insert_many([{"_id": applies, "n": 0}, {"_id": refuses, "n": 0, "locked": True}])
+    updater = GroupUpdater(database.things)
+
+    first, second, third = await asyncio.gather(
+        updater.update(bump(applies, guard={"locked": {"$ne": True}})[0]),
+        updater.update(bump(refuses, guard={"locked": {"$ne": True}})[0]),
+        updater.update(bump(missing)[0]),
+    )
+
+    assert first.applied and first.own_mark
+    assert not second.applied and not second.own_mark and second.doc == {"_id": refuses, "n": 0, "locked": True}
+    assert not third.applied and third.doc is None
+
+
+async def test_a_match_without_a_visible_mark_counts_as_applied(db: tuple[Any, Commands]) -> None:
+    """Another process overwrote the mark between the write and the read-back: the batch's
+    match count says an update applied that no mark explains, so the caller is told
+    ``applied`` without ``own_mark`` and assumes the least about what it wrote over."""
+    database, _ = db
+    oid = ObjectId()
+    await database.things.insert_one({"_id": oid, "n": 0})
+    updater = GroupUpdater(database.things)
+    overwritten = GroupUpdate(oid, {"_id": oid}, {"$inc": {"n": 1}}, is_mine=lambda doc: False)
+
+    outcome = await updater.update(overwritten)
+
+    assert outcome.applied and not outcome.own_mark
+    assert outcome.doc is not None and outcome.doc["n"] == 1
+
+
+async def test_a_failing_statement_fails_only_its_caller(db: tuple[Any, Commands]) -> None:
+    database, _ = db
+    good, bad, first = ObjectId(), ObjectId(), ObjectId()
+    await database.things.insert_many([{"_id": good, "n": 0}, {"_id": bad, "n": "text"}, {"_id": first, "n": 0}])
+    updater = GroupUpdater(database.things)
+    invalid = GroupUpdate(bad, {"_id": bad}, {"$inc": {"n": 1}}, is_mine=lambda doc: False)
+
+    results = await asyncio.gather(
+        updater.update(bump(first)[0]),
+        updater.update(bump(good)[0]),
+        updater.update(invalid),
+        return_exceptions=True,
+    )
+
+    assert not isinstance(results[0], BaseException) and results[0].applied
+    assert not isinstance(results[1], BaseException) and results[1].applied and results[1].own_mark
+    assert isinstance(results[2], OperationFailure)
+    assert (await database.things.find_one({"_id": good}))["n"] == 1
+
+
+async def test_concurrent_lookups_share_one_query_per_scope(db: tuple[Any, Commands]) -> None:
+    database, commands = db
+    scope_a, scope_b = ObjectId(), ObjectId()
+    await database.events.insert_many(
+        [{"scope": scope_a, "key": f"m{i}", "i": i} for i in range(6)] + [{"scope": scope_b, "key": "m1", "i": 100}]
+    )
+    finder = GroupFinder(database.events, "scope", "key")
+    commands.seen.clear()
+
+    lone, *batched = await asyncio.gather(
+        finder.find(scope_a, ["m0"]),
+        finder.find(scope_a, ["m1", "m2"]),
+        finder.find(scope_a, ["m9"]),
+        finder.find(scope_b, ["m1"]),
+        finder.find(scope_a, ["m2", "m3"]),
+    )
+
+    assert [r["i"] for r in lone] == [0]
+    assert sorted(r["i"] for r in batched[0]) == [1, 2]
+    assert batched[1] == []
+    assert [r["i"] for r in batched[2]] == [100]  # the same key in another scope stays apart
+    assert sorted(r["i"] for r in batched[3]) == [2, 3]
+    # One query for each of the two scopes.
+    assert commands.seen["find"] == 2
+    assert await finder.find(scope_a, []) == [] and commands.seen["find"] == 2
+
+
+async def test_apply_message_reports_prev_status_exactly_when_its_mark_is_visible(
+    db: tuple[Any, Commands],
+) -> None:
+    """The conversation update is batched; ``prev_status`` (whether an outbound message may
+    answer waiting customer messages) comes from the update's own mark."""
+    database, _ = db
+    conversations = ConversationRepository(database)
+    now = dt.datetime.now(dt.UTC)
+    conv_ids = [ObjectId() for _ in range(3)]
+    await database.conversations.insert_many(
+        [
+            {
+                "_id": oid,
+                "status": STATUS_NEEDS_REPLY if i else STATUS_ANSWERED,
+                "unread_count": 2,
+                "last_message": None,
+                "last_message_at": now - dt.timedelta(minutes=1),
+                "recent_message_ids": [],
+            }
+            for i, oid in enumerate(conv_ids)
+        ]
+    )
+
+    def outbound(sent_at: dt.datetime) -> dict[str, Any]:
+        return {"_id": ObjectId(), "type": "support", "content": "hi", "sent_at": sent_at, "created_at": now}
+
+    late = outbound(now - dt.timedelta(hours=1))
+    applied = await asyncio.gather(
+        conversations.apply_message(conv_ids[0], outbound(now)),
+        conversations.apply_message(conv_ids[1], outbound(now)),
+        conversations.apply_message(conv_ids[2], late),
+    )
+
+    assert [a["prev_status"] for a in applied if a] == [STATUS_ANSWERED, STATUS_NEEDS_REPLY, STATUS_NEEDS_REPLY]
+    assert applied[1] is not None and applied[1]["status"] == STATUS_ANSWERED and applied[1]["unread_count"] == 0
+    # The late message is recorded but does not become the last one, nor answer the thread.
+    assert applied[2] is not None and applied[2]["status"] == STATUS_NEEDS_REPLY and applied[2]["last_message"] is None
+    # Applying the same message again is a no-op that says so.
+    assert await conversations.apply_message(conv_ids[2], late) is None
