@@ -83,6 +83,7 @@ class BenchServer:
         self.port = int(env["IGSYNC_PORT"])
         self.counts_file = workdir / f"{kind}-counts.json"
         self.last_micros: dict[str, int] = {}
+        self.last_named: dict[str, int] = {}
         env = {**env, "BENCH_COUNTS_FILE": str(self.counts_file)}
         self.log = open(workdir / f"{kind}.log", "w")
         self.proc = subprocess.Popen(
@@ -110,6 +111,7 @@ class BenchServer:
             time.sleep(0.01)
         dump = json.loads(self.counts_file.read_text())
         self.last_micros = dump["micros"]
+        self.last_named = dump["named"]
         return dump["counts"]
 
     def stop(self) -> None:
@@ -269,6 +271,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 HOST, port, requests_for(mixed_load("igsync"), port), args.concurrency
             )
             mixed_counts = igsync.counts()
+            mixed_named, mixed_micros = igsync.last_named, igsync.last_micros
             drain = await triggers.drain() if args.triggers in ("http", "stream") else None
 
             known = workload(
@@ -299,6 +302,9 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         print(f"mixed load:                       {per_item(mixed_counts, args.items)}")
         print(f"customer text, known customer:    {per_item(known_counts, args.rt_items)}  (aim <= 3)")
         print(f"owner echo, known customer:       {per_item(echo_counts, args.rt_items)}")
+        print("mixed load by command: round trips and store time (ms) per item:")
+        for name, micros in sorted(mixed_micros.items(), key=lambda kv: -kv[1])[:12]:
+            print(f"    {name:32} {mixed_named.get(name, 0) / args.items:5.2f} {micros / args.items / 1000:7.2f}")
         print("store time per known-customer text, by command (ms):")
         for name, micros in sorted(known_micros.items(), key=lambda kv: -kv[1]):
             print(f"    {name:32} {micros / args.rt_items / 1000:.2f}")

@@ -36,14 +36,15 @@ class CommandCounter(monitoring.CommandListener):
     def __init__(self) -> None:
         self.counts: Counter[str] = Counter()
         self.micros: Counter[str] = Counter()
+        self.named: Counter[str] = Counter()  # round trips per kind and collection
         self._names: dict[int, str] = {}
 
     def started(self, event: monitoring.CommandStartedEvent) -> None:
         self.counts[event.command_name] += 1
         target = event.command.get(event.command_name)
-        self._names[event.request_id] = (
-            f"{event.command_name} {target}" if isinstance(target, str) else event.command_name
-        )
+        name = f"{event.command_name} {target}" if isinstance(target, str) else event.command_name
+        self.named[name] += 1
+        self._names[event.request_id] = name
 
     def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
         self.micros[self._names.pop(event.request_id, event.command_name)] += event.duration_micros
@@ -54,13 +55,15 @@ class CommandCounter(monitoring.CommandListener):
     def clear(self) -> None:
         self.counts.clear()
         self.micros.clear()
+        self.named.clear()
 
 
 def _dump_counts(counter: CommandCounter) -> None:
     path = os.environ.get("BENCH_COUNTS_FILE")
     if path:
         with open(path, "w") as fh:
-            json.dump({"counts": dict(counter.counts), "micros": dict(counter.micros)}, fh)
+            dump = {"counts": counter.counts, "micros": counter.micros, "named": counter.named}
+            json.dump({key: dict(value) for key, value in dump.items()}, fh)
 
 
 async def _run_until_signal(counter: CommandCounter, start) -> None:  # type: ignore[no-untyped-def]
