@@ -274,20 +274,21 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             mixed_named, mixed_micros = igsync.last_named, igsync.last_micros
             drain = await triggers.drain() if args.triggers in ("http", "stream") else None
 
-            known = workload(
-                args.rt_items, customers, echo_share=0.0, redelivery_share=0.0, seed=args.seed + 1, tag="known"
-            )
-            igsync.signal(signal.SIGUSR1)
-            await run_load(HOST, port, requests_for(known, port), 4)
-            known_counts = igsync.counts()
-            known_micros = igsync.last_micros
+            # Round trips of one kind of message, one request at a time (nothing to share a
+            # command with: the most a message costs) and at the load's concurrency.
+            async def phase(echo_share: float, seed: int, tag: str, concurrency: int) -> dict[str, Any]:
+                bodies = workload(
+                    args.rt_items, customers, echo_share=echo_share, redelivery_share=0.0, seed=seed, tag=tag
+                )
+                igsync.signal(signal.SIGUSR1)
+                await run_load(HOST, port, requests_for(bodies, port), concurrency)
+                return {"counts": igsync.counts(), "micros": igsync.last_micros}
 
-            echoes = workload(
-                args.rt_items, customers, echo_share=1.0, redelivery_share=0.0, seed=args.seed + 2, tag="echo"
-            )
-            igsync.signal(signal.SIGUSR1)
-            await run_load(HOST, port, requests_for(echoes, port), 4)
-            echo_counts = igsync.counts()
+            phases = {
+                (kind, concurrency): await phase(share, args.seed + n, f"{kind}{concurrency}", concurrency)
+                for n, (kind, share) in enumerate((("known", 0.0), ("echo", 1.0)), start=1)
+                for concurrency in (1, args.concurrency)
+            }
         finally:
             igsync.stop()
             await triggers.close()
@@ -300,13 +301,16 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         ratio = igsync_result.rate / floor_result.rate if floor_result.rate else 0.0
         print(f"throughput ratio igsync/floor: {ratio:.2f} (aim >= 0.60)")
         print(f"mixed load:                       {per_item(mixed_counts, args.items)}")
-        print(f"customer text, known customer:    {per_item(known_counts, args.rt_items)}  (aim <= 3)")
-        print(f"owner echo, known customer:       {per_item(echo_counts, args.rt_items)}")
         print("mixed load by command: round trips and store time (ms) per item:")
         for name, micros in sorted(mixed_micros.items(), key=lambda kv: -kv[1])[:12]:
             print(f"    {name:32} {mixed_named.get(name, 0) / args.items:5.2f} {micros / args.items / 1000:7.2f}")
-        print("store time per known-customer text, by command (ms):")
-        for name, micros in sorted(known_micros.items(), key=lambda kv: -kv[1]):
+        for kind, label in (("known", "customer text, known customer"), ("echo", "owner echo, known customer")):
+            for concurrency in (1, args.concurrency):
+                counts = phases[(kind, concurrency)]["counts"]
+                aim = "  (aim <= 3)" if kind == "known" else ""
+                print(f"{label} ({concurrency:>2} conn): {per_item(counts, args.rt_items)}{aim}")
+        print("store time per known-customer text, one at a time, by command (ms):")
+        for name, micros in sorted(phases[("known", 1)]["micros"].items(), key=lambda kv: -kv[1]):
             print(f"    {name:32} {micros / args.rt_items / 1000:.2f}")
         out.update(
             {
@@ -326,8 +330,10 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 "triggers": {"mode": args.triggers, "drain": drain},
                 "round_trips_per_item": {
                     "mixed": sum(mixed_counts.values()) / args.items,
-                    "known_customer_text": sum(known_counts.values()) / args.rt_items,
-                    "owner_echo": sum(echo_counts.values()) / args.rt_items,
+                    **{
+                        f"{kind}_{concurrency}_conn": sum(phase["counts"].values()) / args.rt_items
+                        for (kind, concurrency), phase in phases.items()
+                    },
                 },
             }
         )
