@@ -37,7 +37,7 @@ from pymongo import ASCENDING, DESCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 
 from models.atomic import update_get
-from models.group_commit import GroupInserter
+from models.group_commit import GroupFinder, GroupInserter
 
 TYPE_CUSTOMER = "customer"
 TYPE_SUPPORT = "support"
@@ -102,6 +102,7 @@ class MessageRepository:
     def __init__(self, db: AsyncDatabase) -> None:
         self.coll = db["messages"]
         self._inserter = GroupInserter(self.coll)
+        self._by_mid = GroupFinder(self.coll, "mid_keys")
 
     async def ensure_indexes(self) -> None:
         await self.coll.create_index([("mid_keys", ASCENDING)], unique=True, name="mid_keys_unique")
@@ -137,7 +138,9 @@ class MessageRepository:
         return {d["_id"]: d for d in docs}
 
     async def find_by_mid(self, channel_id: ObjectId, mid: str) -> dict[str, Any] | None:
-        return await self.coll.find_one({"mid_keys": mid_key(channel_id, mid)})
+        """The message known by this Instagram id; concurrent look-ups share one query."""
+        found = await self._by_mid.find([mid_key(channel_id, mid)])
+        return found[0] if found else None
 
     async def find_by_client_message_id(
         self, conversation_id: ObjectId, client_message_id: str

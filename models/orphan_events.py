@@ -22,7 +22,7 @@ from models.timeutil import utcnow
 class OrphanEventRepository:
     def __init__(self, db: AsyncDatabase, *, ttl_days: int = 30) -> None:
         self.coll = db["orphan_events"]
-        self._finder = GroupFinder(self.coll, "channel_id", "target_mid")
+        self._finder = GroupFinder(self.coll, "target_mid", scope_field="channel_id")
         self.ttl_secs = ttl_days * 86400
 
     async def ensure_indexes(self) -> None:
@@ -47,7 +47,7 @@ class OrphanEventRepository:
         (:class:`models.group_commit.GroupFinder`); the filter holds only the indexed
         ``(channel_id, target_mid)`` — ``applied_at`` is checked here, since a third predicate
         would make the embedded store scan."""
-        found = await self._finder.find(channel_id, list(dict.fromkeys(mids)))
+        found = await self._finder.find(list(dict.fromkeys(mids)), channel_id)
         rows = [r for r in found if r.get("applied_at") is None]
         return sorted(rows, key=lambda r: (r["at"], r["_id"]))
 

@@ -159,15 +159,15 @@ async def test_concurrent_lookups_share_one_query_per_scope(db: tuple[Any, Comma
     await database.events.insert_many(
         [{"scope": scope_a, "key": f"m{i}", "i": i} for i in range(6)] + [{"scope": scope_b, "key": "m1", "i": 100}]
     )
-    finder = GroupFinder(database.events, "scope", "key")
+    finder = GroupFinder(database.events, "key", scope_field="scope")
     commands.seen.clear()
 
     lone, *batched = await asyncio.gather(
-        finder.find(scope_a, ["m0"]),
-        finder.find(scope_a, ["m1", "m2"]),
-        finder.find(scope_a, ["m9"]),
-        finder.find(scope_b, ["m1"]),
-        finder.find(scope_a, ["m2", "m3"]),
+        finder.find(["m0"], scope_a),
+        finder.find(["m1", "m2"], scope_a),
+        finder.find(["m9"], scope_a),
+        finder.find(["m1"], scope_b),
+        finder.find(["m2", "m3"], scope_a),
     )
 
     assert [r["i"] for r in lone] == [0]
@@ -177,7 +177,7 @@ async def test_concurrent_lookups_share_one_query_per_scope(db: tuple[Any, Comma
     assert sorted(r["i"] for r in batched[3]) == [2, 3]
     # One query for each of the two scopes.
     assert commands.seen["find"] == 2
-    assert await finder.find(scope_a, []) == [] and commands.seen["find"] == 2
+    assert await finder.find([], scope_a) == [] and commands.seen["find"] == 2
 
 
 async def test_apply_message_reports_prev_status_exactly_when_its_mark_is_visible(
@@ -219,3 +219,22 @@ async def test_apply_message_reports_prev_status_exactly_when_its_mark_is_visibl
     assert applied[2] is not None and applied[2]["status"] == STATUS_NEEDS_REPLY and applied[2]["last_message"] is None
     # Applying the same message again is a no-op that says so.
     assert await conversations.apply_message(conv_ids[2], late) is None
+
+
+async def test_lookups_on_an_array_field_find_each_callers_documents(db: tuple[Any, Commands]) -> None:
+    """Messages are found by any of their ``mid_keys``: a batch's rows go to every caller
+    one of whose keys the row holds."""
+    database, commands = db
+    await database.messages.insert_many(
+        [{"mid_keys": ["c:a", "c:b"], "i": 1}, {"mid_keys": ["c:c"], "i": 2}, {"mid_keys": ["d:a"], "i": 3}]
+    )
+    finder = GroupFinder(database.messages, "mid_keys")
+    commands.seen.clear()
+
+    by_a, by_b, by_c, by_none = await asyncio.gather(
+        finder.find(["c:a"]), finder.find(["c:b"]), finder.find(["c:c"]), finder.find(["c:z"])
+    )
+
+    assert [r["i"] for r in by_a] == [1] and [r["i"] for r in by_b] == [1]
+    assert [r["i"] for r in by_c] == [2] and by_none == []
+    assert commands.seen["find"] == 1
