@@ -11,6 +11,10 @@ For a collection of N documents (small N = 200 as the baseline, in the same run)
   index holding the whole filter;
 and prints each cost and its growth from 200 to N documents. On real MongoDB all of these
 are index lookups; on SecantusDB 0.7 the first of each pair scans the collection.
+
+Then, on igsync's own collections and indexes (``Store.ensure_indexes``), what a document
+costs alone and in a batch of eight — the figures behind group commit and behind the ingest
+bench's ratio to its floor (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -23,8 +27,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from bson import ObjectId
+from pymongo import UpdateOne
 
-from models.store import mongo_client
+from models.store import Store, mongo_client
 from server.embedded import EmbeddedStores
 
 
@@ -105,14 +110,89 @@ async def _update_then_find(coll: Any, oid: ObjectId) -> Any:
     return await coll.find_one({"_id": oid})
 
 
+async def per_document(url: str, reps: int) -> dict[str, tuple[float, float]]:
+    """(alone, per document in a batch of 8) in ms, on igsync's real indexes."""
+    store = Store(url, "store_access_docs")
+    await store.ensure_indexes()
+    db, batch = store.db, 8
+    channel = ObjectId()
+    convs = [ObjectId() for _ in range(400)]
+    await db.conversations.insert_many(
+        [
+            {
+                "_id": oid,
+                "channel_id": channel,
+                "customer_id": ObjectId(),
+                "customer_instagram_id": str(i),
+                "updated_at": i,
+                "n": 0,
+            }
+            for i, oid in enumerate(convs)
+        ]
+    )
+    counter = iter(range(10**9))
+
+    def message() -> dict[str, Any]:
+        n = next(counter)
+        return {
+            "mid_keys": [f"{channel}:m{n}"],
+            "conversation_id": convs[n % 400],
+            "sent_at": n,
+            "created_at": n,
+            "type": "customer",
+            "is_answered": False,
+            "content": "hello there",
+        }
+
+    def conv_update(i: int) -> UpdateOne:
+        return UpdateOne({"_id": convs[i % 400]}, {"$inc": {"n": 1}, "$set": {"updated_at": next(counter)}})
+
+    out = {
+        "insert, unindexed collection (floor)": (
+            await per_op_ms(lambda i: db.floor.insert_one({"n": i}), reps),
+            await per_op_ms(lambda i: db.floor.insert_many([{"n": i} for _ in range(batch)]), reps // batch) / batch,
+        ),
+        "insert a message (its 8 indexes)": (
+            await per_op_ms(lambda i: db.messages.insert_one(message()), reps),
+            await per_op_ms(lambda i: db.messages.insert_many([message() for _ in range(batch)]), reps // batch)
+            / batch,
+        ),
+        "update a conversation": (
+            await per_op_ms(lambda i: db.conversations.bulk_write([conv_update(i)]), reps),
+            await per_op_ms(
+                lambda i: db.conversations.bulk_write([conv_update(i * batch + j) for j in range(batch)]),
+                reps // batch,
+            )
+            / batch,
+        ),
+        "read a conversation by _id": (
+            await per_op_ms(lambda i: db.conversations.find_one({"_id": convs[i % 400]}), reps),
+            await per_op_ms(
+                lambda i: db.conversations.find(
+                    {"_id": {"$in": convs[i % 50 * batch : i % 50 * batch + batch]}}
+                ).to_list(None),
+                reps // batch,
+            )
+            / batch,
+        ),
+    }
+    await store.client.drop_database(db.name)
+    await store.close()
+    return out
+
+
 async def main(args: argparse.Namespace) -> None:
     with EmbeddedStores(tempfile.mkdtemp(prefix="igsync-store-access-"), redis=False, lock=False) as stores:
         assert stores.mongo_url
         small = await measure(stores.mongo_url, 200, args.reps)
         large = await measure(stores.mongo_url, args.docs, args.reps)
+        documents = await per_document(stores.mongo_url, args.reps)
     print(f"{'operation':36} {'200 docs':>10} {f'{args.docs} docs':>12} {'growth':>8}")
     for name in small:
         print(f"{name:36} {small[name]:8.2f}ms {large[name]:10.2f}ms {large[name] / small[name]:7.1f}x")
+    print(f"\n{'per document, igsync indexes':36} {'alone':>10} {'batch of 8':>12} {'ratio':>8}")
+    for name, (alone, batched) in documents.items():
+        print(f"{name:36} {alone:8.2f}ms {batched:10.2f}ms {batched / alone:7.2f}x")
 
 
 if __name__ == "__main__":
