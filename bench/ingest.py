@@ -77,6 +77,28 @@ def requests_for(bodies: list[bytes], port: int) -> list[bytes]:
     return [build_post(HOST, port, "/webhooks/instagram", b, {"X-Hub-Signature-256": sign(b, SECRET)}) for b in bodies]
 
 
+def cpu_secs(pid: int | None) -> float:
+    """User + system CPU a process has used so far (Linux ``/proc``)."""
+    if pid is None:
+        return 0.0
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU per request of a server process and of the store while one load runs: where the
+    time goes, so a throughput ratio can be read as "whose cost" (the floor and igsync share
+    the store, each of them uses it alone while its load runs)."""
+
+    def __init__(self, server_pid: int, store_pid: int | None) -> None:
+        self.pids = (server_pid, store_pid)
+        self.start = [cpu_secs(pid) for pid in self.pids]
+
+    def per_request_ms(self, requests: int) -> tuple[float, float]:
+        used = [cpu_secs(pid) - before for pid, before in zip(self.pids, self.start, strict=True)]
+        return used[0] / requests * 1000, used[1] / requests * 1000
+
+
 class BenchServer:
     def __init__(self, kind: str, env: dict[str, str], workdir: Path) -> None:
         self.kind = kind
@@ -249,7 +271,9 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         port = free_port()
         floor = BenchServer("floor", env_for(stores, port, "bench_floor", {}), workdir)
         try:
+            meter = CpuMeter(floor.proc.pid, stores.mongo_pid)
             floor_result = await run_load(HOST, port, requests_for(mixed_load("floor"), port), args.concurrency)
+            floor_cpu = meter.per_request_ms(args.items)
         finally:
             floor.stop()
         print(f"floor  (HMAC + JSON + 1 insert_one): {floor_result.summary()}")
@@ -267,9 +291,11 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             await run_load(HOST, port, requests_for(warm, port), args.concurrency)
 
             igsync.signal(signal.SIGUSR1)
+            meter = CpuMeter(igsync.proc.pid, stores.mongo_pid)
             igsync_result: LoadResult = await run_load(
                 HOST, port, requests_for(mixed_load("igsync"), port), args.concurrency
             )
+            igsync_cpu = meter.per_request_ms(args.items)
             mixed_counts = igsync.counts()
             mixed_named, mixed_micros = igsync.last_named, igsync.last_micros
             drain = await triggers.drain() if args.triggers in ("http", "stream") else None
@@ -300,6 +326,10 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             )
         ratio = igsync_result.rate / floor_result.rate if floor_result.rate else 0.0
         print(f"throughput ratio igsync/floor: {ratio:.2f} (aim >= 0.60)")
+        print(
+            "CPU per request (ms), server process / MongoDB store: "
+            f"floor {floor_cpu[0]:.2f} / {floor_cpu[1]:.2f}; igsync {igsync_cpu[0]:.2f} / {igsync_cpu[1]:.2f}"
+        )
         print(f"mixed load:                       {per_item(mixed_counts, args.items)}")
         print("mixed load by command: round trips and store time (ms) per item:")
         for name, micros in sorted(mixed_micros.items(), key=lambda kv: -kv[1])[:12]:
@@ -327,6 +357,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                     "statuses": igsync_result.statuses,
                 },
                 "ratio": ratio,
+                "cpu_ms_per_request": {"floor": floor_cpu, "igsync": igsync_cpu},
                 "triggers": {"mode": args.triggers, "drain": drain},
                 "round_trips_per_item": {
                     "mixed": sum(mixed_counts.values()) / args.items,

@@ -166,6 +166,11 @@ class EmbeddedStores:
     def redis_url(self) -> str | None:
         return None if self._redis is None else f"redis://{self.host}:{self._redis.port}/0"
 
+    @property
+    def mongo_pid(self) -> int | None:
+        """The MongoDB server's process id (benchmarks read its CPU time)."""
+        return None if self._mongo is None or self._mongo.proc is None else self._mongo.proc.pid
+
     # -- lifecycle -----------------------------------------------------------------------
 
     def start(self) -> EmbeddedStores:
