@@ -136,7 +136,9 @@ class ConversationRepository:
             "last_message": if_newest(lit(message_summary(message)), "last_message"),
             "last_message_at": if_newest(lit(message["sent_at"]), "last_message_at"),
             "status": if_newest(lit(STATUS_NEEDS_REPLY if inbound else STATUS_ANSWERED), "status"),
-            "unread_count": {"$add": ["$unread_count", 1]} if inbound else if_newest(0, "unread_count"),
+            "unread_count": (
+                {"$add": [{"$ifNull": ["$unread_count", 0]}, 1]} if inbound else if_newest(0, "unread_count")
+            ),
             "updated_at": lit(utcnow()),
             "recent_message_ids": {
                 "$slice": [{"$concatArrays": [{"$ifNull": ["$recent_message_ids", []]}, [lit(mid)]]}, -RECENT_IDS_KEPT]

@@ -238,3 +238,24 @@ async def test_lookups_on_an_array_field_find_each_callers_documents(db: tuple[A
     assert [r["i"] for r in by_a] == [1] and [r["i"] for r in by_b] == [1]
     assert [r["i"] for r in by_c] == [2] and by_none == []
     assert commands.seen["find"] == 1
+
+
+async def test_apply_message_counts_an_inbound_message_on_a_conversation_without_counters(
+    db: tuple[Any, Commands],
+) -> None:
+    """A conversation written by an older version (no unread count, no applied ids yet)."""
+    database, _ = db
+    conversations = ConversationRepository(database)
+    oid, now = ObjectId(), dt.datetime.now(dt.UTC)
+    await database.conversations.insert_one({"_id": oid, "status": STATUS_ANSWERED})
+    inbound = {"_id": ObjectId(), "type": "customer", "content": "hello", "sent_at": now, "created_at": now}
+
+    after = await conversations.apply_message(oid, inbound)
+
+    assert after is not None
+    assert (after["unread_count"], after["status"], after["recent_message_ids"]) == (
+        1,
+        STATUS_NEEDS_REPLY,
+        [inbound["_id"]],
+    )
+    assert after["last_message"]["content"] == "hello"
