@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from pymongo import UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
@@ -27,32 +27,59 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
 DUPLICATE_KEY = 11000
 MAX_BATCH = 500
 
+Request = TypeVar("Request")
+Result = TypeVar("Result")
 
-class GroupInserter:
+
+class _Batcher(Generic[Request, Result]):
+    """The queue every group committer shares: callers queue a request and wait for its own
+    result; one task sends what has queued, batch after batch, until the queue is empty.
+
+    The task starts on the loop's next turn, so callers of the same turn go together; the
+    ones that queue while a command is in flight go in the next batch."""
+
     def __init__(self, coll: AsyncCollection, *, max_batch: int = MAX_BATCH) -> None:
         self.coll = coll
         self.max_batch = max_batch
-        self._queue: list[tuple[dict[str, Any], asyncio.Future[None]]] = []
+        self._queue: list[tuple[Request, asyncio.Future[Result]]] = []
         self._draining = False
 
-    async def insert(self, doc: dict[str, Any]) -> None:
-        """Insert ``doc`` (which must carry its ``_id``); raise what ``insert_one`` would."""
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.append((doc, future))
+    async def _submit(self, request: Request) -> Result:
+        future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        self._queue.append((request, future))
         if not self._draining:
             self._draining = True
             asyncio.get_running_loop().create_task(self._drain())
-        await future
+        return await future
 
     async def _drain(self) -> None:
         try:
             while self._queue:
-                batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
-                await self._write(batch)
+                await self._send(self._take())
         finally:
             self._draining = False
 
-    async def _write(self, batch: list[tuple[dict[str, Any], asyncio.Future[None]]]) -> None:
+    def _take(self) -> list[tuple[Request, asyncio.Future[Result]]]:
+        batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
+        return batch
+
+    async def _send(self, batch: list[tuple[Request, asyncio.Future[Result]]]) -> None:
+        raise NotImplementedError
+
+
+def _fail_all(batch: list[tuple[Any, asyncio.Future[Any]]], exc: BaseException) -> None:
+    """The whole command failed (the server is gone): every caller of the batch sees it."""
+    for _, future in batch:
+        if not future.done():
+            future.set_exception(exc)
+
+
+class GroupInserter(_Batcher[dict[str, Any], None]):
+    async def insert(self, doc: dict[str, Any]) -> None:
+        """Insert ``doc`` (which must carry its ``_id``); raise what ``insert_one`` would."""
+        await self._submit(doc)
+
+    async def _send(self, batch: list[tuple[dict[str, Any], asyncio.Future[None]]]) -> None:
         failures: dict[int, BaseException] = {}
         try:
             if len(batch) == 1:
@@ -62,15 +89,9 @@ class GroupInserter:
         except DuplicateKeyError as exc:  # the lone insert_one
             failures[0] = exc
         except BulkWriteError as exc:
-            for error in exc.details.get("writeErrors", []):
-                failures[error["index"]] = _as_exception(error)
-            if exc.details.get("writeConcernErrors"):
-                for i in range(len(batch)):
-                    failures.setdefault(i, exc)
-        except BaseException as exc:  # the whole command failed: every caller sees it
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
+            failures = _statement_failures(exc, len(batch))
+        except BaseException as exc:
+            _fail_all(batch, exc)
             return
         for i, (_, future) in enumerate(batch):
             if future.done():
@@ -79,6 +100,18 @@ class GroupInserter:
                 future.set_exception(failures[i])
             else:
                 future.set_result(None)
+
+
+def _statement_failures(exc: BulkWriteError, size: int) -> dict[int, BaseException]:
+    """What an unordered bulk write's error means for each of its ``size`` statements: its own
+    write error, or — a write concern error — no statement's write is sure."""
+    failures: dict[int, BaseException] = {
+        error["index"]: _as_exception(error) for error in exc.details.get("writeErrors", [])
+    }
+    if exc.details.get("writeConcernErrors"):
+        for i in range(size):
+            failures.setdefault(i, exc)
+    return failures
 
 
 def _as_exception(error: dict[str, Any]) -> OperationFailure:
@@ -105,7 +138,7 @@ class UpdateOutcome:
     own_mark: bool  # ``doc`` shows this update's mark: nothing else wrote it in between
 
 
-class GroupUpdater:
+class GroupUpdater(_Batcher[GroupUpdate, UpdateOutcome]):
     """Concurrent single-document updates into one collection share one ``bulk_write`` and
     one read-back ``find`` by ``_id: {$in}`` — group commit for updates.
 
@@ -127,38 +160,23 @@ class GroupUpdater:
     update was idempotent anyway).
     """
 
-    def __init__(self, coll: AsyncCollection, *, max_batch: int = MAX_BATCH) -> None:
-        self.coll = coll
-        self.max_batch = max_batch
-        self._queue: list[tuple[GroupUpdate, asyncio.Future[UpdateOutcome]]] = []
-        self._draining = False
-
     async def update(self, op: GroupUpdate) -> UpdateOutcome:
-        future: asyncio.Future[UpdateOutcome] = asyncio.get_running_loop().create_future()
-        self._queue.append((op, future))
-        if not self._draining:
-            self._draining = True
-            asyncio.get_running_loop().create_task(self._drain())
-        return await future
+        return await self._submit(op)
 
-    async def _drain(self) -> None:
-        try:
-            while self._queue:
-                batch: list[tuple[GroupUpdate, asyncio.Future[UpdateOutcome]]] = []
-                later: list[tuple[GroupUpdate, asyncio.Future[UpdateOutcome]]] = []
-                seen: set[Any] = set()
-                for entry in self._queue:
-                    if entry[0].doc_id in seen or len(batch) >= self.max_batch:
-                        later.append(entry)
-                    else:
-                        seen.add(entry[0].doc_id)
-                        batch.append(entry)
-                self._queue = later
-                await self._write(batch)
-        finally:
-            self._draining = False
+    def _take(self) -> list[tuple[GroupUpdate, asyncio.Future[UpdateOutcome]]]:
+        batch: list[tuple[GroupUpdate, asyncio.Future[UpdateOutcome]]] = []
+        later: list[tuple[GroupUpdate, asyncio.Future[UpdateOutcome]]] = []
+        seen: set[Any] = set()
+        for entry in self._queue:
+            if entry[0].doc_id in seen or len(batch) >= self.max_batch:
+                later.append(entry)
+            else:
+                seen.add(entry[0].doc_id)
+                batch.append(entry)
+        self._queue = later
+        return batch
 
-    async def _write(self, batch: list[tuple[GroupUpdate, asyncio.Future[UpdateOutcome]]]) -> None:
+    async def _send(self, batch: list[tuple[GroupUpdate, asyncio.Future[UpdateOutcome]]]) -> None:
         failed: dict[int, BaseException] = {}
         try:
             if len(batch) == 1:
@@ -170,18 +188,15 @@ class GroupUpdater:
                     matched = (await self.coll.bulk_write(requests, ordered=False)).matched_count
                 except BulkWriteError as exc:
                     matched = exc.details.get("nMatched", 0)
-                    for error in exc.details.get("writeErrors", []):
-                        failed[error["index"]] = _as_exception(error)
+                    failed = _statement_failures(exc, len(batch))
             ids = [op.doc_id for op, _ in batch]
             if len(ids) == 1:
                 found = await self.coll.find_one({"_id": ids[0]})
                 docs = {ids[0]: found} if found is not None else {}
             else:
                 docs = {d["_id"]: d for d in await self.coll.find({"_id": {"$in": ids}}).to_list(None)}
-        except BaseException as exc:  # the whole command failed: every caller sees it
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
+        except BaseException as exc:
+            _fail_all(batch, exc)
             return
         mine = [
             i not in failed and (doc := docs.get(op.doc_id)) is not None and op.is_mine(doc)
@@ -198,7 +213,7 @@ class GroupUpdater:
             future.set_result(UpdateOutcome(doc, mine[i] or (overwritten and doc is not None), mine[i]))
 
 
-class GroupFinder:
+class GroupFinder(_Batcher[tuple[Any, list[Any]], list[dict[str, Any]]]):
     """Concurrent equality look-ups on ``key_field`` (within ``scope_field`` = s, when given)
     share one ``find`` per scope with ``key_field: {$in: …}`` — natural batching for reads that
     many requests make (an owner message's mid, the events that arrived before a message).
@@ -210,35 +225,22 @@ class GroupFinder:
     def __init__(
         self, coll: AsyncCollection, key_field: str, *, scope_field: str | None = None, max_batch: int = MAX_BATCH
     ) -> None:
-        self.coll = coll
+        super().__init__(coll, max_batch=max_batch)
         self.scope_field = scope_field
         self.key_field = key_field
-        self.max_batch = max_batch
-        self._queue: list[tuple[Any, list[Any], asyncio.Future[list[dict[str, Any]]]]] = []
-        self._draining = False
 
     async def find(self, keys: list[Any], scope: Any = None) -> list[dict[str, Any]]:
         """The documents whose key (or one of whose keys, for an array) is one of ``keys``."""
         if not keys:
             return []
-        future: asyncio.Future[list[dict[str, Any]]] = asyncio.get_running_loop().create_future()
-        self._queue.append((scope, list(keys), future))
-        if not self._draining:
-            self._draining = True
-            asyncio.get_running_loop().create_task(self._drain())
-        return await future
+        return await self._submit((scope, list(keys)))
 
-    async def _drain(self) -> None:
-        try:
-            while self._queue:
-                batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
-                scopes: dict[Any, list[tuple[list[Any], asyncio.Future[list[dict[str, Any]]]]]] = {}
-                for scope, keys, future in batch:
-                    scopes.setdefault(scope, []).append((keys, future))
-                for scope, callers in scopes.items():
-                    await self._read(scope, callers)
-        finally:
-            self._draining = False
+    async def _send(self, batch: list[tuple[tuple[Any, list[Any]], asyncio.Future[list[dict[str, Any]]]]]) -> None:
+        scopes: dict[Any, list[tuple[list[Any], asyncio.Future[list[dict[str, Any]]]]]] = {}
+        for (scope, keys), future in batch:
+            scopes.setdefault(scope, []).append((keys, future))
+        for scope, callers in scopes.items():
+            await self._read(scope, callers)
 
     async def _read(self, scope: Any, callers: list[tuple[list[Any], asyncio.Future[list[dict[str, Any]]]]]) -> None:
         wanted = list(dict.fromkeys(k for keys, _ in callers for k in keys))
@@ -248,9 +250,7 @@ class GroupFinder:
         try:
             rows = await self.coll.find(query).to_list(None)
         except BaseException as exc:
-            for _, future in callers:
-                if not future.done():
-                    future.set_exception(exc)
+            _fail_all(callers, exc)
             return
         for keys, future in callers:
             if not future.done():
