@@ -13,6 +13,10 @@ the race reads again and recomputes. A missing document is created with ``insert
 (a concurrent creator gets ``DuplicateKeyError`` on ``_id`` and retries as an updater), so
 the SecantusDB upsert quirk (``None`` answers) never comes into play.
 
+Under load the read and the creating insert of concurrent pairings share commands with each
+other (:mod:`models.group_commit`); that changes nothing above — a batched read is still one
+snapshot taken after the caller asked, and a batched insert still fails on a taken ``_id``.
+
 Entries older than the dedup window are pruned by the decision functions; a TTL index on
 ``expires_at`` removes documents idle for longer than that.
 """
@@ -26,6 +30,8 @@ from typing import Any, TypeVar
 from pymongo import ASCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError, PyMongoError
+
+from models.group_commit import GroupFinder, GroupInserter
 
 T = TypeVar("T")
 
@@ -45,6 +51,8 @@ Decision = Callable[[dict[str, Any] | None], tuple[dict[str, Any] | None, T]]
 class EchoPairRepository:
     def __init__(self, db: AsyncDatabase) -> None:
         self.coll = db["echo_pairs"]
+        self._reader = GroupFinder(self.coll, "_id")
+        self._inserter = GroupInserter(self.coll)
 
     async def ensure_indexes(self) -> None:
         await self.coll.create_index([("expires_at", ASCENDING)], expireAfterSeconds=0, name="expires_at_ttl")
@@ -55,14 +63,15 @@ class EchoPairRepository:
     async def transact(self, key: str, decide: Decision[T], *, expires_at: dt.datetime) -> T:
         """Apply ``decide`` to the document ``key`` atomically (compare-and-swap); its result."""
         for _ in range(MAX_CAS_ATTEMPTS):
-            current = await self.coll.find_one({"_id": key})
+            found = await self._reader.find([key])
+            current = found[0] if found else None
             state, result = decide(current)
             if state is None:
                 # Nothing to change (an idempotent repeat): the read was one consistent snapshot.
                 return result
             if current is None:
                 try:
-                    await self.coll.insert_one({"_id": key, "version": 1, **state, "expires_at": expires_at})
+                    await self._inserter.insert({"_id": key, "version": 1, **state, "expires_at": expires_at})
                 except DuplicateKeyError:
                     continue
                 return result
