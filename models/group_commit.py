@@ -55,7 +55,15 @@ class _Batcher(Generic[Request, Result]):
     async def _drain(self) -> None:
         try:
             while self._queue:
-                await self._send(self._take())
+                batch = self._take()
+                try:
+                    await self._send(batch)
+                except BaseException as exc:
+                    # A bug in a committer (or a cancelled task) must not leave its callers
+                    # waiting forever: they answer with the error, the queue goes on.
+                    _fail_all(batch, exc)
+                    if not isinstance(exc, Exception):
+                        raise
         finally:
             self._draining = False
 

@@ -259,3 +259,20 @@ async def test_apply_message_counts_an_inbound_message_on_a_conversation_without
         [inbound["_id"]],
     )
     assert after["last_message"]["content"] == "hello"
+
+
+async def test_a_committer_that_fails_unexpectedly_answers_its_callers(db: tuple[Any, Commands]) -> None:
+    """An error outside the store call (here: the caller's own mark check) reaches the callers
+    of that batch instead of leaving them waiting, and later callers are served."""
+    database, _ = db
+    oid = ObjectId()
+    await database.things.insert_one({"_id": oid, "n": 0})
+    updater = GroupUpdater(database.things)
+
+    def broken(doc: dict[str, Any]) -> bool:
+        raise LookupError("mark check failed")
+
+    with pytest.raises(LookupError):
+        await asyncio.wait_for(updater.update(GroupUpdate(oid, {"_id": oid}, {"$inc": {"n": 1}}, broken)), 30)
+    outcome = await asyncio.wait_for(updater.update(bump(oid)[0]), 30)
+    assert outcome.applied and outcome.own_mark and outcome.doc is not None and outcome.doc["n"] == 2
