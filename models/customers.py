@@ -11,8 +11,9 @@ from pymongo.asynchronous.database import AsyncDatabase
 from models.atomic import get_or_insert, update_get
 from models.timeutil import utcnow
 
-# The fields of a customer that the API shows (Conversation.customer).
-PROFILE_FIELDS = ("first_name", "last_name", "username", "profile_pic", "enhanced_data_fetched")
+# The fields of a customer that the API shows (Conversation.customer). ``profile_pic`` is
+# Instagram's link (it expires); ``profile_pic_file`` our copy of it, once made (``/media/{id}``).
+PROFILE_FIELDS = ("first_name", "last_name", "username", "profile_pic", "profile_pic_file", "enhanced_data_fetched")
 
 
 class CustomerRepository:
@@ -37,6 +38,7 @@ class CustomerRepository:
             "last_name": None,
             "username": None,
             "profile_pic": None,
+            "profile_pic_file": None,
             "enhanced_data_fetched": False,
             "created_at": now,
             "updated_at": now,
@@ -48,3 +50,12 @@ class CustomerRepository:
 
     async def update_profile(self, customer_id: ObjectId, fields: dict[str, Any]) -> dict[str, Any] | None:
         return await update_get(self.coll, {"_id": customer_id}, {"$set": {**fields, "updated_at": utcnow()}})
+
+    async def set_picture_copy(self, customer_id: ObjectId, source_url: str, file_url: str) -> dict[str, Any] | None:
+        """Point the customer at our copy of ``source_url``; None (nothing changed) when the
+        customer's picture is another one by now."""
+        return await update_get(
+            self.coll,
+            {"_id": customer_id, "profile_pic": source_url},
+            {"$set": {"profile_pic_file": file_url, "updated_at": utcnow()}},
+        )

@@ -40,7 +40,16 @@ WS_MESSAGE_FIELDS = (
     "edited_at",
     "read_at",
 )
-CUSTOMER_FIELDS = ("id", "instagram_id", "first_name", "last_name", "username", "profile_pic", "enhanced_data_fetched")
+CUSTOMER_FIELDS = (
+    "id",
+    "instagram_id",
+    "first_name",
+    "last_name",
+    "username",
+    "profile_pic",
+    "profile_pic_file",
+    "enhanced_data_fetched",
+)
 CONVERSATION_FIELDS = (
     "id",
     "channel_id",
@@ -119,6 +128,7 @@ def customer(snapshot: dict[str, Any]) -> dict[str, Any]:
         "last_name": snapshot.get("last_name"),
         "username": snapshot.get("username"),
         "profile_pic": snapshot.get("profile_pic"),
+        "profile_pic_file": snapshot.get("profile_pic_file"),
         "enhanced_data_fetched": bool(snapshot.get("enhanced_data_fetched", False)),
     }
 

@@ -390,6 +390,30 @@ class MediaService:
     def wake(self) -> None:
         self._wake.set()
 
+    # -- profile pictures ------------------------------------------------------------------------
+
+    async def copy_picture(self, channel_id: ObjectId, customer_id: ObjectId, url: str) -> ObjectId | None:
+        """Download a customer's profile picture (its link expires like any CDN link) into the
+        media store, with the same caps and type checks as an attachment (``image/*`` only).
+        One attempt: it runs inside the profile look-up, which is best-effort too — on any
+        failure the customer keeps Instagram's link. The stored file's id, or None."""
+        try:
+            downloaded = await self.downloader.fetch(url, "image")
+        except DownloadError as exc:
+            log.info("profile picture not copied: %s customer=%s", exc.reason, customer_id)
+            return None
+        with downloaded.spool as spool:
+            return await self.store.media_files.upload(
+                f"profile{mimetypes.guess_extension(downloaded.content_type) or ''}",
+                spool,
+                {
+                    "content_type": downloaded.content_type,
+                    "channel_id": channel_id,
+                    "customer_id": customer_id,
+                    "key": "profile_pic",
+                },
+            )
+
     # -- unsend ----------------------------------------------------------------------------------
 
     async def remove_for_message(self, message_id: ObjectId) -> int:

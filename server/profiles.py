@@ -8,7 +8,8 @@ its id, nothing else is lost).
 
 What each answer does (Meta's codes, handled as Chatwoot learned to):
 
-* a profile → names, username, picture stored, ``enhanced_data_fetched: true``;
+* a profile → names, username, picture stored, ``enhanced_data_fetched: true``; the picture
+  is then copied into the media store (Instagram's link expires) as ``profile_pic_file``;
 * 190 (token expired or revoked) → the channel is marked ``needs_reauth`` and no more
   look-ups are made for it until it is reconnected with a new token; the customer gets
   the placeholder name;
@@ -27,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 from bson import ObjectId
 from pymongo.errors import PyMongoError
@@ -36,6 +37,7 @@ from models.store import Store
 from models.timeutil import utcnow
 from server import events as ev
 from server import graph_api as graph
+from server.media import media_url
 from server.metrics import Metrics
 
 log = logging.getLogger("igsync.profiles")
@@ -55,6 +57,12 @@ def placeholder_name(instagram_id: str) -> str:
     return f"Unknown (IG: {instagram_id})"
 
 
+class PictureStore(Protocol):
+    """Where profile pictures are copied (the media service)."""
+
+    async def copy_picture(self, channel_id: ObjectId, customer_id: ObjectId, url: str) -> ObjectId | None: ...
+
+
 class ProfileService:
     def __init__(
         self,
@@ -66,9 +74,11 @@ class ProfileService:
         concurrency: int,
         max_attempts: int,
         retry_base_secs: float,
+        pictures: PictureStore | None = None,
     ) -> None:
         self.store = store
         self.graph = graph_api
+        self.pictures = pictures
         self.publish = publish
         self.metrics = metrics
         self.max_attempts = max_attempts
@@ -182,7 +192,26 @@ class ProfileService:
         updated = await self.store.customers.update_profile(customer["_id"], fields)
         if updated is None:
             return
-        conversation = await self.store.conversations.refresh_customer(channel["_id"], updated)
+        await self._announce(channel["_id"], updated)
+        if profile is not None and profile.profile_pic and self.pictures is not None:
+            await self._copy_picture(channel["_id"], updated["_id"], profile.profile_pic)
+
+    async def _copy_picture(self, channel_id: ObjectId, customer_id: ObjectId, url: str) -> None:
+        """Keep the picture past the expiry of Instagram's link: our copy goes beside it as
+        ``profile_pic_file`` and the inbox hears of it like of the profile itself."""
+        assert self.pictures is not None
+        file_id = await self.pictures.copy_picture(channel_id, customer_id, url)
+        if file_id is None:
+            return
+        updated = await self.store.customers.set_picture_copy(customer_id, url, media_url(file_id))
+        if updated is None:
+            # The picture changed while we copied it: this copy shows nobody.
+            await self.store.media_files.delete(file_id)
+            return
+        await self._announce(channel_id, updated)
+
+    async def _announce(self, channel_id: ObjectId, customer: dict[str, Any]) -> None:
+        conversation = await self.store.conversations.refresh_customer(channel_id, customer)
         if conversation is not None:
             await self.publish([ev.conversation_updated(conversation)])
 

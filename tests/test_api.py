@@ -178,6 +178,7 @@ async def test_conversations_newest_first_with_cursor_pages(client: Client, tena
         "last_name",
         "username",
         "profile_pic",
+        "profile_pic_file",  # our copy of the picture (docs/decisions.md), null until made
         "enhanced_data_fetched",
     }
     assert top["unread_count"] == 2 and top["status"] == "needs_reply"

@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 from bson import ObjectId
 
+from models.media_files import BUCKET
 from server.graph_api import Profile, classify
-from tests.events_support import ACCESS_TOKEN, EventsEnv, GraphAnswer, connect_channel, events_env
+from tests.events_support import ACCESS_TOKEN, JPEG, EventsEnv, GraphAnswer, connect_channel, events_env
 from tests.helpers import ADMIN_TOKEN, CUSTOMER_A, CUSTOMER_B, body_of, messaging_body, text_item, wait_for
 
 CUSTOMER_C = "6200000000000103"
@@ -69,6 +70,63 @@ async def test_profile_is_fetched_and_reaches_the_inbox(env: EventsEnv) -> None:
     await env.post(messaging_body(text_item("p-2", "again", sender=CUSTOMER_A)))
     await env.core.profiles.idle()
     assert len(env.graph.requests) == 1
+
+
+async def test_the_profile_picture_is_copied_and_served_after_its_link_expires(env: EventsEnv) -> None:
+    """Instagram's picture links expire like attachment links: the look-up stores a copy beside
+    the link (``profile_pic_file``) and the inbox hears of it."""
+    link = env.cdn.add("ana.jpg")
+    env.graph.profile(CUSTOMER_A, name="Ana Costa", profile_pic=link)
+    answer = await first_message(env, CUSTOMER_A, "pic-1")
+    await env.core.profiles.idle()
+
+    customer = await env.core.store.customers.get(ObjectId(answer["data"]["customer"]["id"]))
+    assert customer["profile_pic"] == link and customer["profile_pic_file"].startswith("/media/")
+    env.cdn.files.clear()  # the link expires: our copy is what the inbox shows from now on
+    served = await env.client.get(customer["profile_pic_file"], token=env.token)
+    assert served.code == 200 and served.headers["Content-Type"] == "image/jpeg" and served.body == JPEG
+    shown = [e.data["conversation"]["customer"] for e in env.events("conversation_updated")]
+    assert shown[-1]["profile_pic_file"] == customer["profile_pic_file"] and shown[-1]["profile_pic"] == link
+    conversation_id = answer["data"]["conversation"]["id"]
+    listed = body_of(await env.client.get(f"/api/v1/conversations/{conversation_id}", token=env.token))
+    assert listed["conversation"]["customer"]["profile_pic_file"] == customer["profile_pic_file"]
+    assert env.cdn.count("ana.jpg") == 1
+    assert await env.core.store.db[f"{BUCKET}.files"].count_documents({}) == 1
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [{"status": 404}, {"content_type": "text/html", "body": b"<script>alert(1)</script>"}],
+    ids=["expired-link", "not-an-image"],
+)
+async def test_a_picture_that_cannot_be_copied_leaves_the_link(env: EventsEnv, spec: dict[str, Any]) -> None:
+    link = env.cdn.add("bad.jpg", **spec)
+    env.graph.profile(CUSTOMER_A, name="Ana Costa", profile_pic=link)
+    answer = await first_message(env, CUSTOMER_A, "pic-bad")
+    await env.core.profiles.idle()
+
+    customer = await env.core.store.customers.get(ObjectId(answer["data"]["customer"]["id"]))
+    assert customer["profile_status"] == "fetched" and customer["first_name"] == "Ana"
+    assert customer["profile_pic"] == link and customer["profile_pic_file"] is None
+    assert await env.core.store.db[f"{BUCKET}.files"].count_documents({}) == 0
+    assert env.cdn.count("bad.jpg") == 1  # one attempt: the look-up is best-effort
+
+
+async def test_a_copy_of_a_picture_replaced_meanwhile_is_dropped(env: EventsEnv) -> None:
+    """The copy is attached only if the customer still shows the picture it was made from."""
+    gate = asyncio.Event()
+    link = env.cdn.add("old.jpg", gate=gate)
+    env.graph.profile(CUSTOMER_A, name="Ana Costa", profile_pic=link)
+    answer = await first_message(env, CUSTOMER_A, "pic-race")
+    customer_id = ObjectId(answer["data"]["customer"]["id"])
+    await wait_for(lambda: env.cdn.count("old.jpg") == 1)  # the download is held at the CDN
+    await env.core.store.customers.update_profile(customer_id, {"profile_pic": "https://cdn.example/new.jpg"})
+    gate.set()
+    await env.core.profiles.idle()
+
+    customer = await env.core.store.customers.get(customer_id)
+    assert customer["profile_pic_file"] is None
+    assert await env.core.store.db[f"{BUCKET}.files"].count_documents({}) == 0
 
 
 async def test_the_webhook_does_not_wait_for_the_profile(env: EventsEnv) -> None:
