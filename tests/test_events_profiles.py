@@ -41,12 +41,14 @@ async def looked_up(env: EventsEnv, answer: dict[str, Any]) -> dict[str, Any]:
 
 
 async def test_profile_is_fetched_and_reaches_the_inbox(env: EventsEnv) -> None:
-    env.graph.profile(CUSTOMER_A, name="Ana Maria Costa", username="ana.costa", profile_pic="https://cdn/pic.jpg")
+    # The fake CDN, so that copying the picture never leaves the machine (here: an expired link).
+    picture = env.cdn.url("pic.jpg")
+    env.graph.profile(CUSTOMER_A, name="Ana Maria Costa", username="ana.costa", profile_pic=picture)
     answer = await first_message(env, CUSTOMER_A, "p-1")
     assert answer["data"]["customer"]["was_created"] is True
     customer = await looked_up(env, answer)
     assert customer["first_name"] == "Ana" and customer["last_name"] == "Maria Costa"
-    assert customer["username"] == "ana.costa" and customer["profile_pic"] == "https://cdn/pic.jpg"
+    assert customer["username"] == "ana.costa" and customer["profile_pic"] == picture
     assert customer["enhanced_data_fetched"] is True and customer["profile_status"] == "fetched"
 
     [request] = env.graph.requests
