@@ -31,15 +31,15 @@ Request = TypeVar("Request")
 Result = TypeVar("Result")
 
 
-class _Batcher(Generic[Request, Result]):
-    """The queue every group committer shares: callers queue a request and wait for its own
-    result; one task sends what has queued, batch after batch, until the queue is empty.
+class NaturalBatcher(Generic[Request, Result]):
+    """The queue every group committer shares (and the trigger dispatcher's
+    ``Coalesced``): callers queue a request and wait for its own result; one task sends what
+    has queued, batch after batch, until the queue is empty.
 
     The task starts on the loop's next turn, so callers of the same turn go together; the
     ones that queue while a command is in flight go in the next batch."""
 
-    def __init__(self, coll: AsyncCollection, *, max_batch: int = MAX_BATCH) -> None:
-        self.coll = coll
+    def __init__(self, *, max_batch: int = MAX_BATCH) -> None:
         self.max_batch = max_batch
         self._queue: list[tuple[Request, asyncio.Future[Result]]] = []
         self._draining = False
@@ -59,8 +59,8 @@ class _Batcher(Generic[Request, Result]):
                 try:
                     await self._send(batch)
                 except BaseException as exc:
-                    # A bug in a committer (or a cancelled task) must not leave its callers
-                    # waiting forever: they answer with the error, the queue goes on.
+                    # A failed command, a bug in a committer or a cancelled task must not leave
+                    # its callers waiting forever: they answer with the error, the queue goes on.
                     _fail_all(batch, exc)
                     if not isinstance(exc, Exception):
                         raise
@@ -73,6 +73,14 @@ class _Batcher(Generic[Request, Result]):
 
     async def _send(self, batch: list[tuple[Request, asyncio.Future[Result]]]) -> None:
         raise NotImplementedError
+
+
+class _Batcher(NaturalBatcher[Request, Result]):
+    """A natural batcher whose commands go to one collection."""
+
+    def __init__(self, coll: AsyncCollection, *, max_batch: int = MAX_BATCH) -> None:
+        super().__init__(max_batch=max_batch)
+        self.coll = coll
 
 
 def _fail_all(batch: list[tuple[Any, asyncio.Future[Any]]], exc: BaseException) -> None:

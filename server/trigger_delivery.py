@@ -40,7 +40,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 import orjson
 import redis.asyncio as aioredis
@@ -53,6 +53,7 @@ from tornado.netutil import DefaultLoopResolver, Resolver
 from tornado.simple_httpclient import HTTPTimeoutError
 
 from config import Settings
+from models.group_commit import NaturalBatcher
 from models.store import Store
 from models.timeutil import utcnow
 from models.trigger_jobs import STATE_DEAD, STATE_PENDING, TARGET_HTTP
@@ -97,49 +98,28 @@ DEFAULT_HTTP_TIMEOUT_SECS = 10.0
 ERROR_DETAIL_CHARS = 300
 
 
-class Coalesced(Generic[K, V]):
+class Coalesced(NaturalBatcher[K, V | None]):
     """Concurrent single-key calls that share one batched store command.
 
     The first caller sends its key at once; callers arriving while that command is in flight
-    queue up and go together in the next one ("natural batching", as
-    :class:`models.group_commit.GroupInserter` does for inserts): no timer, no added latency
-    when idle. ``run`` maps a list of keys to their values; a key it leaves out gets None. If
-    the command fails, every caller of that batch gets the exception.
+    queue up and go together in the next one ("natural batching", the queue of
+    :class:`models.group_commit.NaturalBatcher`): no timer, no added latency when idle.
+    ``run`` maps a list of keys to their values; a key it leaves out gets None. If the
+    command fails, every caller of that batch gets the exception.
     """
 
     def __init__(self, run: Callable[[list[K]], Awaitable[Mapping[K, V]]], *, max_batch: int = 100) -> None:
+        super().__init__(max_batch=max_batch)
         self.run = run
-        self.max_batch = max_batch
-        self._queue: list[tuple[K, asyncio.Future[V | None]]] = []
-        self._draining = False
 
     async def __call__(self, key: K) -> V | None:
-        future: asyncio.Future[V | None] = asyncio.get_running_loop().create_future()
-        self._queue.append((key, future))
-        if not self._draining:
-            self._draining = True
-            asyncio.get_running_loop().create_task(self._drain())
-        return await future
+        return await self._submit(key)
 
-    async def _drain(self) -> None:
-        try:
-            while self._queue:
-                batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
-                keys = list(dict.fromkeys(key for key, _ in batch))
-                try:
-                    values = await self.run(keys)
-                except BaseException as exc:
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_exception(exc)
-                    if isinstance(exc, asyncio.CancelledError):
-                        raise
-                    continue
-                for key, future in batch:
-                    if not future.done():
-                        future.set_result(values.get(key))
-        finally:
-            self._draining = False
+    async def _send(self, batch: list[tuple[K, asyncio.Future[V | None]]]) -> None:
+        values = await self.run(list(dict.fromkeys(key for key, _ in batch)))
+        for key, future in batch:
+            if not future.done():
+                future.set_result(values.get(key))
 
 
 class CachingResolver(Resolver):
