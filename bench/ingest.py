@@ -7,13 +7,18 @@ What it does, all on this machine's loopback:
 1. starts the embedded stores (SecantusDB + Redis) in a temporary directory;
 2. the **floor**: a bare Tornado handler doing HMAC check, JSON parse and one ``insert_one``
    into the same store — the least any webhook receiver does — under the same load;
-3. **igsync** (``ServerProcess``, instrumented with a PyMongo command listener) with a connected
+3. the **required writes**: a bare handler that also writes what the issue requires of every
+   message (audit record, message with its unique mid index, conversation, marking answered),
+   the plainest correct way and nothing more (``bench/servers.py: RequiredWritesHandler``);
+4. **igsync** (``ServerProcess``, instrumented with a PyMongo command listener) with a connected
    channel and warmed-up customers, under the same load: signed single-item webhooks, mixed
    customer texts and owner echoes, with a share of redeliveries;
-4. a round-trip phase: messages from known customers only, counting MongoDB commands per item;
-5. prints req/s, p50/p99, the igsync/floor throughput ratio and round trips per item.
+5. a round-trip phase: messages from known customers only, counting MongoDB commands per item;
+6. the store's own cost of the required writes, every command shared by eight requests
+   (``bench/store_access.py``), as a ceiling in requests/s;
+7. prints req/s, p50/p99, the ratios to the floor and round trips per item.
 
-Both servers are separate processes driven by the same client, so the ratio compares like with
+All servers are separate processes driven by the same client, so the ratios compare like with
 like even though the absolute numbers move with the machine's load.
 """
 
@@ -35,6 +40,7 @@ from typing import Any
 import orjson
 
 from bench.loadgen import LoadResult, build_post, run_load
+from bench.store_access import per_document, required_store_ms
 from models.store import mongo_client
 from server.embedded import EmbeddedStores, free_port
 from tests.helpers import sign
@@ -266,6 +272,13 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             tag=tag,
         )
 
+    def warm_bodies() -> list[bytes]:
+        # Every customer seen once before the measured load: "known customers".
+        return [
+            webhook_body(f"bench.warm.{i}", "hello", c, echo=False, ts_ms=int(time.time() * 1000))
+            for i, c in enumerate(customers)
+        ]
+
     try:
         # -- the floor ---------------------------------------------------------------------
         port = free_port()
@@ -278,17 +291,25 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             floor.stop()
         print(f"floor  (HMAC + JSON + 1 insert_one): {floor_result.summary()}")
 
+        # -- the required writes -------------------------------------------------------------
+        port = free_port()
+        required = BenchServer("required", env_for(stores, port, "bench_required", {}), workdir)
+        try:
+            await run_load(HOST, port, requests_for(warm_bodies(), port), args.concurrency)
+            meter = CpuMeter(required.proc.pid, stores.mongo_pid)
+            required_result = await run_load(HOST, port, requests_for(mixed_load("required"), port), args.concurrency)
+            required_cpu = meter.per_request_ms(args.items)
+        finally:
+            required.stop()
+        print(f"required writes, plainest code:      {required_result.summary()}")
+
         # -- igsync ------------------------------------------------------------------------
         port = free_port()
         triggers = TriggerSink(args.triggers, stores, "bench_igsync", workdir)
         igsync = BenchServer("igsync", env_for(stores, port, "bench_igsync", {**extra, **triggers.env()}), workdir)
         try:
             await admin_connect(port, triggers.channel_triggers())
-            warm = [
-                webhook_body(f"bench.warm.{i}", "hello", c, echo=False, ts_ms=int(time.time() * 1000))
-                for i, c in enumerate(customers)
-            ]
-            await run_load(HOST, port, requests_for(warm, port), args.concurrency)
+            await run_load(HOST, port, requests_for(warm_bodies(), port), args.concurrency)
 
             igsync.signal(signal.SIGUSR1)
             meter = CpuMeter(igsync.proc.pid, stores.mongo_pid)
@@ -325,10 +346,15 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 f"none left {drain['drain_secs']:.2f}s later; {drain['delivered']} delivered, {drain['dead']} dead"
             )
         ratio = igsync_result.rate / floor_result.rate if floor_result.rate else 0.0
+        required_ratio = required_result.rate / floor_result.rate if floor_result.rate else 0.0
+        own_ratio = igsync_result.rate / required_result.rate if required_result.rate else 0.0
         print(f"throughput ratio igsync/floor: {ratio:.2f} (aim >= 0.60)")
+        print(f"    the required writes alone, plainest code / floor: {required_ratio:.2f}")
+        print(f"    igsync / the required writes alone: {own_ratio:.2f} (igsync's own share)")
         print(
             "CPU per request (ms), server process / MongoDB store: "
-            f"floor {floor_cpu[0]:.2f} / {floor_cpu[1]:.2f}; igsync {igsync_cpu[0]:.2f} / {igsync_cpu[1]:.2f}"
+            f"floor {floor_cpu[0]:.2f} / {floor_cpu[1]:.2f}; required writes {required_cpu[0]:.2f} / "
+            f"{required_cpu[1]:.2f}; igsync {igsync_cpu[0]:.2f} / {igsync_cpu[1]:.2f}"
         )
         print(f"mixed load:                       {per_item(mixed_counts, args.items)}")
         print("mixed load by command: round trips and store time (ms) per item:")
@@ -356,8 +382,15 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                     "p99_ms": igsync_result.percentile(99) * 1000,
                     "statuses": igsync_result.statuses,
                 },
+                "required": {
+                    "rate": required_result.rate,
+                    "p50_ms": required_result.percentile(50) * 1000,
+                    "p99_ms": required_result.percentile(99) * 1000,
+                    "statuses": required_result.statuses,
+                },
                 "ratio": ratio,
-                "cpu_ms_per_request": {"floor": floor_cpu, "igsync": igsync_cpu},
+                "required_ratio": required_ratio,
+                "cpu_ms_per_request": {"floor": floor_cpu, "required": required_cpu, "igsync": igsync_cpu},
                 "triggers": {"mode": args.triggers, "drain": drain},
                 "round_trips_per_item": {
                     "mixed": sum(mixed_counts.values()) / args.items,
@@ -368,6 +401,15 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 },
             }
         )
+        # What the store alone allows for the required writes, measured now on the same store.
+        documents = await per_document(stores.mongo_url or "", 200)
+        ceiling_rate = 1000 / required_store_ms(documents, echo_share=args.echo_share)
+        ceiling_ratio = ceiling_rate / floor_result.rate if floor_result.rate else 0.0
+        print(
+            f"store-bound ceiling of the required writes (every command shared by 8 requests): "
+            f"{ceiling_rate:.0f} req/s = {ceiling_ratio:.2f} of the floor"
+        )
+        out["ceiling"] = {"rate": ceiling_rate, "ratio": ceiling_ratio}
         if args.json:
             Path(args.json).write_text(json.dumps(out, indent=2))  # noqa: ASYNC240 (after the load)
         return out

@@ -1,14 +1,17 @@
 """Servers the benchmarks start as separate processes: igsync itself (instrumented to count its
-MongoDB round trips with a PyMongo command listener) and the "floor" — a bare Tornado handler
-doing only what any webhook receiver must: HMAC check, JSON parse, one ``insert_one``.
+MongoDB round trips with a PyMongo command listener); the "floor" — a bare Tornado handler
+doing only what any webhook receiver must: HMAC check, JSON parse, one ``insert_one``; and the
+"required writes" — a bare handler that also writes what issue 3 requires of every message, the
+plainest correct way, and nothing else (see ``RequiredWritesHandler``).
 
-Run as ``python -m bench.servers igsync|floor`` with the settings in the environment; the
+Run as ``python -m bench.servers igsync|floor|required`` with the settings in the environment; the
 process writes its MongoDB command counts to ``$BENCH_COUNTS_FILE`` when it gets SIGTERM.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import hashlib
 import hmac
 import json
@@ -19,7 +22,8 @@ from collections import Counter
 
 import orjson
 import tornado.web
-from pymongo import monitoring
+from pymongo import ASCENDING, ReturnDocument, monitoring
+from pymongo.errors import DuplicateKeyError
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
@@ -113,22 +117,123 @@ class FloorHandler(tornado.web.RequestHandler):
         self.finish(b'{"status":"success"}')
 
 
-def serve_floor() -> None:
+class RequiredWritesHandler(FloorHandler):
+    """The floor plus the store writes issue 3 requires of every message, written the plainest
+    way that is still correct under concurrency, and nothing more: the raw body into the audit
+    collection; the message into a collection whose unique ``(channel_id, mid)`` index decides
+    "duplicate"; the conversation's last message, status and unread count; for an owner
+    message, the earlier customer messages marked answered. Customers and conversations are
+    upserted on first sight and then remembered in the process, as igsync does. No channel
+    look-up, no direction by channel ids, no echo pairing, no orphan events, no events, no
+    metrics, and the last message is whichever came last, not the newest: it is the cost of the
+    writes alone, so the benchmark can tell the store's share of the ratio from igsync's own."""
+
+    def initialize(self, secret: bytes, db, conversations_by_customer: dict[str, object]) -> None:  # type: ignore[no-untyped-def,override]
+        self.secret = secret
+        self.db = db
+        self.conversations_by_customer = conversations_by_customer
+
+    async def post(self) -> None:
+        body = self.request.body
+        expected = "sha256=" + hmac.new(self.secret, body, hashlib.sha256).hexdigest()
+        if not hmac.compare_digest(expected, self.request.headers.get("X-Hub-Signature-256", "")):
+            self.set_status(401)
+            self.finish(b'{"error":"invalid_signature"}')
+            return
+        payload = orjson.loads(body)
+        now = dt.datetime.now(dt.UTC)
+        await self.db.webhook_events.insert_one({"body": body, "received_at": now})
+        for entry in payload["entry"]:
+            for item in entry.get("messaging", []):
+                await self._store(entry["id"], item, now)
+        self.finish(b'{"status":"success"}')
+
+    async def _store(self, account: str, item: dict, now: dt.datetime) -> None:  # type: ignore[type-arg]
+        message = item["message"]
+        owner = item["sender"]["id"] == account
+        customer = item["recipient"]["id"] if owner else item["sender"]["id"]
+        conversation_id = self.conversations_by_customer.get(customer)
+        if conversation_id is None:
+            found = await _get_or_create(self.db.customers, {"igsid": customer}, {"created_at": now})
+            conversation = await _get_or_create(
+                self.db.conversations, {"customer_id": found["_id"]}, {"created_at": now, "unread_count": 0}
+            )
+            conversation_id = self.conversations_by_customer[customer] = conversation["_id"]
+        sent_at = dt.datetime.fromtimestamp(item["timestamp"] / 1000, dt.UTC)
+        kind = "support" if owner else "customer"
+        doc = {
+            "channel_id": account,
+            "mid": message["mid"],
+            "conversation_id": conversation_id,
+            "type": kind,
+            "content": message.get("text"),
+            "message_type": "text",
+            "sent_at": sent_at,
+            "created_at": now,
+            "is_answered": owner,
+        }
+        try:
+            await self.db.messages.insert_one(doc)
+        except DuplicateKeyError:
+            return
+        update: dict = {"$set": {"last_message": doc["content"], "updated_at": now}}  # type: ignore[type-arg]
+        if owner:
+            update["$set"].update(status="answered", unread_count=0)
+        else:
+            update["$set"]["status"] = "needs_reply"
+            update["$inc"] = {"unread_count": 1}
+        await self.db.conversations.update_one({"_id": conversation_id}, update)
+        if owner:
+            await self.db.messages.update_many(
+                {"conversation_id": conversation_id, "is_answered": False, "sent_at": {"$lte": sent_at}},
+                {"$set": {"is_answered": True}},
+            )
+
+
+async def _get_or_create(coll, key: dict, fields: dict) -> dict:  # type: ignore[no-untyped-def,type-arg]
+    # Two first messages of a new customer race here: the loser of the upsert gets a duplicate
+    # key error (or, on SecantusDB, no document); the winner's document is then there to read.
+    try:
+        found = await coll.find_one_and_update(
+            key, {"$setOnInsert": fields}, upsert=True, return_document=ReturnDocument.AFTER
+        )
+    except DuplicateKeyError:
+        found = None
+    return found if found is not None else await coll.find_one(key)
+
+
+async def _required_indexes(db) -> None:  # type: ignore[no-untyped-def]
+    await db.webhook_events.create_index("received_at", expireAfterSeconds=7 * 86400)
+    await db.customers.create_index("igsid", unique=True)
+    await db.conversations.create_index("customer_id", unique=True)
+    await db.conversations.create_index([("updated_at", ASCENDING)])
+    await db.messages.create_index([("channel_id", ASCENDING), ("mid", ASCENDING)], unique=True)
+    await db.messages.create_index([("conversation_id", ASCENDING), ("sent_at", ASCENDING)])
+    await db.messages.create_index([("conversation_id", ASCENDING), ("is_answered", ASCENDING), ("sent_at", ASCENDING)])
+
+
+def serve_floor(kind: str = "floor") -> None:
     settings = Settings.from_env(os.environ)
     counter = CommandCounter()
 
     async def start():  # type: ignore[no-untyped-def]
         client = mongo_client(settings.mongo_url or "", listeners=[counter])
-        collection = client[settings.mongo_db]["floor_webhooks"]
-        app = tornado.web.Application(
-            [
-                (
-                    r"/webhooks/instagram",
-                    FloorHandler,
-                    {"secret": (settings.app_secret or "").encode(), "collection": collection},
-                )
-            ]
-        )
+        secret = (settings.app_secret or "").encode()
+        if kind == "floor":
+            route = (
+                r"/webhooks/instagram",
+                FloorHandler,
+                {"secret": secret, "collection": client[settings.mongo_db]["floor_webhooks"]},
+            )
+        else:
+            db = client[settings.mongo_db]
+            await _required_indexes(db)
+            route = (
+                r"/webhooks/instagram",
+                RequiredWritesHandler,
+                {"secret": secret, "db": db, "conversations_by_customer": {}},
+            )
+        app = tornado.web.Application([route])
         server = HTTPServer(app)
         server.add_sockets(bind_sockets(settings.port, settings.host))
 
@@ -142,4 +247,4 @@ def serve_floor() -> None:
 
 
 if __name__ == "__main__":
-    {"igsync": serve_igsync, "floor": serve_floor}[sys.argv[1]]()
+    {"igsync": serve_igsync, "floor": serve_floor, "required": lambda: serve_floor("required")}[sys.argv[1]]()
