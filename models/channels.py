@@ -76,6 +76,11 @@ class ChannelRepository:
     async def set_fields(self, channel_id: ObjectId, fields: dict[str, Any]) -> None:
         await self.coll.update_one({"_id": channel_id}, {"$set": {**fields, "updated_at": utcnow()}})
 
+    async def mark_needs_reauth(self, channel_id: ObjectId) -> None:
+        """Meta refused the channel's token (code 190): callers stop using it until the channel
+        is reconnected with a new one (``upsert`` clears the flag)."""
+        await self.set_fields(channel_id, {"needs_reauth": True, "needs_reauth_since": utcnow()})
+
     async def touch_last_webhook(self, channel_id: ObjectId, at: dt.datetime) -> None:
         """Instagram called us for this channel at ``at``; ``$max`` never moves it back."""
         await self.coll.update_one({"_id": channel_id}, {"$max": {"last_webhook_at": at}})

@@ -124,6 +124,16 @@ class MediaJobRepository:
         result = await self.coll.update_one(self._held(job), {"$set": {"file_id": file_id, "updated_at": utcnow()}})
         return result.modified_count == 1
 
+    async def refresh_url(self, job: dict[str, Any], url: str) -> bool:
+        """Download from a fresh link (the job's expired): kept, so a retry after a crash uses
+        it too, with the expired one beside it; ``url_refreshed_at`` allows one refresh only."""
+        now = utcnow()
+        result = await self.coll.update_one(
+            self._held(job),
+            {"$set": {"url": url, "expired_url": job["url"], "url_refreshed_at": now, "updated_at": now}},
+        )
+        return result.modified_count == 1
+
     async def finish(self, job: dict[str, Any], state: str, error: str | None = None) -> bool:
         result = await self.coll.update_one(
             self._held(job),

@@ -28,6 +28,7 @@ from server.inbox_api import InboxService
 from server.ingest import IngestPipeline
 from server.marksent import MarkSentService
 from server.media import Downloader, MediaService, Transcriber, load_transcriber
+from server.media_links import LinkRefresher
 from server.message_events import MessageArrivalHook, MessageEventHandler
 from server.metrics import Metrics
 from server.ops_monitor import ChannelActivity, OpsMonitor
@@ -204,6 +205,16 @@ async def build_core(
         retry_base_secs=settings.media_retry_base_secs,
         poll_secs=settings.media_poll_secs,
         transcribe_timeout_secs=settings.media_timeout_secs,
+        links=LinkRefresher(
+            store,
+            GraphApiClient(
+                settings.graph_api_url,
+                settings.graph_api_version,
+                timeout_secs=settings.graph_api_timeout_secs,
+                max_clients=max(settings.media_concurrency, 1),
+            ),
+            metrics,
+        ),
     )
     message_events = MessageEventHandler(store, recorder, metrics, media)
     profiles = ProfileService(

@@ -1,4 +1,5 @@
-"""The Instagram Graph API client: customer profile look-ups, with Tornado's AsyncHTTPClient.
+"""The Instagram Graph API client, with Tornado's AsyncHTTPClient: customer profile look-ups
+and fresh links for a message's attachments (the webhook's links expire).
 
 Owns the HTTP call and the translation of Meta's answers into one exception type,
 :class:`GraphApiError`, whose ``category`` the callers act on (see
@@ -18,6 +19,7 @@ import orjson
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
 PROFILE_FIELDS = "name,username,profile_pic"
+MESSAGE_ATTACHMENT_FIELDS = "attachments"
 
 # What to do about an error (Meta's codes, as Chatwoot learned them).
 TOKEN_EXPIRED = "token_expired"  # 190: the channel needs re-authorisation; stop asking
@@ -121,6 +123,18 @@ class GraphApiClient(OutboundHttp):
             profile_pic=_text(body.get("profile_pic")),
         )
 
+    async def message_attachment_urls(self, message_id: str, access_token: str) -> list[str | None]:
+        """Fresh links of a message's attachments, in the message's order (``None`` where an
+        attachment has none): ``GET /{message-id}?fields=attachments`` answers
+        ``{"attachments": {"data": [{"image_data": {"url": …}} | {"video_data": {"url": …}} |
+        {"file_url": …}, …]}}`` with newly signed CDN links."""
+        query = urllib.parse.urlencode({"fields": MESSAGE_ATTACHMENT_FIELDS, "access_token": access_token})
+        url = f"{self.base_url}/{self.version}/{urllib.parse.quote(message_id, safe='')}?{query}"
+        body = await self._get(url, access_token)
+        attachments = body.get("attachments")
+        data = attachments.get("data") if isinstance(attachments, dict) else None
+        return [_attachment_url(item) for item in data] if isinstance(data, list) else []
+
     async def _get(self, url: str, access_token: str) -> dict[str, Any]:
         request = HTTPRequest(
             url,
@@ -165,3 +179,13 @@ def _int(value: Any) -> int | None:
 
 def _text(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
+
+
+def _attachment_url(item: Any) -> str | None:
+    if not isinstance(item, dict):
+        return None
+    for media in ("image_data", "video_data", "audio_data"):
+        nested = item.get(media)
+        if isinstance(nested, dict) and _text(nested.get("url")):
+            return nested["url"]
+    return _text(item.get("file_url"))

@@ -13,7 +13,8 @@ must still show the photo a year later. This module owns:
   ``SPOOL_MEMORY_BYTES`` in memory), stores it in GridFS, and moves the message's
   ``processing_status`` from ``pending`` to ``completed`` / ``failed`` with
   ``media_file`` (``/media/{id}``), publishing each change as ``message_updated``.
-  Transient failures retry with exponential backoff; an expired link (403/404/410), a
+  Transient failures retry with exponential backoff; an expired link (403/404/410) is
+  asked once of the Graph API for a fresh one (``server/media_links.py``), then fails; a
   too-large file or a wrong content type fail at once. A process that dies mid-download
   leaves its lease to expire and another worker (or itself, restarted) finishes the job;
 * **cleanup** on unsend (:meth:`MediaService.remove_for_message`) and **serving**
@@ -48,6 +49,7 @@ from models.ids import as_object_id
 from models.store import Store
 from models.timeutil import utcnow
 from server import events as ev
+from server import media_links
 from server import webhook_parse as wp
 from server.graph_api import OutboundHttp
 from server.metrics import Metrics
@@ -60,6 +62,8 @@ SPOOL_MEMORY_BYTES = 1024 * 1024
 # The HTTP client's own hard limit sits this far above the cap, so that our streaming
 # check (which knows *why*) normally sees the overflow before the client cuts the line.
 CLIENT_LIMIT_MARGIN_BYTES = 1024 * 1024
+# DownloadError reasons for a link the CDN refused for good (403/404/410).
+EXPIRED_LINK = "expired_link_"
 # Longest wait between two tries of one download.
 MAX_RETRY_DELAY_SECS = 3600.0
 
@@ -272,7 +276,7 @@ class Downloader(OutboundHttp):
         code = response.code
         if code in (403, 404, 410):
             # Meta's CDN answers these for an expired or revoked signed link: it never comes back.
-            raise DownloadError(f"expired_link_{code}", permanent=True)
+            raise DownloadError(f"{EXPIRED_LINK}{code}", permanent=True)
         if code == 429 or code >= 500:
             raise DownloadError(f"http_{code}", permanent=False)
         if not 200 <= code < 300:
@@ -342,8 +346,10 @@ class MediaService:
         retry_base_secs: float,
         poll_secs: float,
         transcribe_timeout_secs: float,
+        links: media_links.LinkRefresher | None = None,
     ) -> None:
         self.store = store
+        self.links = links
         self.publish = publish
         self.metrics = metrics
         self.downloader = downloader
@@ -456,6 +462,8 @@ class MediaService:
             await asyncio.gather(*self._loops, return_exceptions=True)
         self._loops = []
         self.downloader.close()
+        if self.links is not None:
+            self.links.close()
 
     async def _work(self) -> None:
         while not self._stopping:
@@ -501,7 +509,7 @@ class MediaService:
                 # it and download again.
                 await self.store.media_files.delete(file_id)
             try:
-                downloaded = await self.downloader.fetch(job["url"], job["type"])
+                downloaded = await self._download(job)
             except DownloadError as exc:
                 if exc.permanent or job["attempts"] >= self.max_attempts:
                     return await self._fail(job, exc.reason)
@@ -545,6 +553,23 @@ class MediaService:
                 await self.store.media_files.delete(file_id)
                 return self._outcome(job, "cancelled")
         return self._outcome(job, "completed")
+
+    async def _download(self, job: dict[str, Any]) -> Downloaded:
+        """The job's link; if it has expired, once per job, a fresh one from the Graph API."""
+        try:
+            return await self.downloader.fetch(job["url"], job["type"])
+        except DownloadError as exc:
+            if not exc.reason.startswith(EXPIRED_LINK) or self.links is None or not self.links.can_refresh(job):
+                raise
+            refresh = await self.links.fresh_url(job)
+            if refresh.url is None:
+                if refresh.outcome == media_links.TRANSIENT:
+                    raise DownloadError(f"{exc.reason}_refresh_unavailable", permanent=False) from None
+                raise
+        # A lost lease shows at attach_file, which refuses the copy; nothing to decide here.
+        await self.store.media_jobs.refresh_url(job, refresh.url)
+        job["url"] = refresh.url
+        return await self.downloader.fetch(refresh.url, job["type"])
 
     async def _fail(self, job: dict[str, Any], reason: str) -> str:
         await self._record(job, FAILED, error=reason)

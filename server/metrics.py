@@ -116,6 +116,8 @@ TRIGGER_ATTEMPT_RESULTS = (
 # Events and media (issue 7).
 PROFILE_OUTCOMES = ("fetched", "reauth_required", "unavailable", "error", "no_token", "dropped")
 MEDIA_OUTCOMES = ("completed", "failed", "retried", "cancelled")
+# Asking the Graph API for a fresh link when a download met an expired one (server/media_links.py).
+MEDIA_LINK_OUTCOMES = ("refreshed", "no_link", "reauth_required", "no_token", "transient", "error")
 ORPHAN_KINDS = ("reaction", "unreact", "read", "edit", "unsend")
 
 # Webhook handling is a few MongoDB round trips: ~1 ms on loopback, tens of ms on a
@@ -336,6 +338,12 @@ class Metrics:
         self.media_jobs = Counter(
             "igsync_media_jobs_total", "Media download attempts by outcome.", ["outcome"], registry=r
         )
+        self.media_link_refreshes = Counter(
+            "igsync_media_link_refreshes_total",
+            "Fresh links asked of the Graph API for expired attachment links, by outcome.",
+            ["outcome"],
+            registry=r,
+        )
         self.orphan_events = Counter(
             "igsync_orphan_events_total",
             "Events about a message that was not stored (kept to apply later).",
@@ -373,6 +381,8 @@ class Metrics:
             self.profile_lookups.labels(outcome=outcome)
         for outcome in MEDIA_OUTCOMES:
             self.media_jobs.labels(outcome=outcome)
+        for outcome in MEDIA_LINK_OUTCOMES:
+            self.media_link_refreshes.labels(outcome=outcome)
         for kind in ORPHAN_KINDS:
             self.orphan_events.labels(kind=kind)
         # Store commands are the hottest path of all: their children are looked up once here,

@@ -160,9 +160,7 @@ class ProfileService:
                     customer["_id"],
                 )
                 if exc.category == graph.TOKEN_EXPIRED:
-                    await self.store.channels.set_fields(
-                        channel["_id"], {"needs_reauth": True, "needs_reauth_since": utcnow()}
-                    )
+                    await self.store.channels.mark_needs_reauth(channel["_id"])
                     log.warning(
                         "channel %s needs re-authorisation: its access token expired or was revoked", channel["_id"]
                     )

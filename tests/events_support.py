@@ -27,6 +27,7 @@ ACCESS_TOKEN = "IGQVJ-test-channel-access-token-0123456789"
 # Smallest valid files of each kind the CDN serves (magic bytes matter for sniffing).
 JPEG = b"\xff\xd8\xff\xe0" + b"\x00\x10JFIF" + bytes(range(256)) * 8
 MP4 = b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 4
+PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(255, -1, -1)) * 8
 PDF = b"%PDF-1.4\n" + b"0" * 1000
 
 

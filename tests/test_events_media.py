@@ -8,13 +8,24 @@ import datetime as dt
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from bson import ObjectId
 
 from models.timeutil import utcnow
 from server.media import AudioClip, accept_content_type
+from server.media_links import pick_url
 from tests.conftest import start_server, stop_server
-from tests.events_support import JPEG, MP4, EventsEnv, events_env, fixture_with
+from tests.events_support import (
+    ACCESS_TOKEN,
+    JPEG,
+    MP4,
+    PNG,
+    EventsEnv,
+    GraphAnswer,
+    events_env,
+    fixture_with,
+)
 from tests.helpers import ACCOUNT_ID, ADMIN_TOKEN, CUSTOMER_A, body_of, messaging_body, wait_for
 
 BIG = b"\xff\xd8\xff" + b"x" * (300 * 1024)  # above the tests' 256 KiB cap
@@ -150,6 +161,114 @@ async def test_wrong_content_type_and_expired_link_fail_at_once(env: EventsEnv) 
     [failed] = [e for e in env.events("message_updated") if e.data["message"]["id"] == expired]
     assert failed.data["message"]["processing_status"] == "failed"
     assert env.cdn.count("expired") == 1
+    # Asked once for a fresh link; the Graph API does not know this message (code 100).
+    assert len(env.graph.requests_for("mid-expired")) == 1
+
+
+# -- expired links: a fresh one from the Graph API ------------------------------------------------
+
+
+def attachments_answer(mid: str, *urls: str) -> GraphAnswer:
+    """What ``GET /{message-id}?fields=attachments`` answers: newly signed links."""
+    data = [{"id": f"att-{i}", "mime_type": "image/jpeg", "image_data": {"url": u}} for i, u in enumerate(urls)]
+    return GraphAnswer(200, {"id": mid, "attachments": {"data": data}})
+
+
+async def metric(env: EventsEnv, outcome: str) -> float:
+    line = f'igsync_media_link_refreshes_total{{outcome="{outcome}"}} '.encode()
+    body = (await env.client.get("/metrics")).body
+    return float(body.split(line, 1)[1].split(b"\n", 1)[0])
+
+
+async def test_an_expired_link_is_downloaded_from_a_fresh_graph_api_link(env: EventsEnv) -> None:
+    fresh = env.cdn.add("fresh-copy", body=JPEG, content_type="image/jpeg")
+    env.graph.sequence("mid-refresh", attachments_answer("mid-refresh", fresh))
+    expired = env.cdn.url("signature-expired")  # never registered: the CDN answers 404
+    answer = await env.post(fixture_with("customer_image", urls=[expired], mid="mid-refresh"))
+    message_id = answer["data"]["message"]["id"]
+    doc = await settled(env, message_id)
+    assert doc["processing_status"] == "completed" and doc["attachments"][0]["processing_status"] == "completed"
+    served = await env.client.get(f"/media/{doc['media_file']}", token=env.token)
+    assert served.code == 200 and served.body == JPEG
+    [asked] = env.graph.requests_for("mid-refresh")
+    assert asked["fields"] == "attachments" and asked["access_token"] == ACCESS_TOKEN
+    job = await job_of(env, message_id)
+    assert job["url"] == fresh and job["expired_url"] == expired and job["attempts"] == 1
+    assert env.cdn.count("signature-expired") == 1 and env.cdn.count("fresh-copy") == 1
+    # The message keeps Instagram's original link as media_url; the copy is what lasts.
+    assert doc["media_url"] == expired
+    assert await metric(env, "refreshed") == 1
+
+
+async def test_the_fresh_link_of_the_right_attachment_is_used(env: EventsEnv) -> None:
+    first = env.cdn.add("first-photo", body=JPEG, content_type="image/jpeg")
+    second_fresh = env.cdn.add("second-photo-fresh", body=PNG, content_type="image/png")
+    payload = orjson.loads(fixture_with("customer_image", urls=[first], mid="mid-two-photos"))
+    attachments = payload["entry"][0]["messaging"][0]["message"]["attachments"]
+    attachments.append({"type": "image", "payload": {"url": env.cdn.url("second-photo-expired")}})
+    env.graph.sequence("mid-two-photos", attachments_answer("mid-two-photos", first, second_fresh))
+    message_id = (await env.post(orjson.dumps(payload)))["data"]["message"]["id"]
+    doc = await settled(env, message_id)
+    assert [a["processing_status"] for a in doc["attachments"]] == ["completed", "completed"]
+    second = await env.client.get(doc["attachments"][1]["media_file"], token=env.token)
+    assert second.body == PNG
+    assert env.cdn.count("first-photo") == 1  # the live link was never refreshed
+    assert len(env.graph.requests_for("mid-two-photos")) == 1
+
+
+async def test_a_fresh_link_that_fails_too_is_not_refreshed_again(env: EventsEnv) -> None:
+    env.graph.sequence("mid-gone-twice", attachments_answer("mid-gone-twice", env.cdn.url("also-expired")))
+    body = fixture_with("customer_image", urls=[env.cdn.url("first-expired")], mid="mid-gone-twice")
+    message_id = (await env.post(body))["data"]["message"]["id"]
+    doc = await settled(env, message_id)
+    assert doc["processing_status"] == "failed" and doc["attachments"][0]["error"] == "expired_link_404"
+    job = await job_of(env, message_id)
+    assert job["state"] == "failed" and job["attempts"] == 1
+    assert len(env.graph.requests_for("mid-gone-twice")) == 1 and env.cdn.count("also-expired") == 1
+
+
+async def test_a_graph_api_outage_retries_the_job_which_asks_again(env: EventsEnv) -> None:
+    fresh = env.cdn.add("after-outage", body=JPEG, content_type="image/jpeg")
+    env.graph.sequence("mid-outage", GraphAnswer(503, {}), attachments_answer("mid-outage", fresh))
+    body = fixture_with("customer_image", urls=[env.cdn.url("expired-in-outage")], mid="mid-outage")
+    message_id = (await env.post(body))["data"]["message"]["id"]
+    doc = await settled(env, message_id)
+    assert doc["processing_status"] == "completed"
+    job = await job_of(env, message_id)
+    assert job["attempts"] == 2 and job["last_retry_error"] == "expired_link_404_refresh_unavailable"
+    assert len(env.graph.requests_for("mid-outage")) == 2
+    assert await metric(env, "transient") == 1 and await metric(env, "refreshed") == 1
+
+
+async def test_a_rejected_token_marks_the_channel_and_stops_asking(env: EventsEnv) -> None:
+    env.graph.error("mid-token-1", 190, message="Error validating access token")
+    first = fixture_with("customer_image", urls=[env.cdn.url("expired-a")], mid="mid-token-1")
+    doc = await settled(env, (await env.post(first))["data"]["message"]["id"])
+    assert doc["processing_status"] == "failed" and doc["attachments"][0]["error"] == "expired_link_404"
+    channel = await env.core.store.channels.get(env.channel_oid)
+    assert channel["needs_reauth"] is True
+    second = fixture_with("customer_image", urls=[env.cdn.url("expired-b")], mid="mid-token-2")
+    doc = await settled(env, (await env.post(second))["data"]["message"]["id"])
+    assert doc["attachments"][0]["error"] == "expired_link_404"
+    assert env.graph.requests_for("mid-token-2") == []  # the dead token is not used again
+    assert await metric(env, "reauth_required") == 2
+
+
+async def test_a_story_reply_is_not_refreshed(env: EventsEnv) -> None:
+    """The story a reply answers is not an attachment of the message: nothing to ask for."""
+    body = fixture_with("customer_story_reply", story_url=env.cdn.url("story-expired"))
+    mid = orjson.loads(body)["entry"][0]["messaging"][0]["message"]["mid"]
+    doc = await settled(env, (await env.post(body))["data"]["message"]["id"])
+    assert doc["processing_status"] == "failed" and doc["reply_to"]["story"]["error"] == "expired_link_404"
+    assert env.graph.requests_for(mid) == []
+
+
+def test_the_fresh_link_is_picked_by_attachment_position() -> None:
+    assert pick_url(["a", "b"], "attachments.1") == "b"
+    assert pick_url(["only"], "attachments.3") == "only"  # a single attachment is the one
+    assert pick_url(["a", "b"], "attachments.2") is None
+    assert pick_url(["a"], "reply_to.story") is None
+    assert pick_url([], "attachments.0") is None
 
 
 async def test_generic_content_type_is_sniffed(env: EventsEnv) -> None:

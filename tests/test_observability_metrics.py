@@ -83,6 +83,7 @@ OPERATIONS = {
 EVENTS = {
     "igsync_orphan_events_total": "counter",
     "igsync_media_jobs_total": "counter",
+    "igsync_media_link_refreshes_total": "counter",
     "igsync_profile_lookups_total": "counter",
 }
 
