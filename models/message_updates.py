@@ -202,12 +202,13 @@ class MessageUpdateRepository:
         self,
         message_id: ObjectId,
         attachment_indexes: list[int],
-        story: bool,
+        paths: list[str],
         result: dict[str, Any],
         top: dict[str, Any],
     ) -> Outcome:
-        """Merge ``result`` into the listed attachments (and the replied story), set the
-        ``top`` fields — never on an unsent message."""
+        """Merge ``result`` into the listed attachments and into the objects at ``paths``
+        (``reply_to.story``, ``referral.media.photo``…, created if missing), set the ``top``
+        fields — never on an unsent message."""
         sets: dict[str, Any] = {name: lit(value) for name, value in top.items()}
         if attachment_indexes:
             element = {"$arrayElemAt": [field("attachments"), "$$i"]}
@@ -224,13 +225,15 @@ class MessageUpdateRepository:
                     },
                 }
             }
-        if story:
-            sets["reply_to"] = {
-                "$mergeObjects": [
-                    field("reply_to"),
-                    {"story": {"$mergeObjects": [field("reply_to.story"), lit(result)]}},
-                ]
-            }
+        trees: dict[str, dict[str, Any]] = {}
+        for path in paths:
+            head, *rest = path.split(".")
+            node = trees.setdefault(head, {})
+            for part in rest[:-1]:
+                node = node.setdefault(part, {})
+            node[rest[-1]] = None
+        for head, tree in trees.items():
+            sets[head] = _merged_into(head, tree, result)
         return await guarded_update(self.coll, {"_id": message_id}, NOT_DELETED, sets)
 
     async def set_processing_status(self, message_id: ObjectId, status: str) -> Outcome:
@@ -240,3 +243,16 @@ class MessageUpdateRepository:
             {"$and": [NOT_DELETED, {"$ne": [field("processing_status"), status]}]},
             {"processing_status": lit(status)},
         )
+
+
+def _merged_into(prefix: str, tree: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
+    """An aggregation expression for the object at ``prefix`` with ``result`` merged into each
+    leaf of ``tree`` (``{"media": {"photo": None}}``): every level keeps what it had, and a
+    missing level starts empty (``$mergeObjects`` skips null)."""
+    children = {
+        name: {"$mergeObjects": [field(f"{prefix}.{name}"), lit(result)]}
+        if subtree is None
+        else _merged_into(f"{prefix}.{name}", subtree, result)
+        for name, subtree in tree.items()
+    }
+    return {"$mergeObjects": [field(prefix), children]}

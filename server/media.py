@@ -68,6 +68,10 @@ EXPIRED_LINK = "expired_link_"
 MAX_RETRY_DELAY_SECS = 3600.0
 
 STORY_KEY = "reply_to.story"
+# Copies of an ad's creative (the ad a conversation came from), recorded under
+# ``referral.media.<kind>``; the links in ``referral.ads_context_data`` expire like any other.
+AD_CREATIVE_KEYS = {"photo_url": "referral.media.photo", "video_url": "referral.media.video"}
+AD_CREATIVE = "ad_creative"
 PENDING = "pending"
 COMPLETED = "completed"
 FAILED = "failed"
@@ -81,6 +85,8 @@ ACCEPTED_CONTENT_TYPES: dict[str, tuple[str, ...] | None] = {
     "file": None,
     "story_mention": ("image/", "video/"),
     "story": ("image/", "video/"),
+    # Meta's "video_url" of an ad is sometimes a still: either is the creative.
+    AD_CREATIVE: ("image/", "video/"),
     "share": ("image/", "video/"),
     "ig_post": ("image/", "video/"),
     "ig_reel": ("image/", "video/"),
@@ -110,10 +116,17 @@ class MediaTarget:
     def key(self) -> str:
         return self.keys[0]
 
+    @property
+    def is_content(self) -> bool:
+        """Part of what the message shows (attachments, the replied story), which its
+        ``processing_status`` is about — not the creative of the ad it came from."""
+        return any(not key.startswith("referral.") for key in self.keys)
+
 
 def media_targets(message: dict[str, Any]) -> list[MediaTarget]:
-    """Attachments of a downloadable type with a URL, and the story a reply answers
-    (stories vanish after 24 hours — the reply is meaningless without it)."""
+    """Attachments of a downloadable type with a URL, the story a reply answers (stories
+    vanish after 24 hours — the reply is meaningless without it), and the creative of the ad
+    the message came from (what the customer was looking at when they wrote)."""
     found: dict[str, tuple[list[str], str]] = {}
     for i, att in enumerate(message.get("attachments") or []):
         if att.get("type") in wp.MEDIA_TYPES and att.get("url"):
@@ -121,6 +134,10 @@ def media_targets(message: dict[str, Any]) -> list[MediaTarget]:
     story = (message.get("reply_to") or {}).get("story") or {}
     if story.get("url"):
         found.setdefault(story["url"], ([], "story"))[0].append(STORY_KEY)
+    ad = (message.get("referral") or {}).get("ads_context_data") or {}
+    for field_name, key in AD_CREATIVE_KEYS.items():
+        if isinstance(ad.get(field_name), str) and ad[field_name]:
+            found.setdefault(ad[field_name], ([], AD_CREATIVE))[0].append(key)
     return [MediaTarget(tuple(keys), kind, url) for url, (keys, kind) in found.items()]
 
 
@@ -137,8 +154,9 @@ def target_state(message: dict[str, Any], key: str) -> dict[str, Any]:
 
 
 def aggregate_status(message: dict[str, Any]) -> str:
-    """``pending`` while any target is, ``failed`` if any failed, else ``completed``."""
-    states = [target_state(message, t.key).get("processing_status") or PENDING for t in media_targets(message)]
+    """``pending`` while any content target is, ``failed`` if any failed, else ``completed``."""
+    content = [t for t in media_targets(message) if t.is_content]
+    states = [target_state(message, t.key).get("processing_status") or PENDING for t in content]
     if not states:
         return COMPLETED
     if PENDING in states:
@@ -373,6 +391,7 @@ class MediaService:
         targets = media_targets(message)
         if not targets:
             return
+        content = [t for t in targets if t.is_content]
         new = await self.store.media_jobs.enqueue(
             [
                 {
@@ -383,11 +402,11 @@ class MediaService:
                     "keys": list(target.keys),
                     "type": target.type,
                     "url": target.url,
-                    "primary": i == 0,
-                    # The message's only download decides its processing_status on its own.
-                    "sole": len(targets) == 1,
+                    "primary": bool(content) and target is content[0],
+                    # The message's only content download decides its processing_status on its own.
+                    "sole": target.is_content and len(content) == 1,
                 }
-                for i, target in enumerate(targets)
+                for target in targets
             ]
         )
         if new:
@@ -619,7 +638,7 @@ class MediaService:
         keys = job.get("keys") or [job["key"]]
         result: dict[str, Any] = {"processing_status": status}
         top: dict[str, Any] = {}
-        changes = ["reply_to" if job["key"] == STORY_KEY else "attachments"]
+        changes = [job["key"].split(".", 1)[0]]  # attachments, reply_to or referral
         if file_id is not None:
             result["media_file"] = media_url(file_id)
             if job.get("primary"):
@@ -634,8 +653,9 @@ class MediaService:
             top["processing_status"] = status
             changes.append("processing_status")
         indexes = [int(k.rsplit(".", 1)[1]) for k in keys if k.startswith("attachments.")]
+        paths = [k for k in keys if not k.startswith("attachments.")]
         updates = self.store.message_updates
-        outcome = await updates.set_media_result(job["message_id"], indexes, STORY_KEY in keys, result, top)
+        outcome = await updates.set_media_result(job["message_id"], indexes, paths, result, top)
         message = outcome.doc
         if message is None or message.get("is_deleted"):
             return None  # unsent (or gone): the guard kept the result out

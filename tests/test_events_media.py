@@ -4,6 +4,7 @@ GridFS, served by ``GET /media/{id}`` to the owner only, removed on unsend."""
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from tests.events_support import (
     events_env,
     fixture_with,
 )
-from tests.helpers import ACCOUNT_ID, ADMIN_TOKEN, CUSTOMER_A, body_of, messaging_body, wait_for
+from tests.helpers import ACCOUNT_ID, ADMIN_TOKEN, CUSTOMER_A, body_of, fixture_json, messaging_body, wait_for
 
 BIG = b"\xff\xd8\xff" + b"x" * (300 * 1024)  # above the tests' 256 KiB cap
 
@@ -269,6 +270,81 @@ def test_the_fresh_link_is_picked_by_attachment_position() -> None:
     assert pick_url(["a", "b"], "attachments.2") is None
     assert pick_url(["a"], "reply_to.story") is None
     assert pick_url([], "attachments.0") is None
+
+
+# -- the creative of the ad a conversation came from -------------------------------------------
+
+
+def from_ad(name: str, mid: str, **creative: str | None) -> bytes:
+    """A fixture that came from an ad, its creative's links (``photo_url``, ``video_url``)
+    set as given (``None`` removes one)."""
+    payload = copy.deepcopy(fixture_json(name))
+    item = payload["entry"][0]["messaging"][0]
+    if "message" in item:
+        item["message"]["mid"] = mid
+        referral = item["message"]["referral"]
+    else:
+        referral = item["referral"]
+        referral["ref"] = mid  # a referral without a message takes its mid from the ref
+    ad = referral["ads_context_data"]
+    for field_name, url in creative.items():
+        if url is None:
+            ad.pop(field_name, None)
+        else:
+            ad[field_name] = url
+    return orjson.dumps(payload)
+
+
+async def creative_settled(env: EventsEnv, message_id: str, *kinds: str) -> dict[str, Any]:
+    async def done() -> Any:
+        doc = await env.core.store.message_updates.get(ObjectId(message_id))
+        media = (doc.get("referral") or {}).get("media") or {}
+        states = [(media.get(kind) or {}).get("processing_status") for kind in kinds]
+        return doc if all(state in ("completed", "failed") for state in states) else None
+
+    return await wait_for(done)
+
+
+async def test_an_ads_creative_is_copied_beside_its_link(env: EventsEnv) -> None:
+    photo = env.cdn.add("ad-photo", body=JPEG, content_type="image/jpeg")
+    video = env.cdn.add("ad-video", body=MP4, content_type="video/mp4")
+    answer = await env.post(from_ad("customer_text_from_ad", "mid-from-ad", photo_url=photo, video_url=video))
+    message_id = answer["data"]["message"]["id"]
+    doc = await creative_settled(env, message_id, "photo", "video")
+    media = doc["referral"]["media"]
+    assert media["photo"]["processing_status"] == media["video"]["processing_status"] == "completed"
+    for kind, body in (("photo", JPEG), ("video", MP4)):
+        served = await env.client.get(media[kind]["media_file"], token=env.token)
+        assert served.code == 200 and served.body == body
+    assert doc["referral"]["ads_context_data"] == {
+        "ad_title": "Autumn sale - 20% off jackets",
+        "photo_url": photo,  # Instagram's links are kept
+        "video_url": video,
+    }
+    # The text is what the message shows: complete from the start, whatever the ad's copies
+    # do (no update below moves its processing_status), and the creative is not its media.
+    assert doc["processing_status"] == "completed" and doc.get("media_file") is None
+    updates = [e for e in env.events("message_updated") if e.data["message"]["id"] == message_id]
+    assert [e.data["changes"] for e in updates] == [["referral"], ["referral"]]
+    shown = await env.ws_message(message_id)
+    assert shown["referral"]["media"]["photo"]["media_file"] == media["photo"]["media_file"]
+    # A redelivery queues nothing new.
+    await env.post(from_ad("customer_text_from_ad", "mid-from-ad", photo_url=photo, video_url=video))
+    assert len(await env.core.store.media_jobs.for_message(ObjectId(message_id))) == 2
+    assert env.cdn.count("ad-photo") == 1 and env.cdn.count("ad-video") == 1
+
+
+async def test_an_expired_ad_creative_fails_alone(env: EventsEnv) -> None:
+    expired = env.cdn.url("ad-expired")
+    body = from_ad("referral", "ref-expired-ad", photo_url=expired, video_url=None)
+    answer = await env.post(body)
+    message_id = answer["data"]["message"]["id"]
+    doc = await creative_settled(env, message_id, "photo")
+    assert doc["referral"]["media"] == {"photo": {"processing_status": "failed", "error": "expired_link_404"}}
+    assert doc["processing_status"] == "completed"  # the referral itself is all there
+    # A creative is not an attachment of the message: no fresh link was asked for (before
+    # the job failed); the new customer's profile look-up may be there.
+    assert [r for r in env.graph.requests if r["fields"] == "attachments"] == []
 
 
 async def test_generic_content_type_is_sniffed(env: EventsEnv) -> None:

@@ -291,6 +291,40 @@ async def test_updates_deletions_reactions_read_ticks_and_media_render_live(
     await expect(img).to_have_attribute("src", re.compile(r"^blob:"))
     assert await img.evaluate("(node) => node.complete && node.naturalWidth > 0")
 
+    # A story reply's story and an ad's creative: our copies too, once the worker made them.
+    story_url, ad_url = "https://cdn.invalid/story", "https://cdn.invalid/ad"
+    await post(
+        server.client,
+        {
+            "sender": {"id": CUSTOMER_A},
+            "recipient": {"id": tenant.channel["page_id"]},
+            "timestamp": at(5),
+            "message": {"mid": "m-5", "text": "Love this", "reply_to": {"story": {"url": story_url, "id": "s-1"}}},
+        },
+        {
+            "sender": {"id": CUSTOMER_A},
+            "recipient": {"id": tenant.channel["page_id"]},
+            "timestamp": at(6),
+            "message": {
+                "mid": "m-6",
+                "text": "Is the sale still on?",
+                "referral": {
+                    "ad_id": "ad-1",
+                    "source": "ADS",
+                    "ads_context_data": {"ad_title": "Sale", "photo_url": ad_url},
+                },
+            },
+        },
+    )
+    copied = {"processing_status": "completed", "media_file": "/assets/icon.svg"}
+    await change("m-5", {"reply_to": {"story": {"url": story_url, "id": "s-1", **copied}}}, ["reply_to"])
+    referral = {"ad_id": "ad-1", "source": "ADS", "ads_context_data": {"ad_title": "Sale", "photo_url": ad_url}}
+    await change("m-6", {"referral": {**referral, "media": {"photo": copied}}}, ["referral"])
+    for label in ("Your story", "The ad"):
+        copy = page.locator(f'#messages img[alt="{label}"]')
+        await expect(copy).to_have_attribute("src", re.compile(r"^blob:"))
+        assert await copy.evaluate("(node) => node.complete && node.naturalWidth > 0")
+
 
 # -- reconnecting ------------------------------------------------------------------------------
 

@@ -205,7 +205,8 @@ function storyContext(message, media) {
     return el("div", { class: "story" }, el("p", { class: "msg__context", text: "Mentioned you in their story" }), mediaElement("image", message, url, media, "Story"));
   }
   if (story) {
-    const storyMessage = { media_file: null };
+    // The story's own copy (`reply_to.story.media_file`): stories vanish after 24 hours.
+    const storyMessage = { media_file: story.media_file };
     return el("div", { class: "story" }, el("p", { class: "msg__context", text: "Replied to your story" }), mediaElement("image", storyMessage, story.url, media, "Your story"));
   }
   return null;
@@ -219,14 +220,24 @@ function replyQuote(message, findByMid) {
   return el("blockquote", { class: "msg__quote" }, el("span", { class: "visually-hidden", text: "In reply to: " }), text);
 }
 
-function extraContext(message) {
+// The ad a conversation came from: its creative, our copy first (`referral.media.photo`).
+function adCreative(ref, media) {
+  const link = (ref.ads_context_data || {}).photo_url;
+  const copy = (ref.media || {}).photo || {};
+  if (!link && !copy.media_file) return null;
+  return mediaElement("image", { media_file: copy.media_file }, link, media, "The ad");
+}
+
+function extraContext(message, media) {
   if (message.message_type === "postback" && message.postback) return el("p", { class: "msg__context", text: `Tapped a button${message.postback.title ? `: ${message.postback.title}` : ""}` });
   if (message.message_type === "quick_reply") return el("p", { class: "msg__context", text: "Quick reply" });
   if (message.referral) {
     const ref = message.referral;
     const ad = ref.ads_context_data && ref.ads_context_data.ad_title;
     const what = ref.source === "ADS" || ref.ad_id ? `From an ad${ad ? `: ${ad}` : ""}` : `From a link${ref.ref ? ` (${ref.ref})` : ""}`;
-    return el("p", { class: "msg__context", text: what });
+    const context = el("p", { class: "msg__context", text: what });
+    const creative = adCreative(ref, media);
+    return creative ? el("div", { class: "ad" }, context, creative) : context;
   }
   return null;
 }
@@ -264,7 +275,7 @@ export function renderMessage(message, { customerInstagramId, findByMid, media }
   if (message.is_deleted) {
     bubble.append(el("p", { class: "msg__text msg__text--deleted", text: "This message was deleted" }));
   } else {
-    bubble.append(...[storyContext(message, media), extraContext(message), replyQuote(message, findByMid)].filter(Boolean));
+    bubble.append(...[storyContext(message, media), extraContext(message, media), replyQuote(message, findByMid)].filter(Boolean));
     const kind = message.message_type;
     if (kind === "image" || kind === "video" || kind === "audio") {
       bubble.append(mediaElement(kind, message, message.media_url, media, { image: "Photo", video: "Video", audio: "Voice message" }[kind]));
