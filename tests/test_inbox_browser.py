@@ -216,6 +216,43 @@ async def test_a_second_conversation_jumps_to_the_top_with_an_unread_count(
     await expect(texts(page)).to_have_text(["Hello from A"])
 
 
+async def test_customers_pictures_show_in_the_list_from_our_copy_or_instagrams_link(
+    page: Page, server: RunningServer, tenant: Tenant
+) -> None:
+    a = await post(server.client, text_item("m-a1", "Hello from A", sender=CUSTOMER_A, timestamp_ms=at(1)))
+    b = await post(server.client, text_item("m-b1", "Hello from B", sender=CUSTOMER_B, timestamp_ms=at(2)))
+    await sign_in(page, server.base_url, tenant.token)
+    await go_live(page)
+    rows = {
+        name: page.locator(f'button.conversation[data-id="{answer["data"]["conversation"]["id"]}"]')
+        for name, answer in (("a", a), ("b", b))
+    }
+    await expect(rows["a"].locator(".conversation__avatar")).to_have_text("I")  # no picture yet: the initial
+
+    store, channel_id = server.core.store, ObjectId(tenant.channel["id"])
+
+    async def profile(answer: dict[str, Any], fields: dict[str, Any]) -> None:
+        # What the profile look-up stores and announces (server/profiles.py).
+        stored = await store.conversations.get(ObjectId(answer["data"]["conversation"]["id"]))
+        assert stored is not None
+        customer = await store.customers.update_profile(stored["customer_id"], fields)
+        assert customer is not None
+        conversation = await store.conversations.refresh_customer(channel_id, customer)
+        assert conversation is not None
+        await server.core.recorder.publish([ev.conversation_updated(conversation)])
+
+    # A: our copy, fetched with the token. B: only a link, and a dead one: the initial stays.
+    await profile(
+        a, {"first_name": "Ada", "profile_pic": "https://cdn.invalid/a.jpg", "profile_pic_file": "/assets/icon.svg"}
+    )
+    await profile(b, {"first_name": "Bo", "profile_pic": "https://cdn.invalid/b.jpg"})
+    picture = rows["a"].locator("img.conversation__picture")
+    await expect(picture).to_have_attribute("src", re.compile(r"^blob:"))
+    assert await picture.evaluate("(node) => node.complete && node.naturalWidth > 0")
+    await expect(rows["b"].locator(".conversation__avatar")).to_have_text("B")
+    await expect(rows["b"].locator("img.conversation__picture")).to_have_count(0)
+
+
 async def test_opening_a_conversation_clears_its_unread_count_for_good(
     page: Page, server: RunningServer, tenant: Tenant
 ) -> None:

@@ -22,6 +22,9 @@ class InboxPage {
     this.state = new InboxState();
     this.state.setChannels(channels);
     this.media = new MediaLoader(api);
+    // Customers' pictures: kept for the page's life (rows are rebuilt on every change; each
+    // picture is fetched once), unlike a thread's media, released when the thread closes.
+    this.avatars = new MediaLoader(api);
     this.messageNodes = new Map();
     this.conversationNodes = new Map();
     this.buffer = null;
@@ -50,6 +53,7 @@ class InboxPage {
   stop() {
     this.live.stop();
     this.media.clear();
+    this.avatars.clear();
     clearInterval(this.countdown);
   }
 
@@ -241,6 +245,7 @@ class InboxPage {
       const node = renderConversation(conversation, {
         active: conversation.id === this.state.openId,
         channelLabel: several && channel ? `@${channel.username}` : null,
+        avatars: this.avatars,
       });
       nodes.set(conversation.id, node);
       const current = list.children[index];

@@ -72,9 +72,17 @@ export function preview(lastMessage) {
 }
 
 // One conversation row: a real <button> (focusable, Enter/Space open it) inside a list item.
-export function renderConversation(conversation, { active, channelLabel }) {
+export function renderConversation(conversation, { active, channelLabel, avatars }) {
   const unread = conversation.unread_count || 0;
   const name = customerName(conversation.customer);
+  const avatar = el("span", { class: "conversation__avatar", "aria-hidden": "true", text: name.replace(/^@/, "").slice(0, 1).toUpperCase() });
+  const customer = conversation.customer || {};
+  if (avatars && (customer.profile_pic_file || customer.profile_pic)) {
+    // Over the initial, which shows again if neither our copy nor Instagram's link loads.
+    const picture = el("img", { class: "conversation__picture", alt: "" });
+    avatar.append(picture);
+    avatars.attach(picture, customer.profile_pic_file, customer.profile_pic, () => picture.remove());
+  }
   const button = el(
     "button",
     {
@@ -84,7 +92,7 @@ export function renderConversation(conversation, { active, channelLabel }) {
       "aria-current": active ? "true" : null,
       "aria-label": `${name}${unread ? `, ${unread} unread` : ""}${conversation.status === "needs_reply" ? ", needs a reply" : ""}`,
     },
-    el("span", { class: "conversation__avatar", "aria-hidden": "true", text: name.replace(/^@/, "").slice(0, 1).toUpperCase() }),
+    avatar,
     el(
       "span",
       { class: "conversation__main" },
