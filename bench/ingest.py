@@ -280,27 +280,23 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         ]
 
     try:
-        # -- the floor ---------------------------------------------------------------------
-        port = free_port()
-        floor = BenchServer("floor", env_for(stores, port, "bench_floor", {}), workdir)
-        try:
-            meter = CpuMeter(floor.proc.pid, stores.mongo_pid)
-            floor_result = await run_load(HOST, port, requests_for(mixed_load("floor"), port), args.concurrency)
-            floor_cpu = meter.per_request_ms(args.items)
-        finally:
-            floor.stop()
-        print(f"floor  (HMAC + JSON + 1 insert_one): {floor_result.summary()}")
 
-        # -- the required writes -------------------------------------------------------------
-        port = free_port()
-        required = BenchServer("required", env_for(stores, port, "bench_required", {}), workdir)
-        try:
-            await run_load(HOST, port, requests_for(warm_bodies(), port), args.concurrency)
-            meter = CpuMeter(required.proc.pid, stores.mongo_pid)
-            required_result = await run_load(HOST, port, requests_for(mixed_load("required"), port), args.concurrency)
-            required_cpu = meter.per_request_ms(args.items)
-        finally:
-            required.stop()
+        async def bare(kind: str, warm: bool) -> tuple[LoadResult, tuple[float, float]]:
+            port = free_port()
+            server = BenchServer(kind, env_for(stores, port, f"bench_{kind}", {}), workdir)
+            try:
+                if warm:
+                    await run_load(HOST, port, requests_for(warm_bodies(), port), args.concurrency)
+                meter = CpuMeter(server.proc.pid, stores.mongo_pid)
+                result = await run_load(HOST, port, requests_for(mixed_load(kind), port), args.concurrency)
+                return result, meter.per_request_ms(args.items)
+            finally:
+                server.stop()
+
+        # -- the floor, then the required writes alone -----------------------------------------
+        floor_result, floor_cpu = await bare("floor", warm=False)
+        print(f"floor  (HMAC + JSON + 1 insert_one): {floor_result.summary()}")
+        required_result, required_cpu = await bare("required", warm=True)
         print(f"required writes, plainest code:      {required_result.summary()}")
 
         # -- igsync ------------------------------------------------------------------------
