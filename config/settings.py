@@ -93,6 +93,9 @@ class Settings:
     profile_concurrency: int = _setting(4, "customer profile look-ups running at once per process")
     profile_max_attempts: int = _setting(3, "tries of one profile look-up on timeouts, 5xx and rate limits")
     profile_retry_base_secs: float = _setting(2.0, "first wait before retrying a profile look-up (doubles)")
+    profile_refresh_days: float = _setting(
+        7.0, "look a customer up again when they write and the last look-up is older (0: never)"
+    )
     media_concurrency: int = _setting(4, "media downloads running at once per process (0: this process runs none)")
     media_timeout_secs: float = _setting(60.0, "timeout of one media download")
     media_lease_secs: float = _setting(120.0, "how long a claimed media job is reserved (longer than the timeout)")
@@ -197,6 +200,8 @@ class Settings:
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{env_name(name)} must be a positive number")
+        if self.profile_refresh_days < 0:
+            raise ConfigError("IGSYNC_PROFILE_REFRESH_DAYS must be 0 (never) or more")
         if self.trigger_workers < 0:
             raise ConfigError("IGSYNC_TRIGGER_WORKERS must be 0 or more")
         if self.trigger_retry_max_secs < self.trigger_retry_base_secs:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 from bson import ObjectId
@@ -9,11 +10,14 @@ from pymongo import ASCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 
 from models.atomic import get_or_insert, update_get
+from models.guarded import field, guarded_pipeline, lit
 from models.timeutil import utcnow
 
 # The fields of a customer that the API shows (Conversation.customer). ``profile_pic`` is
 # Instagram's link (it expires); ``profile_pic_file`` our copy of it, once made (``/media/{id}``).
 PROFILE_FIELDS = ("first_name", "last_name", "username", "profile_pic", "profile_pic_file", "enhanced_data_fetched")
+# Before any look-up: what a customer never checked compares as.
+NEVER = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
 class CustomerRepository:
@@ -50,6 +54,22 @@ class CustomerRepository:
 
     async def update_profile(self, customer_id: ObjectId, fields: dict[str, Any]) -> dict[str, Any] | None:
         return await update_get(self.coll, {"_id": customer_id}, {"$set": {**fields, "updated_at": utcnow()}})
+
+    async def claim_profile_refresh(
+        self, customer_id: ObjectId, *, checked_before: dt.datetime, statuses: tuple[str | None, ...]
+    ) -> bool:
+        """Take the right to look the customer up again — when the last look-up ended in one of
+        ``statuses`` (``None``: never finished) before ``checked_before`` — by moving
+        ``profile_checked_at`` to now. Atomic: of two processes asking at once, one wins."""
+        guard = {
+            "$and": [
+                {"$in": [{"$ifNull": [field("profile_status"), None]}, lit(list(statuses))]},
+                {"$lt": [{"$ifNull": [field("profile_checked_at"), lit(NEVER)]}, lit(checked_before)]},
+            ]
+        }
+        pipeline = guarded_pipeline(guard, {"profile_checked_at": lit(utcnow())})
+        result = await self.coll.update_one({"_id": customer_id}, pipeline)
+        return result.modified_count == 1
 
     async def set_picture_copy(self, customer_id: ObjectId, source_url: str, file_url: str) -> dict[str, Any] | None:
         """Point the customer at our copy of ``source_url``; None (nothing changed) when the

@@ -230,6 +230,7 @@ async def build_core(
         concurrency=settings.profile_concurrency,
         max_attempts=settings.profile_max_attempts,
         retry_base_secs=settings.profile_retry_base_secs,
+        refresh_after_secs=settings.profile_refresh_days * 86400,
         pictures=media,
     )
     # Order matters: earlier events are applied (an unsend clears the attachments) before

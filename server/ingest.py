@@ -59,7 +59,12 @@ class EventItemHandler(Protocol):
 
 
 class NewCustomerHook(Protocol):
+    """Told when a customer is created, and of every message a known customer sends (both
+    called on the webhook's path: they must return at once)."""
+
     def new_customer(self, channel: dict[str, Any], customer: dict[str, Any]) -> None: ...
+
+    def returning_customer(self, channel: dict[str, Any], customer_id: ObjectId) -> None: ...
 
 
 class WebhookActivity(Protocol):
@@ -285,6 +290,9 @@ class IngestPipeline:
         if thread.customer_created and thread.customer is not None:
             for hook in self.new_customer_hooks:
                 hook.new_customer(channel, thread.customer)
+        elif direction == CUSTOMER_TO_OWNER:
+            for hook in self.new_customer_hooks:
+                hook.returning_customer(channel, thread.customer_id)
         doc = build_message(item, channel["_id"], thread, direction)
         layer: str | None = None
         if direction == OWNER_TO_CUSTOMER and self.owner_messages is not None:

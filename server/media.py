@@ -168,6 +168,13 @@ def media_url(file_id: ObjectId) -> str:
     return f"{MEDIA_PATH}{file_id}"
 
 
+def media_file_id(url: str | None) -> ObjectId | None:
+    """The stored file behind a :func:`media_url` (None for anything else)."""
+    if not url or not url.startswith(MEDIA_PATH):
+        return None
+    return as_object_id(url.removeprefix(MEDIA_PATH))
+
+
 # -- content types -------------------------------------------------------------------------
 
 

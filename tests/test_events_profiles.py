@@ -5,6 +5,7 @@ answers profiles, Meta's error codes and slow responses. The token is never logg
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,9 @@ import pytest
 from bson import ObjectId
 
 from models.media_files import BUCKET
+from models.timeutil import utcnow
 from server.graph_api import Profile, classify
+from server.profiles import REFRESHABLE
 from tests.events_support import ACCESS_TOKEN, JPEG, EventsEnv, GraphAnswer, connect_channel, events_env
 from tests.helpers import ADMIN_TOKEN, CUSTOMER_A, CUSTOMER_B, body_of, messaging_body, text_item, wait_for
 
@@ -129,6 +132,138 @@ async def test_a_copy_of_a_picture_replaced_meanwhile_is_dropped(env: EventsEnv)
     customer = await env.core.store.customers.get(customer_id)
     assert customer["profile_pic_file"] is None
     assert await env.core.store.db[f"{BUCKET}.files"].count_documents({}) == 0
+
+
+# -- returning customers: looked up again after IGSYNC_PROFILE_REFRESH_DAYS ---------------------
+
+WEEK_AND_A_DAY_SECS = 8 * 86400
+
+
+class Clock:
+    """The profile service's in-process memory, moved forward by hand: no test sleeps."""
+
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def later(env: EventsEnv, customer_id: ObjectId, clock: Clock, *, backdate: bool = True) -> None:
+    """Eight days on: for this process (its memory) and, with ``backdate``, for MongoDB."""
+    clock.now += WEEK_AND_A_DAY_SECS
+    if backdate:
+        customer = await env.core.store.customers.get(customer_id)
+        checked = customer["profile_checked_at"] - dt.timedelta(seconds=WEEK_AND_A_DAY_SECS)
+        await env.core.store.customers.update_profile(customer_id, {"profile_checked_at": checked})
+
+
+async def again(env: EventsEnv, customer: str, mid: str) -> None:
+    await env.post(messaging_body(text_item(mid, "me again", sender=customer, timestamp_ms=1_763_700_000_000)))
+    await env.core.profiles.idle()  # what the message scheduled has run
+
+
+@pytest.fixture
+def clock(env: EventsEnv) -> Clock:
+    fake = Clock()
+    env.core.profiles.clock = fake
+    return fake
+
+
+async def test_a_returning_customer_is_looked_up_again_and_the_old_picture_copy_goes(
+    env: EventsEnv, clock: Clock
+) -> None:
+    env.graph.profile(CUSTOMER_A, name="Ana Costa", profile_pic=env.cdn.add("ana-2025.jpg"))
+    answer = await first_message(env, CUSTOMER_A, "rf-1")
+    await env.core.profiles.idle()
+    customer_id = ObjectId(answer["data"]["customer"]["id"])
+    first = await env.core.store.customers.get(customer_id)
+    old_copy = ObjectId(first["profile_pic_file"].removeprefix("/media/"))
+
+    new_link = env.cdn.add("ana-2026.jpg", body=JPEG[::-1], content_type="image/jpeg")
+    env.graph.profile(CUSTOMER_A, name="Ana Costa Silva", username="ana.silva", profile_pic=new_link)
+    await again(env, CUSTOMER_A, "rf-2")  # within the week: nothing asked
+    assert len(env.graph.requests_for(CUSTOMER_A)) == 1
+    await later(env, customer_id, clock)
+    await again(env, CUSTOMER_A, "rf-3")
+
+    assert len(env.graph.requests_for(CUSTOMER_A)) == 2
+    customer = await env.core.store.customers.get(customer_id)
+    assert customer["last_name"] == "Costa Silva" and customer["username"] == "ana.silva"
+    assert customer["profile_pic"] == new_link and customer["profile_pic_file"] != first["profile_pic_file"]
+    assert customer["profile_checked_at"] > first["profile_checked_at"]
+    served = await env.client.get(customer["profile_pic_file"], token=env.token)
+    assert served.code == 200 and served.body == JPEG[::-1]
+    assert await env.core.store.media_files.info(old_copy) is None  # the replaced copy is deleted
+    assert await env.core.store.db[f"{BUCKET}.files"].count_documents({}) == 1
+    shown = env.events("conversation_updated")[-1].data["conversation"]["customer"]
+    assert shown["last_name"] == "Costa Silva" and shown["profile_pic_file"] == customer["profile_pic_file"]
+    await again(env, CUSTOMER_A, "rf-4")  # refreshed just now: not again
+    assert len(env.graph.requests_for(CUSTOMER_A)) == 2
+
+
+async def test_a_refresh_done_by_another_process_is_not_repeated(env: EventsEnv, clock: Clock) -> None:
+    env.graph.profile(CUSTOMER_A, name="Ana Costa")
+    customer = await looked_up(env, await first_message(env, CUSTOMER_A, "rp-1"))
+    # This process has not seen the customer for a week, but MongoDB says another process
+    # looked them up a moment ago: its claim fails and nothing is asked.
+    await later(env, customer["_id"], clock, backdate=False)
+    await again(env, CUSTOMER_A, "rp-2")
+    assert len(env.graph.requests_for(CUSTOMER_A)) == 1
+
+
+async def test_of_two_claims_at_once_one_wins(env: EventsEnv) -> None:
+    env.graph.profile(CUSTOMER_A, name="Ana Costa")
+    customer = await looked_up(env, await first_message(env, CUSTOMER_A, "rc-1"))
+    await later(env, customer["_id"], Clock())  # checked eight days ago, as far as MongoDB knows
+    claim = env.core.store.customers.claim_profile_refresh
+    cutoff = utcnow() - dt.timedelta(days=7)  # what the service asks: not checked for a week
+    results = await asyncio.gather(
+        *[claim(customer["_id"], checked_before=cutoff, statuses=REFRESHABLE) for _ in range(8)]
+    )
+    assert sorted(results) == [False] * 7 + [True]
+
+
+async def test_a_taken_down_picture_clears_the_copy(env: EventsEnv, clock: Clock) -> None:
+    env.graph.profile(CUSTOMER_A, name="Ana Costa", profile_pic=env.cdn.add("ana.jpg"))
+    answer = await first_message(env, CUSTOMER_A, "rd-1")
+    await env.core.profiles.idle()
+    customer_id = ObjectId(answer["data"]["customer"]["id"])
+    env.graph.profile(CUSTOMER_A, name="Ana Costa")  # no picture any more
+    await later(env, customer_id, clock)
+    await again(env, CUSTOMER_A, "rd-2")
+    customer = await env.core.store.customers.get(customer_id)
+    assert customer["profile_pic"] is None and customer["profile_pic_file"] is None
+    assert await env.core.store.db[f"{BUCKET}.files"].count_documents({}) == 0
+
+
+async def test_a_failed_refresh_keeps_the_known_names(env: EventsEnv, clock: Clock) -> None:
+    env.graph.profile(CUSTOMER_A, name="Ana Costa")
+    customer = await looked_up(env, await first_message(env, CUSTOMER_A, "re-1"))
+    env.graph.error(CUSTOMER_A, 4, message="Application request limit reached")
+    await later(env, customer["_id"], clock)
+    await again(env, CUSTOMER_A, "re-2")
+    after = await env.core.store.customers.get(customer["_id"])
+    assert after["profile_status"] == "error" and after["first_name"] == "Ana" and after["last_name"] == "Costa"
+    assert len(env.graph.requests_for(CUSTOMER_A)) == 1 + 3  # the refresh tried profile_max_attempts times
+
+
+@pytest.mark.parametrize("code", [230, 9010])
+async def test_an_unavailable_profile_is_not_asked_again(env: EventsEnv, clock: Clock, code: int) -> None:
+    env.graph.error(CUSTOMER_A, code, message="User consent is required to access user profile")
+    customer = await looked_up(env, await first_message(env, CUSTOMER_A, f"ru-{code}"))
+    await later(env, customer["_id"], clock)
+    await again(env, CUSTOMER_A, f"ru-{code}-2")
+    assert len(env.graph.requests_for(CUSTOMER_A)) == 1
+
+
+@pytest.mark.parametrize("env", [{"profile_refresh_days": 0}], indirect=True)
+async def test_refreshes_can_be_turned_off(env: EventsEnv, clock: Clock) -> None:
+    env.graph.profile(CUSTOMER_A, name="Ana Costa")
+    customer = await looked_up(env, await first_message(env, CUSTOMER_A, "ro-1"))
+    await later(env, customer["_id"], clock)
+    await again(env, CUSTOMER_A, "ro-2")
+    assert len(env.graph.requests_for(CUSTOMER_A)) == 1
 
 
 async def test_the_webhook_does_not_wait_for_the_profile(env: EventsEnv) -> None:
