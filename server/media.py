@@ -645,7 +645,7 @@ class MediaService:
         keys = job.get("keys") or [job["key"]]
         result: dict[str, Any] = {"processing_status": status}
         top: dict[str, Any] = {}
-        changes = [job["key"].split(".", 1)[0]]  # attachments, reply_to or referral
+        changes = list(dict.fromkeys(key.split(".", 1)[0] for key in keys))  # attachments, reply_to, referral
         if file_id is not None:
             result["media_file"] = media_url(file_id)
             if job.get("primary"):
