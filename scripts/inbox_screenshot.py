@@ -3,15 +3,20 @@
 Starts throwaway embedded stores and an in-process igsync, connects the sample account, posts
 a few signed webhooks (two customers, an owner reply typed in the Instagram app, a story reply),
 gives one message a reaction and a read receipt through the same event path the server uses,
-signs in to the page in headless Chromium and saves a PNG.
+stores drawn pictures as the customers' profile pictures and the replied story (what the
+profile look-up and the media worker would have copied), signs in to the page in headless
+Chromium and saves a PNG.
 """
 
 from __future__ import annotations
 
 import asyncio
+import io
+import struct
 import sys
 import tempfile
 import time
+import zlib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,6 +34,25 @@ from tests.conftest import connect_tenant, make_settings, start_server, stop_ser
 from tests.helpers import CUSTOMER_A, CUSTOMER_B, echo_item, messaging_body, text_item  # noqa: E402
 
 PEOPLE = {CUSTOMER_A: ("Ana", "Silva", "ana.silva"), CUSTOMER_B: ("Tom", "Becker", "tombecker")}
+# Colours of the drawn pictures: (top, bottom) of a vertical gradient.
+PICTURES = {CUSTOMER_A: ((247, 166, 107), (214, 41, 118)), CUSTOMER_B: ((110, 190, 235), (40, 90, 170))}
+STORY_COLOURS = ((250, 240, 225), (200, 170, 140))
+
+
+def gradient_png(size: tuple[int, int], top: tuple[int, int, int], bottom: tuple[int, int, int]) -> bytes:
+    """A PNG of a vertical gradient, written by hand (no imaging library in the project)."""
+    width, height = size
+    rows = b""
+    for y in range(height):
+        t = y / max(height - 1, 1)
+        pixel = bytes(round(a + (b - a) * t) for a, b in zip(top, bottom, strict=True))
+        rows += b"\x00" + pixel * width
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
 
 
 async def stage(stores: EmbeddedStores, data_dir: Path, out: Path) -> None:
@@ -51,14 +75,27 @@ async def stage(stores: EmbeddedStores, data_dir: Path, out: Path) -> None:
         await post(story_reply)
         store = server.core.store
         channel_id = ObjectId(tenant.channel["id"])
+
+        async def picture(png: bytes, **metadata: object) -> str:
+            file_id = await store.media_files.upload(
+                "picture.png", io.BytesIO(png), {"content_type": "image/png", "channel_id": channel_id, **metadata}
+            )
+            return f"/media/{file_id}"
+
         for instagram_id, (first, last, username) in PEOPLE.items():
             customer, _ = await store.customers.get_or_create(channel_id, instagram_id)
-            updated = await store.customers.update_profile(
-                customer["_id"],
-                {"first_name": first, "last_name": last, "username": username, "enhanced_data_fetched": True},
-            )
+            profile = {"first_name": first, "last_name": last, "username": username, "enhanced_data_fetched": True}
+            profile["profile_pic_file"] = await picture(gradient_png((96, 96), *PICTURES[instagram_id]))
+            updated = await store.customers.update_profile(customer["_id"], profile)
             assert updated is not None
             await store.conversations.refresh_customer(channel_id, updated)
+        story = await store.messages.find_by_mid(channel_id, "s-a4")
+        assert story is not None
+        story_copy = await picture(gradient_png((90, 160), *STORY_COLOURS), message_id=story["_id"])
+        await store.messages.update(
+            story["_id"],
+            {"$set": {"reply_to.story.media_file": story_copy, "reply_to.story.processing_status": "completed"}},
+        )
         reply = await store.messages.find_by_mid(channel_id, "s-a2")
         assert reply is not None
         now = from_epoch_ms(time.time() * 1000)
