@@ -15,10 +15,11 @@ States: ``pending`` → ``running`` → ``completed`` | ``failed`` | back to ``p
 from __future__ import annotations
 
 import datetime as dt
+import re
 from typing import Any
 
 from bson import ObjectId
-from pymongo import ASCENDING
+from pymongo import ASCENDING, DESCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError
 
@@ -158,6 +159,43 @@ class MediaJobRepository:
             },
         )
         return result.modified_count == 1
+
+    async def failed_page(self, *, limit: int, reason_prefix: str | None = None) -> list[dict[str, Any]]:
+        """Failed jobs, most recently failed first (an operator's list: it may read every
+        failed job on the embedded store, which sorts in Python)."""
+        query = self._failed(None, reason_prefix)
+        return await self.coll.find(query).sort("updated_at", DESCENDING).limit(limit).to_list(None)
+
+    async def requeue_failed(self, job_ids: list[ObjectId] | None, *, reason_prefix: str | None = None) -> int:
+        """Failed jobs (these, or all) pending again, due now, with fresh attempts and the
+        right to one more fresh link; how many. Only ``failed`` ones: a job that completed
+        or was cancelled (its message unsent) meanwhile stays as it is."""
+        now = utcnow()
+        result = await self.coll.update_many(
+            self._failed(job_ids, reason_prefix),
+            {
+                "$set": {
+                    "state": PENDING,
+                    "attempts": 0,
+                    "next_attempt_at": now,
+                    "error": None,
+                    "lease_until": None,
+                    "lease_owner": None,
+                    "updated_at": now,
+                },
+                "$unset": {"url_refreshed_at": ""},
+            },
+        )
+        return result.modified_count
+
+    @staticmethod
+    def _failed(job_ids: list[ObjectId] | None, reason_prefix: str | None) -> dict[str, Any]:
+        query: dict[str, Any] = {"state": FAILED}
+        if job_ids is not None:
+            query["_id"] = {"$in": job_ids}
+        if reason_prefix:
+            query["error"] = {"$regex": f"^{re.escape(reason_prefix)}"}
+        return query
 
     async def cancel_for_message(self, message_id: ObjectId) -> list[ObjectId]:
         """Cancel every job of an unsent message; the ids of the copies stored so far.

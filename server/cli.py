@@ -1,7 +1,7 @@
 """The ``igsync`` command line (also ``python -m server``), API.md §7.
 
 Commands: ``serve``, ``channel add|list|disconnect``, ``token create``, ``simulate``,
-``replay``, ``doctor``, ``triggers list-dead|retry``. Store-backed tools use the configured
+``replay``, ``doctor``, ``triggers list-dead|retry``, ``media list-failed|retry``. Store-backed tools use the configured
 URLs, else the stores of a running ``igsync serve`` on the same data directory, else start
 the embedded stores for the duration of the command. A configuration error is one line on stderr and exit code 2.
 """
@@ -211,6 +211,28 @@ def cmd_triggers_retry(args: argparse.Namespace) -> int:
     return 1 if result["not_found"] or result["not_dead"] else 0
 
 
+def cmd_media_list_failed(args: argparse.Namespace) -> int:
+    async def work(core: Any) -> Any:
+        return {"jobs": await core.media.list_failed(limit=args.limit, reason=args.reason)}
+
+    _print_json(_with_core(_settings(), work))
+    return 0
+
+
+def cmd_media_retry(args: argparse.Namespace) -> int:
+    if args.all == bool(args.job_ids):
+        print("igsync: give either --all or one or more job ids", file=sys.stderr)
+        return EXIT_CONFIG
+
+    async def work(core: Any) -> Any:
+        return await core.media.retry_failed(None if args.all else args.job_ids, reason=args.reason)
+
+    result = _with_core(_settings(), work)
+    _print_json(result)
+    # A running server's workers take the requeued jobs at their next poll.
+    return 1 if result["not_found"] or result["not_failed"] else 0
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     from server import doctor
 
@@ -297,6 +319,18 @@ def build_parser() -> argparse.ArgumentParser:
     retry.add_argument("--channel-id", help="only this channel's")
     retry.add_argument("delivery_ids", nargs="*", metavar="ID", help="delivery ids, as listed by list-dead")
     retry.set_defaults(func=cmd_triggers_retry)
+    media = sub.add_parser("media", help="media downloads: failed ones and retries")
+    media_sub = media.add_subparsers(dest="media_command", required=True)
+    failed = media_sub.add_parser("list-failed", help="list failed downloads, most recent first")
+    failed.add_argument("--reason", help="only errors starting with this (expired_link, http_, too_large…)")
+    failed.add_argument("--limit", type=int, default=50, help="at most this many (1–500)")
+    failed.set_defaults(func=cmd_media_list_failed)
+    media_retry = media_sub.add_parser("retry", help="download failed files again (expired links are asked anew)")
+    media_retry.add_argument("--all", action="store_true", help="every failed download (of --reason, if given)")
+    media_retry.add_argument("--reason", help="only errors starting with this")
+    media_retry.add_argument("job_ids", nargs="*", metavar="ID", help="job ids, as listed by list-failed")
+    media_retry.set_defaults(func=cmd_media_retry)
+
     doctor = sub.add_parser("doctor", help="check stores, indexes, channels, secrets and the pipeline; say what to fix")
     doctor.add_argument("--json", action="store_true", help="print the checks as JSON (for scripts)")
     doctor.add_argument("--url", help="the running server's base URL (default http://IGSYNC_HOST:IGSYNC_PORT)")

@@ -47,7 +47,7 @@ from tornado.simple_httpclient import HTTPTimeoutError
 from models import media_jobs as jobs_model
 from models.ids import as_object_id
 from models.store import Store
-from models.timeutil import utcnow
+from models.timeutil import iso, utcnow
 from server import events as ev
 from server import media_links
 from server import webhook_parse as wp
@@ -455,6 +455,50 @@ class MediaService:
             if await self.store.media_files.delete(file_id):
                 removed += 1
         return removed
+
+    # -- operators: failed downloads --------------------------------------------------------------
+
+    async def list_failed(self, *, limit: int = 50, reason: str | None = None) -> list[dict[str, Any]]:
+        """Failed downloads, most recent first; ``reason`` filters by the start of the error
+        (``expired_link``, ``http_``, ``too_large``…)."""
+        jobs = await self.store.media_jobs.failed_page(limit=max(1, min(limit, 500)), reason_prefix=reason)
+        return [
+            {
+                "job_id": str(job["_id"]),
+                "message_id": str(job["message_id"]),
+                "channel_id": str(job["channel_id"]),
+                "type": job["type"],
+                "key": job["key"],
+                "error": job.get("error"),
+                "attempts": job.get("attempts", 0),
+                "failed_at": iso(job.get("updated_at")),
+            }
+            for job in jobs
+        ]
+
+    async def retry_failed(self, job_ids: list[str] | None, *, reason: str | None = None) -> dict[str, Any]:
+        """Queue failed downloads again (these, or every one — of one reason): a link that
+        expired meanwhile is asked anew of the Graph API. Running workers take them within
+        ``media_poll_secs``; the message moves from ``failed`` when its download ends."""
+        missing: list[str] = []
+        not_failed: list[dict[str, str]] = []
+        oids: list[ObjectId] | None = None
+        if job_ids is not None:
+            oids = []
+            for raw in job_ids:
+                oid = as_object_id(raw)
+                job = None if oid is None else await self.store.media_jobs.get(oid)
+                if job is None:
+                    missing.append(raw)
+                elif job["state"] != jobs_model.FAILED:
+                    not_failed.append({"job_id": raw, "state": job["state"]})
+                else:
+                    oids.append(oid)
+        retried = await self.store.media_jobs.requeue_failed(oids, reason_prefix=reason) if oids != [] else 0
+        if retried:
+            log.info("media: %d failed downloads queued again", retried)
+            self.wake()
+        return {"retried": retried, "not_found": missing, "not_failed": not_failed}
 
     # -- serving ---------------------------------------------------------------------------------
 

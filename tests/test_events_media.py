@@ -28,6 +28,7 @@ from tests.events_support import (
     fixture_with,
 )
 from tests.helpers import ACCOUNT_ID, ADMIN_TOKEN, CUSTOMER_A, body_of, fixture_json, messaging_body, wait_for
+from tests.triggers_fixtures import cli
 
 BIG = b"\xff\xd8\xff" + b"x" * (300 * 1024)  # above the tests' 256 KiB cap
 
@@ -270,6 +271,57 @@ def test_the_fresh_link_is_picked_by_attachment_position() -> None:
     assert pick_url(["a", "b"], "attachments.2") is None
     assert pick_url(["a"], "reply_to.story") is None
     assert pick_url([], "attachments.0") is None
+
+
+# -- operators: failed downloads listed and queued again ------------------------------------------
+
+
+async def test_failed_downloads_are_listed_and_queued_again(env: EventsEnv) -> None:
+    """After a CDN outage outlived the retries: ``igsync media list-failed`` shows what failed
+    and why, ``igsync media retry`` queues it again (here: the expired ones only) and the
+    running server's workers finish it."""
+    outage = fixture_with("customer_image", urls=[env.cdn.url("back-later")], mid="mid-back-later")
+    expired_id = (await env.post(outage))["data"]["message"]["id"]
+    html_id = await image_message(env, "a-login-page", body=b"<html>log in</html>", content_type="text/html")
+    for message_id in (expired_id, html_id):
+        await job_of(env, message_id)
+    settings = env.core.settings
+
+    code, listed, _ = await cli(settings, "media", "list-failed")
+    assert code == 0
+    by_message = {job["message_id"]: job for job in listed["jobs"]}
+    assert by_message[expired_id]["error"] == "expired_link_404" and by_message[html_id]["error"] == "content_type"
+    code, listed, _ = await cli(settings, "media", "list-failed", "--reason", "expired_link")
+    assert [job["message_id"] for job in listed["jobs"]] == [expired_id]
+
+    code, result, _ = await cli(settings, "media", "retry")
+    assert code == 2, "neither --all nor ids"
+    done = by_message[html_id]["job_id"]
+    code, result, _ = await cli(settings, "media", "retry", "000000000000000000000000", "junk")
+    assert code == 1 and result == {"retried": 0, "not_found": ["000000000000000000000000", "junk"], "not_failed": []}
+
+    env.cdn.add("back-later", body=JPEG, content_type="image/jpeg")  # the CDN serves it again
+    code, result, _ = await cli(settings, "media", "retry", "--all", "--reason", "expired_link")
+    assert code == 0 and result == {"retried": 1, "not_found": [], "not_failed": []}
+    doc = await wait_for(lambda: completed(env, expired_id))
+    assert doc["attachments"][0]["processing_status"] == "completed"
+    served = await env.client.get(f"/media/{doc['media_file']}", token=env.token)
+    assert served.body == JPEG
+    job = await job_of(env, expired_id)
+    assert job["state"] == "completed" and job["attempts"] == 1 and job["error"] is None
+    # The other reason was not touched; a job that is not failed is refused by id.
+    assert (await job_of(env, html_id))["state"] == "failed"
+    code, result, _ = await cli(settings, "media", "retry", str(job["_id"]), done)
+    assert (
+        code == 1
+        and result["retried"] == 1
+        and result["not_failed"] == [{"job_id": str(job["_id"]), "state": "completed"}]
+    )
+
+
+async def completed(env: EventsEnv, message_id: str) -> dict[str, Any] | None:
+    doc = await env.core.store.message_updates.get(ObjectId(message_id))
+    return doc if doc["processing_status"] == "completed" else None
 
 
 # -- the creative of the ad a conversation came from -------------------------------------------
