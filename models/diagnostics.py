@@ -137,6 +137,30 @@ async def trigger_outbox_state(store: Store) -> OutboxState:
     )
 
 
+@dataclass
+class MediaQueueState:
+    exists: bool
+    oldest_due: dict[str, Any] | None = None  # the pending job due longest ago
+    pending: int = 0
+    failed: int = 0
+
+
+async def media_queue_state(store: Store, now: dt.datetime) -> MediaQueueState:
+    """The media download queue (``media_jobs``: pending → running → completed | failed |
+    cancelled): how many wait, the one due longest ago, how many failed for good. Every
+    query is on the ``(state, next_attempt_at)`` index."""
+    coll = store.media_jobs.coll
+    if await coll.find_one({}, {"_id": 1}) is None:
+        return MediaQueueState(exists=False)
+    due = {"state": "pending", "next_attempt_at": {"$lte": now}}
+    return MediaQueueState(
+        exists=True,
+        oldest_due=await coll.find_one(due, {"next_attempt_at": 1}, sort=[("next_attempt_at", ASCENDING)]),
+        pending=await coll.count_documents({"state": "pending"}),
+        failed=await coll.count_documents({"state": "failed"}),
+    )
+
+
 async def purge_test_channel(store: Store, channel_id: ObjectId, account_ids: list[str]) -> dict[str, int]:
     """Delete the doctor's test channel and everything written for it; counts per collection."""
     conversation_ids = [

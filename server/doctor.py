@@ -13,6 +13,9 @@ Checks, in order:
 * ``pipeline`` — a signed test webhook through this process's ingest pipeline to a temporary
   test channel (stored, then recognised as a duplicate on redelivery), cleaned up afterwards;
 * ``trigger_outbox`` — the oldest undelivered workflow-trigger job (skipped without triggers);
+* ``media`` — the media download queue: a job due for long means no worker takes jobs (every
+  process web-only, ``IGSYNC_MEDIA_CONCURRENCY=0``); failed downloads, with the command that
+  lists and retries them (skipped before the first attachment);
 * ``server`` / ``webhook_signatures`` — the running server answers, accepts the verify token and a
   webhook signed with this configuration's secret, and how many webhooks it refused for their
   signature since it started (Meta's app secret differs from ours).
@@ -55,6 +58,8 @@ RECENT_WINDOW = dt.timedelta(hours=1)
 UNMATCHED_WINDOW = dt.timedelta(hours=24)
 TOKEN_EXPIRY_WARNING = dt.timedelta(days=7)
 OUTBOX_STUCK_AFTER = dt.timedelta(minutes=5)
+# Workers poll every IGSYNC_MEDIA_POLL_SECS (2 s): a job due this long has no worker.
+MEDIA_STUCK_AFTER = dt.timedelta(minutes=5)
 DOCTOR_ACCOUNT_PREFIX = "igsync-doctor-"
 META_TEST_ACCOUNT = "0"
 
@@ -153,8 +158,11 @@ class Doctor:
             if mongo.status == PASS:
                 results.append(await self._guarded("pipeline", self.check_pipeline(core), timeout_factor=3))
                 results.append(await self._guarded("trigger_outbox", self.check_trigger_outbox(core)))
+                results.append(await self._guarded("media", self.check_media(core)))
             else:
-                results += [self._skipped(n, "MongoDB is not reachable") for n in ("pipeline", "trigger_outbox")]
+                results += [
+                    self._skipped(n, "MongoDB is not reachable") for n in ("pipeline", "trigger_outbox", "media")
+                ]
             if self.server_url:
                 server, signatures = await self.check_server(core, mongo.status == PASS)
                 results += [server, signatures]
@@ -450,6 +458,18 @@ class Doctor:
             return CheckResult("trigger_outbox", WARN, text, _ADVICE["trigger_outbox"], details)
         return CheckResult("trigger_outbox", PASS, text, details=details)
 
+    async def check_media(self, core: Core) -> CheckResult:
+        queue = await diagnostics.media_queue_state(core.store, self.now)
+        if not queue.exists:
+            return CheckResult("media", SKIP, "skipped: no attachment downloaded yet")
+        due = (queue.oldest_due or {}).get("next_attempt_at")
+        details: dict[str, Any] = {"pending": queue.pending, "failed": queue.failed, "oldest_due_at": iso(due)}
+        failed = f"; {queue.failed} failed for good (igsync media list-failed)" if queue.failed else ""
+        if isinstance(due, dt.datetime) and self.now - due > MEDIA_STUCK_AFTER:
+            text = f"{queue.pending} downloads waiting, one due since {ago(due, self.now)}{failed}"
+            return CheckResult("media", WARN, text, _ADVICE["media"], details)
+        return CheckResult("media", PASS, f"{queue.pending} downloads waiting, none overdue{failed}", details=details)
+
     async def check_server(self, core: Core, mongo_ok: bool) -> tuple[CheckResult, CheckResult]:
         """The running server, over HTTP: health, readiness, handshake, a signed test webhook, and
         its count of webhooks refused for their signature (read before our own request)."""
@@ -595,6 +615,9 @@ _ADVICE = {
     "(503) or an unexpected exception (500) shows there.",
     "trigger_outbox": "Jobs wait when the receiver fails or the dispatcher is stopped: check the receiver URL and "
     "the server log; dead letters are listed by GET /api/v1/triggers/dead and retried with igsync triggers retry.",
+    "media": "Downloads wait when no process runs media workers: every process with IGSYNC_MEDIA_CONCURRENCY=0 "
+    "is web-only, so start one with workers (the default is 4). Failed downloads are listed by igsync media "
+    "list-failed and queued again by igsync media retry.",
     "server": "Give the server and this command the same IGSYNC_* settings. Meta signs every webhook with the App "
     "Secret (App Dashboard → App settings → Basic) and sends the verify token you typed in the webhook "
     "subscription: both must match the server's.",

@@ -116,12 +116,14 @@ async def test_doctor_on_a_healthy_server_passes_every_check(
         "pubsub",
         "pipeline",
         "trigger_outbox",
+        "media",
         "server",
         "webhook_signatures",
     ]
     statuses = {name: c["status"] for name, c in checks.items()}
-    # Triggers are not in use in this installation: that check is skipped cleanly, all others pass.
-    assert statuses == {**{name: "pass" for name in checks}, "trigger_outbox": "skip"}, result.stdout
+    # Triggers are not in use and no attachment came yet: those checks are skipped cleanly, all
+    # others pass.
+    assert statuses == {**{name: "pass" for name in checks}, "trigger_outbox": "skip", "media": "skip"}, result.stdout
     assert checks["mongodb"]["details"]["version"]
     assert checks["redis"]["details"]["version"]
     (channel,) = checks["channels"]["details"]["channels"]
@@ -141,7 +143,7 @@ async def test_doctor_on_a_healthy_server_passes_every_check(
     lines = text.stdout.splitlines()
     assert any(line.startswith("PASS  mongodb") for line in lines)
     assert any(f"@shop page_id={tenant.channel['page_id']}: last webhook" in line for line in lines)
-    assert lines[-1].startswith("Summary: 9 pass, 0 fail, 0 warn, 1 skip")
+    assert lines[-1].startswith("Summary: 9 pass, 0 fail, 0 warn, 2 skip")
 
 
 async def test_doctor_with_redis_stopped_fails_the_redis_line(tmp_path: Path, stores: EmbeddedStores) -> None:
@@ -320,6 +322,37 @@ async def test_channel_token_state_and_unknown_accounts(server: RunningServer) -
     assert "fresh access token" in checks["channels"].advice
 
 
+async def test_media_queue_overdue_jobs_and_failures(server: RunningServer) -> None:
+    await connect_tenant(server.client)
+    await server.core.media.stop()  # no worker here: the jobs below stay as written
+    checks = await run_checks(server.core.settings)
+    assert checks["media"].status == "skip"
+
+    coll = server.core.store.media_jobs.coll
+    now = utcnow()
+
+    async def job(state: str, due: dt.datetime) -> None:
+        await coll.insert_one(
+            {"message_id": ObjectId(), "key": "attachments.0", "state": state, "next_attempt_at": due}
+        )
+
+    await job("completed", now - dt.timedelta(hours=3))
+    await job("pending", now + dt.timedelta(seconds=30))  # backing off
+    checks = await run_checks(server.core.settings)
+    assert checks["media"].status == "pass"
+    assert checks["media"].summary == "1 downloads waiting, none overdue"
+
+    await job("pending", now - dt.timedelta(minutes=20))
+    await job("failed", now - dt.timedelta(hours=5))
+    checks = await run_checks(server.core.settings)
+    assert checks["media"].status == "warn"
+    assert checks["media"].summary == (
+        "2 downloads waiting, one due since 20 min ago; 1 failed for good (igsync media list-failed)"
+    )
+    assert "IGSYNC_MEDIA_CONCURRENCY=0" in checks["media"].advice
+    assert checks["media"].details["pending"] == 2 and checks["media"].details["failed"] == 1
+
+
 async def test_trigger_outbox_oldest_pending_job(server: RunningServer) -> None:
     await connect_tenant(server.client)
     checks = await run_checks(server.core.settings)
@@ -360,7 +393,7 @@ def test_doctor_after_make_run_uses_the_running_embedded_stores(tmp_path: Path) 
     assert checks["channels"]["status"] == "warn"
     assert checks["channels"]["details"]["channels"][0]["page_id"] == "17841400000000001"
     assert "webhook subscription" in checks["channels"]["advice"]
-    assert {c["status"] for n, c in checks.items() if n not in ("channels", "trigger_outbox")} == {"pass"}
+    assert {c["status"] for n, c in checks.items() if n not in ("channels", "trigger_outbox", "media")} == {"pass"}
 
 
 async def test_doctor_reports_a_secret_left_as_in_env_example(stores: EmbeddedStores, tmp_path: Path) -> None:
