@@ -16,7 +16,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -189,48 +189,52 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 1 if counts["failed"] else 0
 
 
-def cmd_triggers_list_dead(args: argparse.Namespace) -> int:
-    async def work(core: Any) -> Any:
-        return await core.triggers.list_dead(limit=str(args.limit), cursor=args.cursor, channel_id=args.channel_id)
-
+def _show(work: Callable[[Any], Awaitable[Any]]) -> int:
     _print_json(_with_core(_settings(), work))
     return 0
+
+
+def _requeue(
+    ids: list[str], every: bool, noun: str, requeue: Callable[[Any, list[str] | None], Awaitable[Any]], refused: str
+) -> int:
+    """``retry ID…`` or ``retry --all``: exactly one of the two; exit 1 when an id was unknown
+    or not in a state to retry (``refused``: the result's list of those)."""
+    if every == bool(ids):
+        print(f"igsync: give either --all or one or more {noun} ids", file=sys.stderr)
+        return EXIT_CONFIG
+    result = _with_core(_settings(), lambda core: requeue(core, None if every else ids))
+    _print_json(result)
+    # A running server takes the requeued jobs at its next poll.
+    return 1 if result["not_found"] or result[refused] else 0
+
+
+def cmd_triggers_list_dead(args: argparse.Namespace) -> int:
+    return _show(
+        lambda core: core.triggers.list_dead(limit=str(args.limit), cursor=args.cursor, channel_id=args.channel_id)
+    )
 
 
 def cmd_triggers_retry(args: argparse.Namespace) -> int:
-    if args.all == bool(args.delivery_ids):
-        print("igsync: give either --all or one or more delivery ids", file=sys.stderr)
-        return EXIT_CONFIG
-
-    async def work(core: Any) -> Any:
-        return await core.triggers.retry(None if args.all else args.delivery_ids, channel_id=args.channel_id)
-
-    result = _with_core(_settings(), work)
-    _print_json(result)
-    # A running server picks the requeued jobs up at its next poll.
-    return 1 if result["not_found"] or result["not_dead"] else 0
+    return _requeue(
+        args.delivery_ids,
+        args.all,
+        "delivery",
+        lambda core, ids: core.triggers.retry(ids, channel_id=args.channel_id),
+        "not_dead",
+    )
 
 
 def cmd_media_list_failed(args: argparse.Namespace) -> int:
-    async def work(core: Any) -> Any:
+    async def listed(core: Any) -> Any:
         return {"jobs": await core.media.list_failed(limit=args.limit, reason=args.reason)}
 
-    _print_json(_with_core(_settings(), work))
-    return 0
+    return _show(listed)
 
 
 def cmd_media_retry(args: argparse.Namespace) -> int:
-    if args.all == bool(args.job_ids):
-        print("igsync: give either --all or one or more job ids", file=sys.stderr)
-        return EXIT_CONFIG
-
-    async def work(core: Any) -> Any:
-        return await core.media.retry_failed(None if args.all else args.job_ids, reason=args.reason)
-
-    result = _with_core(_settings(), work)
-    _print_json(result)
-    # A running server's workers take the requeued jobs at their next poll.
-    return 1 if result["not_found"] or result["not_failed"] else 0
+    return _requeue(
+        args.job_ids, args.all, "job", lambda core, ids: core.media.retry_failed(ids, reason=args.reason), "not_failed"
+    )
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
