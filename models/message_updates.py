@@ -161,8 +161,17 @@ class MessageUpdateRepository:
     # -- unsend ------------------------------------------------------------------------
 
     async def mark_unsent(self, channel_id: ObjectId, mid: str, at: dt.datetime) -> Outcome:
-        sets = {name: lit(value) for name, value in UNSENT_CLEARED.items()}
+        sets: dict[str, Any] = {name: lit(value) for name, value in UNSENT_CLEARED.items()}
         sets.update(is_deleted=lit(True), deleted_at=lit(at))
+        # The referral stays (where the conversation came from), without our copies of the ad's
+        # creative: the unsend deletes the message's stored files, these with the rest.
+        sets["referral"] = {
+            "$cond": [
+                {"$eq": [{"$type": field("referral")}, "object"]},
+                {"$mergeObjects": [field("referral"), lit({"media": None})]},
+                "$$REMOVE",  # no referral: none is made up
+            ]
+        }
         return await guarded_update(self.coll, self.key(channel_id, mid), NOT_DELETED, sets)
 
     # -- read receipts -----------------------------------------------------------------

@@ -386,6 +386,25 @@ async def test_an_ads_creative_is_copied_beside_its_link(env: EventsEnv) -> None
     assert env.cdn.count("ad-photo") == 1 and env.cdn.count("ad-video") == 1
 
 
+async def test_an_unsent_message_from_an_ad_keeps_its_referral_without_our_copies(env: EventsEnv) -> None:
+    photo = env.cdn.add("ad-unsent", body=JPEG, content_type="image/jpeg")
+    answer = await env.post(from_ad("customer_text_from_ad", "mid-ad-unsent", photo_url=photo, video_url=None))
+    message_id = answer["data"]["message"]["id"]
+    doc = await creative_settled(env, message_id, "photo")
+    copy_path = doc["referral"]["media"]["photo"]["media_file"]
+    unsend = {
+        "sender": {"id": CUSTOMER_A},
+        "recipient": {"id": ACCOUNT_ID},
+        "timestamp": 1_763_550_000_000,
+        "message": {"mid": "mid-ad-unsent", "is_deleted": True},
+    }
+    await env.post(messaging_body(unsend))
+    deleted = await env.core.store.message_updates.get(ObjectId(message_id))
+    assert deleted["is_deleted"] and deleted["content"] == ""
+    assert deleted["referral"]["ad_id"] == "120200000000000901" and deleted["referral"]["media"] is None
+    assert (await env.client.get(copy_path, token=env.token)).code == 404  # the copy went with the message
+
+
 async def test_an_expired_ad_creative_fails_alone(env: EventsEnv) -> None:
     expired = env.cdn.url("ad-expired")
     body = from_ad("referral", "ref-expired-ad", photo_url=expired, video_url=None)
@@ -497,6 +516,7 @@ async def test_unsend_removes_the_stored_media(env: EventsEnv) -> None:
     deleted = await env.core.store.message_updates.get(ObjectId(message_id))
     assert deleted["is_deleted"] and deleted["attachments"] == [] and deleted["media_file"] is None
     assert deleted["media_url"] is None
+    assert "referral" not in deleted  # none before, none made up by the unsend
     assert (await job_of(env, message_id))["state"] == "cancelled"
     assert (await env.post(messaging_body(unsend)))["changes"] == []
 
