@@ -5,7 +5,8 @@ must still show the photo a year later. This module owns:
 
 * :class:`MediaService` as an **after-store hook** of the recorder: a stored message with
   downloadable attachments gets one job per attachment in ``media_jobs`` (unique per
-  message + attachment, so a redelivery queues nothing new) — no in-memory queue;
+  message + attachment, so a redelivery queues nothing new) — no in-memory queue; so do the
+  story a reply answers and the creative of the ad a message came from (:func:`media_targets`);
 * the **worker** (a background service of the core, any number of processes): claims a
   job atomically with a lease, downloads it with Tornado's ``AsyncHTTPClient`` — size cap
   (``IGSYNC_MEDIA_MAX_BYTES``) enforced while streaming, content type checked against
@@ -20,7 +21,9 @@ must still show the photo a year later. This module owns:
 * **cleanup** on unsend (:meth:`MediaService.remove_for_message`) and **serving**
   (:meth:`MediaService.open_for`, used by ``GET /media/{id}``);
 * the **transcription hook** for audio: a :class:`Transcriber` (no-op by default,
-  pluggable with ``IGSYNC_TRANSCRIBER=package.module:factory``).
+  pluggable with ``IGSYNC_TRANSCRIBER=package.module:factory``);
+* the operators' view of failed downloads (:meth:`MediaService.list_failed`,
+  :meth:`MediaService.retry_failed`: ``igsync media list-failed|retry``).
 """
 
 from __future__ import annotations
