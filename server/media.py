@@ -48,7 +48,7 @@ from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.simple_httpclient import HTTPTimeoutError
 
 from models import media_jobs as jobs_model
-from models.ids import as_object_id
+from models.ids import Picked, as_object_id, pick_in_state
 from models.store import Store
 from models.timeutil import iso, utcnow
 from server import events as ev
@@ -483,25 +483,17 @@ class MediaService:
         """Queue failed downloads again (these, or every one — of one reason): a link that
         expired meanwhile is asked anew of the Graph API. Running workers take them within
         ``media_poll_secs``; the message moves from ``failed`` when its download ends."""
-        missing: list[str] = []
-        not_failed: list[dict[str, str]] = []
+        picked = Picked()
         oids: list[ObjectId] | None = None
         if job_ids is not None:
-            oids = []
-            for raw in job_ids:
-                oid = as_object_id(raw)
-                job = None if oid is None else await self.store.media_jobs.get(oid)
-                if job is None:
-                    missing.append(raw)
-                elif job["state"] != jobs_model.FAILED:
-                    not_failed.append({"job_id": raw, "state": job["state"]})
-                else:
-                    oids.append(oid)
+            picked = await pick_in_state(job_ids, self.store.media_jobs.get, jobs_model.FAILED)
+            oids = picked.ready
         retried = await self.store.media_jobs.requeue_failed(oids, reason_prefix=reason) if oids != [] else 0
         if retried:
             log.info("media: %d failed downloads queued again", retried)
             self.wake()
-        return {"retried": retried, "not_found": missing, "not_failed": not_failed}
+        not_failed = [{"job_id": raw, "state": state} for raw, state in picked.other_state]
+        return {"retried": retried, "not_found": picked.not_found, "not_failed": not_failed}
 
     # -- serving ---------------------------------------------------------------------------------
 

@@ -32,7 +32,7 @@ from typing import Any
 from bson import ObjectId
 
 from models import serializers
-from models.ids import as_object_id
+from models.ids import Picked, pick_in_state
 from models.messages import TYPE_CUSTOMER
 from models.store import Store
 from models.timeutil import UTC, iso
@@ -219,21 +219,18 @@ class TriggerAdmin:
         """Requeue the named dead jobs (or, with ``None``, every dead job of the channel or of
         all channels): pending again, due now, with a fresh set of attempts."""
         channel_oid = await self._channel_filter(channel_id)
-        missing: list[str] = []
-        not_dead: list[dict[str, str]] = []
+        picked = Picked()
         oids: list[ObjectId] | None = None
         if delivery_ids is not None:
-            oids = []
-            for raw in delivery_ids:
-                oid = as_object_id(raw)
-                job = None if oid is None else await self.store.trigger_jobs.get(oid)
-                if job is None or (channel_oid is not None and job["channel_id"] != channel_oid):
-                    missing.append(raw)
-                elif job["state"] != STATE_DEAD:
-                    not_dead.append({"delivery_id": raw, "state": job["state"]})
-                else:
-                    oids.append(oid)
+            picked = await pick_in_state(
+                delivery_ids,
+                self.store.trigger_jobs.get,
+                STATE_DEAD,
+                visible=lambda job: channel_oid is None or job["channel_id"] == channel_oid,
+            )
+            oids = picked.ready
         retried = await self.store.trigger_jobs.requeue_dead(oids, channel_id=channel_oid) if oids != [] else 0
         if retried and self.on_requeued is not None:
             self.on_requeued()
-        return {"retried": retried, "not_found": missing, "not_dead": not_dead}
+        not_dead = [{"delivery_id": raw, "state": state} for raw, state in picked.other_state]
+        return {"retried": retried, "not_found": picked.not_found, "not_dead": not_dead}
