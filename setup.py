@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 HERE = Path(__file__).parent
 
@@ -20,11 +20,11 @@ setup(
     long_description=(HERE / "README.md").read_text(),
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
-    packages=["config", "models", "server", "handlers", "igsync_client"],
+    packages=find_packages(include=["config", "models", "server", "server.*", "handlers", "igsync_client"]),
     package_data={"handlers": ["static/*", "static/**/*"]},
     include_package_data=True,
     install_requires=requirements("requirements.txt"),
     extras_require={"embedded": requirements("requirements-embedded.txt")},
-    entry_points={"console_scripts": ["igsync=server.cli:main"]},
+    entry_points={"console_scripts": ["igsync=server.app.cli:main"]},
     license="MIT",
 )

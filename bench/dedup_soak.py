@@ -37,8 +37,8 @@ from bson import ObjectId
 from config import Settings
 from models.messages import with_keys
 from models.store import Store, mongo_client
-from server.dedup import EchoPairing
-from server.embedded import EmbeddedStores, free_port
+from server.app.embedded import EmbeddedStores, free_port
+from server.dedup.echo import EchoPairing
 from tests.dedup_harness import (
     Tally,
     WideClient,

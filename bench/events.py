@@ -35,9 +35,9 @@ from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
 from config import Settings
-from server.app import make_app
-from server.core import Core, build_core
-from server.embedded import EmbeddedStores
+from server.app.core import Core, build_core
+from server.app.embedded import EmbeddedStores
+from server.app.routes import make_app
 
 SECRET = "bench-app-secret-0123456789abcdef"
 ADMIN = "bench-admin-token-0123456789abcdef"

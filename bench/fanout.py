@@ -264,9 +264,9 @@ def hub_main(args: argparse.Namespace) -> None:
     from tornado.netutil import bind_sockets
 
     from config import Settings
-    from server.app import make_app
-    from server.core import build_core
-    from server.events import Event
+    from server.app.core import build_core
+    from server.app.routes import make_app
+    from server.inbox.events import Event
 
     state = json.loads(Path(args.query).read_text())
 
@@ -312,7 +312,7 @@ def rss_kib(pid: int) -> int:
 
 
 def free_port() -> int:
-    from server.embedded import free_port as pick
+    from server.app.embedded import free_port as pick
 
     return pick()
 
@@ -465,7 +465,7 @@ class Igsync:
     """``igsync serve`` on its own embedded stores, with channels, a token and captured frames."""
 
     def __init__(self, args: argparse.Namespace, data_dir: Path) -> None:
-        from server import devsecrets
+        from server.app import devsecrets
 
         self.args = args
         self.secrets = devsecrets.load_or_create(data_dir)

@@ -42,7 +42,7 @@ import orjson
 from bench.loadgen import LoadResult, build_post, run_load
 from bench.store_access import per_document, required_store_ms
 from models.store import mongo_client
-from server.embedded import EmbeddedStores, free_port
+from server.app.embedded import EmbeddedStores, free_port
 from tests.helpers import sign
 
 ROOT = Path(__file__).resolve().parent.parent

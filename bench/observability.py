@@ -33,13 +33,13 @@ from bson import ObjectId
 
 from models.store import Store
 from models.timeutil import utcnow
-from server import logs
-from server.core import redis_client
-from server.embedded import EmbeddedStores
-from server.logs import item_fields
-from server.metrics import Metrics
-from server.ops_monitor import OpsMonitor
-from server.store_instruments import MongoCommandMetrics
+from server.app.core import redis_client
+from server.app.embedded import EmbeddedStores
+from server.ops import logs
+from server.ops.logs import item_fields
+from server.ops.metrics import Metrics
+from server.ops.monitor import OpsMonitor
+from server.ops.store_metrics import MongoCommandMetrics
 
 
 async def per_op_us(fn: Callable[[int], Awaitable[Any]], n: int, rounds: int = 5) -> float:

@@ -29,8 +29,8 @@ from tornado.netutil import bind_sockets
 
 from config import Settings
 from models.store import mongo_client
-from server import logs
-from server.lifecycle import ServerProcess
+from server.app.lifecycle import ServerProcess
+from server.ops import logs
 
 
 class CommandCounter(monitoring.CommandListener):

@@ -31,7 +31,7 @@ from bson import Binary, ObjectId
 from pymongo import UpdateOne
 
 from models.store import Store, mongo_client
-from server.embedded import EmbeddedStores
+from server.app.embedded import EmbeddedStores
 
 
 async def per_op_ms(fn: Callable[[int], Awaitable[Any]], n: int) -> float:

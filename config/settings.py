@@ -8,7 +8,7 @@ Two modes:
 
 * **embedded** (no ``IGSYNC_MONGO_URL`` / ``IGSYNC_REDIS_URL``): the CLI starts its own
   MongoDB-compatible and Redis servers and fills missing secrets from the dev secrets file
-  in ``IGSYNC_DATA_DIR`` (see :mod:`server.devsecrets`).
+  in ``IGSYNC_DATA_DIR`` (see :mod:`server.app.devsecrets`).
 * **production** (both URLs given): every secret must be given and look real.
 """
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from handlers.base import BaseHandler
-from server.auth import ADMIN, INBOX
+from server.api.auth import ADMIN, INBOX
 
 
 class ChannelsHandler(BaseHandler):

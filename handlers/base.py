@@ -1,6 +1,6 @@
 """The base of every JSON handler: the core object, bearer auth, JSON in and out, errors.
 
-Errors follow API.md §6: an :class:`~server.errors.ApiError` raised anywhere in a handler
+Errors follow API.md §6: an :class:`~server.api.errors.ApiError` raised anywhere in a handler
 or the core becomes ``{"error", "message", "fields"?}`` with its status; anything else is
 logged with its traceback and answered ``500`` without details.
 """
@@ -8,14 +8,17 @@ logged with its traceback and answered ``500`` without details.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import tornado.web
 
-from server.auth import Principal
-from server.core import Core
-from server.errors import ApiError, bad_request
+from server.api.auth import Principal
+from server.api.errors import ApiError, bad_request
+
+if TYPE_CHECKING:
+    # Only the type: the wiring (server.app) imports handlers, never the other way round.
+    from server.app.core import Core
 
 log = logging.getLogger("igsync.http")
 

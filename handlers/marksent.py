@@ -1,4 +1,4 @@
-"""``POST /api/v1/messages/mark-sent`` (API.md §2). :mod:`server.marksent` does the work."""
+"""``POST /api/v1/messages/mark-sent`` (API.md §2). :mod:`server.dedup.marksent` does the work."""
 
 from __future__ import annotations
 

@@ -12,8 +12,9 @@ from __future__ import annotations
 import re
 
 from handlers.base import BaseHandler
-from server.auth import INBOX
-from server.errors import ApiError, not_found
+from models.media_files import MEDIA_PATH
+from server.api.auth import INBOX
+from server.api.errors import ApiError, not_found
 
 RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 INLINE_PREFIXES = ("image/", "video/", "audio/")
@@ -89,4 +90,4 @@ class MediaHandler(BaseHandler):
         return start, end
 
 
-routes = [(r"/media/([^/]+)", MediaHandler)]
+routes = [(MEDIA_PATH + r"(?P<media_id>[^/]+)", MediaHandler)]

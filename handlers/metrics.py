@@ -9,7 +9,7 @@ from __future__ import annotations
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from handlers.base import BaseHandler
-from server.auth import METRICS
+from server.api.auth import METRICS
 
 
 class MetricsHandler(BaseHandler):

@@ -8,7 +8,7 @@ import time
 import tornado.web
 
 from handlers.base import BaseHandler
-from server.errors import ApiError
+from server.api.errors import ApiError
 
 
 @tornado.web.stream_request_body

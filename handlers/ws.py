@@ -1,7 +1,7 @@
 """``GET /ws`` (API.md §4): authenticate before the upgrade, then hand frames to a session.
 
-Thin: the token, origin and command rules live in :mod:`server.ws_access` and
-:mod:`server.ws_session`; delivery in :mod:`server.realtime`. A bad token is answered
+Thin: the token, origin and command rules live in :mod:`server.realtime.access` and
+:mod:`server.realtime.session`; delivery in :mod:`server.realtime.hub`. A bad token is answered
 ``401`` (a token of another kind ``403``) with the JSON error body *before* the upgrade.
 The query string (which may hold ``access_token``) never reaches a log line: Tornado's
 request summary is replaced by method + path.
@@ -12,19 +12,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import tornado.iostream
 import tornado.web
 import tornado.websocket
 
-from server import ws_wire
-from server.auth import INBOX, Authenticator
-from server.core import Core
-from server.errors import ApiError
-from server.ws_access import origin_allowed, token_from
-from server.ws_session import WsSession
+from server.api.auth import INBOX, Authenticator
+from server.api.errors import ApiError
+from server.realtime import wire as ws_wire
+from server.realtime.access import origin_allowed, token_from
+from server.realtime.session import WsSession
+
+if TYPE_CHECKING:
+    # Only the type: the wiring (server.app) imports handlers, never the other way round.
+    from server.app.core import Core
 
 log = logging.getLogger("igsync.http")
 

@@ -7,7 +7,7 @@ across processes exactly one of them sees the other: whoever registers second fi
 first and pairs with it.
 
 The document is only changed by compare-and-swap on ``version``: read it, compute the new
-state in Python (the pure functions of :mod:`server.dedup`), then
+state in Python (the pure functions of :mod:`server.dedup.echo`), then
 ``update_one({_id, version: v}, {$set: state, $inc: {version: 1}})``; a writer that lost
 the race reads again and recomputes. A missing document is created with ``insert_one``
 (a concurrent creator gets ``DuplicateKeyError`` on ``_id`` and retries as an updater), so

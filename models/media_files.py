@@ -16,7 +16,23 @@ from gridfs.errors import NoFile
 from pymongo import ASCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 
+from models.ids import as_object_id
+
 BUCKET = "media"
+# Where a copy is served (handlers/media.py): the one place that spells the URL of a file.
+MEDIA_PATH = "/media/"
+
+
+def media_url(file_id: ObjectId) -> str:
+    """The URL a client loads a stored copy from."""
+    return f"{MEDIA_PATH}{file_id}"
+
+
+def media_file_id(url: str | None) -> ObjectId | None:
+    """The stored file behind a :func:`media_url` (None for anything else)."""
+    if not url or not url.startswith(MEDIA_PATH):
+        return None
+    return as_object_id(url.removeprefix(MEDIA_PATH))
 
 
 class MediaFileRepository:

@@ -49,8 +49,8 @@ def _without(array_field: str, by: str) -> dict[str, Any]:
 
 
 class MessageUpdateRepository:
-    """Updates of the ``messages`` collection owned by :mod:`server.message_events` and
-    :mod:`server.media` (inserts and the dedup fields stay in :mod:`models.messages`)."""
+    """Updates of the ``messages`` collection owned by :mod:`server.ingest.changes` and
+    :mod:`server.media.service` (inserts and the dedup fields stay in :mod:`models.messages`)."""
 
     def __init__(self, db: AsyncDatabase) -> None:
         self.coll = db["messages"]

@@ -11,6 +11,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from bson import ObjectId
 
+from models.media_files import media_url
 from models.timeutil import iso
 
 WS_MESSAGE_FIELDS = (
@@ -80,10 +81,11 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def ws_message(doc: dict[str, Any], *, media_base: str = "/media/") -> dict[str, Any]:
+def ws_message(doc: dict[str, Any]) -> dict[str, Any]:
+    """A stored message as API.md §3 shows it (REST and WebSocket alike)."""
     media_file = doc.get("media_file")
     if media_file is not None and not isinstance(media_file, str):
-        media_file = f"{media_base}{media_file}"
+        media_file = media_url(media_file)
     out = {
         "id": _id(doc["_id"]),
         "content": "" if doc.get("is_deleted") else doc.get("content", ""),

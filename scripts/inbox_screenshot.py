@@ -27,8 +27,8 @@ from bson import ObjectId  # noqa: E402
 from playwright.async_api import async_playwright, expect  # noqa: E402
 
 from models.timeutil import from_epoch_ms, utcnow  # noqa: E402
-from server import events as ev  # noqa: E402
-from server.embedded import EmbeddedStores  # noqa: E402
+from server.app.embedded import EmbeddedStores  # noqa: E402
+from server.inbox import events as ev  # noqa: E402
 from tests.browser_support import launch_chromium  # noqa: E402
 from tests.conftest import connect_tenant, make_settings, start_server, stop_server  # noqa: E402
 from tests.helpers import CUSTOMER_A, CUSTOMER_B, echo_item, messaging_body, text_item  # noqa: E402

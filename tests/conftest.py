@@ -2,7 +2,7 @@
 igsync HTTP server per test.
 
 The stores are the same SecantusDB and Redis servers ``igsync serve`` embeds, started by
-:mod:`server.embedded` on free loopback ports. Each test gets its own MongoDB database
+:mod:`server.app.embedded` on free loopback ports. Each test gets its own MongoDB database
 (dropped afterwards); Redis keys are namespaced by ids that are unique per test.
 """
 
@@ -19,9 +19,9 @@ from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
 from config import Settings
-from server.app import make_app
-from server.core import Core, build_core
-from server.embedded import EmbeddedStores
+from server.app.core import Core, build_core
+from server.app.embedded import EmbeddedStores
+from server.app.routes import make_app
 from tests.helpers import (
     ACCOUNT_ID,
     ADMIN_TOKEN,

@@ -18,8 +18,8 @@ from bson import ObjectId
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
-from server.embedded import EmbeddedStores
-from server.events import RecordingSink
+from server.app.embedded import EmbeddedStores
+from server.inbox.events import RecordingSink
 from tests.conftest import RunningServer, make_settings, start_server, stop_server
 from tests.helpers import ACCOUNT_ID, ADMIN_TOKEN, body_of, fixture_json
 

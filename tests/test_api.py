@@ -328,7 +328,7 @@ async def test_health_and_readiness(client: Client) -> None:
 
 async def test_list_field_errors_are_422_with_string_keys(server: RunningServer) -> None:
     """marshmallow keys list items by position; the JSON error shape needs string keys."""
-    from server.errors import validation_error
+    from server.api.errors import validation_error
 
     error = validation_error({"mids": {0: ["Not a valid string."]}})
     assert error.body()["fields"] == {"mids": {"0": ["Not a valid string."]}}

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from server.embedded import free_port
+from server.app.embedded import free_port
 from tests.helpers import FIXTURES, ROOT
 
 

@@ -27,7 +27,7 @@ from igsync_client import (
     IgsyncServerError,
     IgsyncValidationError,
 )
-from server.embedded import free_port
+from server.app.embedded import free_port
 from tests.dedup_helpers import echo, new_mid, ok_body, stored_messages
 from tests.helpers import ACCOUNT_ID, CUSTOMER_A, INTERNAL_TOKEN
 

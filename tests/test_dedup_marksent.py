@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from server.dedup import sent_message_key, sent_mid_key
-from server.embedded import free_port
-from server.events import RecordingSink
+from server.app.embedded import free_port
+from server.dedup.echo import sent_message_key, sent_mid_key
+from server.inbox.events import RecordingSink
 from tests.conftest import RunningServer, connect_tenant, start_server, stop_server
 from tests.dedup_helpers import MARK_SENT, conversation_of, mark_sent, new_mid, ok_body, sample, stored_messages
 from tests.helpers import (

@@ -14,11 +14,11 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from server.dedup import sent_message_key
-from server.embedded import EmbeddedStores
-from server.events import RecordingSink
-from server.ingest import content_hash
-from server.marksent import outbound_message
+from server.app.embedded import EmbeddedStores
+from server.dedup.echo import sent_message_key
+from server.dedup.marksent import outbound_message
+from server.inbox.events import RecordingSink
+from server.ingest.pipeline import content_hash
 from tests.conftest import RunningServer, connect_tenant, start_server, stop_server
 from tests.dedup_helpers import (
     conversation_of,

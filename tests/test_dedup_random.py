@@ -13,7 +13,7 @@ import pytest
 from bson import ObjectId
 
 from models.store import mongo_client
-from server.embedded import EmbeddedStores, free_port
+from server.app.embedded import EmbeddedStores, free_port
 from tests.conftest import make_settings
 from tests.dedup_harness import (
     Delivery,

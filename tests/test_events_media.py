@@ -14,8 +14,8 @@ import pytest
 from bson import ObjectId
 
 from models.timeutil import utcnow
-from server.media import AudioClip, accept_content_type
-from server.media_links import pick_url
+from server.media.links import pick_url
+from server.media.service import AudioClip, accept_content_type
 from tests.conftest import start_server, stop_server
 from tests.events_support import (
     ACCESS_TOKEN,

@@ -15,8 +15,8 @@ from bson import ObjectId
 
 from models.media_files import BUCKET
 from models.timeutil import utcnow
-from server.graph_api import Profile, classify
-from server.profiles import REFRESHABLE
+from server.graph.client import Profile, classify
+from server.graph.profiles import REFRESHABLE
 from tests.events_support import ACCESS_TOKEN, JPEG, EventsEnv, GraphAnswer, connect_channel, events_env
 from tests.helpers import ADMIN_TOKEN, CUSTOMER_A, CUSTOMER_B, body_of, messaging_body, text_item, wait_for
 

@@ -12,7 +12,7 @@ import pytest
 from bson import ObjectId
 
 from models.store import Store
-from server.embedded import free_port
+from server.app.embedded import free_port
 from tests.conftest import make_settings
 from tests.events_support import JPEG, FakeCdn, fixture_with
 from tests.helpers import ADMIN_TOKEN, Client, ServerProcessHandle, body_of, server_env, wait_for

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from config import ConfigError, Settings
-from server.media import NoopTranscriber, load_transcriber, media_targets
+from server.media.service import NoopTranscriber, load_transcriber, media_targets
 
 
 def test_media_and_profile_settings_from_env() -> None:

@@ -21,8 +21,8 @@ from playwright.async_api import Browser, Page, async_playwright, expect
 
 from config import Settings
 from models.timeutil import from_epoch_ms
-from server import events as ev
-from server.embedded import EmbeddedStores, free_port
+from server.app.embedded import EmbeddedStores, free_port
+from server.inbox import events as ev
 from tests.browser_support import CHROMIUM, launch_chromium
 from tests.conftest import RunningServer, Tenant, connect_tenant, make_settings
 from tests.helpers import (
@@ -232,7 +232,7 @@ async def test_customers_pictures_show_in_the_list_from_our_copy_or_instagrams_l
     store, channel_id = server.core.store, ObjectId(tenant.channel["id"])
 
     async def profile(answer: dict[str, Any], fields: dict[str, Any]) -> None:
-        # What the profile look-up stores and announces (server/profiles.py).
+        # What the profile look-up stores and announces (server/graph/profiles.py).
         stored = await store.conversations.get(ObjectId(answer["data"]["conversation"]["id"]))
         assert stored is not None
         customer = await store.customers.update_profile(stored["customer_id"], fields)

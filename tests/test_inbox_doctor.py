@@ -2,7 +2,7 @@
 
 The CLI runs as a child process with the same environment as the server (what an operator
 does), so exit codes, ``--json`` and the text lines are what a person sees. Narrower checks
-(index drift, token state, the trigger outbox) run the :class:`server.doctor.Doctor` in-process.
+(index drift, token state, the trigger outbox) run the :class:`server.app.doctor.Doctor` in-process.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from bson import ObjectId
 from config import Settings
 from models.store import Store
 from models.timeutil import utcnow
-from server import doctor as doc
-from server.embedded import EmbeddedStores, free_port
+from server.app import doctor as doc
+from server.app.embedded import EmbeddedStores, free_port
 from tests.conftest import RunningServer, connect_tenant, make_settings
 from tests.helpers import (
     ALL_SECRETS,

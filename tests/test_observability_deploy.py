@@ -205,7 +205,7 @@ async def test_metrics_output_passes_promtool_lint(server: RunningServer) -> Non
 def test_operations_doc_describes_every_metric() -> None:
     """docs/operations.md describes every metric of API.md §5 and every operations metric; a
     metric another capability adds may be described in that capability's docs page."""
-    from server.metrics import Metrics
+    from server.ops.metrics import Metrics
     from tests.test_observability_metrics import DOCUMENTED, EVENTS, OPERATIONS
 
     operations = OPERATIONS_DOC.read_text()

@@ -12,8 +12,8 @@ import orjson
 import pytest
 
 from config import Settings
-from server import logs
-from server.embedded import free_port
+from server.app.embedded import free_port
+from server.ops import logs
 from tests.conftest import RunningServer, Tenant, connect_tenant
 from tests.helpers import (
     ADMIN_TOKEN,

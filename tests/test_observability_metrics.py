@@ -19,10 +19,10 @@ from redis.exceptions import ResponseError
 
 from config import ConfigError, Settings
 from models.timeutil import utcnow
-from server.core import redis_client
-from server.embedded import EmbeddedStores, free_port
-from server.events import RecordingSink
-from server.metrics import (
+from server.app.core import redis_client
+from server.app.embedded import EmbeddedStores, free_port
+from server.inbox.events import RecordingSink
+from server.ops.metrics import (
     DUPLICATE_LAYERS,
     MARK_SENT_OUTCOMES,
     SILENCE_THRESHOLDS_SECS,

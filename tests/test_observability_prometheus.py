@@ -23,8 +23,8 @@ from typing import Any
 import pytest
 
 from config import Settings
-from server.embedded import free_port
-from server.metrics import DELIVERY_BUCKETS, WEBHOOK_DURATION_BUCKETS
+from server.app.embedded import free_port
+from server.ops.metrics import DELIVERY_BUCKETS, WEBHOOK_DURATION_BUCKETS
 from tests.conftest import RunningServer, connect_tenant, start_server, stop_server
 from tests.helpers import ROOT, Client, body_of, messaging_body, text_item, wait_for
 from tests.observability_helpers import scrape

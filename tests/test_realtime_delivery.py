@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from server import events as ev
-from server.embedded import EmbeddedStores
+from server.app.embedded import EmbeddedStores
+from server.inbox import events as ev
 from tests.conftest import RunningServer, connect_tenant, make_settings, start_server, stop_server
 from tests.helpers import messaging_body, text_item, wait_for
 from tests.realtime_support import WsClient
@@ -137,7 +137,7 @@ async def test_redis_down_local_sockets_still_get_events_and_pubsub_recovers(
     assert [f["seq"] for f in await late.events(3)] == [2, 3, 4]
     # Published by another process (here: straight into Redis): reaches us by pub/sub.
     other = ev.Event(ev.MESSAGE_DELETED, channel_id, degraded[0]["conversation_id"], {"message_id": "m"})
-    from server.ws_log import EventLog, encode
+    from server.realtime.eventlog import EventLog, encode
 
     await EventLog(server.core.redis, max_events=100, ttl_secs=60).append(channel_id, [encode(other)])
     frame = await ws.next_event()

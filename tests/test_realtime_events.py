@@ -7,7 +7,7 @@ from typing import Any
 from bson import ObjectId
 
 from models.serializers import CONVERSATION_FIELDS, CUSTOMER_FIELDS, WS_MESSAGE_FIELDS
-from server import events as ev
+from server.inbox import events as ev
 from tests.conftest import RunningServer, Tenant, connect_tenant
 from tests.helpers import ACCOUNT_ID, CUSTOMER_A, body_of, echo_item, messaging_body, text_item
 from tests.realtime_support import WsClient

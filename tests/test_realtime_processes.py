@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from config import Settings
-from server import events as ev
-from server.embedded import free_port
+from server.app.embedded import free_port
+from server.inbox import events as ev
 from tests.conftest import connect_tenant, make_settings
 from tests.helpers import Client, ServerProcessHandle, messaging_body, server_env, text_item
 from tests.realtime_support import WsClient

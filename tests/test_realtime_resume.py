@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from server import events as ev
-from server.ws_log import keys
+from server.inbox import events as ev
+from server.realtime.eventlog import keys
 from tests.conftest import RunningServer, Tenant, make_settings, start_server, stop_server
 from tests.helpers import messaging_body, text_item
 from tests.realtime_support import WsClient

@@ -12,12 +12,12 @@ from typing import Any
 import orjson
 import pytest
 
-from server import events as ev
-from server.auth import INBOX, Principal
-from server.core import redis_client
-from server.ws_log import EventLog, encode, parse_live
-from server.ws_registry import ChannelRoute, Registry
-from server.ws_session import CommandError, parse_command
+from server.api.auth import INBOX, Principal
+from server.app.core import redis_client
+from server.inbox import events as ev
+from server.realtime.eventlog import EventLog, encode, parse_live
+from server.realtime.registry import ChannelRoute, Registry
+from server.realtime.session import CommandError, parse_command
 from tests.conftest import RunningServer, Tenant
 from tests.helpers import wait_for
 
@@ -171,7 +171,7 @@ async def test_an_event_routed_without_seq_is_not_routed_again_with_one(routed: 
 
 
 def test_text_frames_follow_rfc_6455() -> None:
-    from server.ws_wire import text_frame, text_frames
+    from server.realtime.wire import text_frame, text_frames
 
     assert text_frame(b"hi") == b"\x81\x02hi"
     assert text_frame(b"x" * 200)[:4] == b"\x81\x7e\x00\xc8"
@@ -200,8 +200,8 @@ def test_envelope_and_live_wire_format() -> None:
 
 async def test_a_store_failure_during_a_command_answers_unavailable(server: RunningServer, tenant: Tenant) -> None:
     from models.store import Store
-    from server.inbox_api import InboxService
-    from server.threads import ChannelCache
+    from server.inbox.service import InboxService
+    from server.inbox.threads import ChannelCache
 
     hub = server.core.realtime
     assert hub is not None

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from tornado.websocket import websocket_connect
 
-from server.ws_access import origin_allowed, token_from
+from server.realtime.access import origin_allowed, token_from
 from tests.conftest import RunningServer, Tenant, connect_tenant, make_settings, start_server, stop_server
 from tests.helpers import ADMIN_TOKEN, INTERNAL_TOKEN, messaging_body, text_item
 from tests.realtime_support import WsClient, refused, ws_url

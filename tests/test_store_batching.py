@@ -24,7 +24,7 @@ from pymongo.errors import OperationFailure
 from models.conversations import STATUS_ANSWERED, STATUS_NEEDS_REPLY, ConversationRepository
 from models.group_commit import GroupFinder, GroupUpdate, GroupUpdater
 from models.store import mongo_client
-from server.embedded import EmbeddedStores
+from server.app.embedded import EmbeddedStores
 
 
 class Commands(monitoring.CommandListener):

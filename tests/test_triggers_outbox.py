@@ -11,7 +11,7 @@ from pymongo import ASCENDING
 
 from config import Settings
 from models.messages import TYPE_AI
-from server.trigger_delivery import TriggerDispatcher
+from server.triggers.delivery import TriggerDispatcher
 from tests.conftest import RunningServer, start_server, stop_server
 from tests.helpers import body_of, messaging_body, text_item, wait_for
 from tests.triggers_fixtures import jobs

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from server.embedded import free_port
+from server.app.embedded import free_port
 from tests.conftest import make_settings
 from tests.helpers import Client, ServerProcessHandle, server_env, wait_for
 from tests.triggers_support import MessageSender, TriggerReceiver, connect_with_triggers, http_triggers

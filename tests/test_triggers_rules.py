@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 from config import ConfigError, Settings
 from igsync_client.triggers import verify_trigger_signature
 from models.serializers import channel_triggers
-from server.metrics import TRIGGER_ATTEMPT_RESULTS, TRIGGER_OUTCOMES, TRIGGER_TARGETS, Metrics
-from server.triggers import channel_targets, parse_retry_after, retry_delay, signature_header
+from server.ops.metrics import TRIGGER_ATTEMPT_RESULTS, TRIGGER_OUTCOMES, TRIGGER_TARGETS, Metrics
+from server.triggers.outbox import channel_targets, parse_retry_after, retry_delay, signature_header
 from tests.conftest import RunningServer, make_settings, start_server, stop_server
 from tests.helpers import wait_for
 from tests.triggers_support import FAST_TRIGGERS, MessageSender, TriggerReceiver, connect_with_triggers, http_triggers

@@ -12,7 +12,7 @@ import orjson
 import redis.asyncio as aioredis
 
 from config import Settings
-from server.embedded import EmbeddedStores
+from server.app.embedded import EmbeddedStores
 from tests.conftest import make_settings, start_server, stop_server
 from tests.helpers import CUSTOMER_A, CUSTOMER_B, echo_item, messaging_body, wait_for
 from tests.triggers_support import FAST_TRIGGERS, MessageSender, connect_with_triggers

@@ -10,10 +10,10 @@ import pytest
 from bson import ObjectId
 
 from models.timeutil import utcnow
-from server.embedded import EmbeddedStores
-from server.ingest import CUSTOMER_TO_OWNER, build_message
-from server.threads import Thread
-from server.webhook_parse import parse_body
+from server.app.embedded import EmbeddedStores
+from server.inbox.threads import Thread
+from server.ingest.parse import parse_body
+from server.ingest.pipeline import CUSTOMER_TO_OWNER, build_message
 from tests.conftest import connect_tenant, make_settings, start_server, stop_server
 from tests.helpers import body_of, fixture_bytes, fixture_json
 

@@ -24,7 +24,7 @@ from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
 from igsync_client.triggers import verify_trigger_signature
-from server.embedded import free_port
+from server.app.embedded import free_port
 from tests.helpers import ACCOUNT_ID, ADMIN_TOKEN, CUSTOMER_A, body_of, messaging_body, text_item
 
 TRIGGER_SECRET = "test-trigger-secret-0123456789abcdef"

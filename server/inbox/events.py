@@ -1,0 +1,137 @@
+"""Inbox events: what the core announces after a change, and the sink it hands them to.
+
+This module owns the *vocabulary* (API.md §4: which events a change produces, with which
+data); :mod:`server.realtime.hub` owns the *delivery* (sequence numbers, fan-out across
+processes, sockets). The core builds :class:`Event` objects from stored documents and
+calls ``await sink.publish(events)`` once the change is durable in MongoDB.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from models import serializers
+from models.messages import TYPE_CUSTOMER
+
+CHAT_MESSAGE = "chat_message"
+NEW_CUSTOMER_MESSAGE = "new_customer_message"
+OWNER_MESSAGE_NOTIFICATION = "owner_message_notification"
+CONVERSATION_UPDATED = "conversation_updated"
+MESSAGE_UPDATED = "message_updated"
+MESSAGE_DELETED = "message_deleted"
+RESYNC_REQUIRED = "resync_required"
+
+SOURCE_INSTAGRAM_DIRECT = "instagram_direct"
+SOURCE_APP = "app"
+
+
+@dataclass
+class Event:
+    """One inbox event before it has a sequence number.
+
+    ``received_at`` is the wall-clock time (``time.time()``) the change entered igsync —
+    the webhook's arrival — so that delivery latency can be measured at the socket, in
+    any process.
+    """
+
+    name: str
+    channel_id: str
+    conversation_id: str | None
+    data: dict[str, Any]
+    received_at: float = field(default_factory=time.time)
+
+
+class EventSink(Protocol):
+    async def publish(self, events: list[Event]) -> None: ...
+
+
+class NullSink:
+    """Drops events: for CLI tools (replay) that run the pipeline without sockets."""
+
+    async def publish(self, events: list[Event]) -> None:
+        return None
+
+
+class RecordingSink:
+    """Keeps events in a list: for tests of the core without a realtime hub."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+
+    async def publish(self, events: list[Event]) -> None:
+        self.events.extend(events)
+
+
+def new_message_events(
+    message: dict[str, Any], conversation: dict[str, Any], *, received_at: float | None = None
+) -> list[Event]:
+    """A new message: chat_message (+ the customer/owner notification) + conversation_updated."""
+    ws_message = serializers.ws_message(message)
+    ws_conversation = serializers.conversation(conversation)
+    channel_id = str(conversation["channel_id"])
+    conversation_id = str(conversation["_id"])
+    at = received_at if received_at is not None else time.time()
+    chat: dict[str, Any] = {"message": ws_message}
+    events = []
+    if message["type"] == TYPE_CUSTOMER:
+        events.append(Event(CHAT_MESSAGE, channel_id, conversation_id, chat, at))
+        events.append(
+            Event(
+                NEW_CUSTOMER_MESSAGE,
+                channel_id,
+                conversation_id,
+                {"message": ws_message, "conversation": ws_conversation},
+                at,
+            )
+        )
+    else:
+        from_instagram_app = message.get("source") == SOURCE_INSTAGRAM_DIRECT
+        chat["external_send_result"] = {
+            "success": True,
+            "source": SOURCE_INSTAGRAM_DIRECT if from_instagram_app else SOURCE_APP,
+        }
+        events.append(Event(CHAT_MESSAGE, channel_id, conversation_id, chat, at))
+        if from_instagram_app:
+            events.append(
+                Event(
+                    OWNER_MESSAGE_NOTIFICATION,
+                    channel_id,
+                    conversation_id,
+                    {"message": ws_message, "conversation": ws_conversation},
+                    at,
+                )
+            )
+    events.append(Event(CONVERSATION_UPDATED, channel_id, conversation_id, {"conversation": ws_conversation}, at))
+    return events
+
+
+def message_updated(message: dict[str, Any], changes: list[str], *, received_at: float | None = None) -> Event:
+    return Event(
+        MESSAGE_UPDATED,
+        str(message["channel_id"]),
+        str(message["conversation_id"]),
+        {"message": serializers.ws_message(message), "changes": changes},
+        received_at if received_at is not None else time.time(),
+    )
+
+
+def message_deleted(message: dict[str, Any], *, received_at: float | None = None) -> Event:
+    return Event(
+        MESSAGE_DELETED,
+        str(message["channel_id"]),
+        str(message["conversation_id"]),
+        {"message_id": str(message["_id"])},
+        received_at if received_at is not None else time.time(),
+    )
+
+
+def conversation_updated(conversation: dict[str, Any], *, received_at: float | None = None) -> Event:
+    return Event(
+        CONVERSATION_UPDATED,
+        str(conversation["channel_id"]),
+        str(conversation["_id"]),
+        {"conversation": serializers.conversation(conversation)},
+        received_at if received_at is not None else time.time(),
+    )

@@ -1,0 +1,135 @@
+"""Storing one message and everything that follows from it, in a repairable order.
+
+Owns the write sequence every new message goes through — whether it came from a webhook
+or from mark-sent:
+
+0. let the before-store hooks mark the document (the trigger outbox's mark goes in with it);
+1. insert the message (the unique ``mids`` index decides "new or duplicate");
+2. run the after-store hooks (durable follow-up work: media jobs, trigger jobs), each
+   idempotent per message;
+3. apply the message to its conversation (one guarded, idempotent update);
+4. mark earlier customer messages answered (outbound message on an unanswered thread);
+5. publish the inbox events.
+
+If MongoDB fails after step 1, the caller answers 503 and Meta redelivers. The redelivery
+hits the unique index at step 1 and :meth:`MessageRecorder.record` *repairs*: when the
+conversation has not seen the message yet, steps 2–5 run now. So a half-written attempt
+is finished by its redelivery, and a complete one is a plain duplicate.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from pymongo.errors import DuplicateKeyError
+
+from models.conversations import STATUS_NEEDS_REPLY
+from models.messages import TYPE_CUSTOMER, is_mid_conflict
+from models.store import Store
+from server.inbox import events as ev
+
+log = logging.getLogger("igsync.recorder")
+
+
+class AfterStoreHook(Protocol):
+    """Durable follow-up work for a stored message. Must be idempotent per message id:
+    it runs again when a redelivery repairs a half-written attempt."""
+
+    async def after_message_stored(self, message: dict[str, Any], conversation_id: Any) -> None: ...
+
+
+class BeforeStoreHook(Protocol):
+    """Marks a message document before its insert, so that follow-up work is recorded in the
+    same write as the message itself (the trigger outbox): no extra round trip, and no state
+    where the message exists without its mark."""
+
+    async def before_message_stored(self, message: dict[str, Any]) -> None: ...
+
+
+@dataclass
+class Recorded:
+    message: dict[str, Any]
+    # The conversation after this message was applied; None when it had been applied before.
+    conversation: dict[str, Any] | None
+    duplicate: bool = False
+
+
+class MessageRecorder:
+    def __init__(
+        self,
+        store: Store,
+        sink: ev.EventSink,
+        hooks: list[AfterStoreHook] | None = None,
+        before_hooks: list[BeforeStoreHook] | None = None,
+    ) -> None:
+        self.store = store
+        self.sink = sink
+        self.hooks: list[AfterStoreHook] = list(hooks or [])
+        self.before_hooks: list[BeforeStoreHook] = list(before_hooks or [])
+
+    async def record(self, message: dict[str, Any], *, received_at: float) -> Recorded:
+        """Store ``message`` once; a mid already known answers ``duplicate=True``."""
+        for before in self.before_hooks:
+            await before.before_message_stored(message)
+        try:
+            await self.store.messages.insert(message)
+        except DuplicateKeyError as exc:
+            if not is_mid_conflict(exc):
+                raise
+            return await self._repair(message, received_at)
+        await self.run_hooks(message)
+        conversation = await self.apply(message, received_at=received_at)
+        return Recorded(message, conversation)
+
+    async def record_new(self, message: dict[str, Any], *, received_at: float) -> Recorded:
+        """Steps 1–5 for a message whose collisions the caller resolves itself: every
+        ``DuplicateKeyError`` propagates (mark-sent turns a collision into an adoption)."""
+        await self.store.messages.insert(message)
+        await self.run_hooks(message)
+        conversation = await self.apply(message, received_at=received_at)
+        return Recorded(message, conversation)
+
+    async def _repair(self, incoming: dict[str, Any], received_at: float) -> Recorded:
+        existing = None
+        for mid in incoming.get("mids") or []:
+            existing = await self.store.messages.find_by_mid(incoming["channel_id"], mid)
+            if existing is not None:
+                break
+        if existing is None:
+            # The index said "exists" but the read does not see it: the other writer's insert
+            # is not visible yet (or was rolled back). Let the caller retry via 503/redelivery.
+            raise DuplicateKeyError("message with this mid is not readable yet")
+        return await self.complete(existing, received_at=received_at)
+
+    async def complete(self, existing: dict[str, Any], *, received_at: float) -> Recorded:
+        """A message found already stored: finish steps 2–5 if its conversation has not seen it
+        (a half-written attempt), else nothing. Always ``duplicate=True``."""
+        conversation = await self.store.conversations.get(existing["conversation_id"])
+        if conversation is not None and existing["_id"] not in (conversation.get("recent_message_ids") or []):
+            log.info("repairing a half-written message mid=%s", existing.get("mid"))
+            await self.run_hooks(existing)
+            applied = await self.apply(existing, received_at=received_at)
+            return Recorded(existing, applied, duplicate=True)
+        return Recorded(existing, None, duplicate=True)
+
+    async def run_hooks(self, message: dict[str, Any]) -> None:
+        for hook in self.hooks:
+            await hook.after_message_stored(message, message["conversation_id"])
+
+    async def apply(self, message: dict[str, Any], *, received_at: float) -> dict[str, Any] | None:
+        conversation = await self.store.conversations.apply_message(message["conversation_id"], message)
+        if conversation is None:
+            return None
+        if message["type"] != TYPE_CUSTOMER and conversation.get("prev_status") == STATUS_NEEDS_REPLY:
+            await self.store.messages.mark_answered(message["conversation_id"], message["sent_at"])
+        await self.publish(ev.new_message_events(message, conversation, received_at=received_at))
+        return conversation
+
+    async def publish(self, events: list[ev.Event]) -> None:
+        """Events never fail a write: the change is durable, clients re-sync from REST."""
+        try:
+            await self.sink.publish(events)
+        except Exception:
+            log.exception("publishing %d events failed", len(events))

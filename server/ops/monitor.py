@@ -1,0 +1,147 @@
+"""The periodic operational checks behind the gauges an operator alerts on.
+
+Owns two things:
+
+* :class:`ChannelActivity` — remembers that Instagram called us for a channel: it writes
+  ``channels.last_webhook_at`` (``$max``, so processes and redeliveries never move it
+  back) at most once per ``write_every_secs`` per channel per process. One small write a
+  minute per busy channel instead of one per webhook, and the answer to "is Instagram
+  still calling us?" survives restarts and is the same from every process.
+* :class:`OpsMonitor` — a background service (``core.services``) that every
+  ``IGSYNC_MONITOR_INTERVAL_SECS`` refreshes: readiness (``igsync_ready``,
+  ``igsync_store_up``), connected and silent channels (``igsync_channels_connected``,
+  ``igsync_channels_silent{threshold}``) and suspected stored duplicates
+  (``igsync_duplicates_stored``). Every process computes the same values from MongoDB;
+  dashboards and alerts take ``max()`` across instances.
+
+Why a gauge of silent channels and not a per-channel "last webhook" timestamp: a label
+per channel is unbounded. Which channels are silent is one MongoDB query away
+(docs/operations.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from bson import ObjectId
+from pymongo.errors import PyMongoError
+
+from models.store import Store
+from models.timeutil import from_epoch_ms, utcnow
+from server.ops.metrics import SILENCE_THRESHOLDS_SECS, Metrics
+
+log = logging.getLogger("igsync.monitor")
+
+# How far back the stored-duplicates audit looks: long enough that one event keeps the
+# gauge (and its alert) up for a while, short enough that the scan stays small.
+DUPLICATES_LOOKBACK_SECS = 3600
+
+
+class ChannelActivity:
+    def __init__(self, store: Store, metrics: Metrics, *, write_every_secs: float = 60.0) -> None:
+        self.store = store
+        self.metrics = metrics
+        self.write_every_secs = write_every_secs
+        self._written: dict[ObjectId, float] = {}
+
+    async def seen(self, channel_id: ObjectId, received_at: float) -> None:
+        """A webhook item for ``channel_id`` arrived at ``received_at`` (epoch seconds).
+
+        Never fails the webhook: the message matters more than the activity mark, and a
+        failed write is retried by the next item.
+        """
+        now = time.monotonic()
+        last = self._written.get(channel_id)
+        if last is not None and now - last < self.write_every_secs:
+            return
+        try:
+            await self.store.channels.touch_last_webhook(channel_id, from_epoch_ms(received_at * 1000))
+        except PyMongoError as exc:
+            self.metrics.store_errors.labels(store="mongo").inc()
+            log.warning("could not record webhook activity (%s)", type(exc).__name__, extra={"event": "store_error"})
+            return
+        self._written[channel_id] = now
+
+
+class OpsMonitor:
+    def __init__(
+        self,
+        store: Store,
+        metrics: Metrics,
+        ready: Callable[[], Awaitable[dict[str, bool]]],
+        *,
+        interval_secs: float,
+        dedup_window_secs: int,
+        duplicates_lookback_secs: int = DUPLICATES_LOOKBACK_SECS,
+    ) -> None:
+        self.store = store
+        self.metrics = metrics
+        self.ready = ready
+        self.interval_secs = interval_secs
+        self.dedup_window_secs = dedup_window_secs
+        self.duplicates_lookback_secs = duplicates_lookback_secs
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    async def refresh(self, now: dt.datetime | None = None) -> bool:
+        """Run every check once; ``True`` when all of them could be computed."""
+        now = now or utcnow()
+        checks = await self.ready()  # sets igsync_ready / igsync_store_up itself
+        ok = bool(checks.get("mongo"))
+        if ok:
+            try:
+                await self._refresh_channels(now)
+                await self._refresh_duplicates(now)
+            except PyMongoError as exc:
+                ok = False
+                self.metrics.store_errors.labels(store="mongo").inc()
+                log.warning("periodic checks failed (%s)", type(exc).__name__, extra={"event": "store_error"})
+        self.metrics.monitor_runs.labels(result="ok" if ok else "failed").inc()
+        return ok
+
+    async def _refresh_channels(self, now: dt.datetime) -> None:
+        heard_from = await self.store.channels.heard_from()
+        self.metrics.channels_connected.set(len(heard_from))
+        for label, secs in SILENCE_THRESHOLDS_SECS.items():
+            cutoff = now - dt.timedelta(seconds=secs)
+            silent = sum(1 for at in heard_from if at is None or at < cutoff)
+            self.metrics.channels_silent.labels(threshold=label).set(silent)
+
+    async def _refresh_duplicates(self, now: dt.datetime) -> None:
+        since = now - dt.timedelta(seconds=self.duplicates_lookback_secs)
+        suspected = await self.store.messages.count_suspected_duplicates(since, self.dedup_window_secs)
+        self.metrics.duplicates_stored.set(suspected)
+
+    async def _loop(self) -> None:
+        while not self._stopping:
+            try:
+                await self.refresh()
+            except Exception:
+                # A bug here must not stop the checks for good; the counter shows it.
+                self.metrics.monitor_runs.labels(result="failed").inc()
+                log.exception("periodic checks crashed")
+            if self._stopping:
+                return
+            # The interval paces a background check; nothing waits on it for correctness.
+            await asyncio.sleep(self.interval_secs)
+
+    async def start(self) -> None:
+        if self._task is None:
+            self._stopping = False
+            self._task = asyncio.create_task(self._loop(), name="igsync-ops-monitor")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is None:
+            return
+        # The flag as well as the cancel: PyMongo's async I/O can turn a cancellation that
+        # lands mid-command into an ordinary error, which refresh() then survives.
+        self._stopping = True
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -1,0 +1,468 @@
+"""The realtime hub: the :class:`~server.inbox.events.EventSink` that takes the core's events to every
+WebSocket of every process, in order, with resume.
+
+Owns the delivery half of API.md §4 (the vocabulary is :mod:`server.inbox.events`):
+
+* **publish** — each batch of one channel's events is appended to the channel's log by one
+  Lua script (INCR seq + XADD MAXLEN ~ + PUBLISH, :mod:`server.realtime.eventlog`), then routed to
+  this process's own sockets at once from the script's reply; the pub/sub echo of the same
+  events is recognised by its seq and dropped (:mod:`server.realtime.registry`).
+* **pub/sub** — one connection per process (:class:`PubSubLink`), subscribed to the live
+  channel of each channel that has a local subscriber (so a process receives only what
+  its sockets want), plus a control channel that keeps the connection up. Its reader loop
+  reconnects with backoff, counts ``igsync_pubsub_reconnects_total``, re-subscribes, and
+  catches every route up from the stream — what was published meanwhile is delivered,
+  or, when no longer retained or the epoch changed, ``resync_required``.
+* **Redis down** — publishing uses its own client with short timeouts behind a circuit
+  breaker, so a webhook waits at most ``IGSYNC_REALTIME_REDIS_TIMEOUT_MS`` once, then not
+  at all while the breaker is open. Events are still routed to this process's sockets,
+  with ``"seq": null`` (they are in no log). The channels concerned are remembered; once
+  Redis answers again the hub appends one ``resync_required`` event to each of their logs,
+  so every subscriber in every process — which may have missed them — reloads by REST.
+* **sessions** — creates a :class:`~server.realtime.session.WsSession` per socket, attaches and
+  detaches its subscriptions, and on shutdown drains every socket and closes it with 1001.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from config import Settings
+from server.api.auth import Principal
+from server.inbox.events import RESYNC_REQUIRED, Event
+from server.inbox.service import InboxService
+from server.ops.metrics import Metrics
+from server.realtime.eventlog import (
+    CONTROL_CHANNEL,
+    EPOCH_PLACEHOLDER,
+    SEQ_PLACEHOLDER,
+    Encoded,
+    EventLog,
+    channel_of_live,
+    encode,
+    live_channel,
+    parse_live,
+)
+from server.realtime.registry import ChannelRoute, Registry
+from server.realtime.session import CLOSE_GOING_AWAY, Transport, WsSession
+
+log = logging.getLogger("igsync.realtime")
+
+RECONNECT_MIN_SECS = 0.1
+RECONNECT_MAX_SECS = 5.0
+# The reader wakes this often even when idle, so redis-py's health-check PING goes out.
+READ_POLL_SECS = 1.0
+SUBSCRIBE_TIMEOUT_SECS = 2.0
+BREAKER_MIN_SECS = 0.5
+BREAKER_MAX_SECS = 5.0
+# On shutdown: how long to wait for clients to answer our 1001 close frame.
+CLOSE_WAIT_SECS = 2.0
+
+
+class LinkDown(Exception):
+    """The pub/sub connection is not up; the caller degrades instead of waiting."""
+
+
+class CircuitBreaker:
+    """After a Redis failure on the publish path, skip Redis for a while (doubling, capped)."""
+
+    def __init__(self, min_secs: float = BREAKER_MIN_SECS, max_secs: float = BREAKER_MAX_SECS) -> None:
+        self.min_secs = min_secs
+        self.max_secs = max_secs
+        self.cooldown = min_secs
+        self.open_until = 0.0
+
+    def allows(self) -> bool:
+        return time.monotonic() >= self.open_until
+
+    def failure(self) -> None:
+        self.open_until = time.monotonic() + self.cooldown
+        self.cooldown = min(self.cooldown * 2, self.max_secs)
+
+    def reset(self) -> None:
+        self.cooldown = self.min_secs
+        self.open_until = 0.0
+
+
+class PubSubLink:
+    """One pub/sub connection with a self-healing reader loop."""
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        *,
+        on_message: Callable[[bytes, bytes], None],
+        on_connected: Callable[[bool], Awaitable[None]],
+        metrics: Metrics,
+    ) -> None:
+        self.redis = redis
+        self.on_message = on_message
+        self.on_connected = on_connected
+        self.metrics = metrics
+        self.connected = False
+        # Set while connected; a link that has never been up yet is worth a short wait.
+        self.up = asyncio.Event()
+        self.ever_connected = False
+        self._pubsub: Any = None
+        self._pending: dict[bytes, deque[asyncio.Future[None]]] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._background: set[asyncio.Task[Any]] = set()
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        self._stopping = True
+        for task in [self._task, *self._background]:
+            if task is not None:
+                task.cancel()
+        for task in [self._task, *self._background]:
+            if task is not None:
+                with contextlib.suppress(BaseException):
+                    await task
+
+    def spawn(self, work: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _run(self) -> None:
+        delay = RECONNECT_MIN_SECS
+        failed_before = False
+        while not self._stopping:
+            pubsub = self.redis.pubsub()
+            try:
+                await pubsub.subscribe(CONTROL_CHANNEL)
+                self._pubsub = pubsub
+                while not self._stopping:
+                    message = await pubsub.get_message(timeout=READ_POLL_SECS)
+                    if message is None:
+                        continue
+                    kind = message["type"]
+                    if kind == "message":
+                        self.on_message(message["channel"], message["data"])
+                    elif kind == "subscribe":
+                        if message["channel"] == CONTROL_CHANNEL:
+                            self.connected = True
+                            self.ever_connected = True
+                            self.up.set()
+                            delay = RECONNECT_MIN_SECS
+                            if failed_before:
+                                self.metrics.pubsub_reconnects.inc()
+                                log.info("Redis pub/sub reconnected; catching up the subscribed channels")
+                            self.spawn(self.on_connected(failed_before))
+                        else:
+                            self._confirm(message["channel"])
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if not self._stopping:
+                    log.warning("Redis pub/sub connection lost (%s); reconnecting", type(exc).__name__)
+                    self.metrics.store_errors.labels(store="redis").inc()
+            finally:
+                self.connected = False
+                self.up.clear()
+                self._pubsub = None
+                self._fail_pending()
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+            if self._stopping:
+                break
+            failed_before = True
+            await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+            delay = min(delay * 2, RECONNECT_MAX_SECS)
+
+    def _confirm(self, name: bytes) -> None:
+        waiters = self._pending.get(name)
+        if waiters:
+            future = waiters.popleft()
+            if not waiters:
+                del self._pending[name]
+            if not future.done():
+                future.set_result(None)
+
+    def _fail_pending(self) -> None:
+        pending, self._pending = self._pending, {}
+        for waiters in pending.values():
+            for future in waiters:
+                if not future.done():
+                    future.set_exception(LinkDown("pub/sub connection lost"))
+                    future.exception()  # retrieved: nobody may be waiting any more
+
+    async def wait_first_connection(self, timeout: float) -> bool:
+        """Just after start the connection may still be on its way: wait for it (bounded).
+        Once it has been up, a down link fails at once (the caller degrades)."""
+        if not self.ever_connected and not self._stopping:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.up.wait(), timeout)
+        return self.connected
+
+    async def subscribe(self, channel_id: str) -> None:
+        """Subscribe to the channel's live events; returns once Redis has confirmed it."""
+        await self.wait_first_connection(SUBSCRIBE_TIMEOUT_SECS)
+        pubsub = self._pubsub
+        if not self.connected or pubsub is None:
+            raise LinkDown("pub/sub connection is down")
+        name = live_channel(channel_id)
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # Redis confirms SUBSCRIBEs in the order they were sent: one FIFO of waiters per name.
+        self._pending.setdefault(name, deque()).append(future)
+        await pubsub.subscribe(name)
+        await asyncio.wait_for(asyncio.shield(future), SUBSCRIBE_TIMEOUT_SECS)
+
+    async def unsubscribe(self, channel_id: str) -> None:
+        pubsub = self._pubsub
+        if self.connected and pubsub is not None:
+            with contextlib.suppress(Exception):
+                await pubsub.unsubscribe(live_channel(channel_id))
+
+
+class EventHub:
+    """The process's realtime service (``core.realtime``, in ``core.services``)."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        publish_redis: aioredis.Redis,
+        pubsub_redis: aioredis.Redis,
+        metrics: Metrics,
+        inbox: InboxService,
+    ) -> None:
+        self.settings = settings
+        self.publish_redis = publish_redis
+        self.pubsub_redis = pubsub_redis
+        self.metrics = metrics
+        self.inbox = inbox
+        self.log = EventLog(publish_redis, max_events=settings.ws_log_max_events, ttl_secs=settings.ws_log_ttl_secs)
+        self.registry = Registry(self.log.read)
+        self.link = PubSubLink(pubsub_redis, on_message=self._on_live, on_connected=self._on_connected, metrics=metrics)
+        self.breaker = CircuitBreaker()
+        self.publish_timeout = settings.realtime_redis_timeout_ms / 1000
+        self.sessions: set[WsSession] = set()
+        # Channels that had events routed without a seq (Redis unreachable).
+        self.degraded_channels: set[str] = set()
+        self._flushing = False
+        self.closing = False
+
+    # -- service -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the pub/sub reader and give it a moment to connect, so the first sockets
+        get a position at once (with Redis down, go on: the reader keeps trying)."""
+        self.link.start()
+        if not await self.link.wait_first_connection(SUBSCRIBE_TIMEOUT_SECS):
+            log.warning("Redis pub/sub not connected at start; live events are local until it is")
+
+    async def stop(self) -> None:
+        """Close every socket with 1001 (after its queue drains), then the pub/sub and clients."""
+        self.closing = True
+        sessions = list(self.sessions)
+        if sessions:
+            log.info("closing %d WebSocket connections (1001)", len(sessions))
+            await asyncio.gather(
+                *(s.drain_and_close(CLOSE_GOING_AWAY, "server shutting down", "shutdown") for s in sessions)
+            )
+            waits = [s.transport_done for s in sessions if not s.transport_done.done()]
+            if waits:
+                await asyncio.wait(waits, timeout=CLOSE_WAIT_SECS)
+        await self.link.stop()
+        await self.registry.close()
+        for client in (self.pubsub_redis, self.publish_redis):
+            with contextlib.suppress(Exception):
+                await client.aclose()
+
+    # -- sockets -----------------------------------------------------------------------
+
+    def open_session(self, principal: Principal, transport: Transport) -> WsSession:
+        session = WsSession(
+            principal,
+            transport,
+            hub=self,
+            inbox=self.inbox,
+            metrics=self.metrics,
+            queue_max=self.settings.ws_queue_max,
+        )
+        self.sessions.add(session)
+        session.start()
+        if self.closing:
+            session.close(CLOSE_GOING_AWAY, "server shutting down", "shutdown")
+        return session
+
+    async def attach(
+        self, session: WsSession, channel_id: str, conversation_id: str | None
+    ) -> tuple[str | None, int | None]:
+        """Register a subscription; returns the (epoch, seq) it starts after — (None, None)
+        while the log cannot be reached. Every event after that position is offered to the
+        session, each once."""
+        route, created = self.registry.add(session, channel_id, conversation_id)
+        if created:
+            route.ready = asyncio.get_running_loop().create_future()
+            self.link.spawn(self._set_up(route))
+        assert route.ready is not None
+        if not route.ready.done():
+            return await asyncio.shield(route.ready)
+        return route.epoch, (route.delivered if route.epoch is not None else None)
+
+    async def _set_up(self, route: ChannelRoute) -> None:
+        assert route.ready is not None
+        try:
+            await self.link.subscribe(route.channel_id)
+            epoch, latest = await self.log.state(route.channel_id)
+            if self.registry.route(route.channel_id) is route:
+                self.registry.set_position(route, epoch, latest)
+        except Exception as exc:
+            log.warning(
+                "channel %s: live events unavailable (%s); local events only until Redis returns",
+                route.channel_id,
+                type(exc).__name__,
+            )
+        finally:
+            route.established = True
+            if not route.ready.done():
+                route.ready.set_result((route.epoch, route.delivered if route.epoch is not None else None))
+            if self.registry.route(route.channel_id) is None:
+                await self.link.unsubscribe(route.channel_id)
+
+    def detach(self, session: WsSession, channel_id: str, conversation_id: str | None) -> None:
+        if self.registry.remove(session, channel_id, conversation_id):
+            self.link.spawn(self._unsubscribe_if_unused(channel_id))
+
+    async def _unsubscribe_if_unused(self, channel_id: str) -> None:
+        if self.registry.route(channel_id) is None:
+            await self.link.unsubscribe(channel_id)
+
+    def forget(self, session: WsSession) -> None:
+        """A closed session: drop all its subscriptions."""
+        self.sessions.discard(session)
+        for (kind, target), channel_id in list(session.subscriptions.items()):
+            self.detach(session, channel_id, target if kind == "conversation" else None)
+        session.subscriptions.clear()
+
+    # -- publishing (EventSink) --------------------------------------------------------
+
+    async def publish(self, events: list[Event]) -> None:
+        by_channel: dict[str, list[Event]] = {}
+        for event in events:
+            by_channel.setdefault(event.channel_id, []).append(event)
+        for channel_id, group in by_channel.items():
+            await self._publish_channel(channel_id, [encode(e) for e in group])
+
+    async def _publish_channel(self, channel_id: str, encoded: list[Encoded]) -> None:
+        if self.breaker.allows():
+            try:
+                epoch, first = await asyncio.wait_for(self.log.append(channel_id, encoded), self.publish_timeout)
+            except Exception as exc:
+                self.breaker.failure()
+                self.metrics.store_errors.labels(store="redis").inc()
+                log.warning(
+                    "Redis unavailable for channel %s events (%s); delivering to this process only",
+                    channel_id,
+                    type(exc).__name__,
+                )
+            else:
+                self.breaker.reset()
+                self._position_if_unknown(channel_id)
+                for offset, item in enumerate(encoded):
+                    seq = first + offset
+                    self.registry.publish_sequenced(
+                        channel_id,
+                        epoch,
+                        seq,
+                        item.with_seq(seq, epoch),
+                        item.received_at,
+                        item.conversation_id,
+                        item.eid,
+                    )
+                if self.degraded_channels:
+                    self.link.spawn(self.flush_degraded())
+                return
+        self.degraded_channels.add(channel_id)
+        for item in encoded:
+            self.registry.publish_unsequenced(
+                channel_id, item.with_seq(None), item.received_at, item.conversation_id, item.eid
+            )
+
+    async def flush_degraded(self) -> None:
+        """Redis is back: put one ``resync_required`` into each log that missed events."""
+        if self._flushing:
+            return
+        self._flushing = True
+        try:
+            for channel_id in list(self.degraded_channels):
+                resync = Event(
+                    RESYNC_REQUIRED, channel_id, None, {"latest_seq": SEQ_PLACEHOLDER, "epoch": EPOCH_PLACEHOLDER}
+                )
+                item = encode(resync, splice=True)
+                try:
+                    epoch, seq = await asyncio.wait_for(self.log.append(channel_id, [item]), self.publish_timeout)
+                except Exception as exc:
+                    log.warning("could not log resync_required for channel %s (%s)", channel_id, type(exc).__name__)
+                    return
+                self.degraded_channels.discard(channel_id)
+                log.info("channel %s: events were delivered locally while Redis was down; resync logged", channel_id)
+                self.registry.publish_sequenced(channel_id, epoch, seq, item.with_seq(seq, epoch), None, None)
+        finally:
+            self._flushing = False
+
+    # -- pub/sub -----------------------------------------------------------------------
+
+    def _on_live(self, name: bytes, payload: bytes) -> None:
+        channel_id = channel_of_live(name)
+        message = parse_live(payload)
+        if channel_id is None or message is None:
+            return
+        self._position_if_unknown(channel_id)
+        self.registry.publish_sequenced(
+            channel_id,
+            message.epoch,
+            message.seq,
+            message.envelope,
+            message.received_at,
+            message.conversation_id,
+            message.eid,
+        )
+
+    async def _on_connected(self, reconnected: bool) -> None:
+        """Subscribe every route again and catch it up from the stream."""
+        self.breaker.reset()
+        routes = list(self.registry.routes.values())
+        await asyncio.gather(*(self._resume(route) for route in routes if route.established))
+        if self.degraded_channels:
+            await self.flush_degraded()
+
+    def _position_if_unknown(self, channel_id: str) -> None:
+        """A route set up while Redis did not answer learns its position as soon as Redis
+        works again for this channel — also when the pub/sub connection itself never broke."""
+        route = self.registry.route(channel_id)
+        if route is not None and route.established and route.epoch is None and not route.resuming:
+            self.link.spawn(self._resume(route))
+
+    async def _resume(self, route: ChannelRoute) -> None:
+        if route.resuming:
+            return
+        route.resuming = True
+        try:
+            await self._resume_now(route)
+        finally:
+            route.resuming = False
+
+    async def _resume_now(self, route: ChannelRoute) -> None:
+        try:
+            await self.link.subscribe(route.channel_id)
+            epoch, latest = await self.log.state(route.channel_id)
+        except Exception as exc:
+            log.warning("channel %s: could not resume live events (%s)", route.channel_id, type(exc).__name__)
+            return
+        if self.registry.route(route.channel_id) is route:
+            self.registry.catch_up(route, epoch, latest)
