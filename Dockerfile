@@ -13,12 +13,11 @@ WORKDIR /app
 COPY requirements.txt ./
 RUN pip install --no-cache-dir -r requirements.txt
 
-COPY setup.py README.md ./
+COPY pyproject.toml setup.py README.md ./
 COPY config ./config
 COPY models ./models
 COPY server ./server
 COPY handlers ./handlers
-COPY igsync_client ./igsync_client
 RUN pip install --no-cache-dir --no-deps . \
     && useradd --system --uid 10001 --no-create-home igsync
 

@@ -40,6 +40,7 @@ class MarkSentResult:
 
     @property
     def id(self) -> str:
+        """The stored message's id."""
         return self.message["id"]
 
 
@@ -78,6 +79,7 @@ class IgsyncClient:
         self.close()
 
     def close(self) -> None:
+        """Close the HTTP session."""
         self.session.close()
 
     def __repr__(self) -> str:  # never shows the token
