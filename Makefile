@@ -6,11 +6,12 @@ STAMP  := $(VENV)/.installed-stamp
 
 .PHONY: run test lint rules unit bench bench-fanout clean system-deps screenshot
 
-$(STAMP): requirements.txt requirements-embedded.txt requirements-dev.txt setup.py
+$(STAMP): requirements.txt requirements-embedded.txt requirements-dev.txt pyproject.toml igsync_client/pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "igsync needs Python >= 3.11")'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -r requirements-dev.txt
+	$(BIN)/pip install --quiet --no-deps -e ./igsync_client
 	$(BIN)/pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
@@ -24,6 +25,7 @@ test: $(STAMP) system-deps lint rules
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 	$(BIN)/hadolint --failure-threshold warning Dockerfile
 
 # The Prometheus alert rules: valid, and each alert fires (and stays quiet) when it should.

@@ -1,4 +1,4 @@
-"""Dedup soak: the randomized two-process harness of tests/test_dedup_random.py, at 10 000 trials.
+"""Dedup soak: the randomized two-process harness of tests/dedup/test_random.py, at 10 000 trials.
 
     .venv/bin/python -m bench.dedup_soak [--trials 10000] [--seed N] [--processes 2] [--batch 30]
 
@@ -38,8 +38,8 @@ from config import Settings
 from models.messages import with_keys
 from models.store import Store, mongo_client
 from server.app.embedded import EmbeddedStores, free_port
-from server.dedup.echo import EchoPairing
-from tests.dedup_harness import (
+from server.dedup.pairing import EchoPairing
+from tests.support.dedup_harness import (
     Tally,
     WideClient,
     check_trials,
@@ -49,7 +49,7 @@ from tests.dedup_harness import (
     seed_design_outcome,
     store_failures,
 )
-from tests.helpers import (
+from tests.support.helpers import (
     ACCOUNT_ID,
     ADMIN_TOKEN,
     APP_SECRET,

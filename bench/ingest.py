@@ -43,7 +43,7 @@ from bench.loadgen import LoadResult, build_post, run_load
 from bench.store_access import per_document, required_store_ms
 from models.store import mongo_client
 from server.app.embedded import EmbeddedStores, free_port
-from tests.helpers import sign
+from tests.support.helpers import sign
 
 ROOT = Path(__file__).resolve().parent.parent
 ACCOUNT = "17841400000000001"

@@ -1,8 +1,9 @@
 """Servers the benchmarks start as separate processes: igsync itself (instrumented to count its
 MongoDB round trips with a PyMongo command listener); the "floor" — a bare Tornado handler
 doing only what any webhook receiver must: HMAC check, JSON parse, one ``insert_one``; and the
-"required writes" — a bare handler that also writes what issue 3 requires of every message, the
-plainest correct way, and nothing else (see ``RequiredWritesHandler``).
+"required writes" — a bare handler that also writes what every message requires (audit record,
+message under its unique mid index, conversation, answered marks), the plainest correct way,
+and nothing else (see ``RequiredWritesHandler``).
 
 Run as ``python -m bench.servers igsync|floor|required`` with the settings in the environment; the
 process writes its MongoDB command counts to ``$BENCH_COUNTS_FILE`` when it gets SIGTERM.
@@ -120,7 +121,7 @@ class FloorHandler(tornado.web.RequestHandler):
 
 
 class RequiredWritesHandler(FloorHandler):
-    """The floor plus the store writes issue 3 requires of every message, written the plainest
+    """The floor plus the store writes every message requires, written the plainest
     way that is still correct under concurrency, and nothing more: the raw body into the audit
     collection; the message into a collection whose unique ``(channel_id, mid)`` index decides
     "duplicate"; the conversation's last message, status and unread count; for an owner

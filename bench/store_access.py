@@ -287,7 +287,7 @@ async def main(args: argparse.Namespace) -> None:
 
 
 def required_store_ms(documents: dict[str, tuple[float, float]], *, echo_share: float) -> float:
-    """Store time of the writes issue 3 requires of one message, every command shared by eight
+    """Store time of the writes every message requires, every command shared by eight
     requests (better than the ingest bench's load gets): the audit record, the message, the
     conversation update and, for a customer message, its marking answered by the next reply."""
     batched = {name: figures[1] for name, figures in documents.items()}

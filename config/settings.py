@@ -107,17 +107,21 @@ class Settings:
 
     @property
     def embedded_mongo(self) -> bool:
+        """No IGSYNC_MONGO_URL: the CLI starts an embedded store."""
         return not self.mongo_url
 
     @property
     def embedded_redis(self) -> bool:
+        """No IGSYNC_REDIS_URL: the CLI starts an embedded Redis."""
         return not self.redis_url
 
     @property
     def production(self) -> bool:
+        """Both stores are real: secrets must be real too."""
         return not (self.embedded_mongo or self.embedded_redis)
 
     def replace(self, **changes: Any) -> Settings:
+        """A copy with ``changes`` applied (settings are frozen)."""
         return dataclasses.replace(self, **changes)
 
     def redacted(self) -> dict[str, Any]:
@@ -164,6 +168,7 @@ class Settings:
         return settings
 
     def validate(self) -> None:
+        """Raise one ConfigError naming every setting that is out of range."""
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"IGSYNC_PORT must be between 0 and 65535, got {self.port}")
         for name in (
@@ -231,6 +236,7 @@ class Settings:
 
 
 def env_name(field_name: str) -> str:
+    """The environment variable of a setting: ``IGSYNC_`` + its name in capitals."""
     return ENV_PREFIX + field_name.upper()
 
 

@@ -8,10 +8,12 @@ from server.api.auth import ADMIN, INBOX
 
 class ChannelsHandler(BaseHandler):
     async def get(self) -> None:
+        """List the caller's channels."""
         principal = await self.authorize(INBOX)
         self.write_json(await self.core.inbox.list_channels(principal))
 
     async def post(self) -> None:
+        """Connect (or reconnect) a channel; admin only."""
         await self.authorize(ADMIN)
         status, body = await self.core.inbox.connect_channel(self.json_body())
         self.write_json(body, status)
@@ -19,18 +21,21 @@ class ChannelsHandler(BaseHandler):
 
 class ChannelHandler(BaseHandler):
     async def delete(self, channel_id: str) -> None:
+        """Disconnect a channel, keeping its data; admin only."""
         await self.authorize(ADMIN)
         self.write_json(await self.core.inbox.disconnect_channel(channel_id))
 
 
 class TokensHandler(BaseHandler):
     async def post(self) -> None:
+        """Issue an inbox token for an owner; admin only."""
         await self.authorize(ADMIN)
         self.write_json(await self.core.inbox.create_token(self.json_body()), 201)
 
 
 class ConversationsHandler(BaseHandler):
     async def get(self) -> None:
+        """List the caller's conversations, most recently updated first, one page."""
         principal = await self.authorize(INBOX)
         self.write_json(
             await self.core.inbox.list_conversations(
@@ -45,18 +50,21 @@ class ConversationsHandler(BaseHandler):
 
 class ConversationHandler(BaseHandler):
     async def get(self, conversation_id: str) -> None:
+        """Get one of the caller's conversations."""
         principal = await self.authorize(INBOX)
         self.write_json(await self.core.inbox.get_conversation(principal, conversation_id))
 
 
 class ConversationReadHandler(BaseHandler):
     async def post(self, conversation_id: str) -> None:
+        """Mark a conversation read (unread count to zero) and tell the owner's other inboxes."""
         principal = await self.authorize(INBOX)
         self.write_json(await self.core.inbox.mark_conversation_read(principal, conversation_id))
 
 
 class MessagesHandler(BaseHandler):
     async def get(self, conversation_id: str) -> None:
+        """List a conversation's messages, one page."""
         principal = await self.authorize(INBOX)
         self.write_json(
             await self.core.inbox.list_messages(

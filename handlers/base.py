@@ -36,31 +36,38 @@ _REASONS = {
 class BaseHandler(tornado.web.RequestHandler):
     @property
     def core(self) -> Core:
+        """The process's core, injected through the application settings."""
         return self.settings["igsync_core"]
 
     def set_default_headers(self) -> None:
+        """JSON, never cached, never sniffed: every API answer."""
         self.set_header("Content-Type", "application/json; charset=utf-8")
         self.set_header("Cache-Control", "no-store")
         self.set_header("X-Content-Type-Options", "nosniff")
 
     def check_xsrf_cookie(self) -> None:
         # Bearer tokens, not cookies: cross-site requests cannot carry credentials.
+        """No XSRF check: callers authenticate with bearer tokens, never cookies."""
         return None
 
     async def authorize(self, kind: str) -> Principal:
+        """The caller's principal if it is of ``kind``, else 401/403."""
         return await self.core.auth.require(self.request.headers.get("Authorization"), kind)
 
     def json_body(self) -> Any:
+        """The parsed JSON body, or 400 ``invalid_json``."""
         try:
             return orjson.loads(self.request.body or b"")
         except orjson.JSONDecodeError:
             raise bad_request("invalid_json", "The body is not valid JSON.") from None
 
     def write_json(self, body: Any, status: int = 200) -> None:
+        """Answer ``body`` as JSON with ``status``."""
         self.set_status(status)
         self.finish(orjson.dumps(body))
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
+        """Answer every error in the JSON error shape of API.md."""
         exc = kwargs.get("exc_info", (None, None, None))[1]
         if isinstance(exc, ApiError):
             self.set_status(exc.status)
@@ -72,6 +79,7 @@ class BaseHandler(tornado.web.RequestHandler):
         self.finish(orjson.dumps(body))
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        """Log unexpected failures only; expected 4xx answers are not errors."""
         if isinstance(value, ApiError):
             return  # an expected answer, not a failure
         if isinstance(value, tornado.web.HTTPError) and value.status_code < 500:
@@ -91,4 +99,5 @@ class NotFoundHandler(BaseHandler):
     """Unknown paths answer the JSON error shape too."""
 
     def prepare(self) -> None:
+        """Any unknown path: 404 in the JSON error shape."""
         raise ApiError(404, "not_found", "No such endpoint.")

@@ -48,14 +48,17 @@ class InboxAssetHandler(tornado.web.StaticFileHandler):
     deployment is picked up at once without a build step that versions file names."""
 
     def set_default_headers(self) -> None:
+        """The page's security headers (CSP, no framing) on every asset."""
         for name, value in SECURITY_HEADERS.items():
             self.set_header(name, value)
 
     def set_extra_headers(self, path: str) -> None:
+        """Assets are revalidated on every load, so a deploy is seen at once."""
         self.set_header("Cache-Control", "no-cache")
 
     def write_error(self, status_code: int, **kwargs: object) -> None:
         # A missing asset answers the API's JSON error shape, like every other unknown path.
+        """A missing asset is a JSON 404, like every other unknown path."""
         self.set_header("Content-Type", "application/json; charset=utf-8")
         self.finish(b'{"error": "not_found", "message": "No such file."}')
 

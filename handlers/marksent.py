@@ -7,6 +7,7 @@ from handlers.base import BaseHandler
 
 class MarkSentHandler(BaseHandler):
     async def post(self) -> None:
+        """Record a reply sent outside igsync, so its echo is not stored twice."""
         result = await self.core.marksent.handle(self.request.headers.get("Authorization"), self.request.body)
         self.write_json(result.body, result.status)
 

@@ -24,9 +24,11 @@ CACHE_CONTROL = "private, max-age=31536000, immutable"
 
 class MediaHandler(BaseHandler):
     async def get(self, media_id: str) -> None:
+        """Serve a stored media copy to its owner."""
         await self._serve(media_id, body=True)
 
     async def head(self, media_id: str) -> None:
+        """The headers of a stored media copy, without the bytes."""
         await self._serve(media_id, body=False)
 
     async def _serve(self, media_id: str, *, body: bool) -> None:

@@ -14,6 +14,7 @@ from server.api.auth import METRICS
 
 class MetricsHandler(BaseHandler):
     async def get(self) -> None:
+        """The Prometheus exposition (behind the metrics token when one is set)."""
         if self.core.settings.metrics_token:
             await self.authorize(METRICS)
         self.set_header("Content-Type", CONTENT_TYPE_LATEST)

@@ -8,6 +8,7 @@ from server.api.auth import ADMIN
 
 class DeadTriggersHandler(BaseHandler):
     async def get(self) -> None:
+        """List dead-lettered trigger deliveries, newest first; admin only."""
         await self.authorize(ADMIN)
         self.write_json(
             await self.core.triggers.list_dead(

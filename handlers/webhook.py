@@ -14,6 +14,7 @@ from server.api.errors import ApiError
 @tornado.web.stream_request_body
 class InstagramWebhookHandler(BaseHandler):
     def prepare(self) -> None:
+        """Start collecting the body: it is streamed, so its size is capped as it arrives."""
         self.received_at = time.time()
         self._chunks: list[bytes] = []
         self._size = 0
@@ -30,6 +31,7 @@ class InstagramWebhookHandler(BaseHandler):
         self.request.connection.set_max_body_size(limit * 8)
 
     def data_received(self, chunk: bytes) -> None:
+        """Keep a chunk of the body, or stop keeping once it passes the size cap."""
         self._size += len(chunk)
         if self._size > self.core.settings.max_body_bytes:
             self._too_large = True
@@ -42,6 +44,7 @@ class InstagramWebhookHandler(BaseHandler):
         raise ApiError(413, "payload_too_large", f"The body is larger than {self.core.settings.max_body_bytes} bytes.")
 
     def get(self) -> None:
+        """Meta's subscription handshake: echo the challenge when the verify token matches."""
         mode = self.get_query_argument("hub.mode", "")
         token = self.get_query_argument("hub.verify_token", "")
         challenge = self.get_query_argument("hub.challenge", "")
@@ -52,6 +55,7 @@ class InstagramWebhookHandler(BaseHandler):
         self.finish(challenge)
 
     async def post(self) -> None:
+        """Take a webhook body: check its signature (401), store each item once, 200 (503: store down)."""
         if self._too_large:
             self._reject_too_large()
         body = b"".join(self._chunks)

@@ -39,6 +39,7 @@ class TornadoTransport:
         self.handler = handler
 
     def send(self, frames: list[bytes]) -> Any:
+        """Write frames in order; resolves once flushed, raises on a closed socket."""
         connection = self.handler.ws_connection
         if connection is None or connection.is_closing():
             raise tornado.websocket.WebSocketClosedError()
@@ -51,6 +52,7 @@ class TornadoTransport:
             raise tornado.websocket.WebSocketClosedError() from None
 
     def close(self, code: int, reason: str) -> None:
+        """Close the socket with ``code`` and ``reason``."""
         self.handler.close(code, reason)
 
 
@@ -59,6 +61,7 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
 
     @property
     def core(self) -> Core:
+        """The process's core, injected through the application settings."""
         return self.settings["igsync_core"]
 
     def _refuse(self, error: ApiError) -> None:
@@ -68,6 +71,7 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
         self.finish(orjson.dumps(error.body()))
 
     async def get(self, *args: Any, **kwargs: Any) -> None:
+        """Authorize the upgrade (token, origin), then accept it, or refuse in the JSON error shape."""
         hub = self.core.realtime
         if hub is None or hub.closing:
             self._refuse(ApiError(503, "unavailable", "Live events are not available on this server now."))
@@ -91,10 +95,12 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
 
     def check_origin(self, origin: str) -> bool:
         # Already decided in get() (same rules, with a JSON answer).
+        """Origins are checked in ``get`` before the upgrade, with the configured list."""
         return True
 
     def open(self, *args: Any, **kwargs: Any) -> None:
         # Small events back to back would otherwise wait on Nagle + delayed ACK (~40 ms).
+        """Open the socket's session with the hub."""
         self.set_nodelay(True)
         self._last_heard = time.monotonic()
         hub = self.core.realtime
@@ -102,14 +108,17 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
         self.session = hub.open_session(self.principal, TornadoTransport(self))
 
     async def on_message(self, message: str | bytes) -> None:
+        """Hand a client command to the session."""
         self._last_heard = time.monotonic()
         if self.session is not None:
             await self.session.handle_frame(message)
 
     def on_pong(self, data: bytes) -> None:
+        """The client is alive: note when it was last heard."""
         self._last_heard = time.monotonic()
 
     def on_close(self) -> None:
+        """The socket closed: end its session and count why."""
         if self.session is None:
             return
         # A client that stopped answering past the keep-alive window was dropped by our ping
@@ -124,6 +133,7 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
         return f"{self.request.method} {self.request.path} ({self.request.remote_ip})"
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        """Log unexpected failures only; expected 4xx answers are not errors."""
         if isinstance(value, tornado.web.HTTPError) and value.status_code < 500:
             return
         log.error("unhandled error in %s %s", self.request.method, type(self).__name__, exc_info=(typ, value, tb))

@@ -23,6 +23,7 @@ class ChannelRepository:
         self.coll = db["channels"]
 
     async def ensure_indexes(self) -> None:
+        """Create the collection's indexes (idempotent)."""
         await self.coll.create_index([("page_id", ASCENDING)], unique=True, name="page_id_unique")
         await self.coll.create_index([("instagram_user_id", ASCENDING)], name="instagram_user_id")
         await self.coll.create_index([("owner.id", ASCENDING)], name="owner_id")
@@ -45,23 +46,28 @@ class ChannelRepository:
         return await upsert_get(self.coll, {"page_id": page_id}, update)
 
     async def find_connected_by_account(self, account_id: str) -> dict[str, Any] | None:
+        """The connected channel whose page id or Instagram user id is ``account_id``."""
         return await self.coll.find_one(
             {"$or": [{"page_id": account_id}, {"instagram_user_id": account_id}], "is_connect": True}
         )
 
     async def get(self, channel_id: str | ObjectId) -> dict[str, Any] | None:
+        """A channel by id (None for a malformed or unknown id)."""
         oid = as_object_id(channel_id)
         return None if oid is None else await self.coll.find_one({"_id": oid})
 
     async def list(self, owner_id: Any | None = None) -> list[dict[str, Any]]:
+        """Every channel, or one owner's, oldest first."""
         query = {} if owner_id is None else {"owner.id": owner_id}
         return await self.coll.find(query).sort("created_at", ASCENDING).to_list(None)
 
     async def ids_of_owner(self, owner_id: Any) -> list[ObjectId]:
+        """The ids of one owner's channels."""
         docs = await self.coll.find({"owner.id": owner_id}, {"_id": 1}).to_list(None)
         return [d["_id"] for d in docs]
 
     async def disconnect(self, channel_id: str | ObjectId) -> dict[str, Any] | None:
+        """Mark a channel disconnected (its data stays); the updated channel or None."""
         oid = as_object_id(channel_id)
         if oid is None:
             return None
@@ -74,6 +80,7 @@ class ChannelRepository:
         return None if doc is None else doc["owner"]
 
     async def set_fields(self, channel_id: ObjectId, fields: dict[str, Any]) -> None:
+        """Set fields on a channel, stamping ``updated_at``."""
         await self.coll.update_one({"_id": channel_id}, {"$set": {**fields, "updated_at": utcnow()}})
 
     async def mark_needs_reauth(self, channel_id: ObjectId) -> None:

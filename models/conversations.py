@@ -37,6 +37,7 @@ _TIE_SLACK = 20
 
 
 def customer_snapshot(customer: dict[str, Any]) -> dict[str, Any]:
+    """The customer fields a conversation carries, copied from the customer."""
     snap = {"id": customer["_id"], "instagram_id": customer["instagram_id"]}
     for key in PROFILE_FIELDS:
         snap[key] = customer.get(key)
@@ -44,6 +45,7 @@ def customer_snapshot(customer: dict[str, Any]) -> dict[str, Any]:
 
 
 def message_summary(message: dict[str, Any]) -> dict[str, Any]:
+    """The ``last_message`` summary a conversation keeps of ``message``."""
     return {
         "id": message["_id"],
         "content": message.get("content", ""),
@@ -59,6 +61,7 @@ class ConversationRepository:
         self._updater = GroupUpdater(self.coll)
 
     async def ensure_indexes(self) -> None:
+        """Create the collection's indexes (idempotent)."""
         await self.coll.create_index(
             [("channel_id", ASCENDING), ("customer_id", ASCENDING)], unique=True, name="channel_customer_unique"
         )
@@ -72,6 +75,7 @@ class ConversationRepository:
         )
 
     async def get(self, conversation_id: ObjectId) -> dict[str, Any] | None:
+        """A conversation by id."""
         return await self.coll.find_one({"_id": conversation_id})
 
     async def get_many(self, conversation_ids: list[ObjectId]) -> dict[ObjectId, dict[str, Any]]:
@@ -80,9 +84,11 @@ class ConversationRepository:
         return {d["_id"]: d for d in docs}
 
     async def find_by_customer(self, channel_id: ObjectId, customer_instagram_id: str) -> dict[str, Any] | None:
+        """The conversation of a customer (by Instagram id) on a channel, if any."""
         return await self.coll.find_one({"channel_id": channel_id, "customer_instagram_id": customer_instagram_id})
 
     async def get_or_create(self, channel_id: ObjectId, customer: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        """The conversation of (channel, customer), created atomically if missing; (doc, created)."""
         now = utcnow()
         key = {"channel_id": channel_id, "customer_id": customer["_id"]}
         new = {
@@ -159,11 +165,13 @@ class ConversationRepository:
         return after
 
     async def touch(self, conversation_id: ObjectId, fields: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        """Set fields on a conversation and stamp ``updated_at``; the updated document."""
         return await update_get(
             self.coll, {"_id": conversation_id}, {"$set": {**(fields or {}), "updated_at": utcnow()}}
         )
 
     async def refresh_customer(self, channel_id: ObjectId, customer: dict[str, Any]) -> dict[str, Any] | None:
+        """Copy the customer's current profile into the conversation; the updated document."""
         key = {"channel_id": channel_id, "customer_id": customer["_id"]}
         update = {"$set": {"customer": customer_snapshot(customer), "updated_at": utcnow()}}
         return await update_get(self.coll, key, update, key=key)
@@ -199,6 +207,7 @@ class ConversationRepository:
         return outcome.doc if outcome.applied else None
 
     async def mark_read(self, conversation_id: ObjectId) -> dict[str, Any] | None:
+        """Set the unread count to zero; the updated conversation."""
         return await self.touch(conversation_id, {"unread_count": 0})
 
     async def page(

@@ -25,6 +25,7 @@ class CustomerRepository:
         self.coll = db["customers"]
 
     async def ensure_indexes(self) -> None:
+        """Create the collection's indexes (idempotent)."""
         await self.coll.create_index(
             [("channel_id", ASCENDING), ("instagram_id", ASCENDING)],
             unique=True,
@@ -32,6 +33,7 @@ class CustomerRepository:
         )
 
     async def get_or_create(self, channel_id: ObjectId, instagram_id: str) -> tuple[dict[str, Any], bool]:
+        """The customer (channel, Instagram id), created atomically if missing; (doc, created)."""
         now = utcnow()
         key = {"channel_id": channel_id, "instagram_id": instagram_id}
         new = {
@@ -50,9 +52,11 @@ class CustomerRepository:
         return await get_or_insert(self.coll, key, new)
 
     async def get(self, customer_id: ObjectId) -> dict[str, Any] | None:
+        """A customer by id."""
         return await self.coll.find_one({"_id": customer_id})
 
     async def update_profile(self, customer_id: ObjectId, fields: dict[str, Any]) -> dict[str, Any] | None:
+        """Set profile fields on a customer; the updated document."""
         return await update_get(self.coll, {"_id": customer_id}, {"$set": {**fields, "updated_at": utcnow()}})
 
     async def claim_profile_refresh(

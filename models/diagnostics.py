@@ -35,6 +35,7 @@ class PlannedIndex:
     options: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     def describe(self) -> str:
+        """The index as one line: collection, name, keys, uniqueness."""
         keys = ", ".join(k for k, _ in self.keys)
         return f"{self.collection}.{self.name} ({keys}){' unique' if self.unique else ''}"
 
@@ -94,6 +95,7 @@ async def index_problems(store: Store, planned: list[PlannedIndex]) -> list[str]
 
 
 async def count_messages_since(store: Store, channel_id: ObjectId, since: dt.datetime) -> int:
+    """How many messages of a channel were stored since ``since`` (by ObjectId time)."""
     return await store.messages.coll.count_documents(
         {"_id": {"$gte": ObjectId.from_datetime(since)}, "channel_id": channel_id}
     )

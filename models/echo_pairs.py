@@ -55,9 +55,11 @@ class EchoPairRepository:
         self._inserter = GroupInserter(self.coll)
 
     async def ensure_indexes(self) -> None:
+        """Create the collection's indexes (idempotent)."""
         await self.coll.create_index([("expires_at", ASCENDING)], expireAfterSeconds=0, name="expires_at_ttl")
 
     async def get(self, key: str) -> dict[str, Any] | None:
+        """A pairing document by its key."""
         return await self.coll.find_one({"_id": key})
 
     async def transact(self, key: str, decide: Decision[T], *, expires_at: dt.datetime) -> T:

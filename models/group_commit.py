@@ -177,6 +177,7 @@ class GroupUpdater(_Batcher[GroupUpdate, UpdateOutcome]):
     """
 
     async def update(self, op: GroupUpdate) -> UpdateOutcome:
+        """Apply one update in the next batch; its result."""
         return await self._submit(op)
 
     def _take(self) -> list[tuple[GroupUpdate, asyncio.Future[UpdateOutcome]]]:

@@ -34,6 +34,7 @@ def lit(value: Any) -> dict[str, Any]:
 
 
 def field(name: str) -> str:
+    """The aggregation expression of a document field."""
     return f"${name}"
 
 
@@ -51,6 +52,7 @@ def guarded_pipeline(guard: Any, sets: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 async def guarded_update(coll: AsyncCollection, key: dict[str, Any], guard: Any, sets: dict[str, Any]) -> Outcome:
+    """Apply ``sets`` where ``guard`` holds, in one update; what it changed."""
     result = await coll.update_one(key, guarded_pipeline(guard, sets))
     if result.matched_count == 0:
         return Outcome(None, False)

@@ -14,6 +14,7 @@ from bson.errors import InvalidId
 
 
 def as_object_id(value: object) -> ObjectId | None:
+    """An ObjectId from an ObjectId or its 24-hex string; None for anything else."""
     if isinstance(value, ObjectId):
         return value
     if not isinstance(value, str):

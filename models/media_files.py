@@ -47,9 +47,11 @@ class MediaFileRepository:
         # index on the first upload; creating it at start-up (same keys and options, so
         # GridFS's own attempt is a no-op) lets `igsync doctor` check it like the others.
         # Files are found by _id only, so GridFS's (filename, uploadDate) index is left to it.
+        """Create the chunk index GridFS would create on the first upload."""
         await self.coll.create_index([("files_id", ASCENDING), ("n", ASCENDING)], unique=True)
 
     async def upload(self, filename: str, source: IO[bytes], metadata: dict[str, Any]) -> ObjectId:
+        """Store a file under a new id; the id."""
         file_id = ObjectId()
         await self.bucket.upload_from_stream_with_id(file_id, filename, source, metadata=metadata)
         return file_id
@@ -59,12 +61,14 @@ class MediaFileRepository:
         return await self.files.find_one({"_id": file_id})
 
     async def open(self, file_id: ObjectId) -> AsyncGridOut | None:
+        """A download stream of a stored file, or None."""
         try:
             return await self.bucket.open_download_stream(file_id)
         except NoFile:
             return None
 
     async def read_all(self, file_id: ObjectId) -> bytes | None:
+        """A stored file's bytes, or None."""
         stream = await self.open(file_id)
         return None if stream is None else await stream.read()
 

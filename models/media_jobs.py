@@ -40,6 +40,7 @@ class MediaJobRepository:
         self.coll = db["media_jobs"]
 
     async def ensure_indexes(self) -> None:
+        """Create the collection's indexes (idempotent)."""
         await self.coll.create_index(
             [("message_id", ASCENDING), ("key", ASCENDING)], unique=True, name="message_key_unique"
         )
@@ -136,6 +137,7 @@ class MediaJobRepository:
         return result.modified_count == 1
 
     async def finish(self, job: dict[str, Any], state: str, error: str | None = None) -> bool:
+        """End a job this worker holds as ``state``; whether the lease was still ours."""
         result = await self.coll.update_one(
             self._held(job),
             {"$set": {"state": state, "error": error, "lease_until": None, "updated_at": utcnow()}},
@@ -143,6 +145,7 @@ class MediaJobRepository:
         return result.modified_count == 1
 
     async def retry(self, job: dict[str, Any], at: dt.datetime, error: str) -> bool:
+        """Give a held job back for another try at ``at``; whether the lease was still ours."""
         result = await self.coll.update_one(
             self._held(job),
             {
@@ -210,7 +213,9 @@ class MediaJobRepository:
         return [r["file_id"] for r in rows if r.get("file_id") is not None]
 
     async def for_message(self, message_id: ObjectId) -> list[dict[str, Any]]:
+        """Every download job of a message, by target key."""
         return await self.coll.find({"message_id": message_id}).sort("key", ASCENDING).to_list(None)
 
     async def get(self, job_id: ObjectId) -> dict[str, Any] | None:
+        """A download job by id."""
         return await self.coll.find_one({"_id": job_id})

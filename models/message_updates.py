@@ -59,6 +59,7 @@ class MessageUpdateRepository:
         # Lookups by mid use the foundation's unique single-field ``mid_keys`` index.
         # Read receipts look for the unread messages of one side up to a time; without
         # read_at in the key every receipt would walk the whole conversation.
+        """Create the indexes the message updates rely on (idempotent)."""
         await self.coll.create_index(
             [("conversation_id", ASCENDING), ("type", ASCENDING), ("read_at", ASCENDING), ("sent_at", ASCENDING)],
             name="conversation_type_read_sent",
@@ -66,12 +67,15 @@ class MessageUpdateRepository:
 
     @staticmethod
     def key(channel_id: ObjectId, mid: str) -> dict[str, Any]:
+        """The unique-index filter that finds a message by one of its mids."""
         return {"mid_keys": mid_key(channel_id, mid)}
 
     async def find_by_mid(self, channel_id: ObjectId, mid: str) -> dict[str, Any] | None:
+        """A message by one of its mids on a channel."""
         return await self.coll.find_one(self.key(channel_id, mid))
 
     async def get(self, message_id: ObjectId) -> dict[str, Any] | None:
+        """A message by id."""
         return await self.coll.find_one({"_id": message_id})
 
     # -- reactions ---------------------------------------------------------------------
@@ -161,6 +165,7 @@ class MessageUpdateRepository:
     # -- unsend ------------------------------------------------------------------------
 
     async def mark_unsent(self, channel_id: ObjectId, mid: str, at: dt.datetime) -> Outcome:
+        """Apply an unsend: content and attachments cleared, once; what it changed."""
         sets: dict[str, Any] = {name: lit(value) for name, value in UNSENT_CLEARED.items()}
         sets.update(is_deleted=lit(True), deleted_at=lit(at))
         # The referral stays (where the conversation came from), without our copies of the ad's
@@ -199,6 +204,7 @@ class MessageUpdateRepository:
     # -- reply links and media results ---------------------------------------------------
 
     async def link_reply(self, message_id: ObjectId, target_id: ObjectId) -> Outcome:
+        """Link a reply to the message it answers, unless already linked; what it changed."""
         has_reply = {"$ne": [{"$type": field("reply_to.mid")}, "missing"]}
         return await guarded_update(
             self.coll,
@@ -246,6 +252,7 @@ class MessageUpdateRepository:
         return await guarded_update(self.coll, {"_id": message_id}, NOT_DELETED, sets)
 
     async def set_processing_status(self, message_id: ObjectId, status: str) -> Outcome:
+        """Set a message's ``processing_status`` unless it is already that; what it changed."""
         return await guarded_update(
             self.coll,
             {"_id": message_id},

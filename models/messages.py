@@ -51,14 +51,17 @@ _TIE_SLACK = 20
 
 
 def mid_key(channel_id: ObjectId, mid: str) -> str:
+    """The unique key of one mid on one channel (``mid_keys``)."""
     return f"{channel_id}:{mid}"
 
 
 def client_key(conversation_id: ObjectId, client_message_id: str) -> str:
+    """The unique key of a sender's idempotency id in one conversation."""
     return f"{conversation_id}:{client_message_id}"
 
 
 def pair_key(conversation_id: ObjectId, send_id: str) -> str:
+    """The unique key that binds an echo to the send it pairs with."""
     return f"{conversation_id}:{send_id}"
 
 
@@ -105,6 +108,7 @@ class MessageRepository:
         self._by_mid = GroupFinder(self.coll, "mid_keys")
 
     async def ensure_indexes(self) -> None:
+        """Create the unique and query indexes of messages (idempotent)."""
         await self.coll.create_index([("mid_keys", ASCENDING)], unique=True, name="mid_keys_unique")
         await self.coll.create_index([("client_key", ASCENDING)], unique=True, sparse=True, name="client_key_unique")
         await self.coll.create_index([("pair_key", ASCENDING)], unique=True, sparse=True, name="pair_key_unique")
@@ -130,6 +134,7 @@ class MessageRepository:
         return doc
 
     async def get(self, message_id: ObjectId) -> dict[str, Any] | None:
+        """A message by id."""
         return await self.coll.find_one({"_id": message_id})
 
     async def get_many(self, message_ids: list[ObjectId]) -> dict[ObjectId, dict[str, Any]]:
@@ -145,6 +150,7 @@ class MessageRepository:
     async def find_by_client_message_id(
         self, conversation_id: ObjectId, client_message_id: str
     ) -> dict[str, Any] | None:
+        """The message a sender recorded under ``client_message_id``, if any."""
         return await self.coll.find_one({"client_key": client_key(conversation_id, client_message_id)})
 
     async def add_mids(self, message: dict[str, Any], mids: list[str]) -> dict[str, Any] | None:
@@ -242,6 +248,7 @@ class MessageRepository:
     async def update(
         self, message_id: ObjectId, update: dict[str, Any], query: dict[str, Any] | None = None
     ) -> dict[str, Any] | None:
+        """Apply ``update`` to a message (where ``query`` also holds); the updated document."""
         return await update_get(self.coll, {"_id": message_id, **(query or {})}, update)
 
     async def page(

@@ -26,6 +26,7 @@ class OrphanEventRepository:
         self.ttl_secs = ttl_days * 86400
 
     async def ensure_indexes(self) -> None:
+        """Create the collection's indexes (idempotent)."""
         await self.coll.create_index([("key", ASCENDING)], unique=True, name="key_unique")
         await self.coll.create_index([("channel_id", ASCENDING), ("target_mid", ASCENDING)], name="channel_target")
         await self.coll.create_index(
@@ -52,18 +53,22 @@ class OrphanEventRepository:
         return sorted(rows, key=lambda r: (r["at"], r["_id"]))
 
     async def mark_applied(self, ids: list[ObjectId], message_id: ObjectId) -> None:
+        """Mark early events applied to ``message_id``."""
         now = utcnow()
         for oid in ids:
             await self.coll.update_one({"_id": oid}, {"$set": {"applied_at": now, "message_id": message_id}})
 
     async def mark_applied_key(self, key: str, message_id: ObjectId) -> None:
+        """Mark one early event, by key, applied to ``message_id``."""
         await self.coll.update_one({"key": key}, {"$set": {"applied_at": utcnow(), "message_id": message_id}})
 
     async def count(self, channel_id: ObjectId, *, applied: bool | None = None) -> int:
+        """How many early events a channel has (applied, pending, or all)."""
         query: dict[str, Any] = {"channel_id": channel_id}
         if applied is not None:
             query["applied_at"] = {"$ne": None} if applied else None
         return await self.coll.count_documents(query)
 
     async def find(self, channel_id: ObjectId, target_mid: str) -> list[dict[str, Any]]:
+        """The early events waiting for one mid."""
         return await self.coll.find({"channel_id": channel_id, "target_mid": target_mid}).to_list(None)

@@ -136,6 +136,7 @@ def customer(snapshot: dict[str, Any]) -> dict[str, Any]:
 
 
 def last_message(summary: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A conversation's ``last_message`` as API.md §3 shows it."""
     if summary is None:
         return None
     return {
@@ -148,6 +149,7 @@ def last_message(summary: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 def conversation(doc: dict[str, Any]) -> dict[str, Any]:
+    """A stored conversation as API.md §3 shows it."""
     return {
         "id": _id(doc["_id"]),
         "channel_id": _id(doc["channel_id"]),

@@ -70,7 +70,7 @@ class Store:
         self.webhook_events = WebhookEventRepository(self.db, ttl_days=webhook_events_ttl_days)
         self.trigger_jobs = TriggerJobRepository(self.db, delivered_ttl_days=trigger_jobs_ttl_days)
         self.trigger_lanes = TriggerLaneRepository(self.db)
-        # Events and media (issue 7): message changes, orphan events, the media queue and files.
+        # Changes to stored messages, events that came before their message, the media queue and files.
         self.message_updates = MessageUpdateRepository(self.db)
         self.orphan_events = OrphanEventRepository(self.db, ttl_days=orphan_events_ttl_days)
         self.media_jobs = MediaJobRepository(self.db)
@@ -98,12 +98,15 @@ class Store:
             await repo.ensure_indexes()
 
     async def ping(self) -> bool:
+        """Whether MongoDB answers a ping."""
         await self.db.command("ping")
         return True
 
     async def server_version(self) -> str:
+        """The server's version, as buildInfo reports it."""
         info = await self.client.admin.command("buildInfo")
         return str(info.get("version", "unknown"))
 
     async def close(self) -> None:
+        """Close the client and its pool."""
         await self.client.close()

@@ -14,6 +14,7 @@ def utcnow() -> dt.datetime:
 
 
 def iso(value: dt.datetime | None) -> str | None:
+    """ISO-8601 in UTC with milliseconds and ``Z``; naive datetimes are taken as UTC."""
     if value is None:
         return None
     if value.tzinfo is None:
@@ -23,6 +24,7 @@ def iso(value: dt.datetime | None) -> str | None:
 
 
 def from_epoch_ms(ms: int | float) -> dt.datetime:
+    """A UTC datetime from epoch milliseconds (Meta's timestamps)."""
     return dt.datetime.fromtimestamp(int(ms) / 1000, tz=UTC)
 
 

@@ -20,10 +20,12 @@ TOKEN_PREFIX = "igs_"
 
 
 def hash_token(token: str) -> str:
+    """The stored form of a token: its SHA-256, never the token itself."""
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
 def new_token() -> str:
+    """A new random inbox token."""
     return TOKEN_PREFIX + secrets.token_urlsafe(32)
 
 
@@ -32,6 +34,7 @@ class TokenRepository:
         self.coll = db["tokens"]
 
     async def ensure_indexes(self) -> None:
+        """Create the collection's indexes (idempotent)."""
         await self.coll.create_index([("token_hash", ASCENDING)], unique=True, name="token_hash_unique")
 
     async def create(self, owner: dict[str, Any], *, label: str | None = None) -> str:
@@ -43,5 +46,6 @@ class TokenRepository:
         return token
 
     async def owner_of(self, token: str) -> dict[str, Any] | None:
+        """The owner a token was issued for, or None."""
         doc = await self.coll.find_one({"token_hash": hash_token(token)}, {"owner": 1})
         return None if doc is None else doc["owner"]

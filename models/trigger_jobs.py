@@ -57,6 +57,7 @@ _LANE_LOCK_TTL_SECS = 86400
 
 
 def lane_of(conversation_id: ObjectId, target: str) -> str:
+    """The lane of a (conversation, target): deliveries in one lane go in order."""
     return f"{conversation_id}:{target}"
 
 
@@ -79,6 +80,7 @@ class TriggerJobRepository:
     async def ensure_indexes(self) -> None:
         # Marked messages: few at any time (the dispatcher clears them within a poll), so a
         # partial index on the flag stays tiny however many messages there are.
+        """Create the outbox's indexes (idempotent)."""
         await self.messages.create_index(
             [("trigger_pending", ASCENDING)], name="trigger_pending", partialFilterExpression={"trigger_pending": True}
         )
@@ -162,6 +164,7 @@ class TriggerJobRepository:
         return len(marked)
 
     async def count_marked(self) -> int:
+        """How many messages still carry an unprocessed trigger mark."""
         return await self.messages.count_documents({"trigger_pending": True})
 
     async def oldest_marked_created_at(self) -> dt.datetime | None:
@@ -235,12 +238,14 @@ class TriggerJobRepository:
         )
 
     async def retry_later(self, job_id: ObjectId, attempts: int, due_at: dt.datetime, error: dict[str, Any]) -> None:
+        """Schedule another attempt of a job at ``due_at``."""
         await self.coll.update_one(
             {"_id": job_id},
             {"$set": {"attempts": attempts, "due_at": due_at, "last_error": error, "last_attempt_at": utcnow()}},
         )
 
     async def dead(self, job_id: ObjectId, attempts: int, error: dict[str, Any]) -> None:
+        """Dead-letter a job after its last attempt."""
         now = utcnow()
         await self.coll.update_one(
             {"_id": job_id},
@@ -256,6 +261,7 @@ class TriggerJobRepository:
         )
 
     async def cancelled(self, job_id: ObjectId, reason: str) -> None:
+        """Cancel a job that should not be delivered (its target is gone)."""
         now = utcnow()
         await self.coll.update_one(
             {"_id": job_id},
@@ -265,15 +271,18 @@ class TriggerJobRepository:
     # -- gauges -------------------------------------------------------------------------
 
     async def oldest_pending_created_at(self) -> dt.datetime | None:
+        """When the oldest pending job was created, or None."""
         doc = await self.coll.find_one({"state": STATE_PENDING}, {"created_at": 1}, sort=[("created_at", ASCENDING)])
         return None if doc is None else doc["created_at"]
 
     async def count(self, state: str) -> int:
+        """How many jobs are in ``state``."""
         return await self.coll.count_documents({"state": state})
 
     # -- admin --------------------------------------------------------------------------
 
     async def get(self, job_id: ObjectId) -> dict[str, Any] | None:
+        """A job by id."""
         return await self.coll.find_one({"_id": job_id})
 
     async def dead_page(
@@ -335,11 +344,13 @@ class TriggerLaneRepository:
         self._inserter = GroupInserter(self.coll)
 
     async def ensure_indexes(self) -> None:
+        """Create the lane locks' TTL index (idempotent)."""
         await self.coll.create_index(
             [("lease_until", ASCENDING)], expireAfterSeconds=_LANE_LOCK_TTL_SECS, name="lease_until_ttl"
         )
 
     async def acquire_lane(self, lane: str, owner: str, lease_until: dt.datetime) -> bool:
+        """Take a lane for ``owner`` until ``lease_until``; False when another holds it."""
         try:
             await self._inserter.insert({"_id": lane, "owner": owner, "lease_until": lease_until})
             return True
@@ -353,8 +364,10 @@ class TriggerLaneRepository:
         return stolen.modified_count == 1
 
     async def renew_lane(self, lane: str, owner: str, lease_until: dt.datetime) -> bool:
+        """Extend a lane ``owner`` holds; False when it was lost."""
         result = await self.coll.update_one({"_id": lane, "owner": owner}, {"$set": {"lease_until": lease_until}})
         return result.matched_count == 1
 
     async def release_lanes(self, lanes: list[str], owner: str) -> None:
+        """Let go of lanes ``owner`` holds."""
         await self.coll.delete_many({"_id": {"$in": lanes}, "owner": owner})

@@ -24,6 +24,7 @@ class WebhookEventRepository:
         self.ttl_secs = ttl_days * 86400
 
     async def ensure_indexes(self) -> None:
+        """Create the audit log's indexes, with its TTL (idempotent)."""
         await self.coll.create_index(
             [("received_at", ASCENDING)], expireAfterSeconds=self.ttl_secs, name="received_at_ttl"
         )
@@ -50,6 +51,7 @@ class WebhookEventRepository:
         return doc["_id"]
 
     def iterate(self, *, since: dt.datetime | None = None, account_id: str | None = None) -> Any:
+        """The kept webhook bodies in arrival order (since ``since``, of an account)."""
         query: dict[str, Any] = {}
         if since is not None:
             query["received_at"] = {"$gte": since}
@@ -58,6 +60,7 @@ class WebhookEventRepository:
         return self.coll.find(query).sort("received_at", ASCENDING)
 
     async def last_received(self, account_ids: list[str]) -> dt.datetime | None:
+        """When a webhook last came for any of ``account_ids``, or None."""
         doc = await self.coll.find_one(
             {"account_ids": {"$in": account_ids}}, {"received_at": 1}, sort=[("received_at", DESCENDING)]
         )

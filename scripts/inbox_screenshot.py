@@ -29,9 +29,9 @@ from playwright.async_api import async_playwright, expect  # noqa: E402
 from models.timeutil import from_epoch_ms, utcnow  # noqa: E402
 from server.app.embedded import EmbeddedStores  # noqa: E402
 from server.inbox import events as ev  # noqa: E402
-from tests.browser_support import launch_chromium  # noqa: E402
-from tests.conftest import connect_tenant, make_settings, start_server, stop_server  # noqa: E402
-from tests.helpers import CUSTOMER_A, CUSTOMER_B, echo_item, messaging_body, text_item  # noqa: E402
+from tests.support.browser import launch_chromium  # noqa: E402
+from tests.support.helpers import CUSTOMER_A, CUSTOMER_B, echo_item, messaging_body, text_item  # noqa: E402
+from tests.support.server import connect_tenant, make_settings, start_server, stop_server  # noqa: E402
 
 PEOPLE = {CUSTOMER_A: ("Ana", "Silva", "ana.silva"), CUSTOMER_B: ("Tom", "Becker", "tombecker")}
 # Colours of the drawn pictures: (top, bottom) of a vertical gradient.

@@ -10,10 +10,10 @@ cache so that every REST call and WebSocket connect is not a MongoDB read.
 from __future__ import annotations
 
 import hmac
-import time
 from dataclasses import dataclass
 from typing import Any
 
+from models.cache import TtlLru
 from models.store import Store
 from server.api.errors import forbidden, unauthorized
 
@@ -24,6 +24,7 @@ METRICS = "metrics"
 
 # A revoked or rotated inbox token keeps working in a process for at most this long.
 TOKEN_CACHE_SECS = 30.0
+TOKEN_CACHE_MAX = 10_000
 
 
 @dataclass(frozen=True)
@@ -33,10 +34,12 @@ class Principal:
 
     @property
     def owner_id(self) -> Any:
+        """The owner id of an inbox principal; None for the others."""
         return None if self.owner is None else self.owner.get("id")
 
 
 def bearer_token(authorization: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer …`` header, or None."""
     if not authorization:
         return None
     scheme, _, token = authorization.strip().partition(" ")
@@ -67,9 +70,11 @@ class Authenticator:
         self.admin_token = admin_token
         self.internal_tokens = internal_tokens
         self.metrics_token = metrics_token
-        self._inbox_cache: dict[str, tuple[float, dict[str, Any] | None]] = {}
+        # token → its owner (None: no such token), so a burst of requests reads it once.
+        self._inbox_cache: TtlLru[str, dict[str, Any] | None] = TtlLru(TOKEN_CACHE_MAX, TOKEN_CACHE_SECS)
 
     async def resolve(self, token: str | None) -> Principal | None:
+        """The principal a token stands for, or None; secrets compared in constant time."""
         if not token or len(token) > 512:
             return None
         if self.admin_token and _matches_any(token, [self.admin_token]):
@@ -82,11 +87,13 @@ class Authenticator:
         return None if owner is None else Principal(INBOX, owner)
 
     async def require(self, authorization: str | None, kind: str) -> Principal:
+        """The principal of an Authorization header if it is of ``kind``, else 401/403."""
         principal = await self.resolve(bearer_token(authorization))
         return self.check(principal, kind)
 
     @staticmethod
     def check(principal: Principal | None, kind: str) -> Principal:
+        """``principal`` if it is of ``kind``; 401 without one, 403 for another kind."""
         if principal is None:
             raise unauthorized()
         if principal.kind != kind:
@@ -94,12 +101,9 @@ class Authenticator:
         return principal
 
     async def _inbox_owner(self, token: str) -> dict[str, Any] | None:
-        now = time.monotonic()
-        hit = self._inbox_cache.get(token)
-        if hit is not None and hit[0] > now:
-            return hit[1]
+        hit, owner = self._inbox_cache.lookup(token)
+        if hit:
+            return owner
         owner = await self.store.tokens.owner_of(token)
-        if len(self._inbox_cache) > 10_000:
-            self._inbox_cache.clear()
-        self._inbox_cache[token] = (now + TOKEN_CACHE_SECS, owner)
+        self._inbox_cache.put(token, owner)
         return owner

@@ -20,6 +20,7 @@ class ApiError(Exception):
         self.fields = fields
 
     def body(self) -> dict[str, Any]:
+        """The JSON error shape of API.md: ``error``, ``message``, ``fields``."""
         out: dict[str, Any] = {"error": self.code, "message": self.message}
         if self.fields is not None:
             out["fields"] = self.fields
@@ -27,22 +28,27 @@ class ApiError(Exception):
 
 
 def not_found(what: str = "resource") -> ApiError:
+    """404 ``not_found`` naming what is missing."""
     return ApiError(404, "not_found", f"No such {what}.")
 
 
 def unauthorized(message: str = "A valid bearer token is required.") -> ApiError:
+    """401 ``unauthorized``."""
     return ApiError(401, "unauthorized", message)
 
 
 def forbidden(message: str = "This token may not use this endpoint.") -> ApiError:
+    """403 ``forbidden``."""
     return ApiError(403, "forbidden", message)
 
 
 def bad_request(code: str, message: str) -> ApiError:
+    """400 with ``code``."""
     return ApiError(400, code, message)
 
 
 def validation_error(fields: dict[str, Any]) -> ApiError:
+    """422 ``validation_error`` with the invalid fields."""
     return ApiError(422, "validation_error", "Some fields are invalid.", fields=_string_keys(fields))
 
 

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, validate, validates_schema
+from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
+from models.messages import TYPE_AI, TYPE_SUPPORT
 from server.api.errors import bad_request, validation_error
 
 # Ids from other systems (page ids, IGSIDs, client ids): short opaque strings.
@@ -76,22 +77,63 @@ class TokenInputSchema(Schema):
             raise ValidationError("give exactly one of owner_email or owner_id", "owner_email")
 
 
-class WsCommandSchema(Schema):
-    """WebSocket client → server commands; unknown keys tolerated (forward compatibility)."""
+MESSAGE_TYPES = (
+    "text",
+    "image",
+    "audio",
+    "video",
+    "file",
+    "share",
+    "ig_reel",
+    "ig_post",
+    "story_mention",
+    "story_reply",
+    "postback",
+    "quick_reply",
+    "referral",
+    "unsupported",
+)
 
+
+class MarkSentSchema(Schema):
     class Meta:
-        unknown = EXCLUDE
+        unknown = RAISE
 
-    action = fields.String(required=True, validate=validate.OneOf(["subscribe", "unsubscribe", "ping"]))
-    channel_id = fields.String(validate=validate.Length(max=64))
-    conversation_id = fields.String(validate=validate.Length(max=64))
-    since_seq = fields.Integer(allow_none=True, validate=validate.Range(min=0))
-    epoch = fields.String(allow_none=True, validate=validate.Length(max=64))
+    conversation_id = fields.String(validate=ID_LENGTH)
+    account_id = fields.String(validate=ID_LENGTH)
+    customer_instagram_id = fields.String(validate=ID_LENGTH)
+    content = fields.String(load_default="", validate=validate.Length(max=20_000))
+    type = fields.String(required=True, validate=validate.OneOf([TYPE_AI, TYPE_SUPPORT]))
+    message_type = fields.String(load_default="text", validate=validate.OneOf(MESSAGE_TYPES))
+    mids = fields.List(
+        fields.String(validate=validate.Length(min=1, max=512)), load_default=list, validate=validate.Length(max=20)
+    )
+    client_message_id = fields.String(allow_none=True, load_default=None, validate=validate.Length(min=1, max=128))
+    media_url = fields.Url(
+        allow_none=True,
+        load_default=None,
+        require_tld=False,
+        schemes={"http", "https"},
+        validate=validate.Length(max=4096),
+    )
+
+    @validates_schema
+    def _target_and_content(self, data: dict[str, Any], **_: Any) -> None:
+        by_id = "conversation_id" in data
+        by_account = "account_id" in data or "customer_instagram_id" in data
+        if by_id == by_account:
+            raise ValidationError("give conversation_id, or account_id and customer_instagram_id", "conversation_id")
+        if by_account:
+            for name in ("account_id", "customer_instagram_id"):
+                if name not in data:
+                    raise ValidationError("required together with the other of account_id/customer_instagram_id", name)
+        if not data.get("content") and not data.get("media_url"):
+            raise ValidationError("give the text that was sent (or a media_url)", "content")
 
 
 CHANNEL_INPUT = ChannelInputSchema()
 TOKEN_INPUT = TokenInputSchema()
-WS_COMMAND = WsCommandSchema()
+MARK_SENT_INPUT = MarkSentSchema()
 
 
 def load(schema: Schema, payload: Any) -> dict[str, Any]:

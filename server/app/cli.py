@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
-import hmac
 import json
 import logging
 import os
@@ -22,6 +20,7 @@ from typing import Any
 
 from config import ConfigError, Settings, describe
 from server.api.errors import ApiError
+from server.api.signatures import sign
 from server.app import devsecrets, lifecycle
 from server.ops import logs
 
@@ -57,6 +56,7 @@ def _with_core(settings: Settings, work: Callable[[Any], Any]) -> Any:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    """``igsync serve``: run the server until SIGTERM/SIGINT."""
     settings = _settings()
     if args.port is not None:
         settings = settings.replace(port=args.port)
@@ -66,6 +66,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_channel_add(args: argparse.Namespace) -> int:
+    """``igsync channel add``: connect or reconnect an account."""
     owner_id: Any = int(args.owner_id) if args.owner_id.isdigit() else args.owner_id
     payload = {"page_id": args.page_id, "username": args.username, "owner": {"id": owner_id, "email": args.owner_email}}
     if args.instagram_user_id:
@@ -82,6 +83,7 @@ def cmd_channel_add(args: argparse.Namespace) -> int:
 
 
 def cmd_channel_list(args: argparse.Namespace) -> int:
+    """``igsync channel list``."""
     from models import serializers
 
     async def work(core: Any) -> Any:
@@ -92,6 +94,8 @@ def cmd_channel_list(args: argparse.Namespace) -> int:
 
 
 def cmd_channel_disconnect(args: argparse.Namespace) -> int:
+    """``igsync channel disconnect``."""
+
     async def work(core: Any) -> Any:
         return await core.inbox.disconnect_channel(args.channel_id)
 
@@ -100,6 +104,7 @@ def cmd_channel_disconnect(args: argparse.Namespace) -> int:
 
 
 def cmd_token_create(args: argparse.Namespace) -> int:
+    """``igsync token create``: issue an inbox token."""
     payload: dict[str, Any] = {}
     if args.owner_email:
         payload["owner_email"] = args.owner_email
@@ -124,11 +129,8 @@ def server_url(settings: Settings, override: str | None = None) -> str:
     return f"http://{host}:{settings.port}"
 
 
-def sign_body(body: bytes, secret: str) -> str:
-    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-
-
 def cmd_simulate(args: argparse.Namespace) -> int:
+    """``igsync simulate``: sign and post webhook fixtures to a running server."""
     import requests
 
     settings = _settings()
@@ -145,7 +147,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             response = requests.post(
                 url,
                 data=body,
-                headers={"Content-Type": "application/json", "X-Hub-Signature-256": sign_body(body, secret)},
+                headers={"Content-Type": "application/json", "X-Hub-Signature-256": sign(body, secret)},
                 timeout=30,
             )
         except requests.RequestException as exc:
@@ -161,6 +163,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
+    """``igsync replay``: process the kept webhook bodies again (idempotent)."""
     from models.timeutil import parse_iso
 
     since = parse_iso(args.since) if args.since else None
@@ -210,12 +213,14 @@ def _requeue(
 
 
 def cmd_triggers_list_dead(args: argparse.Namespace) -> int:
+    """``igsync triggers list-dead``."""
     return _show(
         lambda core: core.triggers.list_dead(limit=str(args.limit), cursor=args.cursor, channel_id=args.channel_id)
     )
 
 
 def cmd_triggers_retry(args: argparse.Namespace) -> int:
+    """``igsync triggers retry``."""
     return _requeue(
         args.delivery_ids,
         args.all,
@@ -226,6 +231,8 @@ def cmd_triggers_retry(args: argparse.Namespace) -> int:
 
 
 def cmd_media_list_failed(args: argparse.Namespace) -> int:
+    """``igsync media list-failed``."""
+
     async def listed(core: Any) -> Any:
         return {"jobs": await core.media.list_failed(limit=args.limit, reason=args.reason)}
 
@@ -233,12 +240,14 @@ def cmd_media_list_failed(args: argparse.Namespace) -> int:
 
 
 def cmd_media_retry(args: argparse.Namespace) -> int:
+    """``igsync media retry``."""
     return _requeue(
         args.job_ids, args.all, "job", lambda core, ids: core.media.retry_failed(ids, reason=args.reason), "not_failed"
     )
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
+    """``igsync doctor``: check everything, say what to fix; exit 1 on a failure."""
     from server.app import doctor
 
     # Missing or weak secrets are one of the things the doctor reports, not a reason to stop.
@@ -256,6 +265,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
+    """``igsync config``: every setting with its default."""
     for name, default, help_text in describe():
         print(f"{name:32} {default or '-':28} {help_text}")
     return 0
@@ -265,6 +275,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """Every ``igsync`` command and its options."""
     parser = argparse.ArgumentParser(prog="igsync", description="Instagram Direct inbox sync server.")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -312,6 +323,22 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--account", help="only bodies for this account id (entry.id)")
     replay.set_defaults(func=cmd_replay)
 
+    _add_queue_commands(sub)
+
+    doctor = sub.add_parser("doctor", help="check stores, indexes, channels, secrets and the pipeline; say what to fix")
+    doctor.add_argument("--json", action="store_true", help="print the checks as JSON (for scripts)")
+    doctor.add_argument("--url", help="the running server's base URL (default http://IGSYNC_HOST:IGSYNC_PORT)")
+    doctor.add_argument("--no-server", action="store_true", help="skip the checks of the running server over HTTP")
+    doctor.add_argument("--timeout", type=float, default=5.0, help="seconds each check may take (default 5)")
+    doctor.set_defaults(func=cmd_doctor)
+
+    config = sub.add_parser("config", help="list every IGSYNC_* setting with its default")
+    config.set_defaults(func=cmd_config)
+    return parser
+
+
+def _add_queue_commands(sub: Any) -> None:
+    """``igsync triggers …`` and ``igsync media …``: the operators' view of the two durable queues."""
     trig = sub.add_parser("triggers", help="workflow trigger deliveries: dead letters and retries")
     trig_sub = trig.add_subparsers(dest="triggers_command", required=True)
     list_dead = trig_sub.add_parser("list-dead", help="list dead-lettered deliveries, newest first")
@@ -336,19 +363,9 @@ def build_parser() -> argparse.ArgumentParser:
     media_retry.add_argument("job_ids", nargs="*", metavar="ID", help="job ids, as listed by list-failed")
     media_retry.set_defaults(func=cmd_media_retry)
 
-    doctor = sub.add_parser("doctor", help="check stores, indexes, channels, secrets and the pipeline; say what to fix")
-    doctor.add_argument("--json", action="store_true", help="print the checks as JSON (for scripts)")
-    doctor.add_argument("--url", help="the running server's base URL (default http://IGSYNC_HOST:IGSYNC_PORT)")
-    doctor.add_argument("--no-server", action="store_true", help="skip the checks of the running server over HTTP")
-    doctor.add_argument("--timeout", type=float, default=5.0, help="seconds each check may take (default 5)")
-    doctor.set_defaults(func=cmd_doctor)
-
-    config = sub.add_parser("config", help="list every IGSYNC_* setting with its default")
-    config.set_defaults(func=cmd_config)
-    return parser
-
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The ``igsync`` command line; the process's exit code."""
     args = build_parser().parse_args(argv)
     try:
         if args.command == "config":

@@ -9,6 +9,7 @@ tests build as many independent cores as they need.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,24 +22,30 @@ from tornado.httpclient import AsyncHTTPClient
 from config import Settings
 from models.store import Store
 from server.api.auth import Authenticator
-from server.dedup.echo import EchoDedup, EchoPairing, SentMarks
+from server.dedup.echo import EchoDedup
+from server.dedup.marks import SentMarks
 from server.dedup.marksent import MarkSentService
+from server.dedup.pairing import EchoPairing
 from server.graph.client import GraphApiClient
 from server.graph.profiles import ProfileService
-from server.inbox.events import EventSink
+from server.inbox.events import EventSink, SafePublisher
+from server.inbox.scope import OwnerScope
 from server.inbox.service import InboxService
 from server.inbox.threads import ChannelCache, ThreadResolver
 from server.ingest.changes import MessageArrivalHook, MessageEventHandler
-from server.ingest.pipeline import IngestPipeline
+from server.ingest.pipeline import InFlight, IngestPipeline, NewCustomerHook
 from server.ingest.recorder import MessageRecorder
+from server.media.download import Downloader
 from server.media.links import LinkRefresher
-from server.media.service import Downloader, MediaService, Transcriber, load_transcriber
+from server.media.service import MediaService
+from server.media.transcribe import Transcriber, load_transcriber
 from server.ops.metrics import Metrics
-from server.ops.monitor import ChannelActivity, OpsMonitor
+from server.ops.monitor import ChannelActivity, OpsMonitor, Readiness
 from server.ops.store_metrics import InstrumentedRedis, MongoCommandMetrics
 from server.realtime.hub import EventHub
+from server.triggers.admin import TriggerAdmin
 from server.triggers.delivery import CachingResolver, TriggerDispatcher
-from server.triggers.outbox import TriggerAdmin, TriggerOutbox
+from server.triggers.outbox import TriggerOutbox
 
 log = logging.getLogger("igsync.core")
 
@@ -77,6 +84,8 @@ def redis_client(
 
 @dataclass
 class Core:
+    """Every long-lived object of one process, each built once by :func:`build_core`."""
+
     settings: Settings
     store: Store
     redis: aioredis.Redis
@@ -88,41 +97,31 @@ class Core:
     auth: Authenticator
     inbox: InboxService
     sink: EventSink
-    # Workflow triggers: dead letters and retries (the dispatcher is one of the services).
     triggers: TriggerAdmin
+    dedup: EchoDedup
+    marksent: MarkSentService
+    media: MediaService
+    profiles: ProfileService
+    changes: MessageEventHandler
+    monitor: OpsMonitor
+    readiness: Readiness
+    # Started in this order by serve, stopped in reverse: the hub outlives the workers that
+    # publish through it, and the dedup Redis client (marks) closes last.
+    services: list[Any] = field(default_factory=list)
     # The WebSocket hub when this core publishes to it (the default); None with another sink.
     realtime: EventHub | None = None
-    # Echo dedup (webhook side) and mark-sent (sender side): server/dedup/echo.py, server/dedup/marksent.py.
-    dedup: EchoDedup | None = None
-    marksent: MarkSentService | None = None
-    # Background services with start()/stop() (realtime hub, workers); started by serve.
-    services: list[Any] = field(default_factory=list)
-    # Events and media (issue 7): GET /media, the media worker, profile look-ups.
-    media: MediaService | None = None
-    profiles: ProfileService | None = None
-    message_events: MessageEventHandler | None = None
-    # The periodic checks behind igsync_ready / igsync_channels_silent / igsync_duplicates_stored.
-    monitor: OpsMonitor | None = None
 
     async def ready(self) -> dict[str, bool]:
         """Whether each store answers now (``/readyz``); also sets ``igsync_ready``."""
-        status = {"mongo": False, "redis": False}
-        try:
-            status["mongo"] = await self.store.ping()
-        except Exception:
-            self.metrics.store_errors.labels(store="mongo").inc()
-        try:
-            status["redis"] = bool(await self.redis.ping())
-        except Exception:
-            self.metrics.store_errors.labels(store="redis").inc()
-        self.metrics.set_readiness(status)
-        return status
+        return await self.readiness.check()
 
     async def start(self) -> None:
+        """Start the background services in order."""
         for service in self.services:
             await service.start()
 
     async def close(self) -> None:
+        """Stop the services in reverse order, then close the shared clients."""
         for service in reversed(self.services):
             try:
                 await service.stop()
@@ -141,43 +140,107 @@ async def build_core(
     mongo_listeners: list[Any] | None = None,
     transcriber: Transcriber | None = None,
 ) -> Core:
+    """Build a process's core inside the running loop: every client once, every object complete.
+
+    Objects that need each other are joined through small shared pieces created first (the
+    event publisher, the webhook load counter), never by setting attributes afterwards."""
     if not settings.mongo_url or not settings.redis_url:
         raise ValueError("build_core needs store URLs; embedded stores are started by the CLI")
     metrics = metrics or Metrics()
+    store = await _build_store(settings, metrics, mongo_listeners or [], ensure_indexes)
+    redis = redis_client(settings.redis_url, timeout_ms=settings.store_timeout_ms, metrics=metrics)
+    channels = ChannelCache(store, ttl_secs=settings.channel_cache_secs)
+    threads = ThreadResolver(store)
+    realtime = _build_realtime(settings, metrics, OwnerScope(store)) if sink is None else None
+    sink = realtime if realtime is not None else sink
+    assert sink is not None
+    publisher = SafePublisher(sink)
+    webhooks = InFlight()
+    dispatcher = _build_dispatcher(settings, store, redis, metrics, webhooks_busy=webhooks.busy)
+    media = _build_media(settings, store, metrics, publisher, transcriber)
+    changes = MessageEventHandler(store, publisher.publish, metrics, media)
+    recorder = _build_recorder(settings, store, publisher, changes, media, dispatcher)
+    profiles = _build_profiles(settings, store, metrics, publisher, media)
+    marks, pairing = _build_dedup_layers(settings, store, metrics)
+    dedup = EchoDedup(store, recorder, pairing, marks, metrics)
+    new_customer_hooks: list[NewCustomerHook] = [profiles]
+    pipeline = _build_pipeline(
+        settings, store, metrics, recorder, channels, threads, changes, dedup, new_customer_hooks, webhooks
+    )
+    auth = _build_auth(settings, store)
+    marksent = MarkSentService(
+        store=store,
+        auth=auth,
+        channels=channels,
+        threads=threads,
+        recorder=recorder,
+        pairing=pairing,
+        marks=marks,
+        metrics=metrics,
+        new_customer_hooks=new_customer_hooks,
+    )
+    readiness = Readiness(store, redis, metrics)
+    monitor = _build_monitor(settings, store, metrics, readiness)
+    return Core(
+        settings=settings,
+        store=store,
+        redis=redis,
+        metrics=metrics,
+        channels=channels,
+        threads=threads,
+        recorder=recorder,
+        pipeline=pipeline,
+        auth=auth,
+        inbox=InboxService(store, channels, publish=publisher.publish),
+        sink=sink,
+        triggers=TriggerAdmin(store, on_requeued=dispatcher.wake),
+        dedup=dedup,
+        marksent=marksent,
+        media=media,
+        profiles=profiles,
+        changes=changes,
+        monitor=monitor,
+        readiness=readiness,
+        services=[marks, *([realtime] if realtime is not None else []), media, profiles, dispatcher, monitor],
+        realtime=realtime,
+    )
+
+
+async def _build_store(settings: Settings, metrics: Metrics, listeners: list[Any], ensure_indexes: bool) -> Store:
     store = Store(
-        settings.mongo_url,
+        settings.mongo_url or "",
         settings.mongo_db,
         timeout_ms=settings.store_timeout_ms,
         webhook_events_ttl_days=settings.webhook_events_ttl_days,
         trigger_jobs_ttl_days=settings.trigger_jobs_ttl_days,
         orphan_events_ttl_days=settings.orphan_events_ttl_days,
-        listeners=[MongoCommandMetrics(metrics), *(mongo_listeners or [])],
+        listeners=[MongoCommandMetrics(metrics), *listeners],
     )
     if ensure_indexes:
         await store.ensure_indexes()
-    redis = redis_client(settings.redis_url, timeout_ms=settings.store_timeout_ms, metrics=metrics)
-    channels = ChannelCache(store, ttl_secs=settings.channel_cache_secs)
-    threads = ThreadResolver(store)
-    inbox = InboxService(store, channels)
-    realtime = None
-    if sink is None:
-        # The hub has its own clients: the publish path gets one immediate retry and a short
-        # timeout (its breaker takes over), the pub/sub reader none (its loop reconnects).
-        realtime = EventHub(
-            settings=settings,
-            publish_redis=redis_client(
-                settings.redis_url, timeout_ms=settings.realtime_redis_timeout_ms, retries=1, metrics=metrics
-            ),
-            pubsub_redis=redis_client(
-                settings.redis_url, timeout_ms=settings.store_timeout_ms, retries=0, metrics=metrics
-            ),
-            metrics=metrics,
-            inbox=inbox,
-        )
-        sink = realtime
+    return store
+
+
+def _build_realtime(settings: Settings, metrics: Metrics, scope: OwnerScope) -> EventHub:
+    # The hub has its own clients: the publish path gets one immediate retry and a short
+    # timeout (its breaker takes over), the pub/sub reader none (its loop reconnects).
+    url = settings.redis_url or ""
+    return EventHub(
+        settings=settings,
+        publish_redis=redis_client(url, timeout_ms=settings.realtime_redis_timeout_ms, retries=1, metrics=metrics),
+        pubsub_redis=redis_client(url, timeout_ms=settings.store_timeout_ms, retries=0, metrics=metrics),
+        metrics=metrics,
+        inbox=scope,
+    )
+
+
+def _build_dispatcher(
+    settings: Settings, store: Store, redis: aioredis.Redis, metrics: Metrics, *, webhooks_busy: Callable[[], bool]
+) -> TriggerDispatcher:
     # Trigger deliveries are the only outgoing HTTP of the dispatcher: one client, one
-    # connection slot per lane delivered at once.
-    dispatcher = TriggerDispatcher(
+    # connection slot per lane delivered at once. Webhooks first: it gives way while this
+    # process is handling them.
+    return TriggerDispatcher(
         settings=settings,
         store=store,
         redis=redis,
@@ -185,13 +248,29 @@ async def build_core(
             force_instance=True, max_clients=max(1, settings.trigger_workers), resolver=CachingResolver()
         ),
         metrics=metrics,
+        webhooks_busy=webhooks_busy,
     )
-    outbox = TriggerOutbox(store, channel_cache_secs=settings.channel_cache_secs, on_recorded=dispatcher.wake)
-    recorder = MessageRecorder(store, sink, before_hooks=[outbox])
-    inbox.publish = recorder.publish
-    media = MediaService(
+
+
+def _graph_client(settings: Settings, max_clients: int) -> GraphApiClient:
+    return GraphApiClient(
+        settings.graph_api_url,
+        settings.graph_api_version,
+        timeout_secs=settings.graph_api_timeout_secs,
+        max_clients=max(max_clients, 1),
+    )
+
+
+def _build_media(
+    settings: Settings,
+    store: Store,
+    metrics: Metrics,
+    publisher: SafePublisher,
+    transcriber: Transcriber | None,
+) -> MediaService:
+    return MediaService(
         store,
-        recorder.publish,
+        publisher.publish,
         metrics,
         downloader=Downloader(
             max_bytes=settings.media_max_bytes,
@@ -205,27 +284,17 @@ async def build_core(
         retry_base_secs=settings.media_retry_base_secs,
         poll_secs=settings.media_poll_secs,
         transcribe_timeout_secs=settings.media_timeout_secs,
-        links=LinkRefresher(
-            store,
-            GraphApiClient(
-                settings.graph_api_url,
-                settings.graph_api_version,
-                timeout_secs=settings.graph_api_timeout_secs,
-                max_clients=max(settings.media_concurrency, 1),
-            ),
-            metrics,
-        ),
+        links=LinkRefresher(store, _graph_client(settings, settings.media_concurrency), metrics),
     )
-    message_events = MessageEventHandler(store, recorder, metrics, media)
-    profiles = ProfileService(
+
+
+def _build_profiles(
+    settings: Settings, store: Store, metrics: Metrics, publisher: SafePublisher, media: MediaService
+) -> ProfileService:
+    return ProfileService(
         store,
-        GraphApiClient(
-            settings.graph_api_url,
-            settings.graph_api_version,
-            timeout_secs=settings.graph_api_timeout_secs,
-            max_clients=settings.profile_concurrency,
-        ),
-        recorder.publish,
+        _graph_client(settings, settings.profile_concurrency),
+        publisher.publish,
         metrics,
         concurrency=settings.profile_concurrency,
         max_attempts=settings.profile_max_attempts,
@@ -233,79 +302,81 @@ async def build_core(
         refresh_after_secs=settings.profile_refresh_days * 86400,
         pictures=media,
     )
-    # Order matters: earlier events are applied (an unsend clears the attachments) before
-    # media jobs are queued.
-    recorder.hooks.extend([MessageArrivalHook(store, message_events), media])
+
+
+def _build_dedup_layers(settings: Settings, store: Store, metrics: Metrics) -> tuple[SentMarks, EchoPairing]:
     # Dedup hints get their own Redis client with a short timeout (and the default single
     # immediate retry on a connection error, for restarts): a slow or dead Redis is skipped,
     # never waited for (MongoDB decides alone, P4).
     marks = SentMarks(
-        redis_client(settings.redis_url, timeout_ms=settings.dedup_redis_timeout_ms, metrics=metrics),
+        redis_client(settings.redis_url or "", timeout_ms=settings.dedup_redis_timeout_ms, metrics=metrics),
         metrics,
         ttl_secs=settings.dedup_ttl_secs,
     )
-    pairing = EchoPairing(store.echo_pairs, window_secs=settings.dedup_window_secs)
-    dedup = EchoDedup(store, recorder, pairing, marks, metrics)
-    pipeline = IngestPipeline(
+    return marks, EchoPairing(store.echo_pairs, window_secs=settings.dedup_window_secs)
+
+
+def _build_recorder(
+    settings: Settings,
+    store: Store,
+    publisher: SafePublisher,
+    changes: MessageEventHandler,
+    media: MediaService,
+    dispatcher: TriggerDispatcher,
+) -> MessageRecorder:
+    return MessageRecorder(
+        store,
+        publisher,
+        # Order matters: earlier events are applied (an unsend clears the attachments)
+        # before media jobs are queued.
+        hooks=[MessageArrivalHook(store, changes), media],
+        before_hooks=[
+            TriggerOutbox(store, channel_cache_secs=settings.channel_cache_secs, on_recorded=dispatcher.wake)
+        ],
+    )
+
+
+def _build_auth(settings: Settings, store: Store) -> Authenticator:
+    return Authenticator(
+        store,
+        admin_token=settings.admin_token,
+        internal_tokens=settings.internal_tokens,
+        metrics_token=settings.metrics_token,
+    )
+
+
+def _build_monitor(settings: Settings, store: Store, metrics: Metrics, readiness: Readiness) -> OpsMonitor:
+    return OpsMonitor(
+        store,
+        metrics,
+        readiness.check,
+        interval_secs=settings.monitor_interval_secs,
+        dedup_window_secs=settings.dedup_window_secs,
+    )
+
+
+def _build_pipeline(
+    settings: Settings,
+    store: Store,
+    metrics: Metrics,
+    recorder: MessageRecorder,
+    channels: ChannelCache,
+    threads: ThreadResolver,
+    changes: MessageEventHandler,
+    dedup: EchoDedup,
+    new_customer_hooks: list[NewCustomerHook],
+    webhooks: InFlight,
+) -> IngestPipeline:
+    return IngestPipeline(
         store=store,
         app_secret=settings.app_secret or "",
         channels=channels,
         threads=threads,
         recorder=recorder,
         metrics=metrics,
-        item_events=message_events,
-        new_customer_hooks=[profiles],
+        item_events=changes,
+        new_customer_hooks=new_customer_hooks,
         activity=ChannelActivity(store, metrics),
         owner_messages=dedup,
+        load=webhooks,
     )
-    # Webhooks first: the dispatcher gives way while this process is handling them.
-    dispatcher.webhooks_busy = lambda: pipeline.in_flight > 0
-    auth = Authenticator(
-        store,
-        admin_token=settings.admin_token,
-        internal_tokens=settings.internal_tokens,
-        metrics_token=settings.metrics_token,
-    )
-    marksent = MarkSentService(
-        store=store,
-        auth=auth,
-        channels=channels,
-        threads=threads,
-        recorder=recorder,
-        pairing=pairing,
-        marks=marks,
-        metrics=metrics,
-        new_customer_hooks=pipeline.new_customer_hooks,
-    )
-    core = Core(
-        settings=settings,
-        store=store,
-        redis=redis,
-        metrics=metrics,
-        channels=channels,
-        threads=threads,
-        recorder=recorder,
-        pipeline=pipeline,
-        auth=auth,
-        inbox=inbox,
-        sink=sink,
-        triggers=TriggerAdmin(store, on_requeued=dispatcher.wake),
-        realtime=realtime,
-        dedup=dedup,
-        marksent=marksent,
-        # Started in this order, stopped in reverse: the hub outlives the workers that publish;
-        # the dedup Redis client closes last.
-        services=[marks, *([realtime] if realtime is not None else []), media, profiles, dispatcher],
-        media=media,
-        profiles=profiles,
-        message_events=message_events,
-    )
-    core.monitor = OpsMonitor(
-        store,
-        metrics,
-        core.ready,
-        interval_secs=settings.monitor_interval_secs,
-        dedup_window_secs=settings.dedup_window_secs,
-    )
-    core.services.append(core.monitor)
-    return core

@@ -19,10 +19,12 @@ SECRETS_FILE = "secrets.json"
 
 
 def secrets_path(data_dir: str | Path) -> Path:
+    """Where the development secrets of a data directory are kept."""
     return Path(data_dir).resolve() / SECRETS_FILE
 
 
 def load_or_create(data_dir: str | Path) -> dict[str, Any]:
+    """The development secrets of a data directory, created on first use."""
     path = secrets_path(data_dir)
     if path.exists():
         return json.loads(path.read_text())
@@ -38,6 +40,7 @@ def load_or_create(data_dir: str | Path) -> dict[str, Any]:
 
 
 def save(data_dir: str | Path, values: dict[str, Any]) -> None:
+    """Write the development secrets, readable by the owner only."""
     path = secrets_path(data_dir)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:

@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import hashlib
-import hmac
 import time
 import uuid
 from collections.abc import Awaitable
@@ -45,6 +43,7 @@ from config import Settings
 from config.settings import MIN_SECRET_CHARS, PLACEHOLDER_MARKERS
 from models import diagnostics
 from models.timeutil import iso, utcnow
+from server.api.signatures import sign
 from server.app.core import Core, build_core, redis_client
 from server.inbox.events import NullSink
 from server.inbox.threads import channel_account_ids
@@ -74,6 +73,7 @@ class CheckResult:
     lines: list[str] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
+        """The check as JSON (``igsync doctor --json``)."""
         out = asdict(self)
         if not out["lines"]:
             out.pop("lines")
@@ -92,6 +92,7 @@ def public_url(url: str | None) -> str:
 
 
 def ago(when: dt.datetime | None, now: dt.datetime) -> str:
+    """ "N units ago" for a time, or "never"."""
     if when is None:
         return "never"
     secs = int((now - when).total_seconds())
@@ -140,6 +141,7 @@ class Doctor:
         self.now = utcnow()
 
     async def run(self) -> list[CheckResult]:
+        """Run every check once; their results, in order."""
         results = [self.check_config()]
         core = await build_core(self.settings, ensure_indexes=False, sink=NullSink())
         try:
@@ -185,6 +187,7 @@ class Doctor:
     # -- checks ----------------------------------------------------------------------------
 
     def check_config(self) -> CheckResult:
+        """Secrets and settings: missing, weak or contradictory ones."""
         s = self.settings
         problems = list(self.config_problems)
         for problem in (
@@ -208,6 +211,7 @@ class Doctor:
         return CheckResult("config", PASS, f"webhook secret and verify token are set; mode: {mode}", details=details)
 
     async def check_mongo(self, core: Core) -> CheckResult:
+        """MongoDB answers; its version and round trip."""
         started = time.perf_counter()
         await core.store.ping()
         version = await core.store.server_version()
@@ -221,6 +225,7 @@ class Doctor:
         )
 
     async def check_redis(self, core: Core) -> CheckResult:
+        """Redis answers; its version and round trip."""
         started = time.perf_counter()
         await core.redis.ping()
         info = await core.redis.info("server")
@@ -238,6 +243,7 @@ class Doctor:
         )
 
     async def check_indexes(self, core: Core) -> CheckResult:
+        """Every index igsync relies on exists with the right options."""
         planned = await diagnostics.planned_indexes(core.store)
         problems = await diagnostics.index_problems(core.store, planned)
         details = {"expected": len(planned), "problems": problems}
@@ -254,6 +260,7 @@ class Doctor:
         return CheckResult("indexes", PASS, f"all {len(planned)} indexes present", details=details)
 
     async def check_channels(self, core: Core) -> CheckResult:
+        """Connected channels: webhooks arriving, tokens valid, nothing silent."""
         store = core.store
         channels = [c for c in await store.channels.list() if c.get("is_connect") and not c.get("doctor_test")]
         if not channels:
@@ -344,6 +351,7 @@ class Doctor:
         return {"state": "absent", "text": "not set (profiles and media look-ups are skipped)"}
 
     async def check_pubsub(self, core: Core) -> CheckResult:
+        """Redis pub/sub carries a message between two connections."""
         assert self.settings.redis_url
         listener = redis_client(self.settings.redis_url, timeout_ms=int(self.timeout_secs * 1000))
         topic = f"igsync:doctor:{uuid.uuid4().hex}"
@@ -376,6 +384,7 @@ class Doctor:
             await listener.aclose()
 
     async def check_pipeline(self, core: Core) -> CheckResult:
+        """A signed test webhook goes through the whole pipeline and is cleaned up."""
         secret = self.settings.app_secret
         if not secret:
             return CheckResult("pipeline", SKIP, "skipped: no IGSYNC_APP_SECRET to sign the test webhook with")
@@ -402,7 +411,7 @@ class Doctor:
                 ],
             }
         )
-        signature = _sign(body, secret)
+        signature = sign(body, secret)
         channel = await diagnostics.create_test_channel(core.store, page_id)
         core.channels.invalidate()
         removed: dict[str, int] = {}
@@ -440,6 +449,7 @@ class Doctor:
         )
 
     async def check_trigger_outbox(self, core: Core) -> CheckResult:
+        """The trigger outbox is being drained."""
         outbox = await diagnostics.trigger_outbox_state(core.store)
         if not outbox.exists:
             return CheckResult("trigger_outbox", SKIP, "skipped: workflow triggers are not in use (no outbox yet)")
@@ -459,6 +469,7 @@ class Doctor:
         return CheckResult("trigger_outbox", PASS, text, details=details)
 
     async def check_media(self, core: Core) -> CheckResult:
+        """Media downloads are taken by a worker; failures are listed."""
         queue = await diagnostics.media_queue_state(core.store, self.now)
         if not queue.exists:
             return CheckResult("media", SKIP, "skipped: no attachment downloaded yet")
@@ -494,51 +505,9 @@ class Doctor:
             ready = await self._http(client, "GET", "/readyz", raise_error=False)
             if ready.code != 200:
                 problems.append(f"/readyz answers {ready.code} {ready.body.decode(errors='replace')[:120]}")
-            challenge = uuid.uuid4().hex
-            query = urlencode(
-                {
-                    "hub.mode": "subscribe",
-                    "hub.verify_token": self.settings.verify_token or "",
-                    "hub.challenge": challenge,
-                }
-            )
-            handshake = await self._http(client, "GET", f"/webhooks/instagram?{query}", raise_error=False)
-            if handshake.code != 200 or handshake.body.decode(errors="replace") != challenge:
-                problems.append(
-                    f"the handshake with IGSYNC_VERIFY_TOKEN answered {handshake.code}: the server runs with a "
-                    "different verify token than this configuration"
-                )
+            problems += await self._check_handshake(client)
             test_account = f"{DOCTOR_ACCOUNT_PREFIX}http-{uuid.uuid4().hex[:12]}"
-            body = orjson.dumps(
-                {
-                    "object": "instagram",
-                    "entry": [
-                        {
-                            "id": test_account,
-                            "time": int(time.time() * 1000),
-                            "changes": [{"field": "messages", "value": _META_TEST_VALUE}],
-                        }
-                    ],
-                }
-            )
-            posted = await self._http(
-                client,
-                "POST",
-                "/webhooks/instagram",
-                body=body,
-                headers={
-                    "Content-Type": "application/json",
-                    "X-Hub-Signature-256": _sign(body, self.settings.app_secret or ""),
-                },
-                raise_error=False,
-            )
-            if posted.code == 401:
-                problems.append(
-                    "the server refused a webhook signed with IGSYNC_APP_SECRET (401 invalid_signature): "
-                    "it runs with a different app secret than this configuration"
-                )
-            elif posted.code != 200:
-                problems.append(f"a signed test webhook answered {posted.code}")
+            problems += await self._check_signed_webhook(client, test_account)
             if mongo_ok:
                 await diagnostics.delete_audit_rows(core.store, [test_account])
         finally:
@@ -554,6 +523,60 @@ class Doctor:
                 details=details,
             )
         return server, signatures
+
+    async def _check_handshake(self, client: AsyncHTTPClient) -> list[str]:
+        """Meta's subscription handshake with this configuration's verify token; the problems found."""
+        problems: list[str] = []
+        challenge = uuid.uuid4().hex
+        query = urlencode(
+            {
+                "hub.mode": "subscribe",
+                "hub.verify_token": self.settings.verify_token or "",
+                "hub.challenge": challenge,
+            }
+        )
+        handshake = await self._http(client, "GET", f"/webhooks/instagram?{query}", raise_error=False)
+        if handshake.code != 200 or handshake.body.decode(errors="replace") != challenge:
+            problems.append(
+                f"the handshake with IGSYNC_VERIFY_TOKEN answered {handshake.code}: the server runs with a "
+                "different verify token than this configuration"
+            )
+        return problems
+
+    async def _check_signed_webhook(self, client: AsyncHTTPClient, test_account: str) -> list[str]:
+        """A test webhook signed with this configuration's app secret; the problems found."""
+        problems: list[str] = []
+        body = orjson.dumps(
+            {
+                "object": "instagram",
+                "entry": [
+                    {
+                        "id": test_account,
+                        "time": int(time.time() * 1000),
+                        "changes": [{"field": "messages", "value": _META_TEST_VALUE}],
+                    }
+                ],
+            }
+        )
+        posted = await self._http(
+            client,
+            "POST",
+            "/webhooks/instagram",
+            body=body,
+            headers={
+                "Content-Type": "application/json",
+                "X-Hub-Signature-256": sign(body, self.settings.app_secret or ""),
+            },
+            raise_error=False,
+        )
+        if posted.code == 401:
+            problems.append(
+                "the server refused a webhook signed with IGSYNC_APP_SECRET (401 invalid_signature): "
+                "it runs with a different app secret than this configuration"
+            )
+        elif posted.code != 200:
+            problems.append(f"a signed test webhook answered {posted.code}")
+        return problems
 
     async def _signature_counts(self, client: AsyncHTTPClient) -> CheckResult:
         headers = {"Authorization": f"Bearer {self.settings.metrics_token}"} if self.settings.metrics_token else {}
@@ -627,10 +650,6 @@ _ADVICE = {
 }
 
 
-def _sign(body: bytes, secret: str) -> str:
-    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-
-
 def _short(value: Any, limit: int = 160) -> str:
     text = value if isinstance(value, str) else str(value)
     return text if len(text) <= limit else text[: limit - 1] + "…"
@@ -642,6 +661,7 @@ LABELS = {PASS: "PASS", FAIL: "FAIL", WARN: "WARN", SKIP: "SKIP"}
 
 
 def render_text(results: list[CheckResult]) -> str:
+    """The checks as aligned text, advice under each failure."""
     width = max(len(r.name) for r in results)
     out = []
     for r in results:
@@ -659,9 +679,11 @@ def render_text(results: list[CheckResult]) -> str:
 
 
 def render_json(results: list[CheckResult]) -> str:
+    """The checks as JSON."""
     body = {"ok": not any(r.status == FAIL for r in results), "checks": [r.as_json() for r in results]}
     return orjson.dumps(body, option=orjson.OPT_INDENT_2).decode()
 
 
 def exit_code(results: list[CheckResult]) -> int:
+    """1 when a check failed, else 0."""
     return 1 if any(r.status == FAIL for r in results) else 0

@@ -45,6 +45,7 @@ class EmbeddedError(RuntimeError):
 
 
 def free_port(host: str = "127.0.0.1") -> int:
+    """A free TCP port on ``host`` (bind to 0, read, close)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return s.getsockname()[1]
@@ -158,12 +159,14 @@ class EmbeddedStores:
 
     @property
     def mongo_url(self) -> str | None:
+        """The embedded MongoDB's URL, or None (``retryWrites=false``: its retryable-write table slows every write)."""
         if self._mongo is None:
             return None
         return f"mongodb://{self.host}:{self._mongo.port}/?retryWrites=false&directConnection=true"
 
     @property
     def redis_url(self) -> str | None:
+        """The embedded Redis's URL, or None."""
         return None if self._redis is None else f"redis://{self.host}:{self._redis.port}/0"
 
     @property
@@ -174,6 +177,7 @@ class EmbeddedStores:
     # -- lifecycle -----------------------------------------------------------------------
 
     def start(self) -> EmbeddedStores:
+        """Start both stores (under the data directory's lock); raise EmbeddedError when one cannot start."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if self.use_lock:
             self._acquire_lock()
@@ -226,10 +230,12 @@ class EmbeddedStores:
         log.info("embedded MongoDB (SecantusDB) on %s:%s", self.host, port)
 
     def stop_mongo(self) -> None:
+        """Stop the embedded MongoDB (tests use it to simulate an outage)."""
         if self._mongo is not None:
             self._mongo.stop()
 
     def start_redis(self, port: int | None = None) -> None:
+        """Start the embedded Redis, on ``port`` or the one it had; its URL."""
         storage = self.data_dir / "redis"
         storage.mkdir(parents=True, exist_ok=True)
         port = port or (self._redis.port if self._redis else free_port(self.host))
@@ -243,10 +249,12 @@ class EmbeddedStores:
         log.info("embedded Redis on %s:%s", self.host, port)
 
     def stop_redis(self) -> None:
+        """Stop the embedded Redis (tests use it to simulate an outage)."""
         if self._redis is not None:
             self._redis.stop()
 
     def stop(self) -> None:
+        """Stop both stores and release the lock."""
         for child in (self._redis, self._mongo):
             if child is not None:
                 child.stop()

@@ -41,6 +41,7 @@ class ResolvedStores:
     embedded: EmbeddedStores | None
 
     def stop(self) -> None:
+        """Stop the embedded stores, if these are."""
         if self.embedded is not None:
             self.embedded.stop()
 
@@ -114,6 +115,7 @@ class ServerProcess:
         self._stop = asyncio.Event()
 
     async def start(self) -> None:
+        """Build the core, start its services, listen."""
         self.core = await build_core(self.settings, mongo_listeners=self.mongo_listeners)
         await self.core.start()
         app = make_app(self.core)
@@ -125,9 +127,11 @@ class ServerProcess:
         self.http.add_sockets(sockets)
 
     def request_stop(self) -> None:
+        """Ask the process to stop (signal handlers call this)."""
         self._stop.set()
 
     async def wait(self) -> None:
+        """Wait until a stop is requested."""
         await self._stop.wait()
 
     async def shutdown(self) -> None:
@@ -168,6 +172,7 @@ def banner(settings: Settings, port: int, embedded: EmbeddedStores | None, demo_
 
 
 async def serve_async(settings: Settings, embedded: EmbeddedStores | None) -> None:
+    """Run one server process until it is asked to stop, then stop it in order."""
     process = ServerProcess(settings, embedded=embedded)
     await process.start()
     loop = asyncio.get_running_loop()
@@ -184,6 +189,7 @@ async def serve_async(settings: Settings, embedded: EmbeddedStores | None) -> No
 
 
 def serve(settings: Settings) -> int:
+    """``igsync serve``: stores resolved (embedded or real), secrets checked, logging set, run."""
     settings = fill_dev_secrets(settings)
     # The dev secrets are known only now: let the log redactor know them too.
     logs.configure(settings.log_format, settings.log_level, secrets=logs.secret_values(settings))

@@ -20,6 +20,7 @@ WS_MAX_MESSAGE_BYTES = 64 * 1024
 
 
 def route_table() -> list[Any]:
+    """Every route of the application, from each handler module's ``routes``."""
     routes: list[Any] = []
     for module in (webhook, api, marksent, health, metrics, ws, media, inbox_page, triggers):
         routes.extend(module.routes)
@@ -37,6 +38,7 @@ def handler_classes(routes: list[Any]) -> list[type]:
 
 
 def make_app(core: Core, **overrides: Any) -> tornado.web.Application:
+    """The Tornado application serving ``core``."""
     routes = route_table()
     # Request metrics and the access log come from one log_function (server.access_log);
     # every handler's series exist at 0 before its first request.

@@ -26,19 +26,20 @@ from typing import Any
 
 import orjson
 from bson import ObjectId
-from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from models import serializers
 from models.echo_pairs import EchoPairContention
 from models.ids import as_object_id
-from models.messages import TYPE_AI, TYPE_SUPPORT, conflict_key
+from models.messages import TYPE_AI, conflict_key
 from models.store import Store
 from models.timeutil import utcnow
 from server.api.auth import INTERNAL, Authenticator
 from server.api.errors import ApiError, bad_request, not_found, validation_error
-from server.api.schemas import ID_LENGTH
-from server.dedup.echo import LAYER_ADOPTED, EchoPairing, SentMarks, is_native_looking
+from server.api.schemas import MARK_SENT_INPUT, load
+from server.dedup.echo import LAYER_ADOPTED, is_native_looking
+from server.dedup.marks import SentMarks
+from server.dedup.pairing import EchoPairing
 from server.inbox import events as ev
 from server.inbox.threads import ChannelCache, ThreadResolver, channel_account_ids
 from server.ingest.pipeline import NewCustomerHook, content_hash
@@ -52,65 +53,10 @@ SOURCE_APP = "app"
 OUTCOME_CREATED = "created"
 OUTCOME_IDEMPOTENT = "idempotent"
 OUTCOME_ADOPTED = "adopted"
-MESSAGE_TYPES = (
-    "text",
-    "image",
-    "audio",
-    "video",
-    "file",
-    "share",
-    "ig_reel",
-    "ig_post",
-    "story_mention",
-    "story_reply",
-    "postback",
-    "quick_reply",
-    "referral",
-    "unsupported",
-)
 # Fields an adoption may change on the echo's message; ``message_updated`` names those it did.
 ADOPTION_FIELDS = ("type", "source", "is_ai_response", "client_message_id", "media_url")
 # Each retry means a concurrent writer (the echo, a retried call) just changed the outcome.
 MAX_STORE_ATTEMPTS = 16
-
-
-class MarkSentSchema(Schema):
-    class Meta:
-        unknown = RAISE
-
-    conversation_id = fields.String(validate=ID_LENGTH)
-    account_id = fields.String(validate=ID_LENGTH)
-    customer_instagram_id = fields.String(validate=ID_LENGTH)
-    content = fields.String(load_default="", validate=validate.Length(max=20_000))
-    type = fields.String(required=True, validate=validate.OneOf([TYPE_AI, TYPE_SUPPORT]))
-    message_type = fields.String(load_default="text", validate=validate.OneOf(MESSAGE_TYPES))
-    mids = fields.List(
-        fields.String(validate=validate.Length(min=1, max=512)), load_default=list, validate=validate.Length(max=20)
-    )
-    client_message_id = fields.String(allow_none=True, load_default=None, validate=validate.Length(min=1, max=128))
-    media_url = fields.Url(
-        allow_none=True,
-        load_default=None,
-        require_tld=False,
-        schemes={"http", "https"},
-        validate=validate.Length(max=4096),
-    )
-
-    @validates_schema
-    def _target_and_content(self, data: dict[str, Any], **_: Any) -> None:
-        by_id = "conversation_id" in data
-        by_account = "account_id" in data or "customer_instagram_id" in data
-        if by_id == by_account:
-            raise ValidationError("give conversation_id, or account_id and customer_instagram_id", "conversation_id")
-        if by_account:
-            for name in ("account_id", "customer_instagram_id"):
-                if name not in data:
-                    raise ValidationError("required together with the other of account_id/customer_instagram_id", name)
-        if not data.get("content") and not data.get("media_url"):
-            raise ValidationError("give the text that was sent (or a media_url)", "content")
-
-
-MARK_SENT_INPUT = MarkSentSchema()
 
 
 @dataclass
@@ -121,6 +67,7 @@ class MarkSentResult:
 
     @property
     def body(self) -> dict[str, Any]:
+        """The response body of API.md §2."""
         return {
             "status": "success",
             "message": serializers.ws_message(self.message),
@@ -220,6 +167,7 @@ class MarkSentService:
         return result
 
     async def resolve_target(self, data: dict[str, Any]) -> Target:
+        """The conversation a mark-sent is about, by id or by (account, customer); 404 when unknown."""
         if "conversation_id" in data:
             oid = as_object_id(data["conversation_id"])
             conversation = None if oid is None else await self.store.conversations.get(oid)
@@ -362,16 +310,12 @@ class MarkSentService:
 
 
 def parse_input(body: bytes) -> dict[str, Any]:
+    """The validated mark-sent body (400 for JSON that is not an object, 422 per field)."""
     try:
         payload = orjson.loads(body or b"")
     except orjson.JSONDecodeError:
         raise bad_request("invalid_json", "The body is not valid JSON.") from None
-    if not isinstance(payload, dict):
-        raise bad_request("invalid_json", "The body must be a JSON object.")
-    try:
-        return MARK_SENT_INPUT.load(payload)
-    except ValidationError as exc:
-        raise validation_error(exc.messages_dict) from None
+    return load(MARK_SENT_INPUT, payload)
 
 
 def outbound_message(

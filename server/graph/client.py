@@ -67,6 +67,7 @@ class Profile:
 
 
 def classify(code: int | None, http_status: int | None) -> str:
+    """What a Graph API error means for the caller: token expired, unavailable, or permanent."""
     if code == 190:
         return TOKEN_EXPIRED
     if code in UNAVAILABLE_CODES:
@@ -79,6 +80,7 @@ def classify(code: int | None, http_status: int | None) -> str:
 
 
 def mask(text: str, secret: str | None) -> str:
+    """``text`` with ``secret`` replaced, for logs and stored errors."""
     return text.replace(secret, "***") if secret else text
 
 
@@ -93,11 +95,13 @@ class OutboundHttp:
 
     @property
     def http(self) -> AsyncHTTPClient:
+        """The HTTP client, created on first use (inside the running loop)."""
         if self._http is None:
             self._http = AsyncHTTPClient(force_instance=True, **self.client_options)
         return self._http
 
     def close(self) -> None:
+        """Close the HTTP client."""
         if self._http is not None:
             self._http.close()
             self._http = None

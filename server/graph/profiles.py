@@ -38,13 +38,13 @@ import asyncio
 import datetime as dt
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from bson import ObjectId
 from pymongo.errors import PyMongoError
 
+from models.cache import TtlLru
 from models.media_files import media_file_id, media_url
 from models.store import Store
 from models.timeutil import utcnow
@@ -70,13 +70,16 @@ REFRESHABLE: tuple[str | None, ...] = (FETCHED, ERROR, None)
 
 
 def placeholder_name(instagram_id: str) -> str:
+    """The name shown for a customer whose profile could not be read."""
     return f"Unknown (IG: {instagram_id})"
 
 
 class PictureStore(Protocol):
     """Where profile pictures are copied (the media service)."""
 
-    async def copy_picture(self, channel_id: ObjectId, customer_id: ObjectId, url: str) -> ObjectId | None: ...
+    async def copy_picture(self, channel_id: ObjectId, customer_id: ObjectId, url: str) -> ObjectId | None:
+        """Copy a profile picture into the media store; the file id, or None."""
+        ...
 
 
 class ProfileService:
@@ -103,7 +106,10 @@ class ProfileService:
         self.retry_base_secs = retry_base_secs
         self.refresh_after_secs = refresh_after_secs
         self.clock = clock  # of the in-process memory only; the claim in MongoDB uses utcnow()
-        self._considered: OrderedDict[ObjectId, float] = OrderedDict()
+        # Customers considered for a refresh within refresh_after_secs: not considered again.
+        self._considered: TtlLru[ObjectId, bool] = TtlLru(
+            MAX_CONSIDERED, refresh_after_secs, clock=lambda: self.clock()
+        )
         self._slots = asyncio.Semaphore(concurrency)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stopping = False
@@ -126,14 +132,10 @@ class ProfileService:
         """Remember the customer as considered now; False if they were, recently."""
         if self.refresh_after_secs <= 0:
             return True  # nothing to remember: returning customers are never looked up again
-        now = self.clock()
-        seen = self._considered.get(customer_id)
-        if seen is not None and now - seen < self.refresh_after_secs:
+        seen, _ = self._considered.lookup(customer_id)
+        if seen:
             return False
-        self._considered[customer_id] = now
-        self._considered.move_to_end(customer_id)
-        if len(self._considered) > MAX_CONSIDERED:
-            self._considered.popitem(last=False)
+        self._considered.put(customer_id, True)
         return True
 
     def _schedule(self, work: Callable[[], Awaitable[Any]], customer_id: ObjectId) -> None:
@@ -282,6 +284,7 @@ class ProfileService:
     # -- service ---------------------------------------------------------------------------
 
     async def start(self) -> None:
+        """Allow look-ups (they run as tasks; nothing to start)."""
         self._stopping = False
 
     async def stop(self) -> None:

@@ -8,6 +8,7 @@ calls ``await sink.publish(events)`` once the change is durable in MongoDB.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -43,14 +44,39 @@ class Event:
     received_at: float = field(default_factory=time.time)
 
 
+log = logging.getLogger("igsync.events")
+
+
 class EventSink(Protocol):
-    async def publish(self, events: list[Event]) -> None: ...
+    async def publish(self, events: list[Event]) -> None:
+        """Deliver events; may raise (the publisher logs it)."""
+        ...
+
+
+class SafePublisher:
+    """The one way inbox events leave the core.
+
+    Called only after the change they describe is durable in MongoDB, and never fails that
+    change: an unreachable hub is logged and clients re-sync from REST (their next resume
+    gets ``resync_required``). The vocabulary is this module; every event kind has a case in
+    ``tests/realtime/test_events.py``; the delivery design is docs/realtime.md."""
+
+    def __init__(self, sink: EventSink) -> None:
+        self.sink = sink
+
+    async def publish(self, events: list[Event]) -> None:
+        """Hand ``events`` to the sink; log, never raise, when it fails."""
+        try:
+            await self.sink.publish(events)
+        except Exception:
+            log.exception("publishing %d events failed", len(events))
 
 
 class NullSink:
     """Drops events: for CLI tools (replay) that run the pipeline without sockets."""
 
     async def publish(self, events: list[Event]) -> None:
+        """Drop the events."""
         return None
 
 
@@ -61,6 +87,7 @@ class RecordingSink:
         self.events: list[Event] = []
 
     async def publish(self, events: list[Event]) -> None:
+        """Keep the events in order, for tests."""
         self.events.extend(events)
 
 
@@ -108,6 +135,7 @@ def new_message_events(
 
 
 def message_updated(message: dict[str, Any], changes: list[str], *, received_at: float | None = None) -> Event:
+    """``message_updated`` naming the changed fields."""
     return Event(
         MESSAGE_UPDATED,
         str(message["channel_id"]),
@@ -118,6 +146,7 @@ def message_updated(message: dict[str, Any], changes: list[str], *, received_at:
 
 
 def message_deleted(message: dict[str, Any], *, received_at: float | None = None) -> Event:
+    """``message_deleted`` (an unsend)."""
     return Event(
         MESSAGE_DELETED,
         str(message["channel_id"]),
@@ -128,6 +157,7 @@ def message_deleted(message: dict[str, Any], *, received_at: float | None = None
 
 
 def conversation_updated(conversation: dict[str, Any], *, received_at: float | None = None) -> Event:
+    """``conversation_updated`` with the conversation as API.md §3 shows it."""
     return Event(
         CONVERSATION_UPDATED,
         str(conversation["channel_id"]),

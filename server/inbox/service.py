@@ -7,95 +7,35 @@ the admin operations on channels and tokens. Handlers only parse the request and
 
 from __future__ import annotations
 
-import base64
-import datetime as dt
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import orjson
-from bson import ObjectId
-
 from models import serializers
-from models.ids import as_object_id
 from models.store import Store
-from models.timeutil import from_epoch_ms, parse_iso
+from models.timeutil import parse_iso
 from server.api.auth import Principal
-from server.api.errors import ApiError, bad_request, not_found, validation_error
+from server.api.errors import ApiError, not_found, validation_error
+from server.api.pagination import decode_cursor, encode_cursor, parse_limit
 from server.api.schemas import CHANNEL_INPUT, TOKEN_INPUT, load
 from server.inbox import events
+from server.inbox.scope import OwnerScope
 from server.inbox.threads import ChannelCache
 
-DEFAULT_LIMIT = 50
-MAX_LIMIT = 200
 
+class InboxService(OwnerScope):
+    """The owner-scoped reads and the admin writes of the REST API."""
 
-def parse_limit(raw: str | None, default: int = DEFAULT_LIMIT) -> int:
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise validation_error({"limit": ["must be an integer"]}) from None
-    if not 1 <= value <= MAX_LIMIT:
-        raise validation_error({"limit": [f"must be between 1 and {MAX_LIMIT}"]})
-    return value
-
-
-def encode_cursor(updated_at: dt.datetime, oid: ObjectId) -> str:
-    raw = orjson.dumps([round(updated_at.timestamp() * 1000), str(oid)])
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[dt.datetime, ObjectId]:
-    try:
-        padded = cursor + "=" * (-len(cursor) % 4)
-        ms, oid = orjson.loads(base64.urlsafe_b64decode(padded.encode()))
-        object_id = as_object_id(oid)
-        if object_id is None or not isinstance(ms, int):
-            raise ValueError
-        return from_epoch_ms(ms), object_id
-    except (ValueError, TypeError, orjson.JSONDecodeError):
-        raise bad_request("invalid_cursor", "The cursor is not one this server issued.") from None
-
-
-class InboxService:
-    def __init__(self, store: Store, channels: ChannelCache) -> None:
-        self.store = store
+    def __init__(
+        self, store: Store, channels: ChannelCache, *, publish: Callable[[list[events.Event]], Awaitable[None]]
+    ) -> None:
+        super().__init__(store)
         self.channel_cache = channels
-        # Set by build_core once the recorder exists (the realtime hub needs this service for
-        # owner scoping, so this service is built first).
-        self.publish: Callable[[list[events.Event]], Awaitable[None]] | None = None
-
-    # -- owner scoping -----------------------------------------------------------------
-
-    async def owned_channel(self, principal: Principal, channel_id: str) -> dict[str, Any]:
-        channel = await self.store.channels.get(channel_id)
-        if channel is None or channel.get("owner", {}).get("id") != principal.owner_id:
-            raise not_found("channel")
-        return channel
-
-    async def owned_conversation(self, principal: Principal, conversation_id: str) -> dict[str, Any]:
-        oid = as_object_id(conversation_id)
-        conversation = None if oid is None else await self.store.conversations.get(oid)
-        if conversation is None:
-            raise not_found("conversation")
-        channel = await self.store.channels.get(conversation["channel_id"])
-        if channel is None or channel.get("owner", {}).get("id") != principal.owner_id:
-            raise not_found("conversation")
-        return conversation
-
-    async def owned_message(
-        self, principal: Principal, conversation: dict[str, Any], message_id: str, param: str
-    ) -> dict[str, Any]:
-        oid = as_object_id(message_id)
-        message = None if oid is None else await self.store.messages.get(oid)
-        if message is None or message["conversation_id"] != conversation["_id"]:
-            raise ApiError(404, "not_found", f"No such message ({param}).")
-        return message
+        self.publish = publish
 
     # -- reads -------------------------------------------------------------------------
 
     async def list_channels(self, principal: Principal) -> dict[str, Any]:
+        """The principal's channels."""
         docs = await self.store.channels.list(owner_id=principal.owner_id)
         return {"channels": [serializers.channel(d) for d in docs]}
 
@@ -108,6 +48,7 @@ class InboxService:
         limit: str | None,
         cursor: str | None,
     ) -> dict[str, Any]:
+        """One page of the principal's conversations, most recently updated first."""
         page_size = parse_limit(limit)
         if channel_id:
             channel_ids = [(await self.owned_channel(principal, channel_id))["_id"]]
@@ -130,6 +71,7 @@ class InboxService:
         return {"conversations": [serializers.conversation(d) for d in docs], "next_cursor": next_cursor}
 
     async def get_conversation(self, principal: Principal, conversation_id: str) -> dict[str, Any]:
+        """One of the principal's conversations."""
         return {"conversation": serializers.conversation(await self.owned_conversation(principal, conversation_id))}
 
     async def list_messages(
@@ -141,6 +83,7 @@ class InboxService:
         before: str | None,
         limit: str | None,
     ) -> dict[str, Any]:
+        """One page of a conversation's messages, oldest first, after/before a message."""
         page_size = parse_limit(limit)
         conversation = await self.owned_conversation(principal, conversation_id)
         after_doc = await self.owned_message(principal, conversation, after, "after") if after else None
@@ -154,13 +97,13 @@ class InboxService:
         """Clear the unread count, and tell the owner's other open inboxes (other tabs, agents)."""
         conversation = await self.owned_conversation(principal, conversation_id)
         updated = await self.store.conversations.mark_read(conversation["_id"]) or conversation
-        if self.publish is not None:
-            await self.publish([events.conversation_updated(updated)])
+        await self.publish([events.conversation_updated(updated)])
         return {"conversation": serializers.conversation(updated)}
 
     # -- admin -------------------------------------------------------------------------
 
     async def connect_channel(self, payload: Any) -> tuple[int, dict[str, Any]]:
+        """Connect (or reconnect) a channel from an admin's payload; (status, body)."""
         data = load(CHANNEL_INPUT, payload)
         page_id = data.pop("page_id")
         channel, created = await self.store.channels.connect(page_id, data)
@@ -168,6 +111,7 @@ class InboxService:
         return (201 if created else 200), {"channel": serializers.channel(channel)}
 
     async def disconnect_channel(self, channel_id: str) -> dict[str, Any]:
+        """Disconnect a channel, keeping its data."""
         channel = await self.store.channels.disconnect(channel_id)
         if channel is None:
             raise not_found("channel")
@@ -175,6 +119,7 @@ class InboxService:
         return {"channel": serializers.channel(channel)}
 
     async def create_token(self, payload: Any) -> dict[str, Any]:
+        """Issue an inbox token for an owner named by e-mail or id."""
         data = load(TOKEN_INPUT, payload)
         if "owner_email" in data:
             owner = await self.store.channels.find_owner(email=data["owner_email"])

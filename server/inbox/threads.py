@@ -13,32 +13,36 @@ Owns two small per-process caches and the rule that decides them:
 
 from __future__ import annotations
 
-import time
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
 from bson import ObjectId
 
+from models.cache import TtlLru
 from models.store import Store
+
+# Connected channels one process keeps at once.
+CHANNELS_CACHED = 10_000
 
 
 class ChannelCache:
     def __init__(self, store: Store, *, ttl_secs: float) -> None:
         self.store = store
         self.ttl_secs = ttl_secs
-        self._entries: dict[str, tuple[float, dict[str, Any] | None]] = {}
+        # account id → connected channel (None: none), so a webhook burst reads it once.
+        self._entries: TtlLru[str, dict[str, Any] | None] = TtlLru(CHANNELS_CACHED, ttl_secs)
 
     async def lookup(self, account_id: str) -> dict[str, Any] | None:
-        now = time.monotonic()
-        hit = self._entries.get(account_id)
-        if hit is not None and hit[0] > now:
-            return hit[1]
+        """The connected channel of an Instagram account id, or None (cached)."""
+        hit, channel = self._entries.lookup(account_id)
+        if hit:
+            return channel
         channel = await self.store.channels.find_connected_by_account(account_id)
-        self._entries[account_id] = (now + self.ttl_secs, channel)
+        self._entries.put(account_id, channel)
         return channel
 
     def invalidate(self) -> None:
+        """Forget every cached channel (after a connect or disconnect)."""
         self._entries.clear()
 
 
@@ -60,13 +64,14 @@ class ThreadResolver:
     def __init__(self, store: Store, *, max_cached: int = 100_000) -> None:
         self.store = store
         self.max_cached = max_cached
-        self._cache: OrderedDict[tuple[ObjectId, str], Thread] = OrderedDict()
+        # A (channel, customer) pair's conversation never changes once created: no expiry.
+        self._cache: TtlLru[tuple[ObjectId, str], Thread] = TtlLru(max_cached)
 
     async def resolve(self, channel_id: ObjectId, customer_instagram_id: str) -> Thread:
+        """The customer and conversation of (channel, Instagram id), created once if missing."""
         key = (channel_id, customer_instagram_id)
-        cached = self._cache.get(key)
-        if cached is not None:
-            self._cache.move_to_end(key)
+        hit, cached = self._cache.lookup(key)
+        if hit and cached is not None:
             return cached
         conversation = await self.store.conversations.find_by_customer(channel_id, customer_instagram_id)
         if conversation is not None:
@@ -79,6 +84,4 @@ class ThreadResolver:
         return thread
 
     def _remember(self, key: tuple[ObjectId, str], thread: Thread) -> None:
-        self._cache[key] = thread
-        if len(self._cache) > self.max_cached:
-            self._cache.popitem(last=False)
+        self._cache.put(key, thread)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -39,7 +40,6 @@ from models.timeutil import iso
 from server.inbox import events as ev
 from server.inbox.threads import channel_account_ids
 from server.ingest import parse as wp
-from server.ingest.recorder import MessageRecorder
 from server.ops.metrics import Metrics
 
 log = logging.getLogger("igsync.webhook")
@@ -76,6 +76,7 @@ class Change:
 
     @classmethod
     def from_item(cls, item: wp.WebhookItem, channel: dict[str, Any]) -> Change:
+        """The change a webhook item describes."""
         kind = item.kind
         reaction = item.reaction or {}
         if item.kind == wp.KIND_REACTION:
@@ -109,6 +110,7 @@ class Change:
         return hashlib.sha256("\x1f".join(parts).encode("utf-8")).hexdigest()
 
     def to_orphan(self) -> dict[str, Any]:
+        """The change as an early-event row, kept until its message arrives."""
         return {
             "key": self.key(),
             "kind": self.kind,
@@ -122,6 +124,7 @@ class Change:
 
     @classmethod
     def from_orphan(cls, doc: dict[str, Any]) -> Change:
+        """The change an early-event row kept."""
         data = doc.get("data") or {}
         return cls(
             kind=doc["kind"],
@@ -152,14 +155,19 @@ class MessageEventHandler:
     """The ``item_events`` handler of :class:`server.ingest.pipeline.IngestPipeline`."""
 
     def __init__(
-        self, store: Store, recorder: MessageRecorder, metrics: Metrics, media: MediaPurge | None = None
+        self,
+        store: Store,
+        publish: Callable[[list[ev.Event]], Awaitable[None]],
+        metrics: Metrics,
+        media: MediaPurge | None = None,
     ) -> None:
         self.store = store
-        self.recorder = recorder
+        self.publish = publish
         self.metrics = metrics
         self.media = media
 
     async def handle(self, item: wp.WebhookItem, channel: dict[str, Any], *, received_at: float) -> dict[str, Any]:
+        """Apply one change item; keep it for later when its message is not stored yet."""
         change = Change.from_item(item, channel)
         applied = await self.apply(change)
         orphan = applied.message is None
@@ -173,7 +181,7 @@ class MessageEventHandler:
                 applied = await self.apply(change)
                 if applied.message is not None:
                     await self.store.orphan_events.mark_applied_key(change.key(), applied.message["_id"])
-        await self.recorder.publish(self.events(applied, received_at=received_at))
+        await self.publish(self.events(applied, received_at=received_at))
         message_id = None if applied.message is None else str(applied.message["_id"])
         # The item's one INFO line (with its structured fields) is logged by the ingest pipeline.
         log.debug(
@@ -190,6 +198,7 @@ class MessageEventHandler:
     # -- applying ------------------------------------------------------------------------
 
     async def apply(self, change: Change, *, refresh_conversation: bool = True) -> Applied:
+        """Apply a change to its stored message; what changed."""
         if change.kind in (REACTION, UNREACT):
             return await self._reaction(change)
         if change.kind == EDIT:
@@ -267,6 +276,7 @@ class MessageEventHandler:
 
     @staticmethod
     def events(applied: Applied, *, received_at: float | None = None, skip: ObjectId | None = None) -> list[ev.Event]:
+        """The inbox events of an applied change."""
         out: list[ev.Event] = []
         for doc in applied.updated:
             if doc["_id"] == skip:
@@ -292,6 +302,7 @@ class MessageArrivalHook:
         self.handler = handler
 
     async def after_message_stored(self, message: dict[str, Any], conversation_id: Any) -> None:
+        """Link a reply and apply the events that arrived before this message did."""
         changed = await self._link_reply(message)
         orphans = await self.store.orphan_events.pending_for(message["channel_id"], message.get("mids") or [])
         events: list[ev.Event] = []
@@ -309,7 +320,7 @@ class MessageArrivalHook:
             if fresh is not None:
                 message.update(fresh)
         if events:
-            await self.handler.recorder.publish(events)
+            await self.handler.publish(events)
 
     async def _link_reply(self, message: dict[str, Any]) -> bool:
         reply_to = message.get("reply_to") or {}

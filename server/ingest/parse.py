@@ -69,6 +69,7 @@ class WebhookItem:
 
     @property
     def media_url(self) -> str | None:
+        """The first downloadable attachment's link, or None."""
         for att in self.attachments:
             if att.get("type") in MEDIA_TYPES and att.get("url"):
                 return att["url"]
@@ -78,6 +79,7 @@ class WebhookItem:
 
     @property
     def has_media(self) -> bool:
+        """Whether the item carries a downloadable attachment."""
         return self.media_url is not None
 
 

@@ -10,7 +10,6 @@ of a MongoDB failure to 503. It works on bytes and plain data, so tests and
 from __future__ import annotations
 
 import hashlib
-import hmac
 import logging
 import time
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from pymongo.errors import PyMongoError
 from models.messages import TYPE_CUSTOMER, TYPE_SUPPORT
 from models.store import Store
 from models.timeutil import from_epoch_ms, iso, utcnow
+from server.api.signatures import signature_ok
 from server.inbox.threads import ChannelCache, Thread, ThreadResolver, channel_account_ids
 from server.ingest import parse as wp
 from server.ingest.recorder import MessageRecorder, Recorded
@@ -55,30 +55,44 @@ class OwnerMessageStore(Protocol):
 class EventItemHandler(Protocol):
     """Non-message items (reactions, reads, edits, unsends): see :mod:`server.ingest.changes`."""
 
-    async def handle(self, item: wp.WebhookItem, channel: dict[str, Any], *, received_at: float) -> dict[str, Any]: ...
+    async def handle(self, item: wp.WebhookItem, channel: dict[str, Any], *, received_at: float) -> dict[str, Any]:
+        """Handle one non-message item (reaction, read, edit, unsend) of a channel."""
+        ...
 
 
 class NewCustomerHook(Protocol):
     """Told when a customer is created, and of every message a known customer sends (both
     called on the webhook's path: they must return at once)."""
 
-    def new_customer(self, channel: dict[str, Any], customer: dict[str, Any]) -> None: ...
+    def new_customer(self, channel: dict[str, Any], customer: dict[str, Any]) -> None:
+        """A customer was just created: look up their profile."""
+        ...
 
-    def returning_customer(self, channel: dict[str, Any], customer_id: ObjectId) -> None: ...
+    def returning_customer(self, channel: dict[str, Any], customer_id: ObjectId) -> None:
+        """A known customer wrote again: refresh their profile if it is old."""
+        ...
 
 
 class WebhookActivity(Protocol):
     """Told of every item for a connected channel (``server.ops_monitor.ChannelActivity``)."""
 
-    async def seen(self, channel_id: ObjectId, received_at: float) -> None: ...
+    async def seen(self, channel_id: ObjectId, received_at: float) -> None:
+        """A webhook item came for a channel."""
+        ...
 
 
-def signature_ok(body: bytes, header: str | None, secret: str) -> bool:
-    """``X-Hub-Signature-256`` over the raw bytes, compared in constant time."""
-    if not header or not secret:
-        return False
-    expected = "sha256=" + hmac.new(secret.encode("utf-8"), body, hashlib.sha256).hexdigest()
-    return hmac.compare_digest(expected.encode("ascii"), header.strip().encode("utf-8", "replace"))
+class InFlight:
+    """How many webhook requests this process is handling now.
+
+    Shared with the trigger dispatcher, which gives way to webhooks (``busy``): created before
+    both, so neither needs the other to exist first."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def busy(self) -> bool:
+        """True while at least one webhook is being handled."""
+        return self.count > 0
 
 
 class IngestPipeline:
@@ -95,6 +109,7 @@ class IngestPipeline:
         item_events: EventItemHandler | None = None,
         new_customer_hooks: list[NewCustomerHook] | None = None,
         activity: WebhookActivity | None = None,
+        load: InFlight | None = None,
     ) -> None:
         self.store = store
         self.app_secret = app_secret
@@ -108,7 +123,7 @@ class IngestPipeline:
         self.activity = activity
         # Webhook POSTs being processed right now: background work (trigger delivery) gives
         # way while this is above zero, so that it never slows the webhook down.
-        self.in_flight = 0
+        self.load = load if load is not None else InFlight()
 
     # -- the request -------------------------------------------------------------------
 
@@ -117,7 +132,7 @@ class IngestPipeline:
     ) -> WebhookResponse:
         """Verify over the raw bytes, then process; never raises for bad input."""
         started = time.perf_counter()
-        self.in_flight += 1
+        self.load.count += 1
         try:
             if not signature_ok(body, signature, self.app_secret):
                 response = WebhookResponse(
@@ -126,7 +141,7 @@ class IngestPipeline:
             else:
                 response = await self.process_body(body, received_at=received_at)
         finally:
-            self.in_flight -= 1
+            self.load.count -= 1
         self.metrics.webhook_requests.labels(outcome=response.outcome).inc()
         self.metrics.webhook_duration.observe(time.perf_counter() - started)
         return response
@@ -154,6 +169,7 @@ class IngestPipeline:
     async def process_items(
         self, body: bytes, items: list[wp.WebhookItem], *, received_at: float, audit: bool = True
     ) -> WebhookResponse:
+        """Store every item of a verified body; per-item results, or the store's failure."""
         results: list[dict[str, Any]] = []
         failure: PyMongoError | None = None
         try:
@@ -387,6 +403,7 @@ def build_message(item: wp.WebhookItem, channel_id: ObjectId, thread: Thread, di
 
 
 def content_hash(content: str) -> str:
+    """The MD5 of a message text: how sends and echoes of one text are paired."""
     return hashlib.md5(content.encode("utf-8")).hexdigest()
 
 

@@ -37,7 +37,9 @@ class AfterStoreHook(Protocol):
     """Durable follow-up work for a stored message. Must be idempotent per message id:
     it runs again when a redelivery repairs a half-written attempt."""
 
-    async def after_message_stored(self, message: dict[str, Any], conversation_id: Any) -> None: ...
+    async def after_message_stored(self, message: dict[str, Any], conversation_id: Any) -> None:
+        """Called after the message is inserted, before its conversation is updated."""
+        ...
 
 
 class BeforeStoreHook(Protocol):
@@ -45,7 +47,9 @@ class BeforeStoreHook(Protocol):
     same write as the message itself (the trigger outbox): no extra round trip, and no state
     where the message exists without its mark."""
 
-    async def before_message_stored(self, message: dict[str, Any]) -> None: ...
+    async def before_message_stored(self, message: dict[str, Any]) -> None:
+        """Called before the message is inserted; may add fields to it."""
+        ...
 
 
 @dataclass
@@ -60,12 +64,12 @@ class MessageRecorder:
     def __init__(
         self,
         store: Store,
-        sink: ev.EventSink,
+        publisher: ev.SafePublisher,
         hooks: list[AfterStoreHook] | None = None,
         before_hooks: list[BeforeStoreHook] | None = None,
     ) -> None:
         self.store = store
-        self.sink = sink
+        self.publisher = publisher
         self.hooks: list[AfterStoreHook] = list(hooks or [])
         self.before_hooks: list[BeforeStoreHook] = list(before_hooks or [])
 
@@ -115,10 +119,12 @@ class MessageRecorder:
         return Recorded(existing, None, duplicate=True)
 
     async def run_hooks(self, message: dict[str, Any]) -> None:
+        """Run the after-store hooks on a stored message."""
         for hook in self.hooks:
             await hook.after_message_stored(message, message["conversation_id"])
 
     async def apply(self, message: dict[str, Any], *, received_at: float) -> dict[str, Any] | None:
+        """Update the conversation with the message and publish its events."""
         conversation = await self.store.conversations.apply_message(message["conversation_id"], message)
         if conversation is None:
             return None
@@ -128,8 +134,5 @@ class MessageRecorder:
         return conversation
 
     async def publish(self, events: list[ev.Event]) -> None:
-        """Events never fail a write: the change is durable, clients re-sync from REST."""
-        try:
-            await self.sink.publish(events)
-        except Exception:
-            log.exception("publishing %d events failed", len(events))
+        """Hand events to the sink; never fails the write they follow (:class:`~server.inbox.events.SafePublisher`)."""
+        await self.publisher.publish(events)

@@ -65,12 +65,15 @@ class LinkRefresher:
         self.metrics = metrics
 
     def close(self) -> None:
+        """Close the Graph API client."""
         self.graph.close()
 
     def can_refresh(self, job: dict[str, Any]) -> bool:
+        """Whether the job is an attachment whose link was not refreshed yet."""
         return str(job.get("key", "")).startswith(ATTACHMENT_PREFIX) and not job.get("url_refreshed_at")
 
     async def fresh_url(self, job: dict[str, Any]) -> Refresh:
+        """A fresh link for an expired attachment, asked of the Graph API; None when there is none."""
         refresh = await self._ask(job)
         self.metrics.media_link_refreshes.labels(outcome=refresh.outcome).inc()
         log.info("media job %s: link refresh %s message=%s", job["_id"], refresh.outcome, job["message_id"])

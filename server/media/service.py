@@ -30,322 +30,44 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import importlib
 import logging
 import mimetypes
 import os
 import socket
-import tempfile
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import IO, Any, Protocol
+from typing import Any
 
 from bson import ObjectId
 from gridfs.asynchronous.grid_file import AsyncGridOut
 from pymongo.errors import PyMongoError
-from tornado.httpclient import HTTPClientError, HTTPRequest
-from tornado.simple_httpclient import HTTPTimeoutError
 
 from models import media_jobs as jobs_model
 from models.ids import Picked, as_object_id, pick_in_state
 from models.media_files import media_url
 from models.store import Store
 from models.timeutil import iso, utcnow
-from server.graph.client import OutboundHttp
 from server.inbox import events as ev
-from server.ingest import parse as wp
 from server.media import links as media_links
+from server.media.download import (
+    EXPIRED_LINK,
+    Downloaded,
+    Downloader,
+    DownloadError,
+)
+from server.media.targets import (
+    COMPLETED,
+    FAILED,
+    aggregate_status,
+    media_targets,
+)
+from server.media.transcribe import AudioClip, Transcriber
 from server.ops.metrics import Metrics
 
 log = logging.getLogger("igsync.media")
 
-# Bytes of one download kept in memory before the spool moves to a temporary file.
-SPOOL_MEMORY_BYTES = 1024 * 1024
-# The HTTP client's own hard limit sits this far above the cap, so that our streaming
-# check (which knows *why*) normally sees the overflow before the client cuts the line.
-CLIENT_LIMIT_MARGIN_BYTES = 1024 * 1024
-# DownloadError reasons for a link the CDN refused for good (403/404/410).
-EXPIRED_LINK = "expired_link_"
 # Longest wait between two tries of one download.
 MAX_RETRY_DELAY_SECS = 3600.0
-
-STORY_KEY = "reply_to.story"
-# Copies of an ad's creative (the ad a conversation came from), recorded under
-# ``referral.media.<kind>``; the links in ``referral.ads_context_data`` expire like any other.
-AD_CREATIVE_KEYS = {"photo_url": "referral.media.photo", "video_url": "referral.media.video"}
-AD_CREATIVE = "ad_creative"
-PENDING = "pending"
-COMPLETED = "completed"
-FAILED = "failed"
-
-# Content types a CDN may answer per attachment type. ``None``: anything not rejected.
-ACCEPTED_CONTENT_TYPES: dict[str, tuple[str, ...] | None] = {
-    "image": ("image/",),
-    "video": ("video/",),
-    # Instagram voice notes are MP4/AAC containers, served as audio/* or video/mp4.
-    "audio": ("audio/", "video/mp4"),
-    "file": None,
-    "story_mention": ("image/", "video/"),
-    "story": ("image/", "video/"),
-    # Meta's "video_url" of an ad is sometimes a still: either is the creative.
-    AD_CREATIVE: ("image/", "video/"),
-    "share": ("image/", "video/"),
-    "ig_post": ("image/", "video/"),
-    "ig_reel": ("image/", "video/"),
-    "reel": ("image/", "video/"),
-}
-# Never stored, whatever the attachment type: active content served from our origin.
-REJECTED_CONTENT_TYPES = frozenset(
-    {"text/html", "application/xhtml+xml", "image/svg+xml", "text/javascript", "application/javascript"}
-)
-GENERIC_CONTENT_TYPES = frozenset({"", "application/octet-stream", "binary/octet-stream"})
-
-
-# -- what to download --------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class MediaTarget:
-    """One file to download for a message. ``keys`` are its paths in the message document:
-    several when attachments share a URL (a post share arrives as ``share`` + ``ig_post``
-    with one link during Meta's transition) — downloaded once, recorded on each."""
-
-    keys: tuple[str, ...]
-    type: str
-    url: str
-
-    @property
-    def key(self) -> str:
-        return self.keys[0]
-
-    @property
-    def is_content(self) -> bool:
-        """Part of what the message shows (attachments, the replied story), which its
-        ``processing_status`` is about — not the creative of the ad it came from."""
-        return any(not key.startswith("referral.") for key in self.keys)
-
-
-def media_targets(message: dict[str, Any]) -> list[MediaTarget]:
-    """Attachments of a downloadable type with a URL, the story a reply answers (stories
-    vanish after 24 hours — the reply is meaningless without it), and the creative of the ad
-    the message came from (what the customer was looking at when they wrote)."""
-    found: dict[str, tuple[list[str], str]] = {}
-    for i, att in enumerate(message.get("attachments") or []):
-        if att.get("type") in wp.MEDIA_TYPES and att.get("url"):
-            found.setdefault(att["url"], ([], att["type"]))[0].append(f"attachments.{i}")
-    story = (message.get("reply_to") or {}).get("story") or {}
-    if story.get("url"):
-        found.setdefault(story["url"], ([], "story"))[0].append(STORY_KEY)
-    ad = (message.get("referral") or {}).get("ads_context_data") or {}
-    for field_name, key in AD_CREATIVE_KEYS.items():
-        if isinstance(ad.get(field_name), str) and ad[field_name]:
-            found.setdefault(ad[field_name], ([], AD_CREATIVE))[0].append(key)
-    return [MediaTarget(tuple(keys), kind, url) for url, (keys, kind) in found.items()]
-
-
-def target_state(message: dict[str, Any], key: str) -> dict[str, Any]:
-    node: Any = message
-    for part in key.split("."):
-        if isinstance(node, list):
-            node = node[int(part)] if part.isdigit() and int(part) < len(node) else None
-        elif isinstance(node, dict):
-            node = node.get(part)
-        if node is None:
-            return {}
-    return node if isinstance(node, dict) else {}
-
-
-def aggregate_status(message: dict[str, Any]) -> str:
-    """``pending`` while any content target is, ``failed`` if any failed, else ``completed``."""
-    content = [t for t in media_targets(message) if t.is_content]
-    states = [target_state(message, t.key).get("processing_status") or PENDING for t in content]
-    if not states:
-        return COMPLETED
-    if PENDING in states:
-        return PENDING
-    return FAILED if FAILED in states else COMPLETED
-
-
-# -- content types -------------------------------------------------------------------------
-
-
-def _sniff(head: bytes) -> str | None:
-    """The few formats Instagram sends, for CDNs that answer ``application/octet-stream``."""
-    if head.startswith(b"\xff\xd8\xff"):
-        return "image/jpeg"
-    if head.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "image/png"
-    if head.startswith((b"GIF87a", b"GIF89a")):
-        return "image/gif"
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return "image/webp"
-    if head[4:8] == b"ftyp":
-        return "video/mp4"
-    if head.startswith(b"OggS"):
-        return "audio/ogg"
-    if head.startswith(b"ID3"):
-        return "audio/mpeg"
-    if head.startswith(b"%PDF-"):
-        return "application/pdf"
-    return None
-
-
-def accept_content_type(media_type: str, header: str, head: bytes) -> str | None:
-    """The content type to store for a download, or None when it must be refused."""
-    declared = header.split(";")[0].strip().lower()
-    if declared in GENERIC_CONTENT_TYPES:
-        declared = _sniff(head) or declared
-    if declared in REJECTED_CONTENT_TYPES:
-        return None
-    allowed = ACCEPTED_CONTENT_TYPES.get(media_type, ("image/", "video/"))
-    if allowed is None:
-        return declared or "application/octet-stream"
-    return declared if declared.startswith(allowed) else None
-
-
-# -- downloading ---------------------------------------------------------------------------
-
-
-class DownloadError(Exception):
-    def __init__(self, reason: str, *, permanent: bool) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.permanent = permanent
-
-
-@dataclass
-class Downloaded:
-    spool: IO[bytes]
-    size: int
-    content_type: str
-
-
-class _Transfer:
-    """Streaming callbacks of one download: count, cap, spool."""
-
-    def __init__(self, max_bytes: int, spool: IO[bytes]) -> None:
-        self.max_bytes = max_bytes
-        self.spool = spool
-        self.size = 0
-        self.too_large = False
-
-    def on_header(self, line: str) -> None:
-        if line.startswith("HTTP/"):  # a new response (after a redirect): start over
-            self.too_large = False
-            return
-        name, _, value = line.partition(":")
-        if name.strip().lower() == "content-length" and value.strip().isdigit():
-            if int(value.strip()) > self.max_bytes:
-                self.too_large = True
-
-    def on_chunk(self, chunk: bytes) -> None:
-        if self.too_large:
-            return
-        self.size += len(chunk)
-        if self.size > self.max_bytes:
-            # Stop keeping bytes; the client's own limit closes the connection shortly.
-            self.too_large = True
-            return
-        self.spool.write(chunk)
-
-
-class Downloader(OutboundHttp):
-    """Fetches one CDN URL into a spool, enforcing the cap, the timeout and the type."""
-
-    def __init__(self, *, max_bytes: int, timeout_secs: float, max_clients: int) -> None:
-        limit = max_bytes + CLIENT_LIMIT_MARGIN_BYTES
-        super().__init__(max_clients=max_clients, max_body_size=limit, max_buffer_size=limit)
-        self.max_bytes = max_bytes
-        self.timeout_secs = timeout_secs
-
-    async def fetch(self, url: str, media_type: str) -> Downloaded:
-        if not url.startswith(("https://", "http://")):
-            raise DownloadError("bad_url", permanent=True)
-        spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY_BYTES)
-        try:
-            return await self._fetch(url, media_type, spool)
-        except BaseException:
-            spool.close()
-            raise
-
-    async def _fetch(self, url: str, media_type: str, spool: IO[bytes]) -> Downloaded:
-        transfer = _Transfer(self.max_bytes, spool)
-        request = HTTPRequest(
-            url,
-            method="GET",
-            streaming_callback=transfer.on_chunk,
-            header_callback=transfer.on_header,
-            connect_timeout=min(self.timeout_secs, 10.0),
-            request_timeout=self.timeout_secs,
-            follow_redirects=True,
-            max_redirects=3,
-        )
-        try:
-            response = await self.http.fetch(request, raise_error=False)
-        except HTTPClientError as exc:  # 599: timeout or the connection was cut
-            if transfer.too_large:
-                raise DownloadError("too_large", permanent=True) from None
-            reason = "timeout" if isinstance(exc, HTTPTimeoutError) else "connection"
-            raise DownloadError(reason, permanent=False) from None
-        except OSError:
-            raise DownloadError("connection", permanent=False) from None
-        code = response.code
-        if code in (403, 404, 410):
-            # Meta's CDN answers these for an expired or revoked signed link: it never comes back.
-            raise DownloadError(f"{EXPIRED_LINK}{code}", permanent=True)
-        if code == 429 or code >= 500:
-            raise DownloadError(f"http_{code}", permanent=False)
-        if not 200 <= code < 300:
-            raise DownloadError(f"http_{code}", permanent=True)
-        if transfer.too_large:
-            raise DownloadError("too_large", permanent=True)
-        if transfer.size == 0:
-            raise DownloadError("empty", permanent=False)
-        spool.seek(0)
-        head = spool.read(16)
-        spool.seek(0)
-        content_type = accept_content_type(media_type, response.headers.get("Content-Type", ""), head)
-        if content_type is None:
-            raise DownloadError("content_type", permanent=True)
-        return Downloaded(spool, transfer.size, content_type)
-
-
-# -- transcription ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class AudioClip:
-    data: bytes
-    content_type: str
-    message_id: str
-    channel_id: str
-
-
-class Transcriber(Protocol):
-    """Turns a stored voice note into text. Return None when there is nothing to say;
-    exceptions are logged and leave ``transcription`` empty (the media still completes)."""
-
-    async def transcribe(self, clip: AudioClip) -> str | None: ...
-
-
-class NoopTranscriber:
-    """The default: no transcription service is configured."""
-
-    async def transcribe(self, clip: AudioClip) -> str | None:
-        return None
-
-
-def load_transcriber(spec: str) -> Transcriber:
-    """``package.module:factory`` → ``factory()``; empty → :class:`NoopTranscriber`."""
-    if not spec:
-        return NoopTranscriber()
-    module_name, _, attr = spec.partition(":")
-    factory = getattr(importlib.import_module(module_name), attr)
-    return factory()
-
-
-# -- the service -------------------------------------------------------------------------------
 
 
 class MediaService:
@@ -385,6 +107,7 @@ class MediaService:
     # -- AfterStoreHook: queue the downloads ----------------------------------------------------
 
     async def after_message_stored(self, message: dict[str, Any], conversation_id: Any) -> None:
+        """Queue the downloads of a stored message (one job per target, once)."""
         if message.get("is_deleted"):
             return
         targets = media_targets(message)
@@ -412,6 +135,7 @@ class MediaService:
             self.wake()
 
     def wake(self) -> None:
+        """Wake the workers: a job was queued."""
         self._wake.set()
 
     # -- profile pictures ------------------------------------------------------------------------
@@ -502,6 +226,7 @@ class MediaService:
     # -- the worker -----------------------------------------------------------------------------
 
     async def start(self) -> None:
+        """Start the download workers."""
         self._stopping = False
         loop = asyncio.get_running_loop()
         self._loops = [loop.create_task(self._work()) for _ in range(self.concurrency)]

@@ -71,6 +71,7 @@ class Redactor:
         self._secrets = sorted({s for s in secrets if s and len(s) >= _MIN_SECRET_CHARS}, key=len, reverse=True)
 
     def __call__(self, line: str) -> str:
+        """``line`` with every known secret replaced."""
         for secret in self._secrets:
             if secret in line:
                 line = line.replace(secret, REDACTED)
@@ -90,6 +91,7 @@ def _keep_name(match: re.Match[str]) -> str:
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
+        """One JSON object per line: time, level, logger, message and the record's fields."""
         out: dict[str, Any] = {
             "ts": iso(from_epoch_ms(record.created * 1000)),
             "level": record.levelname.lower(),
@@ -114,6 +116,7 @@ class RedactingFormatter(logging.Formatter):
         self.redactor = redactor
 
     def format(self, record: logging.LogRecord) -> str:
+        """The inner format, redacted."""
         return self.redactor(self.inner.format(record))
 
 
@@ -132,11 +135,13 @@ TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def formatter(fmt: str = "text", secrets: Iterable[str | None] = ()) -> logging.Formatter:
+    """The log formatter for ``fmt`` (json or text), redacting ``secrets``."""
     inner: logging.Formatter = JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT)
     return RedactingFormatter(inner, Redactor(secrets))
 
 
 def configure(fmt: str = "text", level: str = "INFO", stream: Any = None, secrets: Iterable[str | None] = ()) -> None:
+    """Send igsync's logs to ``stream`` in ``fmt`` at ``level``, redacted."""
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(formatter(fmt, secrets))
     handler.set_name(HANDLER_NAME)

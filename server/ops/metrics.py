@@ -113,7 +113,7 @@ TRIGGER_ATTEMPT_RESULTS = (
     "network_error",
     "redis_error",
 )
-# Events and media (issue 7).
+# Label values of the profile look-ups and media downloads (all created at 0 up front).
 PROFILE_OUTCOMES = ("fetched", "reauth_required", "unavailable", "error", "no_token", "dropped")
 MEDIA_OUTCOMES = ("completed", "failed", "retried", "cancelled")
 # Asking the Graph API for a fresh link when a download met an expired one (server/media/links.py).
@@ -139,6 +139,7 @@ HTTP_DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5
 
 
 def package_version() -> str:
+    """The installed igsync version (``build_info``)."""
     try:
         return metadata.version("igsync")
     except metadata.PackageNotFoundError:
@@ -151,6 +152,7 @@ def bounded(value: str, allowed: Iterable[str]) -> str:
 
 
 def status_class(status: int) -> str:
+    """The status class label of an HTTP status: ``2xx`` … ``5xx``."""
     return f"{status // 100}xx" if 100 <= status < 600 else "5xx"
 
 
@@ -160,6 +162,8 @@ TRIGGER_DELIVERY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 
 
 
 class Metrics:
+    """Every series of one process, created once and injected (no module-level metric)."""
+
     def __init__(self, registry: CollectorRegistry | None = None, *, process_metrics: bool = True) -> None:
         # The *_created series (one per counter and histogram child) double the scrape for
         # nothing an operator asks; this switch is prometheus_client's, process-wide.
@@ -170,7 +174,17 @@ class Metrics:
             # process_* (CPU, resident memory, open fds, start time): the standard names.
             ProcessCollector(registry=r)
 
-        # -- API.md §5 -------------------------------------------------------------------
+        self._contract_series(r)
+        self._health_series(r)
+        self._store_series(r)
+        self._http_series(r)
+        self._trigger_series(r)
+        self._media_series(r)
+        self._precreate()
+        self.build_info.labels(version=package_version(), python=platform.python_version()).set(1)
+
+    def _contract_series(self, r: CollectorRegistry) -> None:
+        """The series API.md §5 names: webhooks, duplicates by layer, delivery, sockets."""
         self.webhook_requests = Counter(
             "igsync_webhook_requests_total", "Webhook POSTs by outcome.", ["outcome"], registry=r
         )
@@ -218,7 +232,8 @@ class Metrics:
             registry=r,
         )
 
-        # -- what an operator needs beside them --------------------------------------------
+    def _health_series(self, r: CollectorRegistry) -> None:
+        """What an operator needs beside them: build, readiness, silent channels, stored duplicates."""
         self.build_info = Gauge(
             "igsync_build_info",
             "Always 1; the labels say which igsync and Python run.",
@@ -252,6 +267,9 @@ class Metrics:
             ["result"],
             registry=r,
         )
+
+    def _store_series(self, r: CollectorRegistry) -> None:
+        """Every MongoDB and Redis command's round trip and failures, by command name."""
         self.mongo_command_duration = Histogram(
             "igsync_mongo_command_duration_seconds",
             "MongoDB command round trips by command name.",
@@ -278,6 +296,9 @@ class Metrics:
             ["command"],
             registry=r,
         )
+
+    def _http_series(self, r: CollectorRegistry) -> None:
+        """Every HTTP request by handler class, method and status class."""
         self.http_requests = Counter(
             "igsync_http_requests_total",
             "HTTP requests answered, by handler class, method and status class.",
@@ -291,7 +312,9 @@ class Metrics:
             buckets=HTTP_DURATION_BUCKETS,
             registry=r,
         )
-        self.build_info.labels(version=package_version(), python=platform.python_version()).set(1)
+
+    def _trigger_series(self, r: CollectorRegistry) -> None:
+        """Workflow trigger deliveries: outcomes, attempts, backlog, latency."""
         self.trigger_deliveries = Counter(
             "igsync_trigger_deliveries_total",
             "Trigger jobs finished, by target and outcome (delivered, dead-lettered, cancelled).",
@@ -331,7 +354,9 @@ class Metrics:
             buckets=TRIGGER_DELIVERY_BUCKETS,
             registry=r,
         )
-        # Events and media (issue 7).
+
+    def _media_series(self, r: CollectorRegistry) -> None:
+        """Profile look-ups, media downloads, link refreshes, early events."""
         self.profile_lookups = Counter(
             "igsync_profile_lookups_total", "Customer profile look-ups by outcome.", ["outcome"], registry=r
         )
@@ -350,7 +375,6 @@ class Metrics:
             ["kind"],
             registry=r,
         )
-        self._precreate()
 
     def _precreate(self) -> None:
         for outcome in WEBHOOK_OUTCOMES:
@@ -409,9 +433,11 @@ class Metrics:
                     self.http_requests.labels(handler=handler, method=method, status=status)
 
     def set_readiness(self, checks: dict[str, bool]) -> None:
+        """Set ``igsync_store_up`` per store and ``igsync_ready``."""
         for store in STORES:
             self.store_up.labels(store=store).set(1 if checks.get(store) else 0)
         self.ready.set(1 if checks and all(checks.values()) else 0)
 
     def render(self) -> bytes:
+        """The Prometheus text exposition of every series."""
         return generate_latest(self.registry)

@@ -27,6 +27,7 @@ import datetime as dt
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from bson import ObjectId
 from pymongo.errors import PyMongoError
@@ -66,6 +67,29 @@ class ChannelActivity:
             log.warning("could not record webhook activity (%s)", type(exc).__name__, extra={"event": "store_error"})
             return
         self._written[channel_id] = now
+
+
+class Readiness:
+    """Whether each store answers now: ``/readyz``, ``igsync_ready`` and ``igsync_store_up``."""
+
+    def __init__(self, store: Store, redis: Any, metrics: Metrics) -> None:
+        self.store = store
+        self.redis = redis
+        self.metrics = metrics
+
+    async def check(self) -> dict[str, bool]:
+        """Ping MongoDB and Redis once each; a failure counts as a store error and reads False."""
+        status = {"mongo": False, "redis": False}
+        try:
+            status["mongo"] = await self.store.ping()
+        except Exception:
+            self.metrics.store_errors.labels(store="mongo").inc()
+        try:
+            status["redis"] = bool(await self.redis.ping())
+        except Exception:
+            self.metrics.store_errors.labels(store="redis").inc()
+        self.metrics.set_readiness(status)
+        return status
 
 
 class OpsMonitor:
@@ -131,11 +155,13 @@ class OpsMonitor:
             await asyncio.sleep(self.interval_secs)
 
     async def start(self) -> None:
+        """Start the periodic checks."""
         if self._task is None:
             self._stopping = False
             self._task = asyncio.create_task(self._loop(), name="igsync-ops-monitor")
 
     async def stop(self) -> None:
+        """Stop the periodic checks."""
         task, self._task = self._task, None
         if task is None:
             return

@@ -35,13 +35,16 @@ class MongoCommandMetrics(monitoring.CommandListener):
         self.commands = metrics.mongo_commands
 
     def started(self, event: monitoring.CommandStartedEvent) -> None:
+        """Nothing to measure at the start."""
         return None
 
     def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        """Observe a command's round trip."""
         duration, _ = self.commands.get(event.command_name) or self.commands[OTHER]
         duration.observe(event.duration_micros / 1e6)
 
     def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        """Observe a failed command's round trip and count it."""
         duration, failures = self.commands.get(event.command_name) or self.commands[OTHER]
         duration.observe(event.duration_micros / 1e6)
         failures.inc()
@@ -52,6 +55,7 @@ def _word(arg: Any) -> str:
 
 
 def redis_command_name(args: tuple[Any, ...]) -> str:
+    """The metric label of a Redis command."""
     if not args:
         return OTHER
     # Multi-word commands arrive as "SCRIPT LOAD", "CLIENT SETINFO": the first word names them.
@@ -93,6 +97,7 @@ class InstrumentedPipeline(Pipeline):
     redis_metrics: Metrics | None = None
 
     async def execute(self, raise_on_error: bool = True) -> list[Any]:
+        """Run the pipeline as one timed command."""
         if not self.command_stack and not self.watching:
             return []
         name = "multi" if (self.is_transaction or self.explicit_transaction) else "pipeline"
@@ -106,10 +111,12 @@ class InstrumentedRedis(aioredis.Redis):
     redis_metrics: Metrics | None = None
 
     async def execute_command(self, *args: Any, **options: Any) -> Any:
+        """Run a command, timed (blocking reads are not)."""
         with _Timed(self.redis_metrics, redis_command_name(args), timed=not _blocks(args)):
             return await super().execute_command(*args, **options)
 
     def pipeline(self, transaction: bool = True, shard_hint: str | None = None) -> Pipeline:
+        """A pipeline timed as one command."""
         pipe = InstrumentedPipeline(self.connection_pool, self.response_callbacks, transaction, shard_hint)
         pipe.redis_metrics = self.redis_metrics
         return pipe

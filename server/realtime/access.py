@@ -17,10 +17,12 @@ from server.api.auth import bearer_token
 
 
 def token_from(authorization: str | None, access_token: str | None) -> str | None:
+    """The socket's token: the Authorization header, else the ``access_token`` argument."""
     return bearer_token(authorization) or (access_token.strip() if access_token and access_token.strip() else None)
 
 
 def origin_allowed(origin: str | None, host: str | None, sec_fetch_site: str | None, allowed: tuple[str, ...]) -> bool:
+    """Whether a browser's handshake comes from an allowed origin."""
     if origin is None:
         return sec_fetch_site in (None, "same-origin", "none")
     if sec_fetch_site in ("same-origin", "none"):

@@ -100,11 +100,13 @@ EPOCH_PLACEHOLDER = "__IGSYNC_EPOCH__"
 
 
 def keys(channel_id: str) -> list[str]:
+    """The epoch, sequence and log keys of a channel (one hash slot)."""
     base = f"{KEY_PREFIX}{{{channel_id}}}"
     return [f"{base}:epoch", f"{base}:seq", f"{base}:log"]
 
 
 def live_channel(channel_id: str) -> bytes:
+    """The pub/sub channel of a channel's live events."""
     return f"{KEY_PREFIX}{{{channel_id}}}:live".encode()
 
 
@@ -117,6 +119,7 @@ def channel_of_live(name: bytes) -> str | None:
 
 
 def new_epoch() -> str:
+    """A new random epoch (a log that starts again)."""
     return secrets.token_hex(8)
 
 
@@ -135,6 +138,7 @@ class Encoded:
     eid: str = field(default_factory=lambda: secrets.token_hex(6))
 
     def with_seq(self, seq: int | None, epoch: str | None = None) -> bytes:
+        """The envelope with its sequence number and epoch spliced in."""
         number = b"null" if seq is None else str(seq).encode()
         envelope = self.head + number + self.tail
         if self.splice:

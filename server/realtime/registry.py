@@ -35,9 +35,13 @@ class Subscriber(Protocol):
 
     def offer(
         self, channel_id: str, seq: int | None, envelope: bytes, received_at: float | None, conversation_id: str | None
-    ) -> None: ...
+    ) -> None:
+        """Take an event of a channel the subscriber follows."""
+        ...
 
-    def resync(self, channel_id: str, latest_seq: int, epoch: str) -> None: ...
+    def resync(self, channel_id: str, latest_seq: int, epoch: str) -> None:
+        """The subscriber missed events: tell it to reload."""
+        ...
 
 
 # (channel_id, epoch, after_seq, up_to_seq) → stored events, or None when not retained.
@@ -83,9 +87,11 @@ class ChannelRoute:
 
     @property
     def empty(self) -> bool:
+        """No subscriber left."""
         return not self.channel_subs and not self.conversation_subs
 
     def subscribers(self) -> set[Subscriber]:
+        """Every subscriber of the channel or of one of its conversations."""
         out = set(self.channel_subs)
         for subs in self.conversation_subs.values():
             out |= subs
@@ -111,6 +117,7 @@ class Registry:
     # -- membership --------------------------------------------------------------------
 
     def route(self, channel_id: str) -> ChannelRoute | None:
+        """The route of a channel, if it has local subscribers."""
         return self.routes.get(channel_id)
 
     def add(
@@ -187,6 +194,7 @@ class Registry:
         conversation_id: str | None,
         eid: str = "",
     ) -> None:
+        """Deliver a logged event to the local subscribers, each sequence number once."""
         route = self.routes.get(channel_id)
         if route is None or route.epoch is None:
             # No local subscriber; or the position is being set up, after which the route's
@@ -277,6 +285,7 @@ class Registry:
                 self._start_fill(route, route.fill_to)
 
     async def close(self) -> None:
+        """Cancel the catch-up reads under way."""
         for task in list(self._fills):
             task.cancel()
         self._fills.clear()

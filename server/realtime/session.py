@@ -36,11 +36,10 @@ from server.api.auth import Principal
 from server.api.errors import ApiError
 from server.inbox.events import RESYNC_REQUIRED
 from server.ops.metrics import Metrics
-from server.realtime.eventlog import control_envelope
+from server.realtime.eventlog import Stored, control_envelope
 
 if TYPE_CHECKING:
-    from server.inbox.service import InboxService
-    from server.realtime.hub import EventHub
+    from server.inbox.scope import OwnerScope
 
 log = logging.getLogger("igsync.realtime")
 
@@ -59,7 +58,35 @@ class Transport(Protocol):
         if the socket is closed)."""
         ...
 
-    def close(self, code: int, reason: str) -> None: ...
+    def close(self, code: int, reason: str) -> None:
+        """Close the socket with ``code`` and ``reason``."""
+        ...
+
+
+class Hub(Protocol):
+    """What a session needs of the hub (:class:`server.realtime.hub.EventHub` implements it).
+
+    Declared here so that the session never imports the hub: the hub creates sessions, a
+    session only calls back through these four duties."""
+
+    async def attach(
+        self, session: WsSession, channel_id: str, conversation_id: str | None
+    ) -> tuple[str | None, int | None]:
+        """Register a subscription; the (epoch, seq) it starts after, (None, None) without a log."""
+        ...
+
+    def detach(self, session: WsSession, channel_id: str, conversation_id: str | None) -> None:
+        """Drop one subscription of the session."""
+        ...
+
+    def forget(self, session: WsSession) -> None:
+        """The session closed: drop all its subscriptions."""
+        ...
+
+    async def replay(self, channel_id: str, epoch: str, after_seq: int, until_seq: int) -> list[Stored] | None:
+        """The channel's logged events after ``after_seq`` up to ``until_seq``; None when the log
+        no longer has them all (the client must resync)."""
+        ...
 
 
 @dataclass
@@ -82,6 +109,7 @@ def _event(name: str, **fields: Any) -> bytes:
 
 
 def error_frame(code: str, message: str, fields: dict[str, Any] | None = None) -> bytes:
+    """An ``error`` frame of API.md §4."""
     body: dict[str, Any] = {"event": "error", "error": code, "message": message}
     if fields:
         body["fields"] = fields
@@ -143,8 +171,8 @@ class WsSession:
         principal: Principal,
         transport: Transport,
         *,
-        hub: EventHub,
-        inbox: InboxService,
+        hub: Hub,
+        inbox: OwnerScope,
         metrics: Metrics,
         queue_max: int,
     ) -> None:
@@ -172,11 +200,13 @@ class WsSession:
     # -- life --------------------------------------------------------------------------
 
     def start(self) -> None:
+        """Count the socket and start its sender."""
         self.metrics.ws_connections.inc()
         self._sender = asyncio.get_running_loop().create_task(self._send_loop())
 
     @property
     def backlog(self) -> int:
+        """Frames queued or in flight."""
         return len(self._queue) + self._inflight
 
     def close(self, code: int, reason: str, metric_reason: str) -> None:
@@ -266,6 +296,7 @@ class WsSession:
     def offer(
         self, channel_id: str, seq: int | None, envelope: bytes, received_at: float | None, conversation_id: str | None
     ) -> None:
+        """Queue an event (held while a subscribe is being answered)."""
         holding = self._holding.get(channel_id)
         if holding is not None:
             holding.append(Held(seq, envelope, received_at))
@@ -273,6 +304,7 @@ class WsSession:
         self.send(envelope, received_at)
 
     def resync(self, channel_id: str, latest_seq: int, epoch: str) -> None:
+        """Queue a ``resync_required`` for a channel."""
         frame = control_envelope(
             RESYNC_REQUIRED, channel_id, None, latest_seq, {"latest_seq": latest_seq, "epoch": epoch}, time.time()
         )
@@ -348,7 +380,7 @@ class WsSession:
         stored = None
         if command.epoch == epoch and since <= position:
             try:
-                stored = await self.hub.log.read(channel_id, epoch, since, position)
+                stored = await self.hub.replay(channel_id, epoch, since, position)
             except Exception as exc:
                 log.warning("replay read failed (%s)", type(exc).__name__)
         if stored is None:

@@ -15,6 +15,7 @@ FIN_TEXT = 0x81
 
 
 def text_frame(payload: bytes) -> bytes:
+    """A WebSocket text frame of ``payload`` (unmasked, server to client)."""
     size = len(payload)
     if size < 126:
         return bytes((FIN_TEXT, size)) + payload
@@ -24,4 +25,5 @@ def text_frame(payload: bytes) -> bytes:
 
 
 def text_frames(payloads: list[bytes]) -> bytes:
+    """Text frames of ``payloads``, concatenated."""
     return b"".join(text_frame(p) for p in payloads)

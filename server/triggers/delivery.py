@@ -53,12 +53,14 @@ from tornado.netutil import DefaultLoopResolver, Resolver
 from tornado.simple_httpclient import HTTPTimeoutError
 
 from config import Settings
+from models.cache import TtlLru
 from models.group_commit import NaturalBatcher
 from models.store import Store
 from models.timeutil import utcnow
 from models.trigger_jobs import STATE_DEAD, STATE_PENDING, TARGET_HTTP
 from server.ops.metrics import Metrics
-from server.triggers import outbox as rules
+from server.triggers import protocol
+from server.triggers.outbox import CHANNELS_CACHED, channel_targets
 
 log = logging.getLogger("igsync.triggers")
 
@@ -113,6 +115,7 @@ class Coalesced(NaturalBatcher[K, V | None]):
         self.run = run
 
     async def __call__(self, key: K) -> V | None:
+        """The result for ``key``, shared by concurrent callers of one batch."""
         return await self._submit(key)
 
     async def _send(self, batch: list[tuple[K, asyncio.Future[V | None]]]) -> None:
@@ -120,6 +123,10 @@ class Coalesced(NaturalBatcher[K, V | None]):
         for key, future in batch:
             if not future.done():
                 future.set_result(values.get(key))
+
+
+# Receiver hosts one process remembers: a handful in practice; the bound is for a flood.
+RESOLVED_HOSTS = 1024
 
 
 class CachingResolver(Resolver):
@@ -131,20 +138,23 @@ class CachingResolver(Resolver):
     """
 
     def initialize(self, ttl_secs: float = 60.0) -> None:  # type: ignore[override]
+        """Set up the cache over the default resolver."""
         self.ttl_secs = ttl_secs
         self.resolver = DefaultLoopResolver()
-        self._cache: dict[tuple[str, int, int], tuple[float, list[tuple[int, Any]]]] = {}
+        self._cache: TtlLru[tuple[str, int, int], list[tuple[int, Any]]] = TtlLru(RESOLVED_HOSTS, ttl_secs)
 
     async def resolve(self, host: str, port: int, family: int = socket.AF_UNSPEC) -> list[tuple[int, Any]]:
+        """The addresses of ``host``, cached for ``ttl_secs``."""
         key = (host, port, int(family))
-        hit = self._cache.get(key)
-        if hit is not None and hit[0] > time.monotonic():
-            return hit[1]
+        hit, addresses = self._cache.lookup(key)
+        if hit and addresses is not None:
+            return addresses
         addresses = await self.resolver.resolve(host, port, family)
-        self._cache[key] = (time.monotonic() + self.ttl_secs, addresses)
+        self._cache.put(key, addresses)
         return addresses
 
     def close(self) -> None:
+        """Close the inner resolver."""
         self.resolver.close()
 
 
@@ -200,7 +210,7 @@ class TriggerDispatcher:
         self._wake = asyncio.Event()
         self._active: dict[str, asyncio.Task[None]] = {}
         self._busy_elsewhere: dict[str, float] = {}
-        self._channels: dict[ObjectId, tuple[float, dict[str, Any] | None]] = {}
+        self._channels: TtlLru[ObjectId, dict[str, Any] | None] = TtlLru(CHANNELS_CACHED, settings.channel_cache_secs)
         # Concurrent lanes share their store commands (natural batching, no timer).
         self._heads = Coalesced(lambda lanes: self.jobs.heads(lanes, per_lane=LANE_BATCH))
         self._messages = Coalesced(self.store.messages.get_many)
@@ -217,6 +227,7 @@ class TriggerDispatcher:
         self._wake.set()
 
     async def start(self) -> None:
+        """Start the dispatcher loop (unless this process has no trigger workers)."""
         if self.settings.trigger_workers == 0:
             log.info("trigger dispatcher off in this process (IGSYNC_TRIGGER_WORKERS=0)")
             return
@@ -224,6 +235,7 @@ class TriggerDispatcher:
         self._loop_task = asyncio.create_task(self._run(), name="trigger-dispatcher")
 
     async def stop(self) -> None:
+        """Stop the dispatcher and let deliveries in flight finish."""
         self._stopping = True
         self._wake.set()
         if self._loop_task is not None:
@@ -396,13 +408,11 @@ class TriggerDispatcher:
     async def _channel(self, channel_id: ObjectId) -> dict[str, Any] | None:
         """The channel's current trigger settings, trusted for ``channel_cache_secs`` (like the
         outbox's), so a busy channel costs no read per lane."""
-        now = time.monotonic()
-        hit = self._channels.get(channel_id)
-        if hit is not None and hit[0] > now:
-            return hit[1]
+        hit, channel = self._channels.lookup(channel_id)
+        if hit:
+            return channel
         channel = await self.store.channels.get(channel_id)
-        if self.settings.channel_cache_secs > 0:
-            self._channels[channel_id] = (now + self.settings.channel_cache_secs, channel)
+        self._channels.put(channel_id, channel)
         return channel
 
     async def _deliver(
@@ -417,7 +427,7 @@ class TriggerDispatcher:
         acknowledged job is added to ``acked`` for the caller to record."""
         target = job["target"]
         delivery_id = str(job["_id"])
-        if target not in rules.channel_targets(channel):
+        if target not in channel_targets(channel):
             # Triggers were turned off (or the channel disconnected) after the message came.
             await self.jobs.cancelled(job["_id"], "triggers_off")
             self.metrics.trigger_deliveries.labels(target=target, outcome="cancelled").inc()
@@ -429,7 +439,7 @@ class TriggerDispatcher:
             self.metrics.trigger_deliveries.labels(target=target, outcome="cancelled").inc()
             log.warning("trigger cancelled: message gone target=%s delivery_id=%s", target, delivery_id)
             return True
-        body = orjson.dumps(rules.trigger_payload(delivery_id, channel, conversation, message))
+        body = orjson.dumps(protocol.trigger_payload(delivery_id, channel, conversation, message))
         attempt = int(job.get("attempts") or 0) + 1
         started = time.perf_counter()
         if target == TARGET_HTTP:
@@ -469,7 +479,7 @@ class TriggerDispatcher:
         await self._flush(acked)
         error = {"result": result.result, "status": result.status, "detail": result.detail, "at": utcnow()}
         if result.retryable and attempt < max_attempts:
-            delay = rules.retry_delay(
+            delay = protocol.retry_delay(
                 attempt,
                 base_secs=self.settings.trigger_retry_base_secs,
                 max_secs=self.settings.trigger_retry_max_secs,
@@ -512,10 +522,10 @@ class TriggerDispatcher:
             headers={
                 "Content-Type": "application/json",
                 "User-Agent": "igsync-triggers/1",
-                rules.SIGNATURE_HEADER: rules.signature_header(body, config["secret"]),
-                rules.DELIVERY_HEADER: delivery_id,
-                rules.ATTEMPT_HEADER: str(attempt),
-                rules.EVENT_HEADER: rules.EVENT_CUSTOMER_MESSAGE,
+                protocol.SIGNATURE_HEADER: protocol.signature_header(body, config["secret"]),
+                protocol.DELIVERY_HEADER: delivery_id,
+                protocol.ATTEMPT_HEADER: str(attempt),
+                protocol.EVENT_HEADER: protocol.EVENT_CUSTOMER_MESSAGE,
             },
             connect_timeout=timeout,
             request_timeout=timeout,
@@ -531,13 +541,13 @@ class TriggerDispatcher:
         ok, result, retryable = _classify_http(response.code)
         retry_after = None
         if retryable:
-            retry_after = rules.parse_retry_after(response.headers.get("Retry-After"), utcnow())
+            retry_after = protocol.parse_retry_after(response.headers.get("Retry-After"), utcnow())
         detail = None if ok else bytes(answer).decode("utf-8", "replace")
         return AttemptResult(ok, result, retryable, response.code, retry_after, detail)
 
     async def _send_stream(self, body: bytes, job: dict[str, Any], delivery_id: str) -> AttemptResult:
         fields = {
-            "event": rules.EVENT_CUSTOMER_MESSAGE,
+            "event": protocol.EVENT_CUSTOMER_MESSAGE,
             "delivery_id": delivery_id,
             "channel_id": str(job["channel_id"]),
             "conversation_id": str(job["conversation_id"]),

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from server.app.embedded import free_port
-from tests.helpers import FIXTURES, ROOT
+from tests.support.helpers import FIXTURES, ROOT
 
 
 def clean_env(data_dir: Path, port: int) -> dict[str, str]:

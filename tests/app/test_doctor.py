@@ -24,8 +24,7 @@ from models.store import Store
 from models.timeutil import utcnow
 from server.app import doctor as doc
 from server.app.embedded import EmbeddedStores, free_port
-from tests.conftest import RunningServer, connect_tenant, make_settings
-from tests.helpers import (
+from tests.support.helpers import (
     ALL_SECRETS,
     ROOT,
     ServerProcessHandle,
@@ -34,6 +33,7 @@ from tests.helpers import (
     server_env,
     sign,
 )
+from tests.support.server import RunningServer, connect_tenant, make_settings
 
 OTHER_SECRET = "another-app-secret-fedcba9876543210"
 
@@ -83,7 +83,7 @@ def serve(process_settings: Settings, tmp_path: Path) -> Iterator[ServerProcessH
 
 async def connect_and_receive(base_url: str) -> Any:
     """A connected channel that has received a webhook: the state of a working installation."""
-    from tests.helpers import Client
+    from tests.support.helpers import Client
 
     client = Client(base_url)
     try:
@@ -179,7 +179,7 @@ async def test_doctor_sees_meta_webhooks_refused_for_a_wrong_app_secret(
 ) -> None:
     await connect_and_receive(serve.base_url)
     # Meta signs with its app's secret; the server was configured with another one.
-    from tests.helpers import Client
+    from tests.support.helpers import Client
 
     client = Client(serve.base_url)
     try:
@@ -205,7 +205,7 @@ async def test_doctor_fails_when_every_webhook_is_refused(tmp_path: Path, stores
     settings = make_settings(stores, tmp_path, port=free_port())
     handle = ServerProcessHandle(server_env(settings), tmp_path / "serve.log").start()
     try:
-        from tests.helpers import Client
+        from tests.support.helpers import Client
 
         client = Client(handle.base_url)
         body = fixture_bytes("customer_text")

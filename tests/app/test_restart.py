@@ -1,4 +1,4 @@
-"""A restart during a pending download finishes it after the restart (issue 7): a real
+"""A restart during a pending download finishes it after the restart: a real
 ``igsync serve`` process is killed while the fake CDN holds its download, a new process
 starts on the same stores, takes the job over once the lease expired, and completes it."""
 
@@ -13,9 +13,10 @@ from bson import ObjectId
 
 from models.store import Store
 from server.app.embedded import free_port
-from tests.conftest import make_settings
-from tests.events_support import JPEG, FakeCdn, fixture_with
-from tests.helpers import ADMIN_TOKEN, Client, ServerProcessHandle, body_of, server_env, wait_for
+from tests.fakes.cdn import JPEG, FakeCdn
+from tests.support.events import fixture_with
+from tests.support.helpers import ADMIN_TOKEN, Client, ServerProcessHandle, body_of, server_env, wait_for
+from tests.support.server import make_settings
 
 
 @pytest.mark.slow

@@ -28,8 +28,8 @@ from igsync_client import (
     IgsyncValidationError,
 )
 from server.app.embedded import free_port
-from tests.dedup_helpers import echo, new_mid, ok_body, stored_messages
-from tests.helpers import ACCOUNT_ID, CUSTOMER_A, INTERNAL_TOKEN
+from tests.support.dedup import echo, new_mid, ok_body, stored_messages
+from tests.support.helpers import ACCOUNT_ID, CUSTOMER_A, INTERNAL_TOKEN
 
 
 def fast_client(base_url: str, **kw: Any) -> IgsyncClient:

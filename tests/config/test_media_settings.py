@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from config import ConfigError, Settings
-from server.media.service import NoopTranscriber, load_transcriber, media_targets
+from server.media.targets import media_targets
+from server.media.transcribe import NoopTranscriber, load_transcriber
 
 
 def test_media_and_profile_settings_from_env() -> None:
@@ -16,7 +17,7 @@ def test_media_and_profile_settings_from_env() -> None:
             "IGSYNC_MEDIA_LEASE_SECS": "45",
             "IGSYNC_PROFILE_CONCURRENCY": "2",
             "IGSYNC_GRAPH_API_VERSION": "v23.0",
-            "IGSYNC_TRANSCRIBER": "tests.test_events_settings:FakeTranscriber",
+            "IGSYNC_TRANSCRIBER": "tests.config.test_media_settings:FakeTranscriber",
         }
     )
     assert settings.media_concurrency == 0 and settings.media_lease_secs == 45.0
@@ -46,7 +47,7 @@ class FakeTranscriber:
 
 def test_transcriber_is_loaded_from_its_spec() -> None:
     assert isinstance(load_transcriber(""), NoopTranscriber)
-    assert isinstance(load_transcriber("tests.test_events_settings:FakeTranscriber"), FakeTranscriber)
+    assert isinstance(load_transcriber("tests.config.test_media_settings:FakeTranscriber"), FakeTranscriber)
     with pytest.raises(ModuleNotFoundError):
         load_transcriber("no.such.module:factory")
 

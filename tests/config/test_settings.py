@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from config import ConfigError, Settings, describe
-from tests.helpers import ROOT
+from tests.support.helpers import ROOT
 
 PROD = {
     "IGSYNC_MONGO_URL": "mongodb://db.internal:27017/?replicaSet=rs0",

@@ -10,11 +10,10 @@ from collections.abc import AsyncIterator
 import pytest
 
 from server.app.embedded import free_port
-from server.dedup.echo import sent_message_key, sent_mid_key
+from server.dedup.marks import sent_message_key, sent_mid_key
 from server.inbox.events import RecordingSink
-from tests.conftest import RunningServer, connect_tenant, start_server, stop_server
-from tests.dedup_helpers import MARK_SENT, conversation_of, mark_sent, new_mid, ok_body, sample, stored_messages
-from tests.helpers import (
+from tests.support.dedup import MARK_SENT, conversation_of, mark_sent, new_mid, ok_body, sample, stored_messages
+from tests.support.helpers import (
     ACCOUNT_ID,
     ADMIN_TOKEN,
     ALL_SECRETS,
@@ -24,6 +23,7 @@ from tests.helpers import (
     messaging_body,
     text_item,
 )
+from tests.support.server import RunningServer, connect_tenant, start_server, stop_server
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Echo dedup, one deterministic test per order of issue 4: mark-sent and echo in every order,
+"""Echo dedup, one deterministic test per order a send and its echo can meet in: mark-sent and echo in every order,
 redeliveries, repeated texts, an old outbound message, Redis flushed or down.
 
 Everything runs against a real igsync (HTTP), real SecantusDB and real Redis; the outcome is
@@ -15,12 +15,11 @@ from collections.abc import AsyncIterator
 import pytest
 
 from server.app.embedded import EmbeddedStores
-from server.dedup.echo import sent_message_key
+from server.dedup.marks import sent_message_key
 from server.dedup.marksent import outbound_message
 from server.inbox.events import RecordingSink
 from server.ingest.pipeline import content_hash
-from tests.conftest import RunningServer, connect_tenant, start_server, stop_server
-from tests.dedup_helpers import (
+from tests.support.dedup import (
     conversation_of,
     echo,
     mark_sent,
@@ -29,7 +28,8 @@ from tests.dedup_helpers import (
     sample,
     stored_messages,
 )
-from tests.helpers import ACCOUNT_ID, CUSTOMER_A, CUSTOMER_B, body_of, messaging_body, text_item
+from tests.support.helpers import ACCOUNT_ID, CUSTOMER_A, CUSTOMER_B, body_of, messaging_body, text_item
+from tests.support.server import RunningServer, connect_tenant, start_server, stop_server
 
 
 @pytest.fixture

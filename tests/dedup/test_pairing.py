@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from models.store import Store
-from server.dedup.echo import EchoPairing, register_echo, register_send
+from server.dedup.pairing import EchoPairing, register_echo, register_send
 
 WINDOW = 30.0
 

@@ -14,8 +14,7 @@ from bson import ObjectId
 
 from models.store import mongo_client
 from server.app.embedded import EmbeddedStores, free_port
-from tests.conftest import make_settings
-from tests.dedup_harness import (
+from tests.support.dedup_harness import (
     Delivery,
     NativePlan,
     WideClient,
@@ -26,7 +25,8 @@ from tests.dedup_harness import (
     seed_design_outcome,
     store_failures,
 )
-from tests.helpers import ACCOUNT_ID, ADMIN_TOKEN, ServerProcessHandle, body_of, server_env
+from tests.support.helpers import ACCOUNT_ID, ADMIN_TOKEN, ServerProcessHandle, body_of, server_env
+from tests.support.server import make_settings
 
 PROCESSES = 2
 BATCHES = 9  # batches 0, 3 and 6 with Redis stopped: (at least) a third of the trials

@@ -1,4 +1,4 @@
-"""Customer profiles (issue 7 item 4): a best-effort Graph API look-up on a customer's first
+"""Customer profiles: a best-effort Graph API look-up on a customer's first
 message, off the webhook's hot path, against a fake Graph API (a real local server) that
 answers profiles, Meta's error codes and slow responses. The token is never logged."""
 
@@ -17,8 +17,10 @@ from models.media_files import BUCKET
 from models.timeutil import utcnow
 from server.graph.client import Profile, classify
 from server.graph.profiles import REFRESHABLE
-from tests.events_support import ACCESS_TOKEN, JPEG, EventsEnv, GraphAnswer, connect_channel, events_env
-from tests.helpers import ADMIN_TOKEN, CUSTOMER_A, CUSTOMER_B, body_of, messaging_body, text_item, wait_for
+from tests.fakes.cdn import JPEG
+from tests.fakes.graph import ACCESS_TOKEN, GraphAnswer
+from tests.support.events import EventsEnv, connect_channel, events_env
+from tests.support.helpers import ADMIN_TOKEN, CUSTOMER_A, CUSTOMER_B, body_of, messaging_body, text_item, wait_for
 
 CUSTOMER_C = "6200000000000103"
 

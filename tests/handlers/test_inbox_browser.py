@@ -23,9 +23,8 @@ from config import Settings
 from models.timeutil import from_epoch_ms
 from server.app.embedded import EmbeddedStores, free_port
 from server.inbox import events as ev
-from tests.browser_support import CHROMIUM, launch_chromium
-from tests.conftest import RunningServer, Tenant, connect_tenant, make_settings
-from tests.helpers import (
+from tests.support.browser import CHROMIUM, launch_chromium
+from tests.support.helpers import (
     ADMIN_TOKEN,
     CUSTOMER_A,
     CUSTOMER_B,
@@ -37,6 +36,7 @@ from tests.helpers import (
     server_env,
     text_item,
 )
+from tests.support.server import RunningServer, Tenant, connect_tenant, make_settings
 
 pytestmark = pytest.mark.browser
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from handlers.inbox_page import CONTENT_SECURITY_POLICY, STATIC_DIR
-from tests.conftest import RunningServer
-from tests.helpers import ROOT, body_of
+from tests.support.helpers import ROOT, body_of
+from tests.support.server import RunningServer
 
 
 async def test_page_is_served_at_root_with_a_strict_csp(server: RunningServer) -> None:

@@ -6,8 +6,7 @@ import asyncio
 
 import pytest
 
-from tests.conftest import RunningServer, Tenant, connect_tenant
-from tests.helpers import (
+from tests.support.helpers import (
     ACCOUNT_ID,
     ADMIN_TOKEN,
     INTERNAL_TOKEN,
@@ -16,7 +15,8 @@ from tests.helpers import (
     messaging_body,
     text_item,
 )
-from tests.realtime_support import WsClient
+from tests.support.realtime import WsClient
+from tests.support.server import RunningServer, Tenant, connect_tenant
 
 OTHER_ACCOUNT = "17841499999999999"
 

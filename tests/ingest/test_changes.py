@@ -1,4 +1,4 @@
-"""Reactions, edits, unsends and read receipts against a real server (issue 7, item 1).
+"""Reactions, edits, unsends and read receipts against a real server.
 
 Each event: the stored change, the webhook answer, the inbox event (through a
 RecordingSink until the realtime hub lands), and that a redelivery changes nothing."""
@@ -10,8 +10,8 @@ from typing import Any
 import orjson
 
 from models.timeutil import from_epoch_ms, iso
-from tests.events_support import ECHO_MID, REPLY_MID, TEXT_MID, EventsEnv
-from tests.helpers import ACCOUNT_ID, CUSTOMER_A, echo_item, fixture_json, messaging_body, text_item
+from tests.support.events import ECHO_MID, REPLY_MID, TEXT_MID, EventsEnv
+from tests.support.helpers import ACCOUNT_ID, CUSTOMER_A, echo_item, fixture_json, messaging_body, text_item
 
 
 def fixture_time(name: str) -> Any:

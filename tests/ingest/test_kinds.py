@@ -1,4 +1,4 @@
-"""Every message kind of issue 7 item 2 is stored with a message_type and what the inbox
+"""Every message kind Instagram sends is stored with a message_type and what the inbox
 needs to render it (reply_to, attachments with type/url, referral, postback…) — none is
 dropped — and its media is kept (a fake CDN serves each file)."""
 
@@ -8,15 +8,9 @@ from typing import Any
 
 from bson import ObjectId
 
-from tests.events_support import (
-    JPEG,
-    MP4,
-    PDF,
-    EventsEnv,
-    fixture_mid,
-    fixture_with,
-)
-from tests.helpers import CUSTOMER_A, CUSTOMER_B, body_of, wait_for
+from tests.fakes.cdn import JPEG, MP4, PDF
+from tests.support.events import EventsEnv, fixture_mid, fixture_with
+from tests.support.helpers import CUSTOMER_A, CUSTOMER_B, body_of, wait_for
 
 
 async def stored(env: EventsEnv, name: str, body: bytes | None = None) -> dict[str, Any]:

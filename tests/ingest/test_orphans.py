@@ -4,8 +4,8 @@
 from __future__ import annotations
 
 from models.timeutil import from_epoch_ms
-from tests.events_support import ECHO_MID, REPLY_MID, TEXT_MID, EventsEnv
-from tests.helpers import ACCOUNT_ID, CUSTOMER_A, echo_item, messaging_body, text_item
+from tests.support.events import ECHO_MID, REPLY_MID, TEXT_MID, EventsEnv
+from tests.support.helpers import ACCOUNT_ID, CUSTOMER_A, echo_item, messaging_body, text_item
 
 
 async def test_reaction_before_its_message_is_kept_once_and_applied_on_arrival(env: EventsEnv) -> None:

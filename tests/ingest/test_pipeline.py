@@ -8,8 +8,7 @@ import asyncio
 import orjson
 import pytest
 
-from tests.conftest import RunningServer, Tenant, connect_tenant
-from tests.helpers import (
+from tests.support.helpers import (
     ACCOUNT_ID,
     CUSTOMER_A,
     CUSTOMER_B,
@@ -22,6 +21,7 @@ from tests.helpers import (
     sign,
     text_item,
 )
+from tests.support.server import RunningServer, Tenant, connect_tenant
 
 
 async def count(server: RunningServer, collection: str, query: dict | None = None) -> int:
@@ -107,7 +107,7 @@ async def test_bad_body_is_400_and_stores_nothing(
 
 
 async def test_body_over_the_limit_is_413(stores, tmp_path) -> None:
-    from tests.conftest import make_settings, start_server, stop_server
+    from tests.support.server import make_settings, start_server, stop_server
 
     server = await start_server(make_settings(stores, tmp_path, max_body_bytes=2048))
     try:
@@ -293,7 +293,7 @@ async def test_unknown_or_disconnected_channel_is_ignored(server: RunningServer,
     assert response.code == 200
     assert body_of(response) == {"status": "ignored", "reason": "unknown_channel"}
 
-    from tests.helpers import ADMIN_TOKEN
+    from tests.support.helpers import ADMIN_TOKEN
 
     deleted = await server.client.request("DELETE", f"/api/v1/channels/{tenant.channel['id']}", token=ADMIN_TOKEN)
     assert body_of(deleted)["channel"]["is_connect"] is False
@@ -441,7 +441,7 @@ async def test_self_messaging_is_an_invalid_item(server: RunningServer, tenant: 
 async def test_chunked_body_over_the_limit_is_413(stores, tmp_path) -> None:
     from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
-    from tests.conftest import make_settings, start_server, stop_server
+    from tests.support.server import make_settings, start_server, stop_server
 
     server = await start_server(make_settings(stores, tmp_path, max_body_bytes=2048))
     try:

@@ -14,8 +14,8 @@ from server.app.embedded import EmbeddedStores
 from server.inbox.threads import Thread
 from server.ingest.parse import parse_body
 from server.ingest.pipeline import CUSTOMER_TO_OWNER, build_message
-from tests.conftest import connect_tenant, make_settings, start_server, stop_server
-from tests.helpers import body_of, fixture_bytes, fixture_json
+from tests.support.helpers import body_of, fixture_bytes, fixture_json
+from tests.support.server import connect_tenant, make_settings, start_server, stop_server
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Media that lasts (issue 7 item 3): queued durably, downloaded with a cap, a type check
+"""Media that lasts: queued durably, downloaded with a cap, a type check
 and a timeout from a fake CDN (a real local HTTP server), retried with backoff, stored in
 GridFS, served by ``GET /media/{id}`` to the owner only, removed on unsend."""
 
@@ -14,21 +14,15 @@ import pytest
 from bson import ObjectId
 
 from models.timeutil import utcnow
+from server.media.download import accept_content_type
 from server.media.links import pick_url
-from server.media.service import AudioClip, accept_content_type
-from tests.conftest import start_server, stop_server
-from tests.events_support import (
-    ACCESS_TOKEN,
-    JPEG,
-    MP4,
-    PNG,
-    EventsEnv,
-    GraphAnswer,
-    events_env,
-    fixture_with,
-)
-from tests.helpers import ACCOUNT_ID, ADMIN_TOKEN, CUSTOMER_A, body_of, fixture_json, messaging_body, wait_for
-from tests.triggers_fixtures import cli
+from server.media.transcribe import AudioClip
+from tests.fakes.cdn import JPEG, MP4, PNG
+from tests.fakes.graph import ACCESS_TOKEN, GraphAnswer
+from tests.support.events import EventsEnv, events_env, fixture_with
+from tests.support.fixtures_triggers import cli
+from tests.support.helpers import ACCOUNT_ID, ADMIN_TOKEN, CUSTOMER_A, body_of, fixture_json, messaging_body, wait_for
+from tests.support.server import start_server, stop_server
 
 BIG = b"\xff\xd8\xff" + b"x" * (300 * 1024)  # above the tests' 256 KiB cap
 

@@ -13,9 +13,9 @@ from typing import Any
 
 import yaml
 
-from tests.conftest import RunningServer
-from tests.helpers import ROOT
-from tests.observability_helpers import scrape
+from tests.support.helpers import ROOT
+from tests.support.observability import scrape
+from tests.support.server import RunningServer
 
 DASHBOARD = ROOT / "deploy" / "grafana" / "igsync.json"
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
@@ -206,7 +206,7 @@ def test_operations_doc_describes_every_metric() -> None:
     """docs/operations.md describes every metric of API.md §5 and every operations metric; a
     metric another capability adds may be described in that capability's docs page."""
     from server.ops.metrics import Metrics
-    from tests.test_observability_metrics import DOCUMENTED, EVENTS, OPERATIONS
+    from tests.ops.test_metrics import DOCUMENTED, EVENTS, OPERATIONS
 
     operations = OPERATIONS_DOC.read_text()
     for name in (*DOCUMENTED, *OPERATIONS, *EVENTS):

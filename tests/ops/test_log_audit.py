@@ -1,4 +1,4 @@
-"""The session-wide log audit (tests/log_audit.py) catches a deliberately leaked secret.
+"""The session-wide log audit (tests/support/log_audit.py) catches a deliberately leaked secret.
 
 Unit tests of what counts as a leak, then whole pytest sessions run in a child process
 with the same plugin: one that leaks (in each way: a log record, a subprocess output
@@ -13,12 +13,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.helpers import ADMIN_TOKEN, ALL_SECRETS, APP_SECRET, ROOT
-from tests.log_audit import LogAudit
+from tests.support.helpers import ADMIN_TOKEN, ALL_SECRETS, APP_SECRET, ROOT
+from tests.support.log_audit import LogAudit
 
 INNER_CONFTEST = """
-from tests.helpers import ALL_SECRETS
-from tests.log_audit import AUDIT, LogAuditPlugin
+from tests.support.helpers import ALL_SECRETS
+from tests.support.log_audit import AUDIT, LogAuditPlugin
 
 
 def pytest_configure(config):
@@ -28,8 +28,8 @@ def pytest_configure(config):
 LEAKING_TESTS = """
 import logging
 
-from tests.helpers import ADMIN_TOKEN, sign
-from tests.log_audit import AUDIT
+from tests.support.helpers import ADMIN_TOKEN, sign
+from tests.support.log_audit import AUDIT
 
 log = logging.getLogger("igsync.inner")
 
@@ -57,7 +57,7 @@ def test_leaks_a_bare_signature_hex():
 CLEAN_TESTS = """
 import logging
 
-from tests.helpers import sign
+from tests.support.helpers import sign
 
 log = logging.getLogger("igsync.inner")
 

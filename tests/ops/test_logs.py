@@ -14,8 +14,7 @@ import pytest
 from config import Settings
 from server.app.embedded import free_port
 from server.ops import logs
-from tests.conftest import RunningServer, Tenant, connect_tenant
-from tests.helpers import (
+from tests.support.helpers import (
     ADMIN_TOKEN,
     ALL_SECRETS,
     APP_SECRET,
@@ -31,6 +30,7 @@ from tests.helpers import (
     sign,
     text_item,
 )
+from tests.support.server import RunningServer, Tenant, connect_tenant
 
 ITEM_FIELDS = ("event", "kind", "outcome", "direction", "channel_id", "conversation_id", "mid", "duration_ms")
 

@@ -31,9 +31,9 @@ from server.ops.metrics import (
     Metrics,
     package_version,
 )
-from tests.conftest import RunningServer, Tenant, connect_tenant, start_server, stop_server
-from tests.events_support import JPEG, events_env, fixture_with
-from tests.helpers import (
+from tests.fakes.cdn import JPEG
+from tests.support.events import events_env, fixture_with
+from tests.support.helpers import (
     ACCOUNT_ID,
     ADMIN_TOKEN,
     CUSTOMER_A,
@@ -45,8 +45,9 @@ from tests.helpers import (
     text_item,
     wait_for,
 )
-from tests.observability_helpers import Key, key, scrape
-from tests.realtime_support import WsClient
+from tests.support.observability import Key, key, scrape
+from tests.support.realtime import WsClient
+from tests.support.server import RunningServer, Tenant, connect_tenant, start_server, stop_server
 
 # API.md §5, verbatim: the names inbox operators and the dashboard rely on.
 DOCUMENTED = {
@@ -79,7 +80,7 @@ OPERATIONS = {
     "igsync_http_request_duration_seconds": "histogram",
 }
 
-# Added by the events capability (issue 7); described in docs/events.md and docs/operations.md.
+# The series of message changes, media and profiles; described in docs/events.md and docs/operations.md.
 EVENTS = {
     "igsync_orphan_events_total": "counter",
     "igsync_media_jobs_total": "counter",
@@ -214,7 +215,7 @@ async def test_each_kind_of_webhook_moves_exactly_its_series(server: RunningServ
 
 
 async def test_too_large_body_is_counted(stores, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from tests.conftest import make_settings
+    from tests.support.server import make_settings
 
     running = await start_server(make_settings(stores, tmp_path, max_body_bytes=2048))
     try:

@@ -25,11 +25,11 @@ import pytest
 from config import Settings
 from server.app.embedded import free_port
 from server.ops.metrics import DELIVERY_BUCKETS, WEBHOOK_DURATION_BUCKETS
-from tests.conftest import RunningServer, connect_tenant, start_server, stop_server
-from tests.helpers import ROOT, Client, body_of, messaging_body, text_item, wait_for
-from tests.observability_helpers import scrape
-from tests.realtime_support import WsClient
-from tests.test_observability_deploy import dashboard_exprs
+from tests.ops.test_deploy import dashboard_exprs
+from tests.support.helpers import ROOT, Client, body_of, messaging_body, text_item, wait_for
+from tests.support.observability import scrape
+from tests.support.realtime import WsClient
+from tests.support.server import RunningServer, connect_tenant, start_server, stop_server
 
 pytestmark = pytest.mark.slow
 

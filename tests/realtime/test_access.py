@@ -9,9 +9,9 @@ import pytest
 from tornado.websocket import websocket_connect
 
 from server.realtime.access import origin_allowed, token_from
-from tests.conftest import RunningServer, Tenant, connect_tenant, make_settings, start_server, stop_server
-from tests.helpers import ADMIN_TOKEN, INTERNAL_TOKEN, messaging_body, text_item
-from tests.realtime_support import WsClient, refused, ws_url
+from tests.support.helpers import ADMIN_TOKEN, INTERNAL_TOKEN, messaging_body, text_item
+from tests.support.realtime import WsClient, refused, ws_url
+from tests.support.server import RunningServer, Tenant, connect_tenant, make_settings, start_server, stop_server
 
 
 async def test_missing_or_bad_token_is_401_json_before_the_upgrade(server: RunningServer) -> None:
@@ -127,7 +127,7 @@ async def test_connection_gauge_and_client_close_are_counted(server: RunningServ
     await ws.subscribe(channel_id=tenant.channel["id"])
     assert metrics.ws_connections._value.get() == 1
     ws.close()
-    from tests.helpers import wait_for
+    from tests.support.helpers import wait_for
 
     await wait_for(lambda: metrics.ws_connections._value.get() == 0)
     assert metrics.ws_disconnects.labels(reason="client_closed")._value.get() == before + 1
@@ -149,7 +149,7 @@ def _delivered(server: RunningServer) -> float:
 
 
 async def test_event_delivery_seconds_is_observed_per_event_written(server: RunningServer, tenant: Tenant) -> None:
-    from tests.helpers import wait_for
+    from tests.support.helpers import wait_for
 
     first = await WsClient.connect(server.base_url, tenant.token)
     second = await WsClient.connect(server.base_url, tenant.token)
@@ -173,7 +173,7 @@ async def test_server_pings_and_drops_a_client_that_never_answers(stores, tmp_pa
     import base64
     import os
 
-    from tests.helpers import wait_for
+    from tests.support.helpers import wait_for
 
     server = await start_server(make_settings(stores, tmp_path, ws_ping_secs=1))
     try:

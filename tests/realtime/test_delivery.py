@@ -10,9 +10,9 @@ import pytest
 
 from server.app.embedded import EmbeddedStores
 from server.inbox import events as ev
-from tests.conftest import RunningServer, connect_tenant, make_settings, start_server, stop_server
-from tests.helpers import messaging_body, text_item, wait_for
-from tests.realtime_support import WsClient
+from tests.support.helpers import messaging_body, text_item, wait_for
+from tests.support.realtime import WsClient
+from tests.support.server import RunningServer, connect_tenant, make_settings, start_server, stop_server
 
 # 32 KiB of data per event: a few hundred fill the socket buffers of a client that stopped reading.
 BIG = "x" * 32_768

@@ -8,9 +8,9 @@ from bson import ObjectId
 
 from models.serializers import CONVERSATION_FIELDS, CUSTOMER_FIELDS, WS_MESSAGE_FIELDS
 from server.inbox import events as ev
-from tests.conftest import RunningServer, Tenant, connect_tenant
-from tests.helpers import ACCOUNT_ID, CUSTOMER_A, body_of, echo_item, messaging_body, text_item
-from tests.realtime_support import WsClient
+from tests.support.helpers import ACCOUNT_ID, CUSTOMER_A, body_of, echo_item, messaging_body, text_item
+from tests.support.realtime import WsClient
+from tests.support.server import RunningServer, Tenant, connect_tenant
 
 ENVELOPE_KEYS = {"event", "seq", "channel_id", "conversation_id", "ts", "data"}
 

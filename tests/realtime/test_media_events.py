@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
-from tests.events_support import JPEG, EventsEnv, events_env, fixture_mid, fixture_with
-from tests.realtime_support import WsClient
+from tests.fakes.cdn import JPEG
+from tests.support.events import EventsEnv, events_env, fixture_mid, fixture_with
+from tests.support.realtime import WsClient
 
 ENVELOPE_KEYS = {"event", "seq", "channel_id", "conversation_id", "ts", "data"}
 

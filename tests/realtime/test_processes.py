@@ -12,9 +12,9 @@ import pytest
 from config import Settings
 from server.app.embedded import free_port
 from server.inbox import events as ev
-from tests.conftest import connect_tenant, make_settings
-from tests.helpers import Client, ServerProcessHandle, messaging_body, server_env, text_item
-from tests.realtime_support import WsClient
+from tests.support.helpers import Client, ServerProcessHandle, messaging_body, server_env, text_item
+from tests.support.realtime import WsClient
+from tests.support.server import connect_tenant, make_settings
 
 pytestmark = pytest.mark.slow
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 from server.inbox import events as ev
 from server.realtime.eventlog import keys
-from tests.conftest import RunningServer, Tenant, make_settings, start_server, stop_server
-from tests.helpers import messaging_body, text_item
-from tests.realtime_support import WsClient
+from tests.support.helpers import messaging_body, text_item
+from tests.support.realtime import WsClient
+from tests.support.server import RunningServer, Tenant, make_settings, start_server, stop_server
 
 
 async def _customer_messages(server: RunningServer, prefix: str, count: int) -> None:
@@ -97,7 +97,7 @@ async def test_wrong_epoch_or_no_epoch_gets_resync_required(server: RunningServe
 
 
 async def test_events_older_than_the_log_keeps_get_resync_required(stores, tmp_path: Path) -> None:
-    from tests.conftest import connect_tenant
+    from tests.support.server import connect_tenant
 
     server = await start_server(make_settings(stores, tmp_path, ws_log_max_events=10))
     try:

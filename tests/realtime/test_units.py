@@ -18,8 +18,8 @@ from server.inbox import events as ev
 from server.realtime.eventlog import EventLog, encode, parse_live
 from server.realtime.registry import ChannelRoute, Registry
 from server.realtime.session import CommandError, parse_command
-from tests.conftest import RunningServer, Tenant
-from tests.helpers import wait_for
+from tests.support.helpers import wait_for
+from tests.support.server import RunningServer, Tenant
 
 
 class PlainTransport:
@@ -200,15 +200,14 @@ def test_envelope_and_live_wire_format() -> None:
 
 async def test_a_store_failure_during_a_command_answers_unavailable(server: RunningServer, tenant: Tenant) -> None:
     from models.store import Store
-    from server.inbox.service import InboxService
-    from server.inbox.threads import ChannelCache
+    from server.inbox.scope import OwnerScope
 
     hub = server.core.realtime
     assert hub is not None
     transport = PlainTransport()
     session = hub.open_session(Principal(INBOX, tenant.owner), transport)
     unreachable = Store("mongodb://127.0.0.1:9/?directConnection=true", "nowhere", timeout_ms=200)
-    session.inbox = InboxService(unreachable, ChannelCache(unreachable, ttl_secs=0))
+    session.inbox = OwnerScope(unreachable)
     await session.handle_frame(orjson.dumps({"action": "subscribe", "channel_id": tenant.channel["id"]}))
     await session.handle_frame('{"action": "ping"}')
     await wait_for(lambda: len(transport.frames) >= 2)

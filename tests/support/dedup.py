@@ -8,7 +8,7 @@ from typing import Any
 from pymongo import ASCENDING
 from tornado.httpclient import HTTPResponse
 
-from tests.helpers import ACCOUNT_ID, CUSTOMER_A, INTERNAL_TOKEN, Client, body_of, echo_item, messaging_body
+from tests.support.helpers import ACCOUNT_ID, CUSTOMER_A, INTERNAL_TOKEN, Client, body_of, echo_item, messaging_body
 
 MARK_SENT = "/api/v1/messages/mark-sent"
 

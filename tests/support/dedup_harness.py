@@ -2,7 +2,7 @@
 Instagram-app messages with equal texts, played against several igsync processes that share
 one MongoDB and one Redis; then a check of what MongoDB holds.
 
-Used by ``tests/test_dedup_random.py`` (≥ 300 trials in CI) and ``bench/dedup_soak.py``
+Used by ``tests/dedup/test_random.py`` (≥ 300 trials in CI) and ``bench/dedup_soak.py``
 (10 000). The *schedule* is a pure function of the seed (so a failure is replayed with the
 printed seed); the exact interleaving is up to the machine, which is the point.
 
@@ -28,7 +28,7 @@ from typing import Any
 
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPResponse
 
-from tests.helpers import ACCOUNT_ID, INTERNAL_TOKEN, Client, body_of, echo_item, messaging_body, text_item
+from tests.support.helpers import ACCOUNT_ID, INTERNAL_TOKEN, Client, body_of, echo_item, messaging_body, text_item
 
 TEXTS = ("ok", "Thanks! 🙏", "Your order shipped.", "Olá, tudo bem?", "See you at 9")
 MAX_OFFSET_SECS = 0.5

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.events_support import EventsEnv, events_env
+from tests.support.events import EventsEnv, events_env
 
 
 @pytest.fixture

@@ -12,9 +12,10 @@ import orjson
 import pytest
 
 from config import Settings
-from tests.conftest import RunningServer, make_settings, start_server, stop_server
-from tests.helpers import ROOT, server_env
-from tests.triggers_support import FAST_TRIGGERS, TriggerReceiver
+from tests.fakes.receiver import TriggerReceiver
+from tests.support.helpers import ROOT, server_env
+from tests.support.server import RunningServer, make_settings, start_server, stop_server
+from tests.support.triggers import FAST_TRIGGERS
 
 
 @pytest.fixture

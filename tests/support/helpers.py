@@ -18,9 +18,9 @@ import orjson
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest, HTTPResponse
 
 from config import Settings
-from tests.log_audit import AUDIT
+from tests.support.log_audit import AUDIT
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures" / "instagram"
 
 # Test-only secrets. Tests also assert that none of them ever reaches a log line.

@@ -9,10 +9,10 @@ secret itself.
 
 What counts as a leak:
 
-* a test secret (``tests.helpers.ALL_SECRETS``) or an inbox token issued during the
-  session (``AUDIT.note_token``, fed by ``tests.helpers.Client``), anywhere;
+* a test secret (``tests.support.helpers.ALL_SECRETS``) or an inbox token issued during the
+  session (``AUDIT.note_token``, fed by ``tests.support.helpers.Client``), anywhere;
 * an ``X-Hub-Signature-256`` value: ``sha256=<64 hex>``, or a bare 64-hex run equal to a
-  signature the tests computed (``AUDIT.note_signature``, fed by ``tests.helpers.sign``)
+  signature the tests computed (``AUDIT.note_signature``, fed by ``tests.support.helpers.sign``)
   or to the stored hash of an issued token;
 * in log records, anything shaped like an inbox token (``igs_…``) or a bearer credential.
   (Subprocess output is not held to the shape rules: ``igsync serve`` in embedded mode
@@ -152,7 +152,7 @@ class AuditHandler(logging.Handler):
         self.audit.check(record_text(record), f"log record {record.name} ({record.pathname}:{record.lineno})")
 
 
-# The session's one audit: tests.helpers feeds it tokens, signatures and output files.
+# The session's one audit: tests.support.helpers feeds it tokens, signatures and output files.
 AUDIT = LogAudit()
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.helpers import Client
+from tests.support.helpers import Client
 
 Key = tuple[str, frozenset[tuple[str, str]]]
 

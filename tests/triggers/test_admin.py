@@ -9,16 +9,11 @@ from typing import Any
 import pytest
 
 from config import Settings
-from tests.conftest import RunningServer, connect_tenant
-from tests.helpers import ADMIN_TOKEN, body_of, wait_for
-from tests.triggers_fixtures import cli
-from tests.triggers_support import (
-    TRIGGER_SECRET,
-    MessageSender,
-    TriggerReceiver,
-    connect_with_triggers,
-    http_triggers,
-)
+from tests.fakes.receiver import TRIGGER_SECRET, TriggerReceiver
+from tests.support.fixtures_triggers import cli
+from tests.support.helpers import ADMIN_TOKEN, body_of, wait_for
+from tests.support.server import RunningServer, connect_tenant
+from tests.support.triggers import MessageSender, connect_with_triggers, http_triggers
 
 
 async def refusing_receiver(payload: dict[str, Any], attempt: int) -> tuple[int, dict[str, str]]:

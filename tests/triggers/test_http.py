@@ -9,8 +9,9 @@ from typing import Any
 from config import Settings
 from igsync_client.triggers import verify_trigger_signature
 from models.serializers import CONVERSATION_FIELDS, WS_MESSAGE_FIELDS
-from tests.conftest import RunningServer, start_server, stop_server
-from tests.helpers import (
+from tests.fakes.receiver import TRIGGER_SECRET, TriggerReceiver
+from tests.support.fixtures_triggers import cli, jobs
+from tests.support.helpers import (
     ACCOUNT_ID,
     ADMIN_TOKEN,
     CUSTOMER_A,
@@ -20,14 +21,8 @@ from tests.helpers import (
     messaging_body,
     wait_for,
 )
-from tests.triggers_fixtures import cli, jobs
-from tests.triggers_support import (
-    TRIGGER_SECRET,
-    MessageSender,
-    TriggerReceiver,
-    connect_with_triggers,
-    http_triggers,
-)
+from tests.support.server import RunningServer, start_server, stop_server
+from tests.support.triggers import MessageSender, connect_with_triggers, http_triggers
 
 
 async def all_delivered(server: RunningServer, count: int, timeout: float = 10) -> None:

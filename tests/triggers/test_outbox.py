@@ -12,15 +12,11 @@ from pymongo import ASCENDING
 from config import Settings
 from models.messages import TYPE_AI
 from server.triggers.delivery import TriggerDispatcher
-from tests.conftest import RunningServer, start_server, stop_server
-from tests.helpers import body_of, messaging_body, text_item, wait_for
-from tests.triggers_fixtures import jobs
-from tests.triggers_support import (
-    MessageSender,
-    TriggerReceiver,
-    connect_with_triggers,
-    http_triggers,
-)
+from tests.fakes.receiver import TriggerReceiver
+from tests.support.fixtures_triggers import jobs
+from tests.support.helpers import body_of, messaging_body, text_item, wait_for
+from tests.support.server import RunningServer, start_server, stop_server
+from tests.support.triggers import MessageSender, connect_with_triggers, http_triggers
 
 
 async def customer_messages(server: RunningServer) -> list[dict[str, Any]]:

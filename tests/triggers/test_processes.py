@@ -11,9 +11,10 @@ from typing import Any
 import pytest
 
 from server.app.embedded import free_port
-from tests.conftest import make_settings
-from tests.helpers import Client, ServerProcessHandle, server_env, wait_for
-from tests.triggers_support import MessageSender, TriggerReceiver, connect_with_triggers, http_triggers
+from tests.fakes.receiver import TriggerReceiver
+from tests.support.helpers import Client, ServerProcessHandle, server_env, wait_for
+from tests.support.server import make_settings
+from tests.support.triggers import MessageSender, connect_with_triggers, http_triggers
 
 pytestmark = pytest.mark.slow
 

@@ -17,10 +17,12 @@ from config import ConfigError, Settings
 from igsync_client.triggers import verify_trigger_signature
 from models.serializers import channel_triggers
 from server.ops.metrics import TRIGGER_ATTEMPT_RESULTS, TRIGGER_OUTCOMES, TRIGGER_TARGETS, Metrics
-from server.triggers.outbox import channel_targets, parse_retry_after, retry_delay, signature_header
-from tests.conftest import RunningServer, make_settings, start_server, stop_server
-from tests.helpers import wait_for
-from tests.triggers_support import FAST_TRIGGERS, MessageSender, TriggerReceiver, connect_with_triggers, http_triggers
+from server.triggers.outbox import channel_targets
+from server.triggers.protocol import parse_retry_after, retry_delay, signature_header
+from tests.fakes.receiver import TriggerReceiver
+from tests.support.helpers import wait_for
+from tests.support.server import RunningServer, make_settings, start_server, stop_server
+from tests.support.triggers import FAST_TRIGGERS, MessageSender, connect_with_triggers, http_triggers
 
 NOW = dt.datetime(2026, 11, 25, 10, 0, tzinfo=dt.UTC)
 

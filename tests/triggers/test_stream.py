@@ -13,9 +13,9 @@ import redis.asyncio as aioredis
 
 from config import Settings
 from server.app.embedded import EmbeddedStores
-from tests.conftest import make_settings, start_server, stop_server
-from tests.helpers import CUSTOMER_A, CUSTOMER_B, echo_item, messaging_body, wait_for
-from tests.triggers_support import FAST_TRIGGERS, MessageSender, connect_with_triggers
+from tests.support.helpers import CUSTOMER_A, CUSTOMER_B, echo_item, messaging_body, wait_for
+from tests.support.server import make_settings, start_server, stop_server
+from tests.support.triggers import FAST_TRIGGERS, MessageSender, connect_with_triggers
 
 STREAM_ONLY = {"http": None, "redis_stream": True}
 

@@ -1,0 +1,50 @@
+"""Owner scoping: what a principal may see, and the one answer for what it may not.
+
+Another owner's channel, conversation or message is ``404`` — the same answer as a missing
+one, so ids do not leak. The REST API (:class:`server.inbox.service.InboxService`) and the
+WebSocket subscriptions (:mod:`server.realtime.session`) both ask here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from models.ids import as_object_id
+from models.store import Store
+from server.api.auth import Principal
+from server.api.errors import ApiError, not_found
+
+
+class OwnerScope:
+    """Look-ups of one owner's channels, conversations and messages."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    async def owned_channel(self, principal: Principal, channel_id: str) -> dict[str, Any]:
+        """The principal's channel, else 404."""
+        channel = await self.store.channels.get(channel_id)
+        if channel is None or channel.get("owner", {}).get("id") != principal.owner_id:
+            raise not_found("channel")
+        return channel
+
+    async def owned_conversation(self, principal: Principal, conversation_id: str) -> dict[str, Any]:
+        """The principal's conversation, else 404."""
+        oid = as_object_id(conversation_id)
+        conversation = None if oid is None else await self.store.conversations.get(oid)
+        if conversation is None:
+            raise not_found("conversation")
+        channel = await self.store.channels.get(conversation["channel_id"])
+        if channel is None or channel.get("owner", {}).get("id") != principal.owner_id:
+            raise not_found("conversation")
+        return conversation
+
+    async def owned_message(
+        self, principal: Principal, conversation: dict[str, Any], message_id: str, param: str
+    ) -> dict[str, Any]:
+        """A message of ``conversation`` (already owner-checked), else 404 naming ``param``."""
+        oid = as_object_id(message_id)
+        message = None if oid is None else await self.store.messages.get(oid)
+        if message is None or message["conversation_id"] != conversation["_id"]:
+            raise ApiError(404, "not_found", f"No such message ({param}).")
+        return message
