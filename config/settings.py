@@ -41,6 +41,9 @@ class Settings:
     port: int = _setting(8080, "listen port (0 picks a free one)")
     mongo_url: str | None = _setting(None, "MongoDB URL; unset starts the embedded server")
     mongo_db: str = _setting("igsync", "MongoDB database name")
+    mongo_write_concern: str = _setting(
+        "majority", "write concern w of every write (majority or a node count); every write is also journaled (j)"
+    )
     redis_url: str | None = _setting(None, "Redis URL; unset starts the embedded server")
     data_dir: str = _setting("./var", "embedded stores' data and dev secrets")
     app_secret: str | None = _setting(None, "Meta app secret that signs webhooks", secret=True)
@@ -219,6 +222,9 @@ class Settings:
             raise ConfigError(f"IGSYNC_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}")
         if self.mongo_url and not self.mongo_url.startswith(("mongodb://", "mongodb+srv://")):
             raise ConfigError("IGSYNC_MONGO_URL must start with mongodb:// or mongodb+srv://")
+        w = self.mongo_write_concern
+        if w != "majority" and not (w.isdigit() and int(w) >= 1):
+            raise ConfigError(f"IGSYNC_MONGO_WRITE_CONCERN must be 'majority' or a node count of 1 or more, got {w!r}")
         if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise ConfigError("IGSYNC_REDIS_URL must start with redis://, rediss:// or unix://")
         for origin in self.ws_allowed_origins:

@@ -29,15 +29,24 @@ from models.webhook_events import WebhookEventRepository
 log = logging.getLogger("igsync.store")
 
 
-def mongo_client(url: str, *, timeout_ms: int = 5000, listeners: list[Any] | None = None) -> AsyncMongoClient:
+def mongo_client(
+    url: str, *, timeout_ms: int = 5000, write_concern: str = "majority", listeners: list[Any] | None = None
+) -> AsyncMongoClient:
     """The one way the project builds a MongoDB client.
 
-    ``tz_aware`` so every datetime that comes back is explicit UTC. Retryable writes are
-    left to the URL (the embedded server's URL turns them off: SecantusDB scans its
-    retryable-write table on every write when they are on).
+    ``tz_aware`` so every datetime that comes back is explicit UTC. Every write is
+    journaled (``j: true``) with ``w`` = ``write_concern`` (``majority`` or a node count):
+    igsync answers Meta 200 only after its writes return, and Meta never sends an
+    acknowledged message again, so a write that sits in an unflushed journal buffer when
+    the store crashes is a message lost for good. Retryable writes are left to the URL
+    (the embedded server's URL turns them off: SecantusDB scans its retryable-write table
+    on every write when they are on).
     """
+    w: str | int = int(write_concern) if write_concern.isdigit() else write_concern
     return AsyncMongoClient(
         url,
+        w=w,
+        journal=True,
         tz_aware=True,
         serverSelectionTimeoutMS=timeout_ms,
         connectTimeoutMS=timeout_ms,
@@ -55,12 +64,13 @@ class Store:
         db_name: str,
         *,
         timeout_ms: int = 5000,
+        write_concern: str = "majority",
         webhook_events_ttl_days: int = 7,
         trigger_jobs_ttl_days: int = 7,
         orphan_events_ttl_days: int = 30,
         listeners: list[monitoring.CommandListener] | None = None,
     ) -> None:
-        self.client = mongo_client(url, timeout_ms=timeout_ms, listeners=listeners)
+        self.client = mongo_client(url, timeout_ms=timeout_ms, write_concern=write_concern, listeners=listeners)
         self.db = self.client[db_name]
         self.channels = ChannelRepository(self.db)
         self.customers = CustomerRepository(self.db)

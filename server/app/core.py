@@ -211,6 +211,7 @@ async def _build_store(settings: Settings, metrics: Metrics, listeners: list[Any
         settings.mongo_url or "",
         settings.mongo_db,
         timeout_ms=settings.store_timeout_ms,
+        write_concern=settings.mongo_write_concern,
         webhook_events_ttl_days=settings.webhook_events_ttl_days,
         trigger_jobs_ttl_days=settings.trigger_jobs_ttl_days,
         orphan_events_ttl_days=settings.orphan_events_ttl_days,
