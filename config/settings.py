@@ -64,6 +64,9 @@ class Settings:
     )
     ws_log_max_events: int = _setting(1000, "events kept per channel for since_seq resume (Redis stream MAXLEN ~)")
     ws_log_ttl_secs: int = _setting(604_800, "an idle channel's event log expires after this long (then a new epoch)")
+    ws_once_ttl_secs: int = _setting(
+        172_800, "how long a message's events are remembered as logged (a redelivery re-logs only what never was)"
+    )
     realtime_redis_timeout_ms: int = _setting(
         500, "Redis timeout on the event publish path; past it events reach this process's sockets only"
     )
@@ -90,7 +93,17 @@ class Settings:
     trigger_jobs_ttl_days: int = _setting(7, "how long delivered trigger jobs are kept")
     webhook_events_ttl_days: int = _setting(7, "how long raw webhook bodies are kept")
     channel_cache_secs: float = _setting(5.0, "how long a process trusts its cached channel lookup")
-    store_timeout_ms: int = _setting(5000, "MongoDB server-selection and Redis socket timeout")
+    store_timeout_ms: int = _setting(
+        5000, "longest wait for one MongoDB or Redis round trip (socket, connect, server selection); then 503"
+    )
+    readyz_timeout_ms: int = _setting(2000, "deadline of /readyz's store pings (a store slower than it is not ready)")
+    shutdown_drain_secs: float = _setting(
+        10.0, "on SIGTERM, how long requests in flight may take to finish before sockets and stores close"
+    )
+    http_idle_timeout_secs: float = _setting(
+        75.0, "an HTTP connection idle (or still sending its headers) this long is closed"
+    )
+    http_body_timeout_secs: float = _setting(30.0, "a request body still arriving after this long is dropped")
     media_max_bytes: int = _setting(26_214_400, "largest media attachment downloaded")
     graph_api_version: str = _setting("v22.0", "Graph API version path segment (profile look-ups)")
     profile_concurrency: int = _setting(4, "customer profile look-ups running at once per process")
@@ -182,10 +195,15 @@ class Settings:
             "ws_queue_max",
             "ws_log_max_events",
             "ws_log_ttl_secs",
+            "ws_once_ttl_secs",
             "realtime_redis_timeout_ms",
             "max_body_bytes",
             "webhook_events_ttl_days",
             "store_timeout_ms",
+            "readyz_timeout_ms",
+            "shutdown_drain_secs",
+            "http_idle_timeout_secs",
+            "http_body_timeout_secs",
             "media_max_bytes",
             "monitor_interval_secs",
             "trigger_stream_maxlen",

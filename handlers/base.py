@@ -45,6 +45,20 @@ class BaseHandler(tornado.web.RequestHandler):
         self.set_header("Cache-Control", "no-store")
         self.set_header("X-Content-Type-Options", "nosniff")
 
+    def prepare(self) -> None:
+        """Count the request as in flight; while the process drains, refuse it (503, retry
+        elsewhere) so that the drain ends."""
+        self._in_gate = self.core.gate.enter()
+        if not self._in_gate:
+            self.set_header("Connection", "close")
+            raise ApiError(503, "shutting_down", "This server is shutting down; retry.")
+
+    def on_finish(self) -> None:
+        """The request is answered: it no longer holds the drain up."""
+        if getattr(self, "_in_gate", False):
+            self._in_gate = False
+            self.core.gate.leave()
+
     def check_xsrf_cookie(self) -> None:
         # Bearer tokens, not cookies: cross-site requests cannot carry credentials.
         """No XSRF check: callers authenticate with bearer tokens, never cookies."""
@@ -100,4 +114,5 @@ class NotFoundHandler(BaseHandler):
 
     def prepare(self) -> None:
         """Any unknown path: 404 in the JSON error shape."""
+        super().prepare()
         raise ApiError(404, "not_found", "No such endpoint.")

@@ -56,11 +56,22 @@ class InboxAssetHandler(tornado.web.StaticFileHandler):
         """Assets are revalidated on every load, so a deploy is seen at once."""
         self.set_header("Cache-Control", "no-cache")
 
+    def validate_absolute_path(self, root: str, absolute_path: str) -> str | None:
+        """Tornado's checks, and a 404 for a path the file system cannot even name (a NUL byte,
+        ``/assets/..%00/etc/passwd``) instead of the ValueError it raises."""
+        if "\x00" in absolute_path:
+            raise tornado.web.HTTPError(404)
+        return super().validate_absolute_path(root, absolute_path)
+
     def write_error(self, status_code: int, **kwargs: object) -> None:
-        # A missing asset answers the API's JSON error shape, like every other unknown path.
-        """A missing asset is a JSON 404, like every other unknown path."""
+        """The API's JSON error shape: a missing (or forbidden) asset is a 404 like every other
+        unknown path; anything else keeps its status, without a traceback."""
         self.set_header("Content-Type", "application/json; charset=utf-8")
-        self.finish(b'{"error": "not_found", "message": "No such file."}')
+        if status_code in (403, 404):
+            self.set_status(404)
+            self.finish(b'{"error": "not_found", "message": "No such file."}')
+        else:
+            self.finish(b'{"error": "internal_error", "message": "The file could not be served."}')
 
 
 routes = [

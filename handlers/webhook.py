@@ -15,6 +15,7 @@ from server.api.errors import ApiError
 class InstagramWebhookHandler(BaseHandler):
     def prepare(self) -> None:
         """Start collecting the body: it is streamed, so its size is capped as it arrives."""
+        super().prepare()
         self.received_at = time.time()
         self._chunks: list[bytes] = []
         self._size = 0

@@ -10,7 +10,10 @@ no timer, no added latency when idle — a lone insert is sent at once, alone.
 Each caller still gets its own outcome: ``insert_many(ordered=False)`` reports failures per
 document, so a duplicate mid fails only the caller whose document it was, with the same
 ``DuplicateKeyError`` a lone ``insert_one`` would raise. A failure of the whole command (the
-server is gone) fails every caller of that batch, who answer 503 as before.
+server is gone) fails every caller of that batch, who answer 503 as before. Any other failure
+of the whole command (one document the encoder or the server refuses fails an ``insert_many``
+before any document is written) is retried document by document, so the bad one fails alone
+and its neighbours are stored.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from typing import Any, Generic, TypeVar
 from pymongo import UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
+
+from models.errors import store_unavailable
 
 DUPLICATE_KEY = 11000
 MAX_BATCH = 500
@@ -106,6 +111,11 @@ class GroupInserter(_Batcher[dict[str, Any], None]):
             failures[0] = exc
         except BulkWriteError as exc:
             failures = _statement_failures(exc, len(batch))
+        except Exception as exc:
+            if len(batch) == 1 or store_unavailable(exc):
+                _fail_all(batch, exc)
+                return
+            failures = await self._one_by_one(batch)
         except BaseException as exc:
             _fail_all(batch, exc)
             return
@@ -116,6 +126,22 @@ class GroupInserter(_Batcher[dict[str, Any], None]):
                 future.set_exception(failures[i])
             else:
                 future.set_result(None)
+
+
+    async def _one_by_one(self, batch: list[tuple[dict[str, Any], asyncio.Future[None]]]) -> dict[int, BaseException]:
+        """Each document of a refused batch alone: only the ones refused again fail."""
+        failures: dict[int, BaseException] = {}
+        for i, (doc, _) in enumerate(batch):
+            try:
+                await self.coll.insert_one(doc)
+            except Exception as exc:
+                failures[i] = exc
+                if store_unavailable(exc):
+                    # The store went away meanwhile: the rest would wait out the same timeout.
+                    for rest in range(i + 1, len(batch)):
+                        failures[rest] = exc
+                    break
+        return failures
 
 
 def _statement_failures(exc: BulkWriteError, size: int) -> dict[int, BaseException]:

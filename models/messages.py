@@ -38,6 +38,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from models.atomic import update_get
 from models.group_commit import GroupFinder, GroupInserter
+from models.timeutil import aware
 
 TYPE_CUSTOMER = "customer"
 TYPE_SUPPORT = "support"
@@ -288,19 +289,23 @@ class MessageRepository:
             rows.reverse()
         return rows, has_more
 
-    async def count_suspected_duplicates(self, since: dt.datetime, window_secs: int) -> int:
-        """Outbound texts stored twice since ``since``: in one conversation, the same content
-        as an app/AI message *and* as an echo no dedup layer absorbed, within ``window_secs``.
+    async def suspected_duplicates(
+        self, since: dt.datetime, until: dt.datetime, last_from: dt.datetime, window_secs: int
+    ) -> list[tuple[str, dt.datetime]]:
+        """Outbound texts stored twice: in one conversation, the same content as an app/AI
+        message *and* as an echo no dedup layer absorbed, within ``window_secs``. Each as
+        (a key naming the group, when its latest copy was stored), for the groups among the
+        messages created in [``since``, ``until``) whose latest copy is from ``last_from`` on.
 
         The failure dedup exists to prevent, measured after the fact. It reads only the
-        messages created since ``since`` (the ``created_at`` index). A text the owner really
-        typed in the Instagram app right after the AI sent the same one also counts: rare,
-        hence "suspected".
+        messages of that range (the ``created_at`` index), so a caller that remembers what it
+        found reads each message about once. A text the owner really typed in the Instagram
+        app right after the AI sent the same one also counts: rare, hence "suspected".
         """
         pipeline: list[dict[str, Any]] = [
             {
                 "$match": {
-                    "created_at": {"$gte": since},
+                    "created_at": {"$gte": since, "$lt": until},
                     "type": {"$in": list(OUTBOUND_TYPES)},
                     # A folded echo (dedup's hidden tombstone) is not a stored duplicate.
                     "merged_into": {"$exists": False},
@@ -320,13 +325,19 @@ class MessageRepository:
                 "$project": {
                     "spread_ms": {"$subtract": ["$last", "$first"]},
                     "sent_by_us": {"$size": {"$setDifference": ["$sources", [SOURCE_INSTAGRAM_DIRECT]]}},
+                    "last": 1,
                 }
             },
-            {"$match": {"sent_by_us": {"$gt": 0}, "spread_ms": {"$lte": window_secs * 1000}}},
-            {"$count": "suspected"},
+            {
+                "$match": {
+                    "sent_by_us": {"$gt": 0},
+                    "spread_ms": {"$lte": window_secs * 1000},
+                    "last": {"$gte": last_from},
+                }
+            },
         ]
         rows = await (await self.coll.aggregate(pipeline)).to_list(None)
-        return int(rows[0]["suspected"]) if rows else 0
+        return [(f"{row['_id']['conversation']}:{row['_id']['content']}", aware(row["last"])) for row in rows]
 
 
 def _inside(row: dict[str, Any], after: dict[str, Any] | None, before: dict[str, Any] | None) -> bool:

@@ -50,6 +50,9 @@ def mongo_client(
         tz_aware=True,
         serverSelectionTimeoutMS=timeout_ms,
         connectTimeoutMS=timeout_ms,
+        # A store that accepts a connection and then stops answering (frozen, swapping, a
+        # half-open link) would otherwise hold the request until the client gives up.
+        socketTimeoutMS=timeout_ms,
         event_listeners=listeners or [],
         appname="igsync",
     )

@@ -29,11 +29,17 @@ def from_epoch_ms(ms: int | float) -> dt.datetime:
 
 
 def parse_iso(text: str) -> dt.datetime:
-    """Parse an ISO-8601 time (``Z`` or offset); raise ValueError when it is not one."""
+    """Parse an ISO-8601 time (``Z`` or offset); raise ValueError when it is not one.
+
+    A time that exists only in its own offset (``0001-01-01T00:00:00+01:00`` is before year 1
+    in UTC) is not one either: converting it overflows."""
     value = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(f"{text!r} is out of range in UTC") from None
 
 
 def aware(value: dt.datetime | None) -> dt.datetime | None:

@@ -17,18 +17,26 @@ from server.api.errors import bad_request, validation_error
 ID_LENGTH = validate.Length(min=1, max=64)
 
 
+class OwnerId(fields.Field):
+    """The app's id of an owner: an integer or a non-empty string, never an object — it goes
+    into queries, where an object would be an operator (``{"$ne": null}`` matches anyone)."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> int | str:
+        if isinstance(value, bool) or not isinstance(value, (int, str)) or value == "":
+            raise ValidationError("must be an integer or a non-empty string")
+        if isinstance(value, str) and len(value) > 64:
+            raise ValidationError("must be at most 64 characters")
+        if isinstance(value, int) and not -(2**63) <= value < 2**63:
+            raise ValidationError("must fit in 64 bits")
+        return value
+
+
 class OwnerSchema(Schema):
     class Meta:
         unknown = RAISE
 
-    id = fields.Raw(required=True)
+    id = OwnerId(required=True)
     email = fields.Email(required=True)
-
-    @validates_schema
-    def _owner_id(self, data: dict[str, Any], **_: Any) -> None:
-        value = data.get("id")
-        if isinstance(value, bool) or not isinstance(value, (int, str)) or value == "":
-            raise ValidationError("must be an integer or a non-empty string", "id")
 
 
 class HttpTriggerSchema(Schema):
@@ -68,7 +76,7 @@ class TokenInputSchema(Schema):
         unknown = RAISE
 
     owner_email = fields.Email()
-    owner_id = fields.Raw()
+    owner_id = OwnerId()
     label = fields.String(validate=validate.Length(max=100))
 
     @validates_schema

@@ -22,6 +22,7 @@ from tornado.httpclient import AsyncHTTPClient
 from config import Settings
 from models.store import Store
 from server.api.auth import Authenticator
+from server.app.drain import RequestGate
 from server.dedup.echo import EchoDedup
 from server.dedup.marks import SentMarks
 from server.dedup.marksent import MarkSentService
@@ -110,6 +111,8 @@ class Core:
     services: list[Any] = field(default_factory=list)
     # The WebSocket hub when this core publishes to it (the default); None with another sink.
     realtime: EventHub | None = None
+    # The HTTP requests in flight, closed to new ones while the process drains.
+    gate: RequestGate = field(default_factory=RequestGate)
 
     async def ready(self) -> dict[str, bool]:
         """Whether each store answers now (``/readyz``); also sets ``igsync_ready``."""
@@ -179,7 +182,7 @@ async def build_core(
         metrics=metrics,
         new_customer_hooks=new_customer_hooks,
     )
-    readiness = Readiness(store, redis, metrics)
+    readiness = Readiness(store, redis, metrics, timeout_secs=settings.readyz_timeout_ms / 1000)
     monitor = _build_monitor(settings, store, metrics, readiness)
     return Core(
         settings=settings,

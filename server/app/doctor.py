@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import secrets
 import time
 import uuid
 from collections.abc import Awaitable
@@ -59,7 +60,9 @@ TOKEN_EXPIRY_WARNING = dt.timedelta(days=7)
 OUTBOX_STUCK_AFTER = dt.timedelta(minutes=5)
 # Workers poll every IGSYNC_MEDIA_POLL_SECS (2 s): a job due this long has no worker.
 MEDIA_STUCK_AFTER = dt.timedelta(minutes=5)
-DOCTOR_ACCOUNT_PREFIX = "igsync-doctor-"
+# The doctor's throw-away accounts and customers: digit strings, as every Instagram id must be
+# (the webhook parser refuses anything else), that no real id can be — those never start with 0.
+DOCTOR_ACCOUNT_PREFIX = "0000042"
 META_TEST_ACCOUNT = "0"
 
 
@@ -388,7 +391,7 @@ class Doctor:
         secret = self.settings.app_secret
         if not secret:
             return CheckResult("pipeline", SKIP, "skipped: no IGSYNC_APP_SECRET to sign the test webhook with")
-        run = uuid.uuid4().hex[:12]
+        run = _digits()
         page_id = f"{DOCTOR_ACCOUNT_PREFIX}{run}"
         mid = f"igsync-doctor-mid-{run}"
         now_ms = int(time.time() * 1000)
@@ -401,7 +404,7 @@ class Doctor:
                         "time": now_ms,
                         "messaging": [
                             {
-                                "sender": {"id": f"igsync-doctor-customer-{run}"},
+                                "sender": {"id": f"{DOCTOR_ACCOUNT_PREFIX}1{run}"},
                                 "recipient": {"id": page_id},
                                 "timestamp": now_ms,
                                 "message": {"mid": mid, "text": "igsync doctor test message"},
@@ -506,7 +509,7 @@ class Doctor:
             if ready.code != 200:
                 problems.append(f"/readyz answers {ready.code} {ready.body.decode(errors='replace')[:120]}")
             problems += await self._check_handshake(client)
-            test_account = f"{DOCTOR_ACCOUNT_PREFIX}http-{uuid.uuid4().hex[:12]}"
+            test_account = f"{DOCTOR_ACCOUNT_PREFIX}2{_digits()}"
             problems += await self._check_signed_webhook(client, test_account)
             if mongo_ok:
                 await diagnostics.delete_audit_rows(core.store, [test_account])
@@ -687,3 +690,8 @@ def render_json(results: list[CheckResult]) -> str:
 def exit_code(results: list[CheckResult]) -> int:
     """1 when a check failed, else 0."""
     return 1 if any(r.status == FAIL for r in results) else 0
+
+
+def _digits() -> str:
+    """Twelve random digits: a run's part of the doctor's throw-away ids."""
+    return f"{secrets.randbelow(10**12):012d}"

@@ -1,9 +1,17 @@
 """Running the server: stores, core, HTTP listener, start-up banner, graceful shutdown.
 
 :class:`ServerProcess` owns one process's life: it resolves the stores (embedded or by
-URL), builds the core inside the event loop, listens, and on SIGTERM/SIGINT stops
-accepting, lets the services close their sockets (1001, so clients reconnect elsewhere)
-and drain, then closes the store clients — within ``SHUTDOWN_SECS``.
+URL), builds the core inside the event loop, listens, and on SIGTERM/SIGINT drains:
+
+1. stop listening (no new connections) and close the request gate (a new request on a
+   kept-alive connection answers 503 ``shutting_down``: Meta redelivers elsewhere);
+2. wait for the requests in flight, stores still open, up to ``IGSYNC_SHUTDOWN_DRAIN_SECS``
+   — an acknowledged webhook is one whose writes and events are done;
+3. stop the services in reverse order: WebSockets close with 1001 once their queues are
+   flushed (clients resume elsewhere by ``since_seq``), workers finish or release their leases;
+4. close the store clients, then whatever HTTP connections remain.
+
+Steps 3–4 have ``SHUTDOWN_SECS`` on top of the drain.
 """
 
 from __future__ import annotations
@@ -102,6 +110,38 @@ async def ensure_demo_channel(core: Core) -> str | None:
     return token
 
 
+def http_server(core: Core, *, xheaders: bool = False) -> HTTPServer:
+    """The process's HTTP server, with the limits that keep slow or idle clients from holding
+    connections: ``idle_connection_timeout`` also bounds the wait for a request's headers."""
+    settings = core.settings
+    # Bodies above max_body_bytes are refused by the webhook handler with 413; other
+    # endpoints take small JSON, so Tornado's own limit stays near ours.
+    return HTTPServer(
+        make_app(core),
+        max_body_size=settings.max_body_bytes * 8,
+        xheaders=xheaders,
+        idle_connection_timeout=settings.http_idle_timeout_secs,
+        body_timeout=settings.http_body_timeout_secs,
+    )
+
+
+async def drain_requests(core: Core) -> bool:
+    """Refuse new requests and wait for those in flight (bounded); True when all finished."""
+    core.gate.close()
+    core.readiness.draining = True
+    waiting = core.gate.in_flight
+    drained = await core.gate.drained(core.settings.shutdown_drain_secs)
+    if drained:
+        log.info("drained: %d requests in flight finished", waiting)
+    else:
+        log.warning(
+            "drain deadline (%ss) passed with %d requests in flight; closing anyway",
+            core.settings.shutdown_drain_secs,
+            core.gate.in_flight,
+        )
+    return drained
+
+
 class ServerProcess:
     def __init__(
         self, settings: Settings, *, embedded: EmbeddedStores | None = None, mongo_listeners: list[Any] | None = None
@@ -118,10 +158,7 @@ class ServerProcess:
         """Build the core, start its services, listen."""
         self.core = await build_core(self.settings, mongo_listeners=self.mongo_listeners)
         await self.core.start()
-        app = make_app(self.core)
-        # Bodies above max_body_bytes are refused by the webhook handler with 413; other
-        # endpoints take small JSON, so Tornado's own limit stays near ours.
-        self.http = HTTPServer(app, max_body_size=self.settings.max_body_bytes * 8, xheaders=True)
+        self.http = http_server(self.core, xheaders=True)
         sockets = bind_sockets(self.settings.port, self.settings.host)
         self.port = sockets[0].getsockname()[1]
         self.http.add_sockets(sockets)
@@ -135,10 +172,12 @@ class ServerProcess:
         await self._stop.wait()
 
     async def shutdown(self) -> None:
-        """Stop accepting, close the services (sockets 1001, workers drain), close the stores."""
+        """Stop accepting, let requests in flight finish, close the services (sockets 1001,
+        workers drain), close the stores — the order in the module docstring."""
         if self.http is not None:
             self.http.stop()
         if self.core is not None:
+            await drain_requests(self.core)
             try:
                 await asyncio.wait_for(self.core.close(), SHUTDOWN_SECS)
             except TimeoutError:

@@ -42,6 +42,11 @@ class Event:
     conversation_id: str | None
     data: dict[str, Any]
     received_at: float = field(default_factory=time.time)
+    # Names the fact the event announces (``msg:<message id>`` for a new message's events).
+    # The hub logs the events of one fact at most once, so the core may publish them again
+    # whenever it cannot know whether they went out (a redelivery after a crash between the
+    # store and the publish): what was logged is skipped, what was not goes out now.
+    once: str | None = None
 
 
 log = logging.getLogger("igsync.events")
@@ -100,6 +105,7 @@ def new_message_events(
     channel_id = str(conversation["channel_id"])
     conversation_id = str(conversation["_id"])
     at = received_at if received_at is not None else time.time()
+    once = f"msg:{message['_id']}"
     chat: dict[str, Any] = {"message": ws_message}
     events = []
     if message["type"] == TYPE_CUSTOMER:
@@ -131,6 +137,8 @@ def new_message_events(
                 )
             )
     events.append(Event(CONVERSATION_UPDATED, channel_id, conversation_id, {"conversation": ws_conversation}, at))
+    for event in events:
+        event.once = once
     return events
 
 

@@ -32,6 +32,17 @@ KIND_UNSEND = "unsend"
 KIND_TEST = "test"
 KIND_INVALID = "invalid"
 
+# Instagram's ids (IGSIDs, account and page ids) are decimal digit strings; Meta sends them as
+# JSON strings (a number is taken too). Anything else — a list, an object, text — is refused
+# here, before a customer or conversation could be created for it.
+MAX_ID_DIGITS = 32
+# A mid is an opaque base64-like string of about 100–200 characters; the bound keeps a
+# hostile body from filling the unique index with megabyte keys.
+MAX_MID_CHARS = 1024
+# Free-form objects stored from Meta (``referral.ads_context_data``): at most this many keys.
+MAX_FREE_FORM_KEYS = 64
+MAX_FREE_FORM_KEY_CHARS = 128
+
 
 class PayloadError(ValueError):
     """The body is not an Instagram webhook at all (→ 400)."""
@@ -97,7 +108,7 @@ def parse_body(payload: Any) -> list[WebhookItem]:
         if not isinstance(entry, dict):
             items.append(WebhookItem(kind=KIND_INVALID, entry_id="", source="entry", error="entry is not an object"))
             continue
-        entry_id = str(entry.get("id", ""))
+        entry_id = instagram_id(entry.get("id")) or ""
         entry_time = entry.get("time")
         for source in ("messaging", "standby"):
             for raw in _as_list(entry.get(source)):
@@ -144,24 +155,24 @@ def parse_messaging(raw: Any, entry_id: str, source: str, entry_time: Any = None
         timestamp=_timestamp(raw.get("timestamp"), entry_time),
     )
     if not item.sender_id or not item.recipient_id:
-        return _invalid(item, "the item has no sender.id or recipient.id")
+        return _invalid(item, "the item has no valid sender.id or recipient.id (Instagram ids are digit strings)")
 
     message = raw.get("message")
     if isinstance(raw.get("reaction"), dict):
         return _reaction(item, raw["reaction"])
     if isinstance(raw.get("read"), dict):
         item.kind = KIND_READ
-        item.target_mid = _str(raw["read"].get("mid"))
-        return item
+        item.target_mid = _mid(raw["read"].get("mid"))
+        return item if item.target_mid else _invalid(item, "the read receipt has no valid mid")
     if isinstance(raw.get("message_edit"), dict):
         return _edit(item, raw["message_edit"])
     if isinstance(raw.get("postback"), dict):
         pb = raw["postback"]
-        item.mid = _str(pb.get("mid"))
+        item.mid = _mid(pb.get("mid"))
         item.message_type = "postback"
         item.content = _str(pb.get("title")) or ""
         item.postback = {"title": _str(pb.get("title")), "payload": _str(pb.get("payload"))}
-        return item if item.mid else _invalid(item, "the postback has no mid")
+        return item if item.mid else _invalid(item, "the postback has no valid mid")
     if isinstance(message, dict):
         return _message(item, message)
     if isinstance(raw.get("referral"), dict):
@@ -177,11 +188,11 @@ def parse_messaging(raw: Any, entry_id: str, source: str, entry_time: Any = None
 
 
 def _message(item: WebhookItem, message: dict[str, Any]) -> WebhookItem:
-    item.mid = _str(message.get("mid"))
+    item.mid = _mid(message.get("mid"))
     item.is_echo = bool(message.get("is_echo"))
     item.app_id = _str(message.get("app_id"))
     if not item.mid:
-        return _invalid(item, "the message has no mid")
+        return _invalid(item, "the message has no valid mid")
     if message.get("is_deleted"):
         item.kind = KIND_UNSEND
         item.target_mid = item.mid
@@ -194,8 +205,8 @@ def _message(item: WebhookItem, message: dict[str, Any]) -> WebhookItem:
         if isinstance(reply_to.get("story"), dict):
             story = reply_to["story"]
             item.reply_to = {"story": {"id": _str(story.get("id")), "url": _str(story.get("url"))}}
-        elif reply_to.get("mid"):
-            item.reply_to = {"mid": _str(reply_to.get("mid"))}
+        elif _mid(reply_to.get("mid")):
+            item.reply_to = {"mid": _mid(reply_to.get("mid"))}
     if isinstance(message.get("quick_reply"), dict):
         item.quick_reply = {"payload": _str(message["quick_reply"].get("payload"))}
     if isinstance(message.get("referral"), dict):
@@ -237,23 +248,25 @@ def _referral(raw: dict[str, Any]) -> dict[str, Any]:
     ref = {k: _str(raw.get(k)) for k in ("ref", "ad_id", "source", "type") if raw.get(k) is not None}
     ctx = raw.get("ads_context_data")
     if isinstance(ctx, dict):
-        ref["ads_context_data"] = {k: _str(v) for k, v in ctx.items() if v is not None}
+        ref["ads_context_data"] = {
+            mongo_safe_key(k): _str(v) for k, v in list(ctx.items())[:MAX_FREE_FORM_KEYS] if v is not None
+        }
     return ref
 
 
 def _reaction(item: WebhookItem, raw: dict[str, Any]) -> WebhookItem:
     item.kind = KIND_REACTION
-    item.target_mid = _str(raw.get("mid"))
+    item.target_mid = _mid(raw.get("mid"))
     action = _str(raw.get("action")) or "react"
     item.reaction = {"action": action, "reaction": _str(raw.get("reaction")), "emoji": _str(raw.get("emoji"))}
     if not item.target_mid:
-        return _invalid(item, "the reaction has no mid")
+        return _invalid(item, "the reaction has no valid mid")
     return item
 
 
 def _edit(item: WebhookItem, raw: dict[str, Any]) -> WebhookItem:
     item.kind = KIND_EDIT
-    item.target_mid = _str(raw.get("mid"))
+    item.target_mid = _mid(raw.get("mid"))
     text = raw.get("text")
     item.content = text if isinstance(text, str) else ""
     try:
@@ -261,7 +274,7 @@ def _edit(item: WebhookItem, raw: dict[str, Any]) -> WebhookItem:
     except (TypeError, ValueError):
         item.num_edit = None
     if not item.target_mid:
-        return _invalid(item, "the edit has no mid")
+        return _invalid(item, "the edit has no valid mid")
     return item
 
 
@@ -271,9 +284,33 @@ def _invalid(item: WebhookItem, reason: str) -> WebhookItem:
     return item
 
 
+def instagram_id(value: Any) -> str | None:
+    """``value`` as an Instagram id (a string of 1–32 decimal digits), or None."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        value = str(value)
+    if isinstance(value, str) and 0 < len(value) <= MAX_ID_DIGITS and value.isascii() and value.isdigit():
+        return value
+    return None
+
+
+def mongo_safe_key(key: Any) -> str:
+    """A key from a free-form object of Meta's, made storable: MongoDB refuses a NUL in a key,
+    and ``$``-prefixed or dotted keys are operators and paths to its query language."""
+    text = (key if isinstance(key, str) else str(key)).replace("\x00", "")[:MAX_FREE_FORM_KEY_CHARS]
+    text = text.replace(".", "_")
+    if text.startswith("$"):
+        text = "_" + text[1:]
+    return text or "_"
+
+
 def _id_of(party: Any) -> str | None:
-    if isinstance(party, dict) and party.get("id") not in (None, ""):
-        return str(party["id"])
+    return instagram_id(party.get("id")) if isinstance(party, dict) else None
+
+
+def _mid(value: Any) -> str | None:
+    """A mid: a non-empty string of bounded length without NUL bytes, or None."""
+    if isinstance(value, str) and 0 < len(value) <= MAX_MID_CHARS and "\x00" not in value:
+        return value
     return None
 
 

@@ -19,6 +19,7 @@ import orjson
 from bson import ObjectId
 from pymongo.errors import PyMongoError
 
+from models.errors import document_refused, store_unavailable
 from models.messages import TYPE_CUSTOMER, TYPE_SUPPORT
 from models.store import Store
 from models.timeutil import from_epoch_ms, iso, utcnow
@@ -175,7 +176,7 @@ class IngestPipeline:
         try:
             # In order: an echo and the customer message it answers may share one body.
             for item in items:
-                results.append(await self.process_item(item, received_at=received_at))
+                results.append(await self._process_isolated(item, received_at=received_at))
         except PyMongoError as exc:
             failure = exc
             self.metrics.store_errors.labels(store="mongo").inc()
@@ -184,7 +185,9 @@ class IngestPipeline:
                 type(exc).__name__,
                 extra={"event": "store_error", "outcome": "store_error"},
             )
-        if audit:
+        # After a store that did not answer, the audit write would wait out the same timeout
+        # again before the 503 (which already makes Meta redeliver the body): skip it.
+        if audit and (failure is None or not store_unavailable(failure)):
             await self._audit(body, items, results, received_at, failure)
         if failure is not None:
             return WebhookResponse(
@@ -219,6 +222,19 @@ class IngestPipeline:
                 )
 
     # -- one item ----------------------------------------------------------------------
+
+    async def _process_isolated(self, item: wp.WebhookItem, *, received_at: float) -> dict[str, Any]:
+        """One item; a document the store refuses fails this item alone (``invalid_item``, the
+        request stays 200): its redelivery would be refused again, forever, and hold back the
+        items around it. A store that is unavailable still fails the request (503)."""
+        try:
+            return await self.process_item(item, received_at=received_at)
+        except Exception as exc:
+            if not document_refused(exc):
+                raise
+            item.error = f"the item cannot be stored ({type(exc).__name__})"
+            log.error("webhook item refused by the store: mid=%s (%s)", item.mid, type(exc).__name__)
+            return self._invalid(item, time.perf_counter())
 
     async def process_item(self, item: wp.WebhookItem, *, received_at: float) -> dict[str, Any]:
         """One item → its response object; logs exactly one ``webhook_item`` line for it."""

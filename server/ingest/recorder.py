@@ -14,7 +14,13 @@ or from mark-sent:
 If MongoDB fails after step 1, the caller answers 503 and Meta redelivers. The redelivery
 hits the unique index at step 1 and :meth:`MessageRecorder.record` *repairs*: when the
 conversation has not seen the message yet, steps 2–5 run now. So a half-written attempt
-is finished by its redelivery, and a complete one is a plain duplicate.
+is finished by its redelivery.
+
+When the conversation has seen it, step 5 may still be missing: the process can stop (or
+Redis can fail) between the conversation update and the publish, and nothing in MongoDB
+says which. So every duplicate publishes the message's events again; they carry the
+message's *once* key (:attr:`server.inbox.events.Event.once`), and the hub logs only those
+that never were. A redelivery thus completes a message's events exactly once.
 """
 
 from __future__ import annotations
@@ -116,6 +122,10 @@ class MessageRecorder:
             await self.run_hooks(existing)
             applied = await self.apply(existing, received_at=received_at)
             return Recorded(existing, applied, duplicate=True)
+        if conversation is not None and "merged_into" not in existing:
+            # Its events may never have gone out (see the module docstring); those that did are
+            # skipped by their once key. A merged message's events went out with its survivor.
+            await self.publish(ev.new_message_events(existing, conversation, received_at=received_at))
         return Recorded(existing, None, duplicate=True)
 
     async def run_hooks(self, message: dict[str, Any]) -> None:

@@ -14,6 +14,11 @@ Owns two things:
   (``igsync_duplicates_stored``). Every process computes the same values from MongoDB;
   dashboards and alerts take ``max()`` across instances.
 
+A run costs the same however much was stored in the last hour: the duplicates check
+(:class:`DuplicateTally`) reads only the messages stored since its previous run (plus one dedup
+window of overlap) and remembers what it found for the hour; only a process's first run reads
+the whole hour. The silence check reads the connected channels' timestamps, not messages.
+
 Why a gauge of silent channels and not a per-channel "last webhook" timestamp: a label
 per channel is unbounded. Which channels are silent is one MongoDB query away
 (docs/operations.md).
@@ -72,24 +77,69 @@ class ChannelActivity:
 class Readiness:
     """Whether each store answers now: ``/readyz``, ``igsync_ready`` and ``igsync_store_up``."""
 
-    def __init__(self, store: Store, redis: Any, metrics: Metrics) -> None:
+    def __init__(self, store: Store, redis: Any, metrics: Metrics, *, timeout_secs: float = 2.0) -> None:
         self.store = store
         self.redis = redis
         self.metrics = metrics
+        self.timeout_secs = timeout_secs
+        # Set while the process drains (SIGTERM): not ready, so a load balancer stops routing here.
+        self.draining = False
 
     async def check(self) -> dict[str, bool]:
-        """Ping MongoDB and Redis once each; a failure counts as a store error and reads False."""
-        status = {"mongo": False, "redis": False}
-        try:
-            status["mongo"] = await self.store.ping()
-        except Exception:
-            self.metrics.store_errors.labels(store="mongo").inc()
-        try:
-            status["redis"] = bool(await self.redis.ping())
-        except Exception:
-            self.metrics.store_errors.labels(store="redis").inc()
+        """Ping MongoDB and Redis at once, each within the deadline; a failure or a store slower
+        than the deadline counts as a store error and reads False."""
+        mongo, redis = await asyncio.gather(
+            self._answers("mongo", self.store.ping()), self._answers("redis", self.redis.ping())
+        )
+        status = {"mongo": mongo, "redis": redis}
         self.metrics.set_readiness(status)
+        if self.draining:
+            status["accepting_requests"] = False
         return status
+
+    async def _answers(self, store: str, ping: Awaitable[Any]) -> bool:
+        try:
+            return bool(await asyncio.wait_for(ping, self.timeout_secs))
+        except Exception:
+            self.metrics.store_errors.labels(store=store).inc()
+            return False
+
+
+# Messages stored this recently may still be in flight (created_at is set before the insert):
+# a run reads up to this far behind its clock, so the next run does not skip them.
+SETTLE_SECS = 10.0
+
+
+class DuplicateTally:
+    """Suspected stored duplicates of the last ``lookback_secs``, counted incrementally.
+
+    Each run reads the messages created in [previous end − window, now − settle) and keeps the
+    groups whose latest copy is new since the previous end; groups older than the lookback are
+    forgotten. So each message is read about once (twice within a window's overlap), and the
+    count equals what one aggregation over the whole hour would say."""
+
+    def __init__(self, *, lookback_secs: float, window_secs: int, settle_secs: float = SETTLE_SECS) -> None:
+        self.lookback = dt.timedelta(seconds=lookback_secs)
+        self.window = dt.timedelta(seconds=window_secs)
+        self.settle = dt.timedelta(seconds=settle_secs)
+        self.window_secs = window_secs
+        self.found: dict[str, dt.datetime] = {}
+        self.checked_until: dt.datetime | None = None
+
+    async def refresh(self, store: Store, now: dt.datetime) -> int:
+        """Read what is new since the previous run; the count of the lookback."""
+        until = now - self.settle
+        oldest = now - self.lookback
+        if self.checked_until is None:
+            since, last_from = oldest, oldest
+        else:
+            since, last_from = self.checked_until - self.window, self.checked_until
+        if until > last_from:
+            for key, last in await store.messages.suspected_duplicates(since, until, last_from, self.window_secs):
+                self.found[key] = max(last, self.found.get(key, last))
+            self.checked_until = until
+        self.found = {key: last for key, last in self.found.items() if last >= oldest}
+        return len(self.found)
 
 
 class OpsMonitor:
@@ -109,6 +159,7 @@ class OpsMonitor:
         self.interval_secs = interval_secs
         self.dedup_window_secs = dedup_window_secs
         self.duplicates_lookback_secs = duplicates_lookback_secs
+        self.duplicates = DuplicateTally(lookback_secs=duplicates_lookback_secs, window_secs=dedup_window_secs)
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
 
@@ -137,9 +188,7 @@ class OpsMonitor:
             self.metrics.channels_silent.labels(threshold=label).set(silent)
 
     async def _refresh_duplicates(self, now: dt.datetime) -> None:
-        since = now - dt.timedelta(seconds=self.duplicates_lookback_secs)
-        suspected = await self.store.messages.count_suspected_duplicates(since, self.dedup_window_secs)
-        self.metrics.duplicates_stored.set(suspected)
+        self.metrics.duplicates_stored.set(await self.duplicates.refresh(self.store, now))
 
     async def _loop(self) -> None:
         while not self._stopping:

@@ -38,10 +38,14 @@ KEY_PREFIX = "igsync:rt:"
 # (and a reconnect is noticed) even while no socket subscribes to any channel.
 CONTROL_CHANNEL = b"igsync:rt:control"
 
-# KEYS: epoch, seq, log.  ARGV: candidate epoch, maxlen, ttl ms, pub/sub channel,
-# then (head, tail, received_at, conversation_id or '', splice flag, event id) per event.  Returns
-# {epoch, first seq}.  A spliced event (the hub's own resync_required) names its seq and
-# epoch inside its data too, through the placeholders below.
+# KEYS: epoch, seq, log, then one "once" key per distinct once-key of the batch.  ARGV:
+# candidate epoch, maxlen, ttl ms, pub/sub channel, once ttl ms, then (head, tail, received_at,
+# conversation_id or '', splice flag, event id, index of its once key in KEYS or 0) per event.
+# Returns {epoch, seq of each event} with 0 for an event skipped because its once key was
+# already set: the fact it announces went out before (a redelivery re-publishing a message
+# whose events were already logged). A once key is decided by its first event in the batch,
+# so the events of one fact go out all together or not at all.  A spliced event (the hub's own
+# resync_required) names its seq and epoch inside its data too, through the placeholders below.
 APPEND_LUA = """
 local epoch = redis.call('GET', KEYS[1])
 if (not epoch) or redis.call('EXISTS', KEYS[2]) == 0 then
@@ -49,26 +53,39 @@ if (not epoch) or redis.call('EXISTS', KEYS[2]) == 0 then
   redis.call('SET', KEYS[1], epoch)
   redis.call('DEL', KEYS[2], KEYS[3])
 end
-local first = false
-local i = 5
+local out = {epoch}
+local decided = {}
+local i = 6
 while i <= #ARGV do
-  local seq = redis.call('INCR', KEYS[2])
-  local envelope = ARGV[i] .. seq .. ARGV[i + 1]
-  if ARGV[i + 4] == '1' then
-    envelope = string.gsub(envelope, '"__IGSYNC_SEQ__"', seq)
-    envelope = string.gsub(envelope, '"__IGSYNC_EPOCH__"', '"' .. epoch .. '"')
+  local once = tonumber(ARGV[i + 6])
+  local go = true
+  if once > 0 then
+    if decided[once] == nil then
+      decided[once] = redis.call('SET', KEYS[once], '1', 'NX', 'PX', ARGV[5]) ~= false
+    end
+    go = decided[once]
   end
-  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[2], seq .. '-0', 'e', envelope, 'r', ARGV[i + 2],
-    'c', ARGV[i + 3], 'i', ARGV[i + 5])
-  redis.call('PUBLISH', ARGV[4],
-    epoch .. '|' .. seq .. '|' .. ARGV[i + 2] .. '|' .. ARGV[i + 3] .. '|' .. ARGV[i + 5] .. '|' .. envelope)
-  if not first then first = seq end
-  i = i + 6
+  if go then
+    local seq = redis.call('INCR', KEYS[2])
+    local envelope = ARGV[i] .. seq .. ARGV[i + 1]
+    if ARGV[i + 4] == '1' then
+      envelope = string.gsub(envelope, '"__IGSYNC_SEQ__"', seq)
+      envelope = string.gsub(envelope, '"__IGSYNC_EPOCH__"', '"' .. epoch .. '"')
+    end
+    redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[2], seq .. '-0', 'e', envelope, 'r', ARGV[i + 2],
+      'c', ARGV[i + 3], 'i', ARGV[i + 5])
+    redis.call('PUBLISH', ARGV[4],
+      epoch .. '|' .. seq .. '|' .. ARGV[i + 2] .. '|' .. ARGV[i + 3] .. '|' .. ARGV[i + 5] .. '|' .. envelope)
+    out[#out + 1] = seq
+  else
+    out[#out + 1] = 0
+  end
+  i = i + 7
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
 redis.call('PEXPIRE', KEYS[3], ARGV[3])
-return {epoch, first}
+return out
 """
 
 # KEYS: epoch, seq, log.  ARGV: candidate epoch, ttl ms.  Returns {epoch, latest seq}.
@@ -105,6 +122,11 @@ def keys(channel_id: str) -> list[str]:
     return [f"{base}:epoch", f"{base}:seq", f"{base}:log"]
 
 
+def once_key(channel_id: str, name: str) -> str:
+    """The key that says a fact's events were logged (``SET NX`` in :data:`APPEND_LUA`)."""
+    return f"{KEY_PREFIX}{{{channel_id}}}:once:{name}"
+
+
 def live_channel(channel_id: str) -> bytes:
     """The pub/sub channel of a channel's live events."""
     return f"{KEY_PREFIX}{{{channel_id}}}:live".encode()
@@ -136,6 +158,8 @@ class Encoded:
     # Names this event across paths: an event delivered without a seq (publish timed out,
     # yet Redis ran the script) is recognised when its sequenced copy arrives.
     eid: str = field(default_factory=lambda: secrets.token_hex(6))
+    # The fact this event announces (:attr:`server.inbox.events.Event.once`): logged at most once.
+    once: str | None = None
 
     def with_seq(self, seq: int | None, epoch: str | None = None) -> bytes:
         """The envelope with its sequence number and epoch spliced in."""
@@ -162,7 +186,7 @@ def encode(event: Event, *, splice: bool = False) -> Encoded:
         + orjson.dumps(event.data)
         + b"}"
     )
-    return Encoded(head, tail, event.received_at, event.conversation_id, splice)
+    return Encoded(head, tail, event.received_at, event.conversation_id, splice, once=event.once)
 
 
 def control_envelope(
@@ -207,19 +231,29 @@ class Stored:
 class EventLog:
     """The Redis side of the log, for one Redis client (the publish path's short timeouts)."""
 
-    def __init__(self, redis: aioredis.Redis, *, max_events: int, ttl_secs: int) -> None:
+    def __init__(self, redis: aioredis.Redis, *, max_events: int, ttl_secs: int, once_ttl_secs: int = 86_400) -> None:
         self.redis = redis
         self.max_events = max_events
         self.ttl_ms = ttl_secs * 1000
+        self.once_ttl_ms = once_ttl_secs * 1000
         # register_script: EVALSHA, and on NOSCRIPT (a restarted Redis) SCRIPT LOAD + retry.
         self._append = redis.register_script(APPEND_LUA)
         self._state = redis.register_script(STATE_LUA)
         self._read = redis.register_script(READ_LUA)
 
-    async def append(self, channel_id: str, encoded: list[Encoded]) -> tuple[str, int]:
-        """Append events in order; returns (epoch, seq of the first)."""
-        args: list[Any] = [new_epoch(), self.max_events, self.ttl_ms, live_channel(channel_id)]
+    async def append(self, channel_id: str, encoded: list[Encoded]) -> tuple[str, list[int]]:
+        """Append events in order; returns (epoch, seq of each event), 0 for an event whose
+        once key was already set (its fact was logged before; it is not logged again)."""
+        key_names = keys(channel_id)
+        once_index: dict[str, int] = {}
+        args: list[Any] = [new_epoch(), self.max_events, self.ttl_ms, live_channel(channel_id), self.once_ttl_ms]
         for item in encoded:
+            index = 0
+            if item.once is not None:
+                index = once_index.get(item.once, 0)
+                if not index:
+                    key_names.append(once_key(channel_id, item.once))
+                    index = once_index[item.once] = len(key_names)
             args.extend(
                 (
                     item.head,
@@ -228,10 +262,11 @@ class EventLog:
                     item.conversation_id or "",
                     "1" if item.splice else "0",
                     item.eid,
+                    index,
                 )
             )
-        epoch, first = await self._append(keys=keys(channel_id), args=args)
-        return epoch.decode(), int(first)
+        epoch, *seqs = await self._append(keys=key_names, args=args)
+        return epoch.decode(), [int(seq) for seq in seqs]
 
     async def state(self, channel_id: str) -> tuple[str, int]:
         """(epoch, latest seq) of the channel's log, creating its epoch if it has none."""

@@ -77,7 +77,12 @@ class EventHub:
         self.pubsub_redis = pubsub_redis
         self.metrics = metrics
         self.inbox = inbox
-        self.log = EventLog(publish_redis, max_events=settings.ws_log_max_events, ttl_secs=settings.ws_log_ttl_secs)
+        self.log = EventLog(
+            publish_redis,
+            max_events=settings.ws_log_max_events,
+            ttl_secs=settings.ws_log_ttl_secs,
+            once_ttl_secs=settings.ws_once_ttl_secs,
+        )
         self.registry = Registry(self.log.read)
         self.link = PubSubLink(pubsub_redis, on_message=self._on_live, on_connected=self._on_connected, metrics=metrics)
         self.breaker = CircuitBreaker()
@@ -201,7 +206,7 @@ class EventHub:
     async def _publish_channel(self, channel_id: str, encoded: list[Encoded]) -> None:
         if self.breaker.allows():
             try:
-                epoch, first = await asyncio.wait_for(self.log.append(channel_id, encoded), self.publish_timeout)
+                epoch, seqs = await asyncio.wait_for(self.log.append(channel_id, encoded), self.publish_timeout)
             except Exception as exc:
                 self.breaker.failure()
                 self.metrics.store_errors.labels(store="redis").inc()
@@ -213,8 +218,9 @@ class EventHub:
             else:
                 self.breaker.reset()
                 self._position_if_unknown(channel_id)
-                for offset, item in enumerate(encoded):
-                    seq = first + offset
+                for item, seq in zip(encoded, seqs, strict=True):
+                    if not seq:
+                        continue  # logged before: its fact's events went out already
                     self.registry.publish_sequenced(
                         channel_id,
                         epoch,
@@ -245,7 +251,7 @@ class EventHub:
                 )
                 item = encode(resync, splice=True)
                 try:
-                    epoch, seq = await asyncio.wait_for(self.log.append(channel_id, [item]), self.publish_timeout)
+                    epoch, (seq,) = await asyncio.wait_for(self.log.append(channel_id, [item]), self.publish_timeout)
                 except Exception as exc:
                     log.warning("could not log resync_required for channel %s (%s)", channel_id, type(exc).__name__)
                     return

@@ -62,7 +62,7 @@ async def residue(store_settings: Settings) -> list[str]:
             coll = store.db[name]
             async for row in coll.find({}):
                 text = json.dumps(row, default=str)
-                if "igsync-doctor" in text or "doctor_test" in text:
+                if "igsync-doctor" in text or "doctor_test" in text or f'"{doc.DOCTOR_ACCOUNT_PREFIX}' in text:
                     found.append(f"{name}: {text[:200]}")
     finally:
         await store.close()

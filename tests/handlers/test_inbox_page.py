@@ -59,6 +59,14 @@ async def test_unknown_or_escaping_asset_paths_are_refused(server: RunningServer
         assert body_of(response)["error"] == "not_found"
 
 
+@pytest.mark.parametrize("path", ["/assets/..%00/etc/passwd", "/assets/js%00/main.js", "/assets/%00"])
+async def test_asset_paths_the_file_system_cannot_name_are_a_json_404(server: RunningServer, path: str) -> None:
+    response = await server.client.get(path)
+    assert response.code == 404
+    assert body_of(response)["error"] == "not_found"
+    assert b"Traceback" not in response.body
+
+
 def test_page_has_no_inline_code_the_csp_would_block() -> None:
     html = (STATIC_DIR / "index.html").read_text()
     assert not re.search(r"<script(?![^>]*\bsrc=)[^>]*>", html), "inline <script>"

@@ -103,6 +103,19 @@ async def test_tokens_are_shown_once_and_stored_hashed(server: RunningServer, te
     assert both.code == 422
 
 
+@pytest.mark.parametrize("owner_id", [{"$ne": None}, {"$gt": ""}, [1], None, True, "", 1.5, "x" * 65, 2**63])
+async def test_an_owner_id_that_is_not_an_id_never_reaches_a_query(
+    server: RunningServer, tenant: Tenant, owner_id: object
+) -> None:
+    """``{"$ne": null}`` would match any owner and issue a token for them: an injection."""
+    response = await server.client.post("/api/v1/tokens", {"owner_id": owner_id}, token=ADMIN_TOKEN)
+    assert response.code == 422, response.body
+    assert "owner_id" in body_of(response)["fields"]
+    assert await server.core.store.db.tokens.count_documents({}) == 1  # the tenant's own, no other
+    channel = {"page_id": "17841400000000555", "username": "x", "owner": {"id": owner_id, "email": "x@example.com"}}
+    assert (await server.client.post("/api/v1/channels", channel, token=ADMIN_TOKEN)).code == 422
+
+
 # -- auth kinds (API.md §6) -------------------------------------------------------------------
 
 
@@ -201,6 +214,9 @@ async def test_conversations_filters_and_bad_parameters(client: Client, tenant: 
         ("limit=abc", 422),
         ("limit=5000", 422),
         ("updated_since=yesterday", 422),
+        # Valid ISO-8601, but before year 1 once converted to UTC.
+        ("updated_since=0001-01-01T00:00:00%2B01:00", 422),
+        ("updated_since=9999-12-31T23:59:59-01:00", 422),
         ("cursor=%%%", 400),
         ("cursor=bm9wZQ", 400),
         ("channel_id=nope", 404),

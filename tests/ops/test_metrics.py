@@ -31,6 +31,7 @@ from server.ops.metrics import (
     Metrics,
     package_version,
 )
+from server.ops.monitor import DuplicateTally
 from tests.fakes.cdn import JPEG
 from tests.support.events import events_env, fixture_with
 from tests.support.helpers import (
@@ -451,15 +452,20 @@ async def test_webhook_activity_is_written_at_most_once_a_minute(server: Running
 
 async def test_stored_duplicates_are_measured(server: RunningServer, tenant: Tenant) -> None:
     """igsync_duplicates_stored counts the failure dedup exists to prevent: one send stored
-    as an app/AI message *and* as an unabsorbed echo."""
+    as an app/AI message *and* as an unabsorbed echo — over the last hour, each group once,
+    reading only what is new since the previous run (a virtual clock drives the runs)."""
     monitor = server.core.monitor
     await monitor.stop()
+    window = server.core.settings.dedup_window_secs
+    # The background run at start read up to the real clock; the test's runs use their own.
+    monitor.duplicates = DuplicateTally(lookback_secs=3600, window_secs=window)
     assert (await server.client.webhook(messaging_body(text_item("m.dup.0", "hi")))).code == 200
     conversation = await server.core.store.conversations.find_by_customer(ObjectId(tenant.channel["id"]), CUSTOMER_A)
     messages = server.core.store.messages
-    now = utcnow()
+    t0 = utcnow() - dt.timedelta(minutes=30)
 
-    async def stored(content: str, source: str, *, seconds: float = 0, conversation_id: ObjectId | None = None) -> None:
+    async def stored(content: str, source: str, *, at: float, conversation_id: ObjectId | None = None) -> None:
+        """A message stored ``at`` seconds after t0."""
         doc = {
             "_id": ObjectId(),
             "channel_id": ObjectId(tenant.channel["id"]),
@@ -470,28 +476,40 @@ async def test_stored_duplicates_are_measured(server: RunningServer, tenant: Ten
             "content_hash": content,
             "type": "AI" if source == "ai" else "support",
             "source": source,
-            "sent_at": now,
-            "created_at": now + dt.timedelta(seconds=seconds),
+            "sent_at": t0,
+            "created_at": t0 + dt.timedelta(seconds=at),
         }
         await messages.insert(doc)
 
-    async def gauge() -> float:
-        assert await monitor.refresh()
+    async def gauge(at: float) -> float:
+        assert await monitor.refresh(now=t0 + dt.timedelta(seconds=at))
         return (await scrape(server.client)).value("igsync_duplicates_stored")
 
-    assert await gauge() == 0
-    await stored("Your order shipped", "ai")
-    await stored("Your order shipped", "instagram_direct", seconds=1.5)  # its echo, stored again
-    assert await gauge() == 1
+    assert await gauge(0) == 0
+    await stored("Your order shipped", "ai", at=1)
+    await stored("Your order shipped", "instagram_direct", at=2.5)  # its echo, stored again
+    assert await gauge(60) == 1
     # Not duplicates: the same text far outside the dedup window, another conversation,
     # two messages typed in the Instagram app.
-    await stored("See you", "app")
-    await stored("See you", "instagram_direct", seconds=server.core.settings.dedup_window_secs + 5)
-    await stored("Thanks", "app")
-    await stored("Thanks", "instagram_direct", conversation_id=ObjectId())
-    await stored("ok", "instagram_direct")
-    await stored("ok", "instagram_direct", seconds=1)
-    assert await gauge() == 1
+    await stored("See you", "app", at=100)
+    await stored("See you", "instagram_direct", at=100 + window + 5)
+    await stored("Thanks", "app", at=110)
+    await stored("Thanks", "instagram_direct", at=111, conversation_id=ObjectId())
+    await stored("ok", "instagram_direct", at=120)
+    await stored("ok", "instagram_direct", at=121)
+    assert await gauge(300) == 1
+    # A pair straddling two runs is found once: its first copy before the run, the echo after.
+    await stored("Tracking number", "ai", at=295)
+    assert await gauge(310) == 1
+    await stored("Tracking number", "instagram_direct", at=305)
+    assert await gauge(330) == 2
+    assert await gauge(400) == 2  # nothing new: nothing counted twice
+    # A new process reads the whole hour on its first run and agrees.
+    fresh = DuplicateTally(lookback_secs=3600, window_secs=window)
+    assert await fresh.refresh(server.core.store, t0 + dt.timedelta(seconds=400)) == 2
+    # An hour after the first pair, it ages out; the second pair is still inside the hour.
+    assert await gauge(3602.5 + 10) == 1
+    assert await gauge(3905 + 10) == 0
 
 
 async def test_periodic_checks_run_by_themselves(settings: Settings) -> None:

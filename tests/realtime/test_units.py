@@ -131,8 +131,9 @@ async def test_registry_orders_and_dedups_racing_paths_from_the_real_log(routed:
     subscriber sees each seq once, in order; a gap is read from the stream at once."""
     log, registry, subscriber, channel = routed.log, routed.registry, routed.subscriber, routed.channel
     items = [encode(ev.Event(ev.MESSAGE_DELETED, channel, None, {"message_id": str(i)})) for i in range(5)]
-    epoch, first = await log.append(channel, items)
-    assert first == 1
+    epoch, seqs = await log.append(channel, items)
+    assert seqs == [1, 2, 3, 4, 5]
+    first = seqs[0]
     envelopes = {first + i: item.with_seq(first + i) for i, item in enumerate(items)}
 
     def arrive(seq: int) -> None:
@@ -162,12 +163,42 @@ async def test_an_event_routed_without_seq_is_not_routed_again_with_one(routed: 
     route = routed.route
     item = encode(ev.Event(ev.MESSAGE_DELETED, channel, None, {"message_id": "m"}))
     registry.publish_unsequenced(channel, item.with_seq(None), item.received_at, None, item.eid)
-    epoch, seq = await log.append(channel, [item])  # Redis did run it
+    epoch, (seq,) = await log.append(channel, [item])  # Redis did run it
     registry.publish_sequenced(channel, epoch, seq, item.with_seq(seq), None, None, item.eid)
     after = encode(ev.Event(ev.MESSAGE_DELETED, channel, None, {"message_id": "n"}))
-    epoch, seq2 = await log.append(channel, [after])
+    epoch, (seq2,) = await log.append(channel, [after])
     registry.publish_sequenced(channel, epoch, seq2, after.with_seq(seq2), None, None, after.eid)
     assert subscriber.seqs == [None, seq2] and route.delivered == seq2
+
+
+async def test_the_events_of_one_fact_are_logged_once_whatever_publishes_them_again(routed: Routed) -> None:
+    """A message's events carry its once key: a second publish of the same fact (a redelivery
+    that cannot know whether the first publish happened) logs nothing, and the same call's
+    other events still go out; a fact that never went out is logged in full."""
+    log, channel = routed.log, routed.channel
+
+    def fact(name: str) -> list[ev.Event]:
+        return [
+            ev.Event(kind, channel, None, {"message_id": name}, once=f"msg:{name}")
+            for kind in (ev.CHAT_MESSAGE, ev.CONVERSATION_UPDATED)
+        ]
+
+    epoch, seqs = await log.append(channel, [encode(e) for e in fact("a")])
+    assert seqs == [1, 2]
+    plain = ev.Event(ev.MESSAGE_DELETED, channel, None, {"message_id": "x"})
+    epoch, seqs = await log.append(channel, [encode(e) for e in [*fact("a"), plain, *fact("b")]])
+    assert seqs == [0, 0, 3, 4, 5]
+    epoch, seqs = await log.append(channel, [encode(e) for e in fact("b")])
+    assert seqs == [0, 0]
+    replay = await log.read(channel, epoch, 0, 5)
+    assert replay is not None and [orjson.loads(s.envelope)["data"]["message_id"] for s in replay] == [
+        "a",
+        "a",
+        "x",
+        "b",
+        "b",
+    ]
+    assert await log.redis.pttl(f"igsync:rt:{{{channel}}}:once:msg:a") > 0
 
 
 def test_text_frames_follow_rfc_6455() -> None:

@@ -15,7 +15,7 @@ from tornado.netutil import bind_sockets
 from config import Settings
 from server.app.core import Core, build_core
 from server.app.embedded import EmbeddedStores
-from server.app.routes import make_app
+from server.app.lifecycle import http_server
 from tests.support.helpers import (
     ACCOUNT_ID,
     ADMIN_TOKEN,
@@ -65,8 +65,7 @@ class RunningServer:
 async def start_server(settings: Settings, **core_kwargs: Any) -> RunningServer:
     core = await build_core(settings, **core_kwargs)
     await core.start()
-    app = make_app(core)
-    http = HTTPServer(app, max_body_size=settings.max_body_bytes * 8)
+    http = http_server(core)
     sockets = bind_sockets(0, "127.0.0.1")
     http.add_sockets(sockets)
     port = sockets[0].getsockname()[1]
