@@ -17,6 +17,11 @@ from pymongo.errors import (
     WriteConcernError,
 )
 
+# The bound of store work that is not answering a request (index builds, media copies, the
+# monitor's first read of the hour); each request's operations are bound by
+# IGSYNC_STORE_TIMEOUT_MS (the client's timeoutMS), this overrides it with pymongo.timeout().
+LONG_OPERATION_SECS = 120.0
+
 # Server codes that judge the document, not the server: BadValue, TypeMismatch,
 # DollarPrefixedFieldName, EmptyFieldName, DocumentValidationFailure, BSONObjectTooLarge,
 # KeyTooLong, and the "invalid field name" family of older servers.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import IO, Any
 
+import pymongo
 from bson import ObjectId
 from gridfs import AsyncGridFSBucket
 from gridfs.asynchronous.grid_file import AsyncGridOut
@@ -16,6 +17,7 @@ from gridfs.errors import NoFile
 from pymongo import ASCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 
+from models.errors import LONG_OPERATION_SECS
 from models.ids import as_object_id
 
 BUCKET = "media"
@@ -53,7 +55,9 @@ class MediaFileRepository:
     async def upload(self, filename: str, source: IO[bytes], metadata: dict[str, Any]) -> ObjectId:
         """Store a file under a new id; the id."""
         file_id = ObjectId()
-        await self.bucket.upload_from_stream_with_id(file_id, filename, source, metadata=metadata)
+        # A copy of up to IGSYNC_MEDIA_MAX_BYTES in chunks: longer than one request's bound.
+        with pymongo.timeout(LONG_OPERATION_SECS):
+            await self.bucket.upload_from_stream_with_id(file_id, filename, source, metadata=metadata)
         return file_id
 
     async def info(self, file_id: ObjectId) -> dict[str, Any] | None:

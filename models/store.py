@@ -11,12 +11,14 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import pymongo
 from pymongo import AsyncMongoClient, monitoring
 
 from models.channels import ChannelRepository
 from models.conversations import ConversationRepository
 from models.customers import CustomerRepository
 from models.echo_pairs import EchoPairRepository
+from models.errors import LONG_OPERATION_SECS
 from models.media_files import MediaFileRepository
 from models.media_jobs import MediaJobRepository
 from models.message_updates import MessageUpdateRepository
@@ -51,8 +53,12 @@ def mongo_client(
         serverSelectionTimeoutMS=timeout_ms,
         connectTimeoutMS=timeout_ms,
         # A store that accepts a connection and then stops answering (frozen, swapping, a
-        # half-open link) would otherwise hold the request until the client gives up.
+        # half-open link) would otherwise hold the request until the client gives up. The
+        # socket timeout alone is not a bound: concurrent operations then queue for new
+        # connections (two are opened at a time), each waiting out its own timeout — 20
+        # webhooks took 11.5 s. timeoutMS bounds each operation whole, queueing included.
         socketTimeoutMS=timeout_ms,
+        timeoutMS=timeout_ms,
         event_listeners=listeners or [],
         appname="igsync",
     )
@@ -107,8 +113,10 @@ class Store:
 
     async def ensure_indexes(self) -> None:
         """Create every index idempotently (safe at every start, from every process)."""
-        for repo in self.repositories:
-            await repo.ensure_indexes()
+        # Start-up work, not a request: an index build may take longer than a request's bound.
+        with pymongo.timeout(LONG_OPERATION_SECS):
+            for repo in self.repositories:
+                await repo.ensure_indexes()
 
     async def ping(self) -> bool:
         """Whether MongoDB answers a ping."""

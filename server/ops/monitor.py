@@ -34,9 +34,11 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import pymongo
 from bson import ObjectId
 from pymongo.errors import PyMongoError
 
+from models.errors import LONG_OPERATION_SECS
 from models.store import Store
 from models.timeutil import from_epoch_ms, utcnow
 from server.ops.metrics import SILENCE_THRESHOLDS_SECS, Metrics
@@ -135,7 +137,10 @@ class DuplicateTally:
         else:
             since, last_from = self.checked_until - self.window, self.checked_until
         if until > last_from:
-            for key, last in await store.messages.suspected_duplicates(since, until, last_from, self.window_secs):
+            # The first run reads the whole hour: background work, bound like other long work.
+            with pymongo.timeout(LONG_OPERATION_SECS):
+                found = await store.messages.suspected_duplicates(since, until, last_from, self.window_secs)
+            for key, last in found:
                 self.found[key] = max(last, self.found.get(key, last))
             self.checked_until = until
         self.found = {key: last for key, last in self.found.items() if last >= oldest}
