@@ -1,0 +1,130 @@
+"""Soak: igsync at a steady share of its measured capacity for N minutes; latency and memory
+per minute.
+
+Run: ``.venv/bin/python -m bench.soak [--minutes 5] [--share 0.5] [--capacity-items 1500]``.
+
+First a short burst measures what this machine carries (webhooks/s, 32 connections), then a
+Meta-like open loop posts signed webhooks at ``share`` of that rate (new mids over 200
+customers, 30 % owner echoes, 10 % redeliveries) for ``minutes``. Each minute prints p50 / p99 /
+max latency of the answers and the RSS of igsync, SecantusDB and Redis. The last line compares
+the last minute with the first (ratios): a flat soak has p99 and RSS ratios near 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import tempfile
+import time
+from pathlib import Path
+
+from bench.ingest import HOST, BenchServer, admin_connect, env_for, requests_for, workload
+from bench.loadgen import LoadResult, run_load
+from server.app.embedded import EmbeddedStores, free_port
+
+
+def rss_mib(pid: int | None) -> float:
+    """Resident memory of a process, MiB (0 when it is gone)."""
+    if not pid:
+        return 0.0
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+async def _one(host: str, port: int, raw: bytes, latencies: list[float], statuses: dict[int, int]) -> None:
+    started = time.perf_counter()
+    try:
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(raw)
+        await writer.drain()
+        status_line = await reader.readline()
+        status = int(status_line.split()[1])
+        writer.close()
+    except (OSError, ValueError, IndexError):
+        status = 0
+    latencies.append(time.perf_counter() - started)
+    statuses[status] = statuses.get(status, 0) + 1
+
+
+async def open_loop(port: int, raws: list[bytes], rate: float, secs: float) -> LoadResult:
+    """Send at ``rate`` per second for ``secs`` whatever the answers take (an open loop, as Meta)."""
+    result = LoadResult()
+    tasks: list[asyncio.Task[None]] = []
+    started = time.perf_counter()
+    n = 0
+    while time.perf_counter() - started < secs:
+        due = started + n / rate
+        delay = due - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.ensure_future(_one(HOST, port, raws[n % len(raws)], result.latencies, result.statuses)))
+        n += 1
+    await asyncio.gather(*tasks)
+    result.elapsed = time.perf_counter() - started
+    return result
+
+
+async def main(args: argparse.Namespace) -> None:
+    with EmbeddedStores(tempfile.mkdtemp(prefix="igsync-soak-"), lock=False) as stores:
+        port = free_port()
+        workdir = Path(tempfile.mkdtemp(prefix="igsync-soak-run-"))
+        server = BenchServer("igsync", env_for(stores, port, "soak", {}), workdir)
+        try:
+            await admin_connect(port)
+            customers = [f"62{n:014d}" for n in range(200)]
+            mix = {"echo_share": 0.3, "redelivery_share": 0.1}
+            burst = requests_for(workload(args.capacity_items, customers, **mix, seed=args.seed, tag="cap"), port)
+            capacity = await run_load(HOST, port, burst, 32)
+            rate = capacity.rate * args.share
+            print(f"capacity: {capacity.summary()}")
+            print(f"soak: {args.minutes} min at {rate:.0f} webhooks/s ({args.share:.0%} of capacity), open loop")
+            print(
+                f"{'minute':>6} {'sent':>6} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'igsync MiB':>11} "
+                f"{'mongo MiB':>10} {'redis MiB':>10}  statuses"
+            )
+            rows = []
+            for minute in range(1, args.minutes + 1):
+                bodies = workload(int(rate * 60) + 1, customers, **mix, seed=args.seed + minute, tag=f"m{minute}")
+                raws = requests_for(bodies, port)
+                # Each request on its own connection, as Meta's deliveries are.
+                raws = [r.replace(b"HTTP/1.1\r\n", b"HTTP/1.1\r\nConnection: close\r\n", 1) for r in raws]
+                result = await open_loop(port, raws, rate, 60.0)
+                row = (
+                    result.percentile(50) * 1000,
+                    result.percentile(99) * 1000,
+                    max(result.latencies) * 1000,
+                    rss_mib(server.proc.pid),
+                    rss_mib(stores.mongo_pid),
+                    rss_mib(stores._redis.proc.pid if stores._redis and stores._redis.proc else None),
+                )
+                rows.append(row)
+                print(
+                    f"{minute:>6} {result.count:>6} {row[0]:>8.1f} {row[1]:>8.1f} {row[2]:>8.1f} {row[3]:>11.0f} "
+                    f"{row[4]:>10.0f} {row[5]:>10.0f}  {result.statuses}",
+                    flush=True,
+                )
+            first, last = rows[0], rows[-1]
+            print(
+                f"last/first minute: p99 {last[1] / first[1]:.2f}x, igsync RSS {last[3] / first[3]:.2f}x, "
+                f"mongo RSS {last[4] / first[4]:.2f}x, redis RSS {last[5] / max(first[5], 1):.2f}x"
+            )
+        finally:
+            server.stop()
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--minutes", type=int, default=5)
+    parser.add_argument("--share", type=float, default=0.5, help="share of the measured capacity")
+    parser.add_argument("--capacity-items", type=int, default=1500, help="webhooks in the capacity burst")
+    parser.add_argument("--seed", type=int, default=11)
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    asyncio.run(main(parse_args()))
