@@ -86,14 +86,18 @@ class NullSink:
 
 
 class RecordingSink:
-    """Keeps events in a list: for tests of the core without a realtime hub."""
+    """Keeps events in a list: for tests of the core without a realtime hub. Like the hub, it
+    keeps the events of one fact (:attr:`Event.once`) at most once."""
 
     def __init__(self) -> None:
         self.events: list[Event] = []
+        self.once: set[str] = set()
 
     async def publish(self, events: list[Event]) -> None:
-        """Keep the events in order, for tests."""
-        self.events.extend(events)
+        """Keep the events in order, for tests; a fact already kept is skipped."""
+        new_facts = {e.once for e in events if e.once is not None and e.once not in self.once}
+        self.events.extend(e for e in events if e.once is None or e.once in new_facts)
+        self.once |= new_facts
 
 
 def new_message_events(

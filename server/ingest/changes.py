@@ -13,8 +13,11 @@ after-store hook of the recorder (:class:`MessageArrivalHook`).
 * **read** — ``read_at`` on every message of the other side up to the one read.
 
 Every change is one guarded atomic update (:mod:`models.message_updates`), so a
-redelivery changes nothing and publishes nothing. Real changes reach the inbox through
-the recorder's sink as ``message_updated`` (with ``changes``) or ``message_deleted``.
+redelivery changes nothing. Real changes reach the inbox through the recorder's sink as
+``message_updated`` (with ``changes``) or ``message_deleted``, under the change's once key
+(``chg:<key>``). A redelivery of a reaction, edit or unsend that is in effect on the message
+publishes its event again under the same key: the hub logs it only if the first attempt
+stopped before publishing, so the event is neither lost nor repeated.
 
 An event about a message we never stored is not an error: it is kept in
 ``orphan_events`` (answered with ``message_id: null``) and applied when the message
@@ -181,7 +184,12 @@ class MessageEventHandler:
                 applied = await self.apply(change)
                 if applied.message is not None:
                     await self.store.orphan_events.mark_applied_key(change.key(), applied.message["_id"])
-        await self.publish(self.events(applied, received_at=received_at))
+        events = self.events(applied, received_at=received_at)
+        if not events and applied.message is not None and _in_effect(change, applied.message):
+            events = _again(change, applied.message, received_at)
+        for event in events:
+            event.once = f"chg:{change.key()}"
+        await self.publish(events)
         message_id = None if applied.message is None else str(applied.message["_id"])
         # The item's one INFO line (with its structured fields) is logged by the ingest pipeline.
         log.debug(
@@ -288,6 +296,24 @@ class MessageEventHandler:
         if applied.conversation is not None:
             out.append(ev.conversation_updated(applied.conversation, received_at=received_at))
         return out
+
+
+def _in_effect(change: Change, message: dict[str, Any]) -> bool:
+    """Whether the stored message shows this very change (so its event is due, once)."""
+    if change.kind == REACTION:
+        return any(r.get("by") == change.sender_id and r.get("at") == change.at for r in message.get("reactions") or [])
+    if change.kind == EDIT:
+        return bool(change.text) and message.get("edited_at") == change.at and message.get("content") == change.text
+    if change.kind == UNSEND:
+        return bool(message.get("is_deleted"))
+    return False  # unreact and read leave no mark of their own to recognise
+
+
+def _again(change: Change, message: dict[str, Any], received_at: float) -> list[ev.Event]:
+    if change.kind == UNSEND:
+        return [ev.message_deleted(message, received_at=received_at)]
+    changes = ["reactions"] if change.kind == REACTION else ["content", "edited_at", "edit_history"]
+    return [ev.message_updated(message, changes, received_at=received_at)]
 
 
 class MessageArrivalHook:

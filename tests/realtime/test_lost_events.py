@@ -8,21 +8,22 @@ never went out goes out now, what did is not logged twice.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from server.inbox import events as ev
 from tests.support.dedup import mark_sent, new_mid, ok_body
-from tests.support.helpers import messaging_body, text_item
+from tests.support.helpers import ACCOUNT_ID, CUSTOMER_A, messaging_body, text_item
 from tests.support.realtime import WsClient
 from tests.support.server import RunningServer, Tenant
 
 NEW_MESSAGE_EVENTS = [ev.CHAT_MESSAGE, ev.NEW_CUSTOMER_MESSAGE, ev.CONVERSATION_UPDATED]
 
 
-def _drop_first_publish(server: RunningServer) -> list[list[ev.Event]]:
+def _drop_first_publish(server: RunningServer, *, of_changes: bool = False) -> list[list[ev.Event]]:
     """The process "stops" after the conversation update: the first batch of events is never
     handed to the hub (the request still answers, as a stand-in for the lost answer)."""
-    publisher = server.core.recorder.publisher
+    publisher: Any = server.core.changes if of_changes else server.core.recorder.publisher
     original = publisher.publish
     dropped: list[list[ev.Event]] = []
 
@@ -32,7 +33,7 @@ def _drop_first_publish(server: RunningServer) -> list[list[ev.Event]]:
             return
         await original(events)
 
-    publisher.publish = publish  # type: ignore[method-assign]
+    publisher.publish = publish
     return dropped
 
 
@@ -101,4 +102,40 @@ async def test_a_retried_mark_sent_completes_events_the_first_call_never_publish
     assert live[0]["data"]["message"]["id"] == created["message"]["id"]
     resumed = await _resumed_from_start(server, tenant, first["epoch"])
     assert [f["event"] for f in resumed].count(ev.CHAT_MESSAGE) == 2
+    ws.close()
+
+
+async def test_a_reaction_or_edit_whose_event_never_went_out_gets_it_from_its_redelivery(
+    server: RunningServer, tenant: Tenant
+) -> None:
+    ws = await WsClient.connect(server.base_url, tenant.token)
+    await ws.subscribe(channel_id=tenant.channel["id"])
+    mid = new_mid()
+    assert (await server.client.webhook(messaging_body(text_item(mid, "nice shoes")))).code == 200
+    assert len(await ws.quiet()) == 3
+    base = int(time.time() * 1000)
+    changes = {
+        "reaction": {
+            "sender": {"id": ACCOUNT_ID},
+            "recipient": {"id": CUSTOMER_A},
+            "timestamp": base,
+            "reaction": {"mid": mid, "action": "react", "reaction": "love", "emoji": "L"},
+        },
+        "edit": {
+            "sender": {"id": CUSTOMER_A},
+            "recipient": {"id": ACCOUNT_ID},
+            "timestamp": base + 1,
+            "message_edit": {"mid": mid, "text": "nice red shoes", "num_edit": 1},
+        },
+    }
+    for name, item in changes.items():
+        dropped = _drop_first_publish(server, of_changes=True)
+        body = messaging_body(item)
+        assert (await server.client.webhook(body)).code == 200
+        assert dropped and await ws.quiet() == [], name  # applied, but its event was lost
+        assert (await server.client.webhook(body)).code == 200  # Meta's redelivery
+        [frame] = await ws.quiet()
+        assert frame["event"] == ev.MESSAGE_UPDATED, name
+        assert (await server.client.webhook(body)).code == 200  # and again: nothing more
+        assert await ws.quiet() == [], name
     ws.close()
