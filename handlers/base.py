@@ -34,6 +34,9 @@ _REASONS = {
 
 
 class BaseHandler(tornado.web.RequestHandler):
+    # Whether this request holds the core's request gate (entered in prepare, left once).
+    _in_gate = False
+
     @property
     def core(self) -> Core:
         """The process's core, injected through the application settings."""
@@ -55,7 +58,7 @@ class BaseHandler(tornado.web.RequestHandler):
 
     def on_finish(self) -> None:
         """The request is answered: it no longer holds the drain up."""
-        if getattr(self, "_in_gate", False):
+        if self._in_gate:
             self._in_gate = False
             self.core.gate.leave()
 

@@ -127,8 +127,8 @@ def http_server(core: Core, *, xheaders: bool = False) -> HTTPServer:
 
 async def drain_requests(core: Core) -> bool:
     """Refuse new requests and wait for those in flight (bounded); True when all finished."""
+    # A closed gate also answers /readyz 503, so load balancers stop routing here.
     core.gate.close()
-    core.readiness.draining = True
     waiting = core.gate.in_flight
     drained = await core.gate.drained(core.settings.shutdown_drain_secs)
     if drained:

@@ -84,8 +84,6 @@ class Readiness:
         self.redis = redis
         self.metrics = metrics
         self.timeout_secs = timeout_secs
-        # Set while the process drains (SIGTERM): not ready, so a load balancer stops routing here.
-        self.draining = False
 
     async def check(self) -> dict[str, bool]:
         """Ping MongoDB and Redis at once, each within the deadline; a failure or a store slower
@@ -95,8 +93,6 @@ class Readiness:
         )
         status = {"mongo": mongo, "redis": redis}
         self.metrics.set_readiness(status)
-        if self.draining:
-            status["accepting_requests"] = False
         return status
 
     async def _answers(self, store: str, ping: Awaitable[Any]) -> bool:
@@ -122,9 +118,8 @@ class DuplicateTally:
 
     def __init__(self, *, lookback_secs: float, window_secs: int, settle_secs: float = SETTLE_SECS) -> None:
         self.lookback = dt.timedelta(seconds=lookback_secs)
-        self.window = dt.timedelta(seconds=window_secs)
-        self.settle = dt.timedelta(seconds=settle_secs)
         self.window_secs = window_secs
+        self.settle = dt.timedelta(seconds=settle_secs)
         self.found: dict[str, dt.datetime] = {}
         self.checked_until: dt.datetime | None = None
 
@@ -135,7 +130,7 @@ class DuplicateTally:
         if self.checked_until is None:
             since, last_from = oldest, oldest
         else:
-            since, last_from = self.checked_until - self.window, self.checked_until
+            since, last_from = self.checked_until - dt.timedelta(seconds=self.window_secs), self.checked_until
         if until > last_from:
             # The first run reads the whole hour: background work, bound like other long work.
             with pymongo.timeout(LONG_OPERATION_SECS):
@@ -162,8 +157,6 @@ class OpsMonitor:
         self.metrics = metrics
         self.ready = ready
         self.interval_secs = interval_secs
-        self.dedup_window_secs = dedup_window_secs
-        self.duplicates_lookback_secs = duplicates_lookback_secs
         self.duplicates = DuplicateTally(lookback_secs=duplicates_lookback_secs, window_secs=dedup_window_secs)
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
