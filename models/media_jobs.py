@@ -100,8 +100,16 @@ class MediaJobRepository:
                 candidate = await self.coll.find_one(query, sort=[(order, ASCENDING)])
                 if candidate is None:
                     break
+                # The guard names the attempt too: state and owner alone come back (a job given
+                # back by ``retry`` is PENDING with no owner again), so a worker holding a stale
+                # read could take the next attempt as its own and the job would run twice at once.
                 taken = await self.coll.update_one(
-                    {"_id": candidate["_id"], "state": candidate["state"], "lease_owner": candidate["lease_owner"]},
+                    {
+                        "_id": candidate["_id"],
+                        "state": candidate["state"],
+                        "lease_owner": candidate["lease_owner"],
+                        "attempts": candidate["attempts"],
+                    },
                     {
                         "$set": {"state": RUNNING, "lease_owner": owner, "lease_until": lease_until, "updated_at": now},
                         "$inc": {"attempts": 1},
