@@ -201,6 +201,17 @@ class MessageUpdateRepository:
                 changed.extend(r for r in rows if r.get("read_marker") == marker)
         return sorted(changed, key=lambda r: (r["sent_at"], r["_id"]))
 
+    async def read_by(
+        self, conversation_id: ObjectId, types: tuple[str, ...], up_to: dt.datetime, at: dt.datetime
+    ) -> list[dict[str, Any]]:
+        """The messages of ``types`` up to ``up_to`` whose ``read_at`` is ``at``: those a read
+        receipt of that time marked (for its redelivery to publish them again)."""
+        rows: list[dict[str, Any]] = []
+        for kind in types:
+            key = {"conversation_id": conversation_id, "type": kind, "sent_at": {"$lte": up_to}, "read_at": at}
+            rows.extend(await self.coll.find(key).to_list(None))
+        return sorted(rows, key=lambda r: (r["sent_at"], r["_id"]))
+
     # -- reply links and media results ---------------------------------------------------
 
     async def link_reply(self, message_id: ObjectId, target_id: ObjectId) -> Outcome:

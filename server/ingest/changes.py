@@ -15,8 +15,9 @@ after-store hook of the recorder (:class:`MessageArrivalHook`).
 Every change is one guarded atomic update (:mod:`models.message_updates`), so a
 redelivery changes nothing. Real changes reach the inbox through the recorder's sink as
 ``message_updated`` (with ``changes``) or ``message_deleted``, under the change's once key
-(``chg:<key>``). A redelivery of a reaction, edit or unsend that is in effect on the message
-publishes its event again under the same key: the hub logs it only if the first attempt
+(``chg:<key>``). A redelivery of a change that is in effect on the stored messages (a reaction,
+an unreact, an edit, an unsend, a read receipt whose time the messages carry) publishes its
+events again under the same key: the hub logs it only if the first attempt
 stopped before publishing, so the event is neither lost nor repeated.
 
 An event about a message we never stored is not an error: it is kept in
@@ -185,8 +186,11 @@ class MessageEventHandler:
                 if applied.message is not None:
                     await self.store.orphan_events.mark_applied_key(change.key(), applied.message["_id"])
         events = self.events(applied, received_at=received_at)
-        if not events and applied.message is not None and _in_effect(change, applied.message):
-            events = _again(change, applied.message, received_at)
+        if not events and applied.message is not None:
+            # Nothing changed now: a redelivery. Its events may never have gone out (the first
+            # attempt stopped between the update and the publish); they go again under the same
+            # once key, and the event log drops them if they did.
+            events = await self._again(change, applied.message, received_at)
         for event in events:
             event.once = f"chg:{change.key()}"
         await self.publish(events)
@@ -297,23 +301,38 @@ class MessageEventHandler:
             out.append(ev.conversation_updated(applied.conversation, received_at=received_at))
         return out
 
+    async def _again(self, change: Change, message: dict[str, Any], received_at: float) -> list[ev.Event]:
+        """The events of a change that is in effect on the stored messages (none if not)."""
+        if change.kind == READ:
+            types = (TYPE_CUSTOMER,) if change.from_owner else OUTBOUND_TYPES
+            # The messages this receipt marked carry its time (a later receipt marks none of them).
+            read = await self.store.message_updates.read_by(
+                message["conversation_id"], types, message["sent_at"], change.at
+            )
+            return [ev.message_updated(doc, ["read_at"], received_at=received_at) for doc in read]
+        if not _in_effect(change, message):
+            return []
+        if change.kind == UNSEND:
+            return [ev.message_deleted(message, received_at=received_at)]
+        reacted = change.kind in (REACTION, UNREACT)
+        changes = ["reactions"] if reacted else ["content", "edited_at", "edit_history"]
+        return [ev.message_updated(message, changes, received_at=received_at)]
+
 
 def _in_effect(change: Change, message: dict[str, Any]) -> bool:
     """Whether the stored message shows this very change (so its event is due, once)."""
     if change.kind == REACTION:
         return any(r.get("by") == change.sender_id and r.get("at") == change.at for r in message.get("reactions") or [])
+    if change.kind == UNREACT:
+        # No reaction of theirs, and this unreact is their latest reaction event.
+        gone = not any(r.get("by") == change.sender_id for r in message.get("reactions") or [])
+        clock = [c.get("at") for c in message.get("reaction_clock") or [] if c.get("by") == change.sender_id]
+        return gone and clock == [change.at]
     if change.kind == EDIT:
         return bool(change.text) and message.get("edited_at") == change.at and message.get("content") == change.text
     if change.kind == UNSEND:
         return bool(message.get("is_deleted"))
-    return False  # unreact and read leave no mark of their own to recognise
-
-
-def _again(change: Change, message: dict[str, Any], received_at: float) -> list[ev.Event]:
-    if change.kind == UNSEND:
-        return [ev.message_deleted(message, received_at=received_at)]
-    changes = ["reactions"] if change.kind == REACTION else ["content", "edited_at", "edit_history"]
-    return [ev.message_updated(message, changes, received_at=received_at)]
+    return False
 
 
 class MessageArrivalHook:

@@ -13,7 +13,7 @@ from typing import Any
 
 from server.inbox import events as ev
 from tests.support.dedup import mark_sent, new_mid, ok_body
-from tests.support.helpers import ACCOUNT_ID, CUSTOMER_A, messaging_body, text_item
+from tests.support.helpers import ACCOUNT_ID, CUSTOMER_A, echo_item, messaging_body, text_item
 from tests.support.realtime import WsClient
 from tests.support.server import RunningServer, Tenant
 
@@ -105,15 +105,19 @@ async def test_a_retried_mark_sent_completes_events_the_first_call_never_publish
     ws.close()
 
 
-async def test_a_reaction_or_edit_whose_event_never_went_out_gets_it_from_its_redelivery(
+async def test_a_change_whose_event_never_went_out_gets_it_from_its_redelivery(
     server: RunningServer, tenant: Tenant
 ) -> None:
+    """Reaction, edit, unreact and read receipt alike (each leaves a mark the redelivery finds)."""
     ws = await WsClient.connect(server.base_url, tenant.token)
     await ws.subscribe(channel_id=tenant.channel["id"])
-    mid = new_mid()
-    assert (await server.client.webhook(messaging_body(text_item(mid, "nice shoes")))).code == 200
-    assert len(await ws.quiet()) == 3
+    mid, reply_mid = new_mid(), new_mid()
     base = int(time.time() * 1000)
+    first = text_item(mid, "nice shoes", timestamp_ms=base - 2)
+    assert (await server.client.webhook(messaging_body(first))).code == 200
+    reply = echo_item(reply_mid, "thank you!", timestamp_ms=base - 1)
+    assert (await server.client.webhook(messaging_body(reply))).code == 200
+    assert len(await ws.quiet()) >= 4
     changes = {
         "reaction": {
             "sender": {"id": ACCOUNT_ID},
@@ -127,6 +131,18 @@ async def test_a_reaction_or_edit_whose_event_never_went_out_gets_it_from_its_re
             "timestamp": base + 1,
             "message_edit": {"mid": mid, "text": "nice red shoes", "num_edit": 1},
         },
+        "unreact": {
+            "sender": {"id": ACCOUNT_ID},
+            "recipient": {"id": CUSTOMER_A},
+            "timestamp": base + 2,
+            "reaction": {"mid": mid, "action": "unreact"},
+        },
+        "read": {
+            "sender": {"id": CUSTOMER_A},
+            "recipient": {"id": ACCOUNT_ID},
+            "timestamp": base + 3,
+            "read": {"mid": reply_mid},
+        },
     }
     for name, item in changes.items():
         dropped = _drop_first_publish(server, of_changes=True)
@@ -136,6 +152,9 @@ async def test_a_reaction_or_edit_whose_event_never_went_out_gets_it_from_its_re
         assert (await server.client.webhook(body)).code == 200  # Meta's redelivery
         [frame] = await ws.quiet()
         assert frame["event"] == ev.MESSAGE_UPDATED, name
+        expected = {"read": ("read_at", reply_mid)}.get(name, ("content" if name == "edit" else "reactions", mid))
+        assert expected[0] in frame["data"]["changes"], (name, frame)
+        assert frame["data"]["message"]["mid"] == expected[1], name
         assert (await server.client.webhook(body)).code == 200  # and again: nothing more
         assert await ws.quiet() == [], name
     ws.close()
