@@ -6,7 +6,9 @@ Run: ``.venv/bin/python -m bench.soak [--minutes 5] [--share 0.5] [--capacity-it
 First a short burst measures what this machine carries (webhooks/s, 32 connections), then a
 Meta-like open loop posts signed webhooks at ``share`` of that rate (new mids over 200
 customers, 30 % owner echoes, 10 % redeliveries) for ``minutes``. Each minute prints p50 / p99 /
-max latency of the answers and the RSS of igsync, SecantusDB and Redis. The last line compares
+max latency of the answers, the RSS of igsync, SecantusDB and Redis, and the p99 and mean of
+igsync's MongoDB command round trips in that minute (from its own ``/metrics``: how much of
+the latency is the store's). The last line compares
 the last minute with the first (ratios): a flat soak has p99 and RSS ratios near 1.
 """
 
@@ -16,11 +18,14 @@ import argparse
 import asyncio
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench.ingest import HOST, BenchServer, admin_connect, env_for, requests_for, workload
 from bench.loadgen import LoadResult, run_load
-from server.app.embedded import EmbeddedStores, free_port
+from server.app.embedded import MONGO_CACHE_MB, EmbeddedStores, free_port
 
 
 def rss_mib(pid: int | None) -> float:
@@ -51,6 +56,52 @@ async def _one(host: str, port: int, raw: bytes, latencies: list[float], statuse
     statuses[status] = statuses.get(status, 0) + 1
 
 
+def store_histogram(port: int) -> dict[str, dict[str, float]]:
+    """igsync's MongoDB command durations so far, per command and in all (``"*"``): ``{le:
+    count}`` plus ``count`` and ``sum`` — from its own ``/metrics``, so the store's share of the
+    latency is measured where igsync waits for it."""
+    text = urllib.request.urlopen(f"http://{HOST}:{port}/metrics", timeout=10).read().decode()
+    out: dict[str, dict[str, float]] = {"*": {}}
+    for family in text_string_to_metric_families(text):
+        if family.name != "igsync_mongo_command_duration_seconds":
+            continue
+        for sample in family.samples:
+            if sample.name.endswith("_bucket"):
+                key = sample.labels["le"]
+            elif sample.name.endswith(("_count", "_sum")):
+                key = sample.name.rsplit("_", 1)[1]
+            else:
+                continue
+            for name in ("*", sample.labels["command"]):
+                series = out.setdefault(name, {})
+                series[key] = series.get(key, 0.0) + sample.value
+    return out
+
+
+def store_minute(before: dict[str, float], after: dict[str, float]) -> tuple[float, float, int]:
+    """(p99 ms of one store command, mean ms, commands) between two scrapes of one series;
+    the p99 is the upper bound of its histogram bucket."""
+    count = after.get("count", 0.0) - before.get("count", 0.0)
+    if count <= 0:
+        return 0.0, 0.0, 0
+    mean_ms = (after.get("sum", 0.0) - before.get("sum", 0.0)) / count * 1000
+    bounds = sorted((float(le), after[le] - before.get(le, 0.0)) for le in after if le not in ("count", "sum"))
+    p99 = next((le for le, n in bounds if n >= 0.99 * count), float("inf"))
+    return p99 * 1000, mean_ms, int(count)
+
+
+def slowest_command(before: dict[str, dict[str, float]], after: dict[str, dict[str, float]]) -> str:
+    """The command that took the most store time in the minute, with its p99 and mean."""
+    best = ("-", 0.0, 0.0, 0.0)
+    for name, series in after.items():
+        if name == "*":
+            continue
+        p99, mean, count = store_minute(before.get(name, {}), series)
+        if mean * count > best[3]:
+            best = (name, p99, mean, mean * count)
+    return f"{best[0]} p99 {best[1]:.0f} mean {best[2]:.1f}"
+
+
 async def open_loop(port: int, raws: list[bytes], rate: float, secs: float) -> LoadResult:
     """Send at ``rate`` per second for ``secs`` whatever the answers take (an open loop, as Meta)."""
     result = LoadResult()
@@ -70,7 +121,8 @@ async def open_loop(port: int, raws: list[bytes], rate: float, secs: float) -> L
 
 
 async def main(args: argparse.Namespace) -> None:
-    with EmbeddedStores(tempfile.mkdtemp(prefix="igsync-soak-"), lock=False) as stores:
+    workdir_stores = tempfile.mkdtemp(prefix="igsync-soak-")
+    with EmbeddedStores(workdir_stores, lock=False, mongo_cache_mb=args.store_cache_mb) as stores:
         port = free_port()
         workdir = Path(tempfile.mkdtemp(prefix="igsync-soak-run-"))
         server = BenchServer("igsync", env_for(stores, port, "soak", {}), workdir)
@@ -82,12 +134,16 @@ async def main(args: argparse.Namespace) -> None:
             capacity = await run_load(HOST, port, burst, 32)
             rate = capacity.rate * args.share
             print(f"capacity: {capacity.summary()}")
-            print(f"soak: {args.minutes} min at {rate:.0f} webhooks/s ({args.share:.0%} of capacity), open loop")
+            print(
+                f"soak: {args.minutes} min at {rate:.0f} webhooks/s ({args.share:.0%} of capacity), open loop;"
+                f" store cache {args.store_cache_mb} MiB"
+            )
             print(
                 f"{'minute':>6} {'sent':>6} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'igsync MiB':>11} "
-                f"{'mongo MiB':>10} {'redis MiB':>10}  statuses"
+                f"{'mongo MiB':>10} {'redis MiB':>10} {'store p99':>10} {'store mean':>10}  statuses"
             )
             rows = []
+            scraped = await asyncio.to_thread(store_histogram, port)
             for minute in range(1, args.minutes + 1):
                 bodies = workload(int(rate * 60) + 1, customers, **mix, seed=args.seed + minute, tag=f"m{minute}")
                 raws = requests_for(bodies, port)
@@ -103,9 +159,14 @@ async def main(args: argparse.Namespace) -> None:
                     rss_mib(stores._redis.proc.pid if stores._redis and stores._redis.proc else None),
                 )
                 rows.append(row)
+                now_scraped = await asyncio.to_thread(store_histogram, port)
+                store_p99, store_mean, _ = store_minute(scraped["*"], now_scraped["*"])
+                slowest = slowest_command(scraped, now_scraped)
+                scraped = now_scraped
                 print(
                     f"{minute:>6} {result.count:>6} {row[0]:>8.1f} {row[1]:>8.1f} {row[2]:>8.1f} {row[3]:>11.0f} "
-                    f"{row[4]:>10.0f} {row[5]:>10.0f}  {result.statuses}",
+                    f"{row[4]:>10.0f} {row[5]:>10.0f} {store_p99:>8.0f}ms {store_mean:>8.1f}ms "
+                    f" {result.statuses} [{slowest}]",
                     flush=True,
                 )
             first, last = rows[0], rows[-1]
@@ -123,6 +184,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--share", type=float, default=0.5, help="share of the measured capacity")
     parser.add_argument("--capacity-items", type=int, default=1500, help="webhooks in the capacity burst")
     parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument(
+        "--store-cache-mb",
+        type=int,
+        default=MONGO_CACHE_MB,
+        help="the embedded SecantusDB's cache (a smaller one shows whether its growth is the cache)",
+    )
     return parser.parse_args(argv)
 
 

@@ -35,6 +35,52 @@ def _setting(default: Any, help: str, *, secret: bool = False) -> Any:
     return field(default=default, metadata={"help": help, "secret": secret})
 
 
+# Settings that must be above zero (times, sizes, counts).
+POSITIVE_SETTINGS = (
+    "dedup_ttl_secs",
+    "dedup_window_secs",
+    "dedup_redis_timeout_ms",
+    "ws_ping_secs",
+    "ws_queue_max",
+    "ws_log_max_events",
+    "ws_log_ttl_secs",
+    "ws_once_ttl_secs",
+    "realtime_redis_timeout_ms",
+    "max_body_bytes",
+    "webhook_events_ttl_days",
+    "store_timeout_ms",
+    "readyz_timeout_ms",
+    "shutdown_drain_secs",
+    "http_idle_timeout_secs",
+    "http_body_timeout_secs",
+    "media_max_bytes",
+    "monitor_interval_secs",
+    "trigger_stream_maxlen",
+    "trigger_poll_secs",
+    "trigger_max_defer_secs",
+    "trigger_max_attempts",
+    "trigger_retry_base_secs",
+    "trigger_retry_max_secs",
+    "trigger_lease_margin_secs",
+    "trigger_jobs_ttl_days",
+    "profile_concurrency",
+    "profile_max_attempts",
+    "profile_retry_base_secs",
+    "media_timeout_secs",
+    "media_lease_secs",
+    "media_max_attempts",
+    "media_retry_base_secs",
+    "media_poll_secs",
+    "orphan_events_ttl_days",
+    "send_lease_secs",
+    "send_max_attempts",
+    "send_retry_base_secs",
+    "send_poll_secs",
+    "send_text_per_sec",
+    "send_media_per_sec",
+)
+
+
 @dataclass(frozen=True)
 class Settings:
     host: str = _setting("127.0.0.1", "listen address")
@@ -118,6 +164,15 @@ class Settings:
     media_max_attempts: int = _setting(5, "tries of one media download before it is marked failed")
     media_retry_base_secs: float = _setting(5.0, "first wait before retrying a media download (doubles)")
     media_poll_secs: float = _setting(2.0, "how often an idle media worker looks for jobs from other processes")
+    send_concurrency: int = _setting(4, "sends to Instagram running at once per process (0: this process sends none)")
+    send_lease_secs: float = _setting(
+        60.0, "how long a send is reserved for its worker; after it another process takes it over"
+    )
+    send_max_attempts: int = _setting(8, "tries of one send on Meta's rate limits, outages and timeouts")
+    send_retry_base_secs: float = _setting(2.0, "first wait before retrying a send (doubles, at most 10 minutes)")
+    send_poll_secs: float = _setting(1.0, "how often an idle send worker looks for sends queued by other processes")
+    send_text_per_sec: float = _setting(300.0, "Send API calls per second per account for text and images (Meta's)")
+    send_media_per_sec: float = _setting(10.0, "Send API calls per second per account for audio and video (Meta's)")
     orphan_events_ttl_days: int = _setting(30, "how long an event about a message we never stored is kept")
     transcriber: str = _setting("", "audio transcriber as module:factory; empty keeps the no-op default")
 
@@ -187,43 +242,7 @@ class Settings:
         """Raise one ConfigError naming every setting that is out of range."""
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"IGSYNC_PORT must be between 0 and 65535, got {self.port}")
-        for name in (
-            "dedup_ttl_secs",
-            "dedup_window_secs",
-            "dedup_redis_timeout_ms",
-            "ws_ping_secs",
-            "ws_queue_max",
-            "ws_log_max_events",
-            "ws_log_ttl_secs",
-            "ws_once_ttl_secs",
-            "realtime_redis_timeout_ms",
-            "max_body_bytes",
-            "webhook_events_ttl_days",
-            "store_timeout_ms",
-            "readyz_timeout_ms",
-            "shutdown_drain_secs",
-            "http_idle_timeout_secs",
-            "http_body_timeout_secs",
-            "media_max_bytes",
-            "monitor_interval_secs",
-            "trigger_stream_maxlen",
-            "trigger_poll_secs",
-            "trigger_max_defer_secs",
-            "trigger_max_attempts",
-            "trigger_retry_base_secs",
-            "trigger_retry_max_secs",
-            "trigger_lease_margin_secs",
-            "trigger_jobs_ttl_days",
-            "profile_concurrency",
-            "profile_max_attempts",
-            "profile_retry_base_secs",
-            "media_timeout_secs",
-            "media_lease_secs",
-            "media_max_attempts",
-            "media_retry_base_secs",
-            "media_poll_secs",
-            "orphan_events_ttl_days",
-        ):
+        for name in POSITIVE_SETTINGS:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{env_name(name)} must be a positive number")
         if self.profile_refresh_days < 0:
@@ -250,6 +269,11 @@ class Settings:
                 raise ConfigError(f"IGSYNC_WS_ALLOWED_ORIGINS entries must be http(s) origins or *, got {origin!r}")
         if not self.graph_api_url.startswith(("http://", "https://")):
             raise ConfigError("IGSYNC_GRAPH_API_URL must be an http(s) URL")
+        if self.send_concurrency < 0:
+            raise ConfigError("IGSYNC_SEND_CONCURRENCY must be 0 or more")
+        if self.send_lease_secs <= self.graph_api_timeout_secs:
+            # A lease shorter than one Send API call would let a second worker send the same part.
+            raise ConfigError("IGSYNC_SEND_LEASE_SECS must be longer than IGSYNC_GRAPH_API_TIMEOUT_SECS")
         if self.media_concurrency < 0:
             raise ConfigError("IGSYNC_MEDIA_CONCURRENCY must be 0 or more")
         if self.media_lease_secs <= self.media_timeout_secs:

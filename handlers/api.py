@@ -76,6 +76,20 @@ class MessagesHandler(BaseHandler):
             )
         )
 
+    async def post(self, conversation_id: str) -> None:
+        """Send a message through igsync: stored first (202, pending), then sent to Instagram."""
+        principal = await self.core.sends.principal(self.request.headers.get("Authorization"))
+        status, body = await self.core.sends.send(principal, conversation_id, self.json_body())
+        self.write_json(body, status)
+
+
+class RetrySendHandler(BaseHandler):
+    async def post(self, message_id: str) -> None:
+        """Send a failed message again (202); 409 when it did not fail."""
+        principal = await self.core.sends.principal(self.request.headers.get("Authorization"))
+        status, body = await self.core.sends.retry(principal, message_id)
+        self.write_json(body, status)
+
 
 routes = [
     (r"/api/v1/channels", ChannelsHandler),
@@ -85,4 +99,5 @@ routes = [
     (r"/api/v1/conversations/([^/]+)", ConversationHandler),
     (r"/api/v1/conversations/([^/]+)/read", ConversationReadHandler),
     (r"/api/v1/conversations/([^/]+)/messages", MessagesHandler),
+    (r"/api/v1/messages/([^/]+)/retry", RetrySendHandler),
 ]

@@ -33,6 +33,17 @@ _REASONS = {
 }
 
 
+def allowed_methods(handler: tornado.web.RequestHandler) -> str:
+    """The ``Allow`` header of a 405: the methods this handler implements (RFC 9110)."""
+    cls = type(handler)
+    methods = [
+        m
+        for m in cls.SUPPORTED_METHODS
+        if getattr(cls, m.lower(), None) is not getattr(tornado.web.RequestHandler, m.lower())
+    ]
+    return ", ".join(methods)
+
+
 class BaseHandler(tornado.web.RequestHandler):
     # Whether this request holds the core's request gate (entered in prepare, left once).
     _in_gate = False
@@ -92,6 +103,8 @@ class BaseHandler(tornado.web.RequestHandler):
         else:
             code, message = _REASONS.get(status_code, ("internal_error", "Something went wrong."))
             body = {"error": code, "message": message}
+        if self.get_status() == 405:
+            self.set_header("Allow", allowed_methods(self))
         self.set_header("Content-Type", "application/json; charset=utf-8")
         self.finish(orjson.dumps(body))
 

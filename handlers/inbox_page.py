@@ -14,6 +14,8 @@ from pathlib import Path
 
 import tornado.web
 
+from handlers.base import allowed_methods
+
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
 CONTENT_SECURITY_POLICY = "; ".join(
@@ -67,7 +69,10 @@ class InboxAssetHandler(tornado.web.StaticFileHandler):
         """The API's JSON error shape: a missing (or forbidden) asset is a 404 like every other
         unknown path; anything else keeps its status, without a traceback."""
         self.set_header("Content-Type", "application/json; charset=utf-8")
-        if status_code in (403, 404):
+        if status_code == 405:
+            self.set_header("Allow", allowed_methods(self))
+            self.finish(b'{"error": "method_not_allowed", "message": "This method is not allowed here."}')
+        elif status_code in (403, 404):
             self.set_status(404)
             self.finish(b'{"error": "not_found", "message": "No such file."}')
         else:

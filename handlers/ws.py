@@ -19,6 +19,7 @@ import tornado.iostream
 import tornado.web
 import tornado.websocket
 
+from handlers.base import allowed_methods
 from server.api.auth import INBOX, Authenticator
 from server.api.errors import ApiError
 from server.realtime import wire as ws_wire
@@ -91,6 +92,11 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
         ):
             self._refuse(ApiError(403, "origin_not_allowed", "This origin may not open the inbox WebSocket."))
             return
+        if headers.get("Upgrade", "").lower() != "websocket":
+            # Tornado would answer a plain-text 400; the API answers in its JSON error shape.
+            self.set_header("Upgrade", "websocket")
+            self._refuse(ApiError(426, "upgrade_required", "GET /ws must be a WebSocket upgrade."))
+            return
         await super().get(*args, **kwargs)
 
     def check_origin(self, origin: str) -> bool:
@@ -128,6 +134,14 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
         timed_out = self.close_code is None and silent >= self.core.settings.ws_ping_secs
         reason = "ping_timeout" if timed_out else "client_closed"
         self.session.transport_closed(reason)
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        """Errors before the upgrade (a method other than GET) in the API's JSON error shape."""
+        if status_code == 405:
+            self.set_header("Allow", allowed_methods(self))
+            self._refuse(ApiError(405, "method_not_allowed", "This method is not allowed here."))
+            return
+        self._refuse(ApiError(status_code, "bad_request" if status_code < 500 else "internal_error", self._reason))
 
     def _request_summary(self) -> str:
         return f"{self.request.method} {self.request.path} ({self.request.remote_ip})"

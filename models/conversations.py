@@ -150,6 +150,10 @@ class ConversationRepository:
                 "$slice": [{"$concatArrays": [{"$ifNull": ["$recent_message_ids", []]}, [lit(mid)]]}, -RECENT_IDS_KEPT]
             },
         }
+        if inbound:
+            # Meta's messaging window runs from the customer's latest message (by Instagram's
+            # time: a late redelivery of an older one does not move it back).
+            sets["last_customer_message_at"] = {"$max": ["$last_customer_message_at", lit(message["sent_at"])]}
         outcome = await self._updater.update(
             GroupUpdate(
                 conversation_id,

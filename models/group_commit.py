@@ -127,7 +127,6 @@ class GroupInserter(_Batcher[dict[str, Any], None]):
             else:
                 future.set_result(None)
 
-
     async def _one_by_one(self, batch: list[tuple[dict[str, Any], asyncio.Future[None]]]) -> dict[int, BaseException]:
         """Each document of a refused batch alone: only the ones refused again fail."""
         failures: dict[int, BaseException] = {}

@@ -148,6 +148,32 @@ class MessageRepository:
         found = await self._by_mid.find([mid_key(channel_id, mid)])
         return found[0] if found else None
 
+    async def latest_of_type(self, conversation_id: ObjectId, message_type: str) -> dict[str, Any] | None:
+        """A conversation's latest message of ``type`` (``customer``: when the customer last wrote).
+        Walks the conversation's time index backwards; a type absent from a long thread reads it all,
+        so this is only the fallback for conversations stored before they kept the time."""
+        cursor = self.coll.find({"conversation_id": conversation_id}, {"type": 1, "sent_at": 1})
+        async for row in cursor.sort([("sent_at", DESCENDING), ("_id", DESCENDING)]):
+            if row.get("type") == message_type:
+                return row
+        return None
+
+    async def native_since(
+        self, conversation_id: ObjectId, since: dt.datetime, message_type: str
+    ) -> dict[str, Any] | None:
+        """The oldest Instagram-app message of ``message_type`` sent since ``since`` that no
+        other message stands for (the echo of an attachment whose sender died before it knew
+        the attachment's mid). On the conversation's time index; the rest is read in Python."""
+        query = {"conversation_id": conversation_id, "sent_at": {"$gte": since}}
+        async for row in self.coll.find(query).sort([("sent_at", ASCENDING), ("_id", ASCENDING)]).limit(200):
+            if (
+                row.get("source") == SOURCE_INSTAGRAM_DIRECT
+                and "merged_into" not in row
+                and row.get("message_type") == message_type
+            ):
+                return row
+        return None
+
     async def find_by_client_message_id(
         self, conversation_id: ObjectId, client_message_id: str
     ) -> dict[str, Any] | None:

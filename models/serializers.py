@@ -12,6 +12,7 @@ from urllib.parse import urlsplit, urlunsplit
 from bson import ObjectId
 
 from models.media_files import media_url
+from models.messaging_window import reply_window
 from models.timeutil import iso
 
 WS_MESSAGE_FIELDS = (
@@ -40,6 +41,8 @@ WS_MESSAGE_FIELDS = (
     "is_deleted",
     "edited_at",
     "read_at",
+    "delivery_status",
+    "delivery_error",
 )
 CUSTOMER_FIELDS = (
     "id",
@@ -61,6 +64,8 @@ CONVERSATION_FIELDS = (
     "last_message",
     "created_at",
     "updated_at",
+    "last_customer_message_at",
+    "reply_window",
 )
 
 
@@ -112,6 +117,9 @@ def ws_message(doc: dict[str, Any]) -> dict[str, Any]:
         "is_deleted": bool(doc.get("is_deleted", False)),
         "edited_at": iso(doc.get("edited_at")),
         "read_at": iso(doc.get("read_at")),
+        # Sent through igsync: pending → sent | failed; None for every other message.
+        "delivery_status": doc.get("delivery_status"),
+        "delivery_error": _plain(doc.get("delivery_error")),
     }
     # Extra context the inbox renders; absent keys stay absent to keep events small.
     for extra in ("postback", "quick_reply", "referral", "edit_history", "client_message_id"):
@@ -160,6 +168,8 @@ def conversation(doc: dict[str, Any]) -> dict[str, Any]:
         "last_message": last_message(doc.get("last_message")),
         "created_at": iso(doc.get("created_at")),
         "updated_at": iso(doc.get("updated_at")),
+        "last_customer_message_at": iso(doc.get("last_customer_message_at")),
+        "reply_window": reply_window(doc.get("last_customer_message_at")),
     }
 
 

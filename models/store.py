@@ -24,6 +24,7 @@ from models.media_jobs import MediaJobRepository
 from models.message_updates import MessageUpdateRepository
 from models.messages import MessageRepository
 from models.orphan_events import OrphanEventRepository
+from models.outbound import OutboundRepository
 from models.tokens import TokenRepository
 from models.trigger_jobs import TriggerJobRepository, TriggerLaneRepository
 from models.webhook_events import WebhookEventRepository
@@ -95,6 +96,8 @@ class Store:
         self.media_jobs = MediaJobRepository(self.db)
         self.media_files = MediaFileRepository(self.db)
         self.echo_pairs = EchoPairRepository(self.db)
+        # Messages sent through igsync wait on the messages collection itself (models/outbound.py).
+        self.outbound = OutboundRepository(self.db)
         self.repositories: list[Any] = [
             self.channels,
             self.customers,
@@ -109,6 +112,7 @@ class Store:
             self.media_jobs,
             self.media_files,
             self.echo_pairs,
+            self.outbound,
         ]
 
     async def ensure_indexes(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 
 UTC = dt.UTC
 
@@ -29,17 +30,27 @@ def from_epoch_ms(ms: int | float) -> dt.datetime:
 
 
 def parse_iso(text: str) -> dt.datetime:
-    """Parse an ISO-8601 time (``Z`` or offset); raise ValueError when it is not one.
+    """Parse an RFC 3339 / ISO-8601 time (``Z``/``z`` or an offset; none means UTC); raise
+    ValueError when it is not one.
 
-    A time that exists only in its own offset (``0001-01-01T00:00:00+01:00`` is before year 1
-    in UTC) is not one either: converting it overflows."""
-    value = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    RFC 3339 allows a lowercase ``t``/``z`` and a leap second (``23:59:60``, read as
+    ``23:59:59``). A valid time whose instant falls outside what UTC datetimes can hold
+    (``0001-01-01T00:00:00+01:00`` is before year 1 in UTC) is the earliest or latest
+    representable instant: as a filter bound it means "everything" or "nothing"."""
+    normalized = _LEAP_SECOND.sub(r"\1:59", _T_OR_Z.sub(lambda m: m.group(0).upper(), text))
+    value = dt.datetime.fromisoformat(normalized.replace("Z", "+00:00"))
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
     try:
         return value.astimezone(UTC)
     except OverflowError:
-        raise ValueError(f"{text!r} is out of range in UTC") from None
+        offset = value.utcoffset() or dt.timedelta(0)
+        return (dt.datetime.min if offset > dt.timedelta(0) else dt.datetime.max).replace(tzinfo=UTC)
+
+
+# The date/time separator and a trailing Z, which RFC 3339 allows in lowercase.
+_T_OR_Z = re.compile(r"(?<=^\d{4}-\d{2}-\d{2})t|z$")
+_LEAP_SECOND = re.compile(r"(T\d{2}:\d{2}):60")
 
 
 def aware(value: dt.datetime | None) -> dt.datetime | None:

@@ -23,7 +23,7 @@ MAX_LIMIT = 200
 
 def parse_limit(raw: str | None, default: int = DEFAULT_LIMIT) -> int:
     """The ``limit`` query argument: ``default`` when absent, 422 outside 1..MAX_LIMIT."""
-    if raw is None or raw == "":
+    if raw is None:
         return default
     try:
         value = int(raw)

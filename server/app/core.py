@@ -43,6 +43,9 @@ from server.media.transcribe import Transcriber, load_transcriber
 from server.ops.metrics import Metrics
 from server.ops.monitor import ChannelActivity, OpsMonitor, Readiness
 from server.ops.store_metrics import InstrumentedRedis, MongoCommandMetrics
+from server.outbound.limiter import SendLimiter
+from server.outbound.service import SendService
+from server.outbound.worker import SendWorker
 from server.realtime.hub import EventHub
 from server.triggers.admin import TriggerAdmin
 from server.triggers.delivery import CachingResolver, TriggerDispatcher
@@ -106,6 +109,8 @@ class Core:
     changes: MessageEventHandler
     monitor: OpsMonitor
     readiness: Readiness
+    sends: SendService
+    send_worker: SendWorker
     # Started in this order by serve, stopped in reverse: the hub outlives the workers that
     # publish through it, and the dedup Redis client (marks) closes last.
     services: list[Any] = field(default_factory=list)
@@ -182,6 +187,7 @@ async def build_core(
         metrics=metrics,
         new_customer_hooks=new_customer_hooks,
     )
+    sends, send_worker = _build_sends(settings, store, metrics, publisher, auth, marksent)
     readiness = Readiness(store, redis, metrics, timeout_secs=settings.readyz_timeout_ms / 1000)
     monitor = _build_monitor(settings, store, metrics, readiness)
     return Core(
@@ -204,7 +210,9 @@ async def build_core(
         changes=changes,
         monitor=monitor,
         readiness=readiness,
-        services=[marks, *([realtime] if realtime is not None else []), media, profiles, dispatcher, monitor],
+        sends=sends,
+        send_worker=send_worker,
+        services=[marks, *([realtime] if realtime else []), media, profiles, dispatcher, send_worker, monitor],
         realtime=realtime,
     )
 
@@ -263,6 +271,32 @@ def _graph_client(settings: Settings, max_clients: int) -> GraphApiClient:
         timeout_secs=settings.graph_api_timeout_secs,
         max_clients=max(max_clients, 1),
     )
+
+
+def _build_sends(
+    settings: Settings,
+    store: Store,
+    metrics: Metrics,
+    publisher: SafePublisher,
+    auth: Authenticator,
+    marksent: MarkSentService,
+) -> tuple[SendService, SendWorker]:
+    worker = SendWorker(
+        store,
+        _graph_client(settings, settings.send_concurrency),
+        publisher,
+        metrics,
+        concurrency=settings.send_concurrency,
+        lease_secs=settings.send_lease_secs,
+        max_attempts=settings.send_max_attempts,
+        retry_base_secs=settings.send_retry_base_secs,
+        poll_secs=settings.send_poll_secs,
+        limiter=SendLimiter(text_per_sec=settings.send_text_per_sec, media_per_sec=settings.send_media_per_sec),
+    )
+    service = SendService(
+        store=store, auth=auth, scope=OwnerScope(store), marksent=marksent, metrics=metrics, wake_worker=worker.wake
+    )
+    return service, worker
 
 
 def _build_media(

@@ -134,6 +134,11 @@ class _Child:
         return self.proc is not None and self.proc.poll() is None
 
 
+# SecantusDB's storage cache (WiredTiger's): its resident memory grows to about this much above
+# its own footprint as the data is touched, then stays (docs/performance.md, "Soak").
+MONGO_CACHE_MB = 256
+
+
 class EmbeddedStores:
     """Start/stop the embedded servers under ``data_dir``; ``mongo_url``/``redis_url`` once started."""
 
@@ -145,8 +150,10 @@ class EmbeddedStores:
         redis: bool = True,
         host: str = "127.0.0.1",
         lock: bool = True,
+        mongo_cache_mb: int = MONGO_CACHE_MB,
     ) -> None:
         self.data_dir = Path(data_dir).resolve()
+        self.mongo_cache_mb = mongo_cache_mb
         self.want_mongo = mongo
         self.want_redis = redis
         self.host = host
@@ -208,7 +215,9 @@ class EmbeddedStores:
         # Standalone: as a one-node replica set it writes an oplog entry beside every write,
         # for change streams and transactions igsync does not use (bench/ingest.py: +15 %
         # webhooks/s without it).
-        config.write_text('[server]\nstandalone = true\n[storage]\ncache_size = "256M"\nttl_sweep_seconds = 60\n')
+        config.write_text(
+            f'[server]\nstandalone = true\n[storage]\ncache_size = "{self.mongo_cache_mb}M"\nttl_sweep_seconds = 60\n'
+        )
         port = port or (self._mongo.port if self._mongo else free_port(self.host))
         argv = [
             sys.executable,

@@ -10,7 +10,7 @@ from typing import Any
 import tornado.routing
 import tornado.web
 
-from handlers import api, health, inbox_page, marksent, media, metrics, triggers, webhook, ws
+from handlers import api, health, inbox_page, marksent, media, metrics, openapi, triggers, webhook, ws
 from handlers.base import NotFoundHandler
 from server.app.core import Core
 from server.ops.access_log import http_series, make_log_function
@@ -22,7 +22,7 @@ WS_MAX_MESSAGE_BYTES = 64 * 1024
 def route_table() -> list[Any]:
     """Every route of the application, from each handler module's ``routes``."""
     routes: list[Any] = []
-    for module in (webhook, api, marksent, health, metrics, ws, media, inbox_page, triggers):
+    for module in (webhook, api, marksent, health, metrics, openapi, ws, media, inbox_page, triggers):
         routes.extend(module.routes)
     return routes
 

@@ -35,7 +35,7 @@ from models.messages import TYPE_AI, conflict_key
 from models.store import Store
 from models.timeutil import utcnow
 from server.api.auth import INTERNAL, Authenticator
-from server.api.errors import ApiError, bad_request, not_found, validation_error
+from server.api.errors import ApiError, bad_request, not_found
 from server.api.schemas import MARK_SENT_INPUT, load
 from server.dedup.echo import LAYER_ADOPTED, is_native_looking
 from server.dedup.marks import SentMarks
@@ -153,7 +153,7 @@ class MarkSentService:
             unechoed = [m for m in mids if m not in match.echo_mids]
             await self.marks.mark(target.conversation_id, data["content"], unechoed, outstanding=not match.echo_mids)
         doc = outbound_message(data, target, send_id, mids, list(match.echo_mids))
-        result = await self._store(doc, send_id, received_at)
+        result = await self.record_outbound(doc, send_id, received_at)
         log.info(
             "mark-sent: %s conversation=%s message=%s type=%s mids=%d echo_first=%s",
             result.outcome,
@@ -179,7 +179,8 @@ class MarkSentService:
             raise not_found("channel")
         customer_ig = data["customer_instagram_id"]
         if customer_ig in channel_account_ids(channel):
-            raise validation_error({"customer_instagram_id": ["is the business account itself, not a customer"]})
+            # A conflict with the channel as stored (its ids), not a malformed field.
+            raise ApiError(409, "not_a_customer", "customer_instagram_id is the business account itself.")
         thread = await self.threads.resolve(channel["_id"], customer_ig)
         if thread.customer_created and thread.customer is not None:
             for hook in self.new_customer_hooks:
@@ -193,7 +194,10 @@ class MarkSentService:
         await self.recorder.complete(message, received_at=received_at)
         return MarkSentResult(200, OUTCOME_IDEMPOTENT, message)
 
-    async def _store(self, doc: dict[str, Any], send_id: str, received_at: float) -> MarkSentResult:
+    async def record_outbound(self, doc: dict[str, Any], send_id: str, received_at: float) -> MarkSentResult:
+        """Store an outbound message of send ``send_id`` once: inserted (201), the message an
+        earlier call with the same ``client_message_id`` stored (200), or the echo's message
+        adopted (200). Also the store step of sends through igsync (:mod:`server.outbound`)."""
         for _ in range(MAX_STORE_ATTEMPTS):
             try:
                 await self.recorder.record_new(doc, received_at=received_at)

@@ -120,7 +120,7 @@ class GraphApiClient(OutboundHttp):
             raise GraphApiError(FAILED, detail="the customer id is not an Instagram-scoped id")
         query = urllib.parse.urlencode({"fields": PROFILE_FIELDS, "access_token": access_token})
         url = f"{self.base_url}/{self.version}/{instagram_scoped_id}?{query}"
-        body = await self._get(url, access_token)
+        body = await self._request(url, access_token)
         return Profile(
             name=_text(body.get("name")),
             username=_text(body.get("username")),
@@ -134,16 +134,38 @@ class GraphApiClient(OutboundHttp):
         {"file_url": …}, …]}}`` with newly signed CDN links."""
         query = urllib.parse.urlencode({"fields": MESSAGE_ATTACHMENT_FIELDS, "access_token": access_token})
         url = f"{self.base_url}/{self.version}/{urllib.parse.quote(message_id, safe='')}?{query}"
-        body = await self._get(url, access_token)
+        body = await self._request(url, access_token)
         attachments = body.get("attachments")
         data = attachments.get("data") if isinstance(attachments, dict) else None
         return [_attachment_url(item) for item in data] if isinstance(data, list) else []
 
-    async def _get(self, url: str, access_token: str) -> dict[str, Any]:
+    async def send_message(
+        self, account_id: str, recipient_id: str, message: dict[str, Any], access_token: str, *, tag: str | None = None
+    ) -> str:
+        """One Send API call (``POST /{account}/messages``): Instagram's ``message_id``.
+
+        ``message`` is Meta's message object (``{"text": …}`` or ``{"attachment": …}``);
+        ``tag`` ``HUMAN_AGENT`` sends a person's reply after the 24-hour window."""
+        body: dict[str, Any] = {"recipient": {"id": recipient_id}, "message": message}
+        if tag is not None:
+            body.update({"messaging_type": "MESSAGE_TAG", "tag": tag})
+        else:
+            body["messaging_type"] = "RESPONSE"
+        query = urllib.parse.urlencode({"access_token": access_token})
+        url = f"{self.base_url}/{self.version}/{urllib.parse.quote(account_id, safe='')}/messages?{query}"
+        answer = await self._request(url, access_token, body=orjson.dumps(body))
+        message_id = answer.get("message_id")
+        if not isinstance(message_id, str) or not message_id:
+            raise GraphApiError(TRANSIENT, detail="the Send API answered without a message_id")
+        return message_id
+
+    async def _request(self, url: str, access_token: str, *, body: bytes | None = None) -> dict[str, Any]:
+        # A GET, or a POST of ``body`` (JSON): the same answers and errors either way.
         request = HTTPRequest(
             url,
-            method="GET",
-            headers={"Accept": "application/json"},
+            method="GET" if body is None else "POST",
+            headers={"Accept": "application/json", **({"Content-Type": "application/json"} if body else {})},
+            body=body,
             connect_timeout=self.timeout_secs,
             request_timeout=self.timeout_secs,
             follow_redirects=False,

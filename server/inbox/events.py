@@ -129,6 +129,9 @@ def new_message_events(
             "success": True,
             "source": SOURCE_INSTAGRAM_DIRECT if from_instagram_app else SOURCE_APP,
         }
+        if message.get("delivery_status") == "pending":
+            # Stored before Instagram was called (API.md §2b): the outcome follows as message_updated.
+            chat["external_send_result"] = {"success": None, "source": message.get("source"), "status": "pending"}
         events.append(Event(CHAT_MESSAGE, channel_id, conversation_id, chat, at))
         if from_instagram_app:
             events.append(

@@ -55,7 +55,7 @@ class InboxService(OwnerScope):
         else:
             channel_ids = await self.store.channels.ids_of_owner(principal.owner_id)
         since = None
-        if updated_since:
+        if updated_since is not None:
             try:
                 since = parse_iso(updated_since)
             except ValueError:

@@ -255,8 +255,11 @@ class MediaService:
                 log.warning("media worker: cannot claim jobs (%s)", type(exc).__name__)
                 job = None
             if job is None:
+                # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a
+                # cancellation that lands as its timeout fires, and the loop would not end.
                 try:
-                    await asyncio.wait_for(self._wake.wait(), self.poll_secs)
+                    async with asyncio.timeout(self.poll_secs):
+                        await self._wake.wait()
                 except TimeoutError:
                     pass
                 continue

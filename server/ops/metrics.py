@@ -38,6 +38,9 @@ WEBHOOK_KINDS = ("message", "reaction", "read", "edit", "unsend", "test", "inval
 DIRECTIONS = ("customer_to_owner", "owner_to_customer", "none")
 DUPLICATE_LAYERS = ("mid", "cache", "database", "adopted")
 MARK_SENT_OUTCOMES = ("created", "idempotent", "adopted", "invalid", "not_found", "unauthorized", "error")
+# Sends through igsync: queued (stored, 202), sent, retry (a transient error, tried again later),
+# failed (a final outcome), outside_window (refused with 422), retried_by_user (POST …/retry).
+SEND_OUTCOMES = ("queued", "sent", "retry", "failed", "outside_window", "retried_by_user")
 WS_DISCONNECT_REASONS = ("client_closed", "slow_consumer", "shutdown", "ping_timeout", "error")
 STORES = ("mongo", "redis")
 OTHER = "other"
@@ -128,6 +131,8 @@ WEBHOOK_DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 
 DELIVERY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 # mark-sent → its echo: Meta usually echoes within a second, sometimes before mark-sent
 # (observed as 0), and redeliveries come minutes later; the window is 30–60 s.
+# Stored → Instagram accepted every part: ~0.1–1 s normally, minutes when Meta rate-limits.
+SEND_DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0)
 ECHO_DELAY_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 # One store round trip: ~0.2–1 ms on loopback, 1–10 ms to a replica set in the same
 # region; the client gives up at IGSYNC_STORE_TIMEOUT_MS (5 s). 0.5 ms resolution at the
@@ -216,6 +221,18 @@ class Metrics:
             registry=r,
         )
         self.mark_sent = Counter("igsync_mark_sent_total", "mark-sent calls by outcome.", ["outcome"], registry=r)
+        self.sends = Counter(
+            "igsync_sends_total", "Messages sent through igsync, by outcome (SEND_OUTCOMES).", ["outcome"], registry=r
+        )
+        self.send_duration = Histogram(
+            "igsync_send_duration_seconds",
+            "A message sent through igsync: stored → Instagram accepted its last part.",
+            buckets=SEND_DURATION_BUCKETS,
+            registry=r,
+        )
+        self.send_queue_depth = Gauge(
+            "igsync_send_queue_depth", "Messages waiting to be sent or being sent (all processes).", registry=r
+        )
         self.ws_connections = Gauge("igsync_ws_connections", "Open WebSocket connections.", registry=r)
         self.ws_disconnects = Counter(
             "igsync_ws_disconnects_total", "WebSocket connections closed, by reason.", ["reason"], registry=r
@@ -386,6 +403,8 @@ class Metrics:
             self.duplicates.labels(layer=layer)
         for outcome in MARK_SENT_OUTCOMES:
             self.mark_sent.labels(outcome=outcome)
+        for outcome in SEND_OUTCOMES:
+            self.sends.labels(outcome=outcome)
         for reason in WS_DISCONNECT_REASONS:
             self.ws_disconnects.labels(reason=reason)
         for store in STORES:

@@ -182,9 +182,7 @@ async def test_a_frozen_store_answers_503_once_and_readyz_keeps_its_deadline(
     assert again.code == 200
 
 
-async def test_a_client_that_never_finishes_its_headers_is_disconnected(
-    stores: EmbeddedStores, tmp_path: Path
-) -> None:
+async def test_a_client_that_never_finishes_its_headers_is_disconnected(stores: EmbeddedStores, tmp_path: Path) -> None:
     running = await start_server(make_settings(stores, tmp_path, http_idle_timeout_secs=0.3))
     try:
         loop = asyncio.get_running_loop()

@@ -57,6 +57,47 @@ class _GraphHandler(tornado.web.RequestHandler):
         self.finish(orjson.dumps(answer.body))
 
 
+class _SendHandler(tornado.web.RequestHandler):
+    """``POST /<version>/<account>/messages``: Meta's Send API. Answers what the test scripted
+    (``send_answers``, in order; then a fresh ``message_id``), after the test's ``on_send``
+    hook ran — which is where a test emits the echo webhook before, with or after the answer."""
+
+    def initialize(self, graph: FakeGraphApi) -> None:
+        self.graph = graph
+
+    async def post(self, version: str, account_id: str) -> None:
+        body = orjson.loads(self.request.body or b"{}")
+        number = len(self.graph.sends) + 1
+        request = {
+            "version": version,
+            "account_id": account_id,
+            "body": body,
+            "access_token": self.get_query_argument("access_token", None),
+            "n": number,
+        }
+        self.graph.sends.append(request)
+        answer = self.graph.send_answers.pop(0) if self.graph.send_answers else GraphAnswer()
+        mid = f"aWdfZAG1fake_send_{self.graph.port}_{number}"
+        if answer.status == 200 and not answer.body:
+            answer = GraphAnswer(
+                200,
+                {"recipient_id": body.get("recipient", {}).get("id"), "message_id": mid},
+                answer.delay_secs,
+                answer.gate,
+            )
+        if self.get_query_argument("access_token", "") != self.graph.valid_token:
+            answer = GraphAnswer(400, _meta_error(190, "Error validating access token: Session has expired"))
+        if self.graph.on_send is not None and answer.status == 200:
+            await self.graph.on_send(request, answer.body["message_id"])
+        if answer.delay_secs:
+            await asyncio.sleep(answer.delay_secs)
+        if answer.gate is not None:
+            await answer.gate.wait()
+        self.set_status(answer.status)
+        self.set_header("Content-Type", "application/json")
+        self.finish(orjson.dumps(answer.body))
+
+
 def _meta_error(code: int, message: str, subcode: int | None = None) -> dict[str, Any]:
     error: dict[str, Any] = {"message": message, "type": "IGApiException", "code": code, "fbtrace_id": "Afake"}
     if subcode is not None:
@@ -74,9 +115,20 @@ class FakeGraphApi(LocalServer):
         self.requests: list[dict[str, Any]] = []
         self.inflight = 0
         self.max_inflight = 0
+        # The Send API: calls seen, scripted answers, and a hook run before each accepted answer.
+        self.sends: list[dict[str, Any]] = []
+        self.send_answers: list[GraphAnswer] = []
+        self.on_send: Any = None
 
     def routes(self) -> list[Any]:
-        return [(r"/(v[0-9.]+)/([^/?]+)", _GraphHandler, {"graph": self})]
+        return [
+            (r"/(v[0-9.]+)/([^/?]+)/messages", _SendHandler, {"graph": self}),
+            (r"/(v[0-9.]+)/([^/?]+)", _GraphHandler, {"graph": self}),
+        ]
+
+    def send_error(self, code: int, *, status: int = 400, message: str = "error", subcode: int | None = None) -> None:
+        """The next Send API call answers Meta's error ``code``."""
+        self.send_answers.append(GraphAnswer(status, _meta_error(code, message, subcode)))
 
     @property
     def url(self) -> str:

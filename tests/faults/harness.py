@@ -379,4 +379,3 @@ async def settle(sockets: list[ResumingSocket], sender: MetaSender, timeout: flo
         await wait_for(done, timeout=timeout)
     except AssertionError:
         pass
-

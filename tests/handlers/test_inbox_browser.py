@@ -8,10 +8,12 @@ holds (or fails after its timeout) — nothing sleeps for correctness.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +25,9 @@ from config import Settings
 from models.timeutil import from_epoch_ms
 from server.app.embedded import EmbeddedStores, free_port
 from server.inbox import events as ev
+from tests.fakes.graph import GraphAnswer
 from tests.support.browser import CHROMIUM, launch_chromium
+from tests.support.events import events_env
 from tests.support.helpers import (
     ADMIN_TOKEN,
     CUSTOMER_A,
@@ -509,3 +513,56 @@ async def test_live_events_are_handed_on_once_and_resume_from_the_contiguous_wat
     assert result["resume"] == {"action": "subscribe", "channel_id": "c", "since_seq": 13, "epoch": "e1"}
     assert result["afterResync"]["seq"] == 40
     assert result["afterResync"]["epoch"] == "e2"
+
+
+# -- the composer (sending through igsync) ------------------------------------------------------
+
+
+async def test_the_composer_sends_shows_pending_sent_failed_retry_and_the_window(
+    page: Page, stores: EmbeddedStores, tmp_path: Path
+) -> None:
+    """Enter sends; the reply shows at once as pending, then sent; a refused one shows Meta's
+    reason and a Retry button; the composer says when only a person may reply, or nobody."""
+    settings = dict(send_retry_base_secs=0.05, send_poll_secs=0.1, send_lease_secs=3.0)
+    async with events_env(stores, tmp_path, realtime=True, **settings) as env:
+        first = await post(env.client, text_item("m-c1", "Is the blue one back?", timestamp_ms=int(time.time() * 1000)))
+        conversation_id = first["data"]["conversation"]["id"]
+        late = await post(env.client, text_item("m-c2", "hello?", sender=CUSTOMER_B, timestamp_ms=at(1)))
+        closed = await post(env.client, text_item("m-c3", "anyone?", sender="6200000000000777", timestamp_ms=at(2)))
+        conversations = env.core.store.conversations.coll
+        for posted, ago in ((late, timedelta(hours=30)), (closed, timedelta(days=8))):
+            when = datetime.now(UTC) - ago
+            oid = ObjectId(posted["data"]["conversation"]["id"])
+            await conversations.update_one({"_id": oid}, {"$set": {"last_customer_message_at": when}})
+
+        gate = asyncio.Event()
+        env.graph.send_answers.append(GraphAnswer(gate=gate))  # Instagram answers when the test says
+        await sign_in(page, env.server.base_url, env.token)
+        await open_conversation(page, conversation_id)
+        await go_live(page)
+        await expect(page.locator("#composer-window")).to_have_text("")
+        await page.fill("#composer-input", "Yes! Back since Monday.")
+        await page.press("#composer-input", "Enter")
+        reply = page.locator("#messages .msg--out", has_text="Yes! Back since Monday.")
+        await expect(reply.locator(".ticks--pending")).to_be_visible()
+        await expect(page.locator("#composer-input")).to_have_value("")
+        gate.set()
+        await expect(reply.locator(".ticks")).to_have_attribute("aria-label", "Sent")
+        assert [c["body"]["message"]["text"] for c in env.graph.sends] == ["Yes! Back since Monday."]
+
+        env.graph.send_error(551, message="This person isn't available right now.")
+        await page.fill("#composer-input", "Still there?")
+        await page.click("#composer-send")
+        failed = page.locator("#messages .msg--out", has_text="Still there?")
+        await expect(failed.locator(".msg__failed")).to_contain_text("This person isn't available right now.")
+        await failed.locator("button.msg__retry").click()
+        await expect(failed.locator(".ticks")).to_have_attribute("aria-label", "Sent")
+        await expect(failed.locator(".msg__failed")).to_have_count(0)
+
+        await open_conversation(page, late["data"]["conversation"]["id"])
+        await expect(page.locator("#composer-window")).to_contain_text("human agent")
+        await expect(page.locator("#composer-input")).to_be_enabled()
+        await open_conversation(page, closed["data"]["conversation"]["id"])
+        await expect(page.locator("#composer-window")).to_contain_text("allows no reply")
+        await expect(page.locator("#composer-input")).to_be_disabled()
+        await expect(page.locator("#composer-send")).to_be_disabled()

@@ -183,7 +183,10 @@ async def test_conversations_newest_first_with_cursor_pages(client: Client, tena
         "last_message",
         "created_at",
         "updated_at",
+        "last_customer_message_at",
+        "reply_window",
     }
+    assert top["reply_window"]["standard_until"] is not None  # the customer wrote: the window is open
     assert set(top["customer"]) == {
         "id",
         "instagram_id",
@@ -214,9 +217,6 @@ async def test_conversations_filters_and_bad_parameters(client: Client, tenant: 
         ("limit=abc", 422),
         ("limit=5000", 422),
         ("updated_since=yesterday", 422),
-        # Valid ISO-8601, but before year 1 once converted to UTC.
-        ("updated_since=0001-01-01T00:00:00%2B01:00", 422),
-        ("updated_since=9999-12-31T23:59:59-01:00", 422),
         ("cursor=%%%", 400),
         ("cursor=bm9wZQ", 400),
         ("channel_id=nope", 404),
@@ -224,6 +224,16 @@ async def test_conversations_filters_and_bad_parameters(client: Client, tenant: 
         response = await client.get(f"/api/v1/conversations?{bad}", token=tenant.token)
         assert response.code == code, bad
         assert "error" in body_of(response)
+
+
+async def test_an_updated_since_outside_utcs_range_means_everything_or_nothing(client: Client, tenant: Tenant) -> None:
+    """Valid RFC 3339 times whose instant is before year 1 or after 9999 in UTC (once was a 500)."""
+    await post_texts(client, "6200000000000311", 1)
+    cases = {"0001-01-01T00:00:00%2B01:00": 1, "9999-12-31T23:59:59-01:00": 0, "2026-01-01t00:00:00z": 1}
+    for since, expected in cases.items():
+        response = await client.get(f"/api/v1/conversations?updated_since={since}", token=tenant.token)
+        assert response.code == 200, since
+        assert len(body_of(response)["conversations"]) == expected, since
 
 
 async def test_messages_pages_oldest_first_with_after_and_before(client: Client, tenant: Tenant) -> None:

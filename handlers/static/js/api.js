@@ -13,29 +13,32 @@ export class Api {
     this.token = token;
   }
 
-  async request(method, path) {
+  async request(method, path, body = undefined) {
     let response;
+    const headers = { Authorization: `Bearer ${this.token}`, Accept: "application/json" };
+    if (body !== undefined) headers["Content-Type"] = "application/json";
     try {
       response = await fetch(path, {
         method,
-        headers: { Authorization: `Bearer ${this.token}`, Accept: "application/json" },
+        headers,
+        body: body === undefined ? undefined : JSON.stringify(body),
         cache: "no-store",
       });
     } catch (err) {
       throw new ApiError(0, "network_error", "The server cannot be reached.");
     }
-    let body = null;
+    let answer = null;
     try {
-      body = await response.json();
+      answer = await response.json();
     } catch (err) {
-      body = null;
+      answer = null;
     }
     if (!response.ok) {
-      const code = (body && body.error) || "http_error";
-      const message = (body && body.message) || `The server answered ${response.status}.`;
+      const code = (answer && answer.error) || "http_error";
+      const message = (answer && answer.message) || `The server answered ${response.status}.`;
       throw new ApiError(response.status, code, message);
     }
-    return body;
+    return answer;
   }
 
   channels() {
@@ -52,6 +55,17 @@ export class Api {
     const query = new URLSearchParams({ limit: String(limit) });
     if (before) query.set("before", before);
     return this.request("GET", `/api/v1/conversations/${encodeURIComponent(conversationId)}/messages?${query}`);
+  }
+
+  // Sending through igsync (API.md §2b): 202 with the message stored as pending; a retry of the
+  // same call (same clientMessageId) answers that message again, never a second send.
+  send(conversationId, content, clientMessageId) {
+    const path = `/api/v1/conversations/${encodeURIComponent(conversationId)}/messages`;
+    return this.request("POST", path, { content, client_message_id: clientMessageId });
+  }
+
+  retrySend(messageId) {
+    return this.request("POST", `/api/v1/messages/${encodeURIComponent(messageId)}/retry`);
   }
 
   markRead(conversationId) {

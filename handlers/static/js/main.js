@@ -262,6 +262,61 @@ class InboxPage {
     if (this.state.openId) this.renderThreadHeader();
   }
 
+  // -- the composer ------------------------------------------------------------------------
+
+  // Meta's window (API.md §2b): a normal reply for 24 h after the customer's last message, a
+  // person's (HUMAN_AGENT) reply for 7 days, then none until the customer writes again.
+  renderComposer() {
+    const conversation = this.state.conversations.get(this.state.openId);
+    const form = $("composer");
+    form.hidden = !conversation;
+    if (!conversation) return;
+    const replyWindow = conversation.reply_window || {};
+    const now = new Date().toISOString();
+    let note = "";
+    let closed = false;
+    if (!replyWindow.human_agent_until || now >= replyWindow.human_agent_until) {
+      closed = true;
+      note = "The customer has not written in the last 7 days: Instagram allows no reply until they write again.";
+    } else if (now >= replyWindow.standard_until) {
+      note = "More than 24 hours since the customer wrote: your reply goes as a human agent's (allowed for 7 days).";
+    }
+    $("composer-window").textContent = note;
+    $("composer-window").dataset.state = closed ? "closed" : note ? "human_agent" : "open";
+    $("composer-input").disabled = closed;
+    $("composer-send").disabled = closed;
+  }
+
+  async sendReply() {
+    const input = $("composer-input");
+    const content = input.value.trim();
+    const conversationId = this.state.openId;
+    if (!content || !conversationId) return;
+    const error = $("composer-error");
+    error.hidden = true;
+    // One id per reply: a retried request (a flaky network) is the same send, never a second one.
+    const clientMessageId = `inbox-${crypto.randomUUID()}`;
+    input.value = "";
+    try {
+      const body = await this.api.send(conversationId, content, clientMessageId);
+      if (this.state.openId === conversationId && this.state.upsertMessage(body.message)) this.renderThread(true);
+    } catch (err) {
+      input.value = content;
+      error.textContent = err.message;
+      error.hidden = false;
+      this.handleApiError(err);
+    }
+  }
+
+  async retrySend(messageId) {
+    try {
+      const body = await this.api.retrySend(messageId);
+      if (this.state.upsertMessage(body.message)) this.queueRender({ thread: true });
+    } catch (err) {
+      this.handleApiError(err);
+    }
+  }
+
   renderThreadHeader() {
     const conversation = this.state.conversations.get(this.state.openId);
     const customer = conversation && conversation.customer;
@@ -270,6 +325,7 @@ class InboxPage {
     if (customer && customer.username) bits.push(`@${customer.username}`);
     if (conversation) bits.push(conversation.status === "needs_reply" ? "Needs a reply" : "Answered");
     $("thread-subtitle").textContent = bits.join(" · ");
+    this.renderComposer();
   }
 
   renderThread(forceBottom) {
@@ -381,6 +437,32 @@ class InboxPage {
     $("load-earlier").addEventListener("click", () => this.loadEarlier(), { signal });
     $("load-more-conversations").addEventListener("click", () => this.loadMoreConversations(), { signal });
     $("reconnect-now").addEventListener("click", () => this.live.reconnectNow(), { signal });
+    $("composer").addEventListener(
+      "submit",
+      (e) => {
+        e.preventDefault();
+        this.sendReply();
+      },
+      { signal },
+    );
+    $("composer-input").addEventListener(
+      "keydown",
+      (e) => {
+        if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
+          e.preventDefault();
+          this.sendReply();
+        }
+      },
+      { signal },
+    );
+    $("messages").addEventListener(
+      "click",
+      (e) => {
+        const retry = e.target.closest("button.msg__retry");
+        if (retry) this.retrySend(retry.dataset.id);
+      },
+      { signal },
+    );
     document.addEventListener(
       "visibilitychange",
       () => {

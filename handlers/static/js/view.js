@@ -263,6 +263,29 @@ function reactionList(message, customerInstagramId) {
   );
 }
 
+// An outbound message's state: sending (stored, Instagram not yet), not delivered, sent, seen.
+function deliveryMark(message) {
+  if (message.delivery_status === "pending") {
+    return el("span", { class: "ticks ticks--pending", title: "Sending to Instagram…", "aria-label": "Sending", text: "…" });
+  }
+  if (message.delivery_status === "failed") {
+    return el("span", { class: "ticks ticks--failed", title: "Not delivered", "aria-label": "Not delivered", text: "!" });
+  }
+  return message.read_at
+    ? el("span", { class: "ticks ticks--read", title: `Seen ${fullTime(message.read_at)}`, "aria-label": "Seen", text: "✓✓" })
+    : el("span", { class: "ticks", title: "Sent", "aria-label": "Sent", text: "✓" });
+}
+
+function deliveryFailure(message) {
+  const reason = (message.delivery_error && message.delivery_error.message) || "Instagram did not accept it.";
+  return el(
+    "p",
+    { class: "msg__failed", role: "status" },
+    el("span", { text: `Not delivered: ${reason} ` }),
+    el("button", { type: "button", class: "link-button msg__retry", "data-id": message.id, text: "Retry" }),
+  );
+}
+
 export function renderMessage(message, { customerInstagramId, findByMid, media }) {
   const inbound = message.type === "customer";
   const source = sourceLabel(message);
@@ -302,13 +325,8 @@ export function renderMessage(message, { customerInstagramId, findByMid, media }
   const meta = el("p", { class: "msg__meta" }, el("time", { datetime: message.sent_at || message.created_at, title: fullTime(message.sent_at || message.created_at), text: formatTime(message.sent_at || message.created_at) }));
   if (source) meta.append(el("span", { class: `source-badge source-badge--${source.key}`, title: source.title, text: source.text }));
   if (message.edited_at && !message.is_deleted) meta.append(el("span", { class: "msg__edited", title: `Edited ${fullTime(message.edited_at)}`, text: "edited" }));
-  if (!inbound) {
-    meta.append(
-      message.read_at
-        ? el("span", { class: "ticks ticks--read", title: `Seen ${fullTime(message.read_at)}`, "aria-label": "Seen", text: "✓✓" })
-        : el("span", { class: "ticks", title: "Sent", "aria-label": "Sent", text: "✓" }),
-    );
-  }
+  if (!inbound) meta.append(deliveryMark(message));
   item.append(meta);
+  if (message.delivery_status === "failed") item.append(deliveryFailure(message));
   return item;
 }

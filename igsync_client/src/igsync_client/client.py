@@ -30,6 +30,25 @@ MESSAGE_TYPES_SENT = ("AI", "support")
 
 
 @dataclass(frozen=True)
+class SendResult:
+    """A message igsync stored to send (API.md §2b); Instagram gets it right after, from igsync."""
+
+    message: dict[str, Any]
+    created: bool  # 202: stored now (False: an earlier call with this client_message_id stored it)
+    status_code: int
+
+    @property
+    def id(self) -> str:
+        """The stored message's id."""
+        return self.message["id"]
+
+    @property
+    def delivery_status(self) -> str:
+        """``pending`` (igsync is sending it), ``sent`` or ``failed`` — as of the answer."""
+        return self.message.get("delivery_status") or "pending"
+
+
+@dataclass(frozen=True)
 class MarkSentResult:
     """What igsync recorded: the message (API.md WSMessage), and how."""
 
@@ -129,6 +148,39 @@ class IgsyncClient:
             adopted=bool(payload.get("adopted")),
             created=response.status_code == 201,
             status_code=response.status_code,
+        )
+
+    def send(
+        self,
+        conversation_id: str,
+        content: str = "",
+        *,
+        type: str = "AI",
+        attachments: list[dict[str, str]] | None = None,
+        reply_to: str | None = None,
+        client_message_id: str | None = None,
+    ) -> SendResult:
+        """Send a message to the customer of a conversation through igsync (API.md §2b).
+
+        igsync stores it (``delivery_status: "pending"``) and answers at once; it then calls
+        Instagram itself, retries Meta's transient errors, and tells the inbox ``sent`` or
+        ``failed``. ``attachments``: ``[{"type": "image"|"video"|"audio"|"file", "url": …}]``.
+        A 422 ``outside_messaging_window`` (an AI reply more than 24 h after the customer's
+        last message) raises :class:`IgsyncValidationError` with ``code`` saying so.
+        """
+        if type not in MESSAGE_TYPES_SENT:
+            raise ValueError(f"type must be one of {MESSAGE_TYPES_SENT}, got {type!r}")
+        body: dict[str, Any] = {
+            "content": content,
+            "type": type,
+            "attachments": list(attachments or []),
+            "client_message_id": client_message_id or f"igsync-client-{uuid.uuid4().hex}",
+        }
+        if reply_to is not None:
+            body["reply_to"] = reply_to
+        response = self._post(f"/api/v1/conversations/{conversation_id}/messages", body)
+        return SendResult(
+            message=response.json()["message"], created=response.status_code == 202, status_code=response.status_code
         )
 
     # -- transport -----------------------------------------------------------------------

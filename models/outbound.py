@@ -1,0 +1,122 @@
+"""The send queue: messages sent through igsync, on the ``messages`` collection itself.
+
+A message sent through igsync is stored *before* Instagram is called (``delivery_status:
+"pending"``) with a ``send`` section: the parts to send (its text, each attachment), each
+part's Instagram ``mid`` once accepted, and the queue fields. The message is its own durable
+job, so there is nothing to keep consistent between a job and a message:
+
+* ``send_due_at`` — set while the message waits to be sent or is being sent; unset once it is
+  ``sent`` or ``failed``. It is also the lease: a worker that takes the message moves it
+  forward by the lease, so if that worker dies the message is due again when the lease ends.
+  One single-field sparse index (the embedded store plans an index only when every predicate
+  is one of its fields).
+* ``send.claims`` — how many times it was taken; a claim is guarded by the count it read (a
+  worker holding a stale read can never take the same claim twice).
+* ``send.owner`` — the worker holding the current claim; every write of a part is guarded by
+  it, so a worker whose lease ran out cannot overwrite what its successor did.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from bson import ObjectId
+from pymongo import ASCENDING
+from pymongo.asynchronous.database import AsyncDatabase
+
+from models.atomic import update_get
+from models.timeutil import utcnow
+
+PENDING = "pending"
+SENT = "sent"
+FAILED = "failed"
+CLAIM_TRIES = 3
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+class OutboundRepository:
+    def __init__(self, db: AsyncDatabase) -> None:
+        self.coll = db["messages"]
+
+    async def ensure_indexes(self) -> None:
+        """The queue's index: due (or lease-expired) sends, most overdue first."""
+        await self.coll.create_index([("send_due_at", ASCENDING)], sparse=True, name="send_due")
+
+    async def claim(self, owner: str, lease_secs: float, now: dt.datetime | None = None) -> dict[str, Any] | None:
+        """Take the most overdue send (waiting, or held by a worker whose lease ran out); None
+        when there is none. Read on the index, then taken by an update guarded by what was read."""
+        now = now or utcnow()
+        lease_until = now + dt.timedelta(seconds=lease_secs)
+        for _ in range(CLAIM_TRIES):
+            candidate = await self.coll.find_one({"send_due_at": {"$lte": now}}, sort=[("send_due_at", ASCENDING)])
+            if candidate is None:
+                return None
+            send = candidate.get("send") or {}
+            taken = await self.coll.update_one(
+                {
+                    "_id": candidate["_id"],
+                    "send_due_at": candidate["send_due_at"],
+                    "send.claims": send.get("claims", 0),
+                },
+                {"$set": {"send_due_at": lease_until, "send.owner": owner}, "$inc": {"send.claims": 1}},
+            )
+            if taken.modified_count == 1:
+                candidate["send_due_at"] = lease_until
+                candidate["send"] = {**send, "owner": owner, "claims": send.get("claims", 0) + 1}
+                return candidate
+        return None
+
+    def _held(self, message: dict[str, Any]) -> dict[str, Any]:
+        return {"_id": message["_id"], "send.owner": message["send"]["owner"], "delivery_status": PENDING}
+
+    async def part_attempted(self, message: dict[str, Any], index: int, at: dt.datetime) -> bool:
+        """Note that part ``index`` is about to go to Instagram (a successor then knows it may
+        have been accepted); False when the claim is no longer ours."""
+        done = await self.coll.update_one(self._held(message), {"$set": {f"send.parts.{index}.attempted_at": at}})
+        return done.matched_count == 1
+
+    async def part_sent(self, message: dict[str, Any], index: int, mid: str) -> dict[str, Any] | None:
+        """Record the ``mid`` Instagram gave part ``index`` on the part (the message's ``mids``
+        are added by the caller, whose unique index decides echo collisions)."""
+        return await update_get(self.coll, {"_id": message["_id"]}, {"$set": {f"send.parts.{index}.mid": mid}})
+
+    async def finish(
+        self, message_id: ObjectId, status: str, error: dict[str, Any] | None = None
+    ) -> dict[str, Any] | None:
+        """``sent`` or ``failed`` (with ``delivery_error``): off the queue. None if it already was."""
+        fields: dict[str, Any] = {"delivery_status": status, "delivery_error": error, "send.finished_at": utcnow()}
+        return await update_get(
+            self.coll,
+            {"_id": message_id, "delivery_status": PENDING},
+            {"$set": fields, "$unset": {"send_due_at": ""}},
+        )
+
+    async def retry_later(self, message: dict[str, Any], due_at: dt.datetime, error: dict[str, Any]) -> bool:
+        """Give the claim back, due again at ``due_at`` (a transient failure)."""
+        done = await self.coll.update_one(
+            self._held(message),
+            {"$set": {"send_due_at": due_at, "send.last_error": error}, "$inc": {"send.attempts": 1}},
+        )
+        return done.matched_count == 1
+
+    async def requeue_failed(self, message_id: ObjectId) -> dict[str, Any] | None:
+        """A failed send back to pending, due now, with a fresh count of attempts; None unless
+        it was ``failed`` (one guarded update: two retries of one message requeue it once)."""
+        return await update_get(
+            self.coll,
+            {"_id": message_id, "delivery_status": FAILED},
+            {
+                "$set": {
+                    "delivery_status": PENDING,
+                    "delivery_error": None,
+                    "send_due_at": utcnow(),
+                    "send.attempts": 0,
+                    "send.retried_at": utcnow(),
+                }
+            },
+        )
+
+    async def queue_depth(self) -> int:
+        """Sends waiting or in progress (on the sparse index)."""
+        return await self.coll.count_documents({"send_due_at": {"$gte": EPOCH}})

@@ -1,0 +1,283 @@
+"""The send worker: pending messages to Instagram, each part once, whatever fails on the way.
+
+Owns the queue side of sending through igsync (:mod:`server.outbound.service` is the request
+side). A worker takes a pending message with a lease (:mod:`models.outbound`), sends each
+part that has no ``mid`` yet with the channel's token (``HUMAN_AGENT``-tagged when the window
+decided so), records each returned ``mid`` on the message, then publishes ``message_updated``
+(``delivery_status``) and takes the message off the queue.
+
+Why each step is where it is:
+
+* **Before a part goes out its attempt is written** (``attempted_at``). A worker that dies
+  after Instagram accepted the part but before the ``mid`` was recorded leaves that mark; its
+  successor (after the lease) first looks for the part's echo — the pairing gave the echo's
+  mid to this message, or, for an attachment, an Instagram-app message of that type appeared
+  in the conversation since the attempt — and takes it instead of sending again.
+* **A ``mid`` that another message already holds** is the part's echo, stored as an
+  Instagram-app message because it beat Instagram's answer and nothing paired it (an
+  attachment): that message is merged into this one (``message_deleted``), never left as a
+  second copy.
+* **The final event is published before the queue entry is finished**, under a once key: a
+  worker that dies between the two leaves the message pending, its successor finds every part
+  sent and publishes again, and the event log keeps one copy.
+* **Errors**: Meta's rate limits and outages (codes 1, 2, 4, 17, 32, 341, 613, HTTP 5xx,
+  timeouts) are retried with exponential backoff up to ``IGSYNC_SEND_MAX_ATTEMPTS``; anything
+  else ends the send as ``failed`` with ``delivery_error``; 190 also marks the channel
+  ``needs_reauth``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import uuid
+from typing import Any
+
+from pymongo.errors import DuplicateKeyError, PyMongoError
+
+from models.messages import SOURCE_INSTAGRAM_DIRECT
+from models.messaging_window import MODE_HUMAN_AGENT
+from models.outbound import FAILED, SENT
+from models.store import Store
+from models.timeutil import utcnow
+from server.graph.client import TOKEN_EXPIRED, TRANSIENT, GraphApiClient, GraphApiError
+from server.inbox import events as ev
+from server.inbox.events import SafePublisher
+from server.ops.metrics import Metrics
+from server.outbound.limiter import SendLimiter
+
+log = logging.getLogger("igsync.send")
+
+# An echo of an attachment that came while its sender died is looked for from this long before
+# the attempt was written (clocks of two processes).
+ECHO_SLACK = dt.timedelta(seconds=5)
+
+
+class SendAborted(Exception):
+    """The claim is no longer ours (the lease ran out and another worker took the message)."""
+
+
+def meta_message(part: dict[str, Any], reply_to_mid: str | None) -> dict[str, Any]:
+    """Meta's message object for one part."""
+    if part["kind"] == "text":
+        message: dict[str, Any] = {"text": part["text"]}
+    else:
+        message = {"attachment": {"type": part["kind"], "payload": {"url": part["url"]}}}
+    if reply_to_mid:
+        message["reply_to"] = {"mid": reply_to_mid}
+    return message
+
+
+def backoff_secs(attempt: int, base_secs: float, cap_secs: float = 600.0) -> float:
+    """Seconds before attempt ``attempt + 1``: doubling from ``base_secs``, at most ``cap_secs``."""
+    return float(min(cap_secs, base_secs * (2 ** max(attempt - 1, 0))))
+
+
+class SendWorker:
+    def __init__(
+        self,
+        store: Store,
+        graph: GraphApiClient,
+        publisher: SafePublisher,
+        metrics: Metrics,
+        *,
+        concurrency: int,
+        lease_secs: float,
+        max_attempts: int,
+        retry_base_secs: float,
+        poll_secs: float,
+        limiter: SendLimiter,
+    ) -> None:
+        self.store = store
+        self.graph = graph
+        self.publisher = publisher
+        self.metrics = metrics
+        self.concurrency = concurrency
+        self.lease_secs = lease_secs
+        self.max_attempts = max_attempts
+        self.retry_base_secs = retry_base_secs
+        self.poll_secs = poll_secs
+        self.limiter = limiter
+        self.owner = f"send-{uuid.uuid4().hex[:12]}"
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start ``concurrency`` loops (none: this process only queues; others send)."""
+        self._stopping = False
+        self._tasks = [asyncio.create_task(self._loop(), name=f"send-{n}") for n in range(self.concurrency)]
+
+    async def stop(self) -> None:
+        """Stop taking sends; a send in progress finishes its current call or is picked up later."""
+        self._stopping = True
+        self._wake.set()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        self.graph.close()
+
+    def wake(self) -> None:
+        """A send was queued: look now instead of at the next poll."""
+        self._wake.set()
+
+    async def _loop(self) -> None:
+        while not self._stopping:
+            try:
+                if await self.run_once():
+                    continue
+                self.metrics.send_queue_depth.set(await self.store.outbound.queue_depth())
+            except PyMongoError as exc:
+                log.warning("send worker: MongoDB failed (%s); trying again", type(exc).__name__)
+            self._wake.clear()
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a cancellation
+            # that lands as its timeout fires, and this loop would then never end.
+            try:
+                async with asyncio.timeout(self.poll_secs):
+                    await self._wake.wait()
+            except TimeoutError:
+                pass
+
+    # -- one send ----------------------------------------------------------------------
+
+    async def run_once(self) -> bool:
+        """Take one due send and carry it as far as it goes; False when there was none."""
+        message = await self.store.outbound.claim(self.owner, self.lease_secs)
+        if message is None:
+            return False
+        try:
+            await self.deliver(message)
+        except SendAborted:
+            log.info("send: message=%s was taken over by another worker", message["_id"])
+        return True
+
+    async def deliver(self, message: dict[str, Any]) -> None:
+        """Send every part still without a ``mid``, then finish the message."""
+        channel = await self.store.channels.get(message["channel_id"])
+        token = (channel or {}).get("access_token")
+        if channel is None or not channel.get("is_connect") or not token:
+            await self._fail(message, {"code": None, "message": "The channel is not connected (no access token)."})
+            return
+        if channel.get("needs_reauth"):
+            await self._fail(message, {"code": 190, "message": "The channel needs re-authorisation."})
+            return
+        customer = await self.store.customers.get(message["customer_id"])
+        recipient = (customer or {}).get("instagram_id")
+        if not recipient:
+            await self._fail(message, {"code": None, "message": "The customer has no Instagram id."})
+            return
+        account_id = channel.get("instagram_user_id") or channel["page_id"]
+        send = message["send"]
+        for index, part in enumerate(send["parts"]):
+            if part.get("mid"):
+                continue
+            if part.get("attempted_at") and await self._take_echo(message, index, part):
+                continue
+            if not await self.store.outbound.part_attempted(message, index, utcnow()):
+                raise SendAborted()
+            await self.limiter.acquire(str(message["channel_id"]), part["kind"])
+            tag = MODE_HUMAN_AGENT if send.get("mode") == MODE_HUMAN_AGENT else None
+            reply_to = send.get("reply_to_mid") if index == 0 else None
+            try:
+                mid = await self.graph.send_message(account_id, recipient, meta_message(part, reply_to), token, tag=tag)
+            except GraphApiError as exc:
+                await self._graph_failed(message, channel, exc)
+                return
+            await self._record(message, index, mid)
+        await self._sent(message)
+
+    # -- recording -----------------------------------------------------------------------
+
+    async def _record(self, message: dict[str, Any], index: int, mid: str) -> None:
+        """Part ``index`` is on Instagram as ``mid``: on the part, and among the message's mids
+        unless its echo already stored it as another message (then merged into this one)."""
+        message["send"]["parts"][index]["mid"] = mid
+        await self.store.outbound.part_sent(message, index, mid)
+        try:
+            updated = await self.store.messages.add_mids(message, [mid])
+        except DuplicateKeyError:
+            holder = await self.store.messages.find_by_mid(message["channel_id"], mid)
+            if holder is not None and holder["_id"] != message["_id"]:
+                await self._merge_echo(message, holder)
+            return
+        if updated is not None:
+            message["mids"], message["mid"] = updated.get("mids", []), updated.get("mid")
+
+    async def _take_echo(self, message: dict[str, Any], index: int, part: dict[str, Any]) -> bool:
+        """A predecessor sent this part and died: its echo, if it came, stands for it."""
+        current = await self.store.messages.get(message["_id"]) or message
+        taken = {p.get("mid") for p in current["send"]["parts"] if p.get("mid")}
+        spare = [m for m in current.get("mids") or [] if m not in taken]
+        if part["kind"] == "text" and spare:
+            await self._record(message, index, spare[0])
+            return True
+        if part["kind"] != "text":
+            since = part["attempted_at"] - ECHO_SLACK
+            echo = await self.store.messages.native_since(message["conversation_id"], since, part["kind"])
+            if echo is not None and echo.get("mid"):
+                await self._record(message, index, echo["mid"])
+                return True
+        return False
+
+    async def _merge_echo(self, message: dict[str, Any], echo: dict[str, Any]) -> None:
+        if echo.get("source") != SOURCE_INSTAGRAM_DIRECT or "merged_into" in echo:
+            return
+        folded = await self.store.messages.merge_into(echo["_id"], message["_id"])
+        if folded is None:
+            return
+        self.metrics.duplicates.labels(layer="adopted").inc()
+        events = [ev.message_deleted(folded)]
+        conversation = await self.store.conversations.refresh_last_message(
+            message["conversation_id"], message, replacing=folded["_id"]
+        )
+        if conversation is not None:
+            events.append(ev.conversation_updated(conversation))
+        await self.publisher.publish(events)
+
+    # -- outcomes ------------------------------------------------------------------------
+
+    async def _sent(self, message: dict[str, Any]) -> None:
+        final = {**message, "delivery_status": SENT, "delivery_error": None}
+        event = ev.message_updated(final, ["delivery_status", "mid"])
+        event.once = f"send:{message['_id']}:sent"
+        # Published before the queue entry is finished: see the module docstring.
+        await self.publisher.publish([event])
+        if await self.store.outbound.finish(message["_id"], SENT) is not None:
+            self.metrics.sends.labels(outcome="sent").inc()
+            created = message.get("created_at")
+            if created is not None:
+                self.metrics.send_duration.observe(max(0.0, (utcnow() - created).total_seconds()))
+            log.info("send: sent message=%s parts=%d", message["_id"], len(message["send"]["parts"]))
+
+    async def _fail(self, message: dict[str, Any], error: dict[str, Any]) -> None:
+        final = {**message, "delivery_status": FAILED, "delivery_error": error}
+        event = ev.message_updated(final, ["delivery_status", "delivery_error"])
+        event.once = f"send:{message['_id']}:failed:{message['send'].get('claims', 0)}"
+        await self.publisher.publish([event])
+        if await self.store.outbound.finish(message["_id"], FAILED, error) is not None:
+            self.metrics.sends.labels(outcome="failed").inc()
+            log.warning("send: failed message=%s code=%s: %s", message["_id"], error.get("code"), error.get("message"))
+
+    async def _graph_failed(self, message: dict[str, Any], channel: dict[str, Any], exc: GraphApiError) -> None:
+        error = {"code": exc.code, "message": exc.detail or exc.category}
+        if exc.category == TOKEN_EXPIRED:
+            await self.store.channels.mark_needs_reauth(channel["_id"])
+            await self._fail(message, {**error, "message": "Instagram refused the channel's token (re-authorise it)."})
+            return
+        attempts = int(message["send"].get("attempts", 0)) + 1
+        # Meta's outages answer 5xx with all kinds of codes: always worth another try.
+        transient = exc.category == TRANSIENT or (exc.http_status or 0) >= 500
+        if transient and attempts < self.max_attempts:
+            due = utcnow() + dt.timedelta(seconds=backoff_secs(attempts, self.retry_base_secs))
+            if not await self.store.outbound.retry_later(message, due, error):
+                raise SendAborted()
+            self.metrics.sends.labels(outcome="retry").inc()
+            log.info("send: retry message=%s attempt=%d code=%s", message["_id"], attempts, exc.code)
+            return
+        if transient:
+            error["message"] = f"Instagram did not accept it after {attempts} attempts: {error['message']}"
+        await self._fail(message, error)
