@@ -7,8 +7,9 @@ First a short burst measures what this machine carries (webhooks/s, 32 connectio
 Meta-like open loop posts signed webhooks at ``share`` of that rate (new mids over 200
 customers, 30 % owner echoes, 10 % redeliveries) for ``minutes``. Each minute prints p50 / p99 /
 max latency of the answers, the RSS of igsync, SecantusDB and Redis, and the p99 and mean of
-igsync's MongoDB command round trips in that minute (from its own ``/metrics``: how much of
-the latency is the store's). The last line compares
+igsync's MongoDB command round trips in that minute and igsync's own p99 time per webhook (both
+from its own ``/metrics``: how much of the latency is spent inside igsync, and how much of that
+waiting for the store). The last line compares
 the last minute with the first (ratios): a flat soak has p99 and RSS ratios near 1.
 """
 
@@ -63,6 +64,15 @@ def store_histogram(port: int) -> dict[str, dict[str, float]]:
     text = urllib.request.urlopen(f"http://{HOST}:{port}/metrics", timeout=10).read().decode()
     out: dict[str, dict[str, float]] = {"*": {}}
     for family in text_string_to_metric_families(text):
+        if family.name == "igsync_webhook_duration_seconds":
+            # igsync's own time per webhook (verify, store, answer): what the answer waited for
+            # inside the process, as opposed to accepting the connection and queueing for the CPU.
+            for sample in family.samples:
+                if sample.name.endswith("_bucket"):
+                    out.setdefault("webhook", {})[sample.labels["le"]] = sample.value
+                elif sample.name.endswith(("_count", "_sum")):
+                    out.setdefault("webhook", {})[sample.name.rsplit("_", 1)[1]] = sample.value
+            continue
         if family.name != "igsync_mongo_command_duration_seconds":
             continue
         for sample in family.samples:
@@ -94,7 +104,7 @@ def slowest_command(before: dict[str, dict[str, float]], after: dict[str, dict[s
     """The command that took the most store time in the minute, with its p99 and mean."""
     best = ("-", 0.0, 0.0, 0.0)
     for name, series in after.items():
-        if name == "*":
+        if name in ("*", "webhook"):
             continue
         p99, mean, count = store_minute(before.get(name, {}), series)
         if mean * count > best[3]:
@@ -140,7 +150,8 @@ async def main(args: argparse.Namespace) -> None:
             )
             print(
                 f"{'minute':>6} {'sent':>6} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'igsync MiB':>11} "
-                f"{'mongo MiB':>10} {'redis MiB':>10} {'store p99':>10} {'store mean':>10}  statuses"
+                f"{'mongo MiB':>10} {'redis MiB':>10} {'in igsync p99':>13} {'store p99':>10} {'store mean':>10}"
+                "  statuses"
             )
             rows = []
             scraped = await asyncio.to_thread(store_histogram, port)
@@ -161,11 +172,12 @@ async def main(args: argparse.Namespace) -> None:
                 rows.append(row)
                 now_scraped = await asyncio.to_thread(store_histogram, port)
                 store_p99, store_mean, _ = store_minute(scraped["*"], now_scraped["*"])
+                inside_p99, _, _ = store_minute(scraped.get("webhook", {}), now_scraped.get("webhook", {}))
                 slowest = slowest_command(scraped, now_scraped)
                 scraped = now_scraped
                 print(
                     f"{minute:>6} {result.count:>6} {row[0]:>8.1f} {row[1]:>8.1f} {row[2]:>8.1f} {row[3]:>11.0f} "
-                    f"{row[4]:>10.0f} {row[5]:>10.0f} {store_p99:>8.0f}ms {store_mean:>8.1f}ms "
+                    f"{row[4]:>10.0f} {row[5]:>10.0f} {inside_p99:>11.0f}ms {store_p99:>8.0f}ms {store_mean:>8.1f}ms "
                     f" {result.statuses} [{slowest}]",
                     flush=True,
                 )

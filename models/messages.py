@@ -190,6 +190,19 @@ class MessageRepository:
             update["$set"] = {"mid": mids[0]}
         return await update_get(self.coll, {"_id": message["_id"]}, update)
 
+    async def release_mid(self, holder: dict[str, Any], mid: str) -> bool:
+        """Take ``mid`` off ``holder`` (compare-and-swap on its mids as read): an outbound
+        message that got another send's echo by pairing — two sends of one text crossed —
+        gives it up to the message Instagram's answer names. False if ``holder`` changed."""
+        mids = [m for m in holder.get("mids") or [] if m != mid]
+        channel_id = holder["channel_id"]
+        keys = [mid_key(channel_id, m) for m in mids] or [mid_key(channel_id, f"local:{holder['_id']}")]
+        done = await self.coll.update_one(
+            {"_id": holder["_id"], "mids": holder.get("mids") or []},
+            {"$set": {"mids": mids, "mid_keys": keys, "mid": mids[0] if mids else None}},
+        )
+        return done.modified_count == 1
+
     async def find_collisions(
         self, channel_id: ObjectId, conversation_id: ObjectId, mids: list[str], send_id: str
     ) -> list[dict[str, Any]]:

@@ -70,10 +70,14 @@ class OutboundRepository:
     def _held(self, message: dict[str, Any]) -> dict[str, Any]:
         return {"_id": message["_id"], "send.owner": message["send"]["owner"], "delivery_status": PENDING}
 
-    async def part_attempted(self, message: dict[str, Any], index: int, at: dt.datetime) -> bool:
+    async def part_attempted(self, message: dict[str, Any], index: int, at: dt.datetime, lease_secs: float) -> bool:
         """Note that part ``index`` is about to go to Instagram (a successor then knows it may
-        have been accepted); False when the claim is no longer ours."""
-        done = await self.coll.update_one(self._held(message), {"$set": {f"send.parts.{index}.attempted_at": at}})
+        have been accepted) and renew the lease for it — a message of many parts may take
+        longer than one lease; False when the claim is no longer ours."""
+        lease_until = at + dt.timedelta(seconds=lease_secs)
+        done = await self.coll.update_one(
+            self._held(message), {"$set": {f"send.parts.{index}.attempted_at": at, "send_due_at": lease_until}}
+        )
         return done.matched_count == 1
 
     async def part_sent(self, message: dict[str, Any], index: int, mid: str) -> dict[str, Any] | None:

@@ -65,7 +65,7 @@ ERROR_DESCRIPTIONS = {
     403: "A token of another kind, or a refused origin.",
     404: "No such resource, or one of another owner.",
     405: "Method not allowed.",
-    409: "Conflict with what is stored (not_failed, not_sent_yet, not_a_customer).",
+    409: "Conflict with what is stored (not_failed, not_sent_yet, not_a_customer, channel_cannot_send).",
     413: "The body is too large.",
     422: "Invalid fields (`fields` names them).",
     426: "Not a WebSocket upgrade.",

@@ -104,6 +104,10 @@ class SendService:
             existing = await self.store.messages.find_by_client_message_id(conversation["_id"], cmid)
             if existing is not None:
                 return 200, {"message": serializers.ws_message(existing)}
+        channel = await self.store.channels.get(conversation["channel_id"])
+        if channel is None or not channel.get("is_connect") or not channel.get("access_token"):
+            # Refused before anything is stored: no worker could ever send it.
+            raise ApiError(409, "channel_cannot_send", "The channel is disconnected or has no access token.")
         last_customer_at = conversation.get("last_customer_message_at") or await self._last_customer_at(conversation)
         decision = decide(sender_type, last_customer_at, utcnow())
         if decision.mode is None:

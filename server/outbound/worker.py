@@ -36,11 +36,12 @@ from typing import Any
 
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
-from models.messages import SOURCE_INSTAGRAM_DIRECT
+from models.messages import OUTBOUND_TYPES
 from models.messaging_window import MODE_HUMAN_AGENT
 from models.outbound import FAILED, SENT
 from models.store import Store
 from models.timeutil import utcnow
+from server.dedup.echo import is_native_looking
 from server.graph.client import TOKEN_EXPIRED, TRANSIENT, GraphApiClient, GraphApiError
 from server.inbox import events as ev
 from server.inbox.events import SafePublisher
@@ -52,6 +53,8 @@ log = logging.getLogger("igsync.send")
 # An echo of an attachment that came while its sender died is looked for from this long before
 # the attempt was written (clocks of two processes).
 ECHO_SLACK = dt.timedelta(seconds=5)
+# Recording a mid races the echo side and crossed sends; each retry means one of them just wrote.
+MAX_RECORD_TRIES = 8
 
 
 class SendAborted(Exception):
@@ -177,7 +180,7 @@ class SendWorker:
                 continue
             if part.get("attempted_at") and await self._take_echo(message, index, part):
                 continue
-            if not await self.store.outbound.part_attempted(message, index, utcnow()):
+            if not await self.store.outbound.part_attempted(message, index, utcnow(), self.lease_secs):
                 raise SendAborted()
             await self.limiter.acquire(str(message["channel_id"]), part["kind"])
             tag = MODE_HUMAN_AGENT if send.get("mode") == MODE_HUMAN_AGENT else None
@@ -193,19 +196,31 @@ class SendWorker:
     # -- recording -----------------------------------------------------------------------
 
     async def _record(self, message: dict[str, Any], index: int, mid: str) -> None:
-        """Part ``index`` is on Instagram as ``mid``: on the part, and among the message's mids
-        unless its echo already stored it as another message (then merged into this one)."""
+        """Part ``index`` is on Instagram as ``mid``: on the part, and among the message's mids.
+
+        Another message may hold the mid already. Its echo beat the answer and nothing paired it
+        (an attachment): that Instagram-app message is merged into this one. Or two sends of one
+        text were outstanding in the conversation and their echoes, paired by text, crossed:
+        Instagram's answer says whose mid it is, so the other message gives it up."""
         message["send"]["parts"][index]["mid"] = mid
         await self.store.outbound.part_sent(message, index, mid)
-        try:
-            updated = await self.store.messages.add_mids(message, [mid])
-        except DuplicateKeyError:
-            holder = await self.store.messages.find_by_mid(message["channel_id"], mid)
-            if holder is not None and holder["_id"] != message["_id"]:
-                await self._merge_echo(message, holder)
+        for _ in range(MAX_RECORD_TRIES):
+            try:
+                updated = await self.store.messages.add_mids(message, [mid])
+            except DuplicateKeyError:
+                holder = await self.store.messages.find_by_mid(message["channel_id"], mid)
+                if holder is None or holder["_id"] == message["_id"]:
+                    continue  # it moved meanwhile: try again
+                if is_native_looking(holder):
+                    await self._merge_echo(message, holder)
+                    return
+                if holder.get("type") in OUTBOUND_TYPES and "merged_into" not in holder:
+                    await self.store.messages.release_mid(holder, mid)
+                    continue
+                return  # held by a message we must not touch (merged away): the part keeps it
+            if updated is not None:
+                message["mids"], message["mid"] = updated.get("mids", []), updated.get("mid")
             return
-        if updated is not None:
-            message["mids"], message["mid"] = updated.get("mids", []), updated.get("mid")
 
     async def _take_echo(self, message: dict[str, Any], index: int, part: dict[str, Any]) -> bool:
         """A predecessor sent this part and died: its echo, if it came, stands for it."""
@@ -224,8 +239,6 @@ class SendWorker:
         return False
 
     async def _merge_echo(self, message: dict[str, Any], echo: dict[str, Any]) -> None:
-        if echo.get("source") != SOURCE_INSTAGRAM_DIRECT or "merged_into" in echo:
-            return
         folded = await self.store.messages.merge_into(echo["_id"], message["_id"])
         if folded is None:
             return

@@ -87,10 +87,12 @@ class _SendHandler(tornado.web.RequestHandler):
             )
         if self.get_query_argument("access_token", "") != self.graph.valid_token:
             answer = GraphAnswer(400, _meta_error(190, "Error validating access token: Session has expired"))
+        delay = answer.delay_secs
         if self.graph.on_send is not None and answer.status == 200:
-            await self.graph.on_send(request, answer.body["message_id"])
-        if answer.delay_secs:
-            await asyncio.sleep(answer.delay_secs)
+            # The hook may hold the answer back (seconds): a slow Send API, or one that times out.
+            delay = (await self.graph.on_send(request, answer.body["message_id"])) or delay
+        if delay:
+            await asyncio.sleep(delay)
         if answer.gate is not None:
             await answer.gate.wait()
         self.set_status(answer.status)

@@ -259,7 +259,7 @@ async def test_a_send_whose_worker_died_is_sent_once_by_another(env: EventsEnv) 
     echoed = body_of(await send(env, conversation_id, {"content": "already on Instagram"}))["message"]
     holder = await env.core.store.outbound.claim("dead-worker-2", lease_secs=0.3)
     assert holder is not None and str(holder["_id"]) == echoed["id"]
-    await env.core.store.outbound.part_attempted(holder, 0, utcnow())
+    await env.core.store.outbound.part_attempted(holder, 0, utcnow(), lease_secs=0.3)
     echo = await env.post(messaging_body(echo_item("aWdfZAG1echo_of_dead_send", "already on Instagram")))
     assert echo.get("duplicate") is True  # paired with the pending send by its text
 
@@ -289,6 +289,10 @@ async def test_who_may_send_what(env: EventsEnv) -> None:
     foreign = await send(env, conversation_id, {"content": "not yours"}, token=stranger["token"])
     assert foreign.code == 404
     assert (await send(env, conversation_id, {"content": "x"}, token="nope")).code == 401
+    # A channel with no token can never send: refused before anything is stored.
+    await env.core.store.channels.coll.update_one({"_id": env.channel_oid}, {"$unset": {"access_token": ""}})
+    no_token = await send(env, conversation_id, {"content": "x"})
+    assert no_token.code == 409 and body_of(no_token)["error"] == "channel_cannot_send"
     assert (await send(env, conversation_id, {"content": "x"}, token=ADMIN_TOKEN)).code == 403
 
 
