@@ -33,6 +33,7 @@ from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
 from bench.ingest import ACCOUNT, ADMIN, HOST, SECRET, BenchServer, env_for, webhook_body
+from bench.soak import store_histogram
 from server.app.embedded import EmbeddedStores, free_port
 from tests.support.helpers import sign
 
@@ -66,7 +67,8 @@ class FakeSendApi:
                     asyncio.get_running_loop().create_task(fake.echo(mid, text, body["recipient"]["id"]))
 
         sockets = bind_sockets(0, HOST)
-        HTTPServer(tornado.web.Application([(r"/(v[0-9.]+)/([^/]+)/messages", Handler)])).add_sockets(sockets)
+        app = tornado.web.Application([(r"/(v[0-9.]+)/([^/]+)/messages", Handler)], log_function=lambda _: None)
+        HTTPServer(app).add_sockets(sockets)
         return sockets[0].getsockname()[1]
 
     async def echo(self, mid: str, text: str, customer: str) -> None:
@@ -180,6 +182,7 @@ async def main(args: argparse.Namespace) -> None:
         server = BenchServer("igsync", env_for(stores, port, "send", extra), Path(tempfile.mkdtemp()))
         try:
             result = await igsync_run(port, fake, args.sends, args.concurrency)
+            commands = await asyncio.to_thread(store_histogram, port)
         finally:
             server.stop()
     print(f"sends: {args.sends} at concurrency {args.concurrency}; Send API calls made by igsync: {result['calls']}")
@@ -193,6 +196,18 @@ async def main(args: argparse.Namespace) -> None:
         f"p99 {pct(result['accepted'], 99):.1f} ms; → echo paired p50 {pct(result['echoed'], 50):.1f} / "
         f"p99 {pct(result['echoed'], 99):.1f} ms ({len(result['echoed'])} echoes paired)"
     )
+    busiest = sorted(
+        (
+            (name, c.get("count", 0.0), c.get("sum", 0.0))
+            for name, c in commands.items()
+            if name not in ("*", "webhook")
+        ),
+        key=lambda row: -row[2],
+    )[:4]
+    shares = [
+        f"{name} {count / args.sends:.1f}/send {total / count * 1000:.1f} ms" for name, count, total in busiest if count
+    ]
+    print(f"store commands of the run, busiest first: {', '.join(shares)}")
     print(
         f"ratio igsync/floor: throughput {result['rate'] / floor_rate:.2f}x; accepted p50 "
         f"{pct(result['accepted'], 50) / max(pct(floor_latencies, 50), 1e-9):.1f}x the bare call "

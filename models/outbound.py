@@ -31,7 +31,8 @@ from models.timeutil import utcnow
 PENDING = "pending"
 SENT = "sent"
 FAILED = "failed"
-CLAIM_TRIES = 3
+# Due sends read per claim: enough that the workers of several processes rarely all want one.
+CLAIM_CANDIDATES = 8
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
@@ -45,26 +46,25 @@ class OutboundRepository:
 
     async def claim(self, owner: str, lease_secs: float, now: dt.datetime | None = None) -> dict[str, Any] | None:
         """Take the most overdue send (waiting, or held by a worker whose lease ran out); None
-        when there is none. Read on the index, then taken by an update guarded by what was read."""
+        when there is none. Candidates are read on the index, then one is taken by an update
+        guarded by what was read; a candidate another worker took first is skipped for the next
+        one (workers of every process read the same head of the queue)."""
         now = now or utcnow()
         lease_until = now + dt.timedelta(seconds=lease_secs)
-        for _ in range(CLAIM_TRIES):
-            candidate = await self.coll.find_one({"send_due_at": {"$lte": now}}, sort=[("send_due_at", ASCENDING)])
-            if candidate is None:
-                return None
-            send = candidate.get("send") or {}
+        candidates = (
+            await self.coll.find({"send_due_at": {"$lte": now}}, {"send_due_at": 1, "send.claims": 1})
+            .sort("send_due_at", ASCENDING)
+            .limit(CLAIM_CANDIDATES)
+            .to_list(None)
+        )
+        for candidate in candidates:
+            claims = (candidate.get("send") or {}).get("claims", 0)
             taken = await self.coll.update_one(
-                {
-                    "_id": candidate["_id"],
-                    "send_due_at": candidate["send_due_at"],
-                    "send.claims": send.get("claims", 0),
-                },
+                {"_id": candidate["_id"], "send_due_at": candidate["send_due_at"], "send.claims": claims},
                 {"$set": {"send_due_at": lease_until, "send.owner": owner}, "$inc": {"send.claims": 1}},
             )
             if taken.modified_count == 1:
-                candidate["send_due_at"] = lease_until
-                candidate["send"] = {**send, "owner": owner, "claims": send.get("claims", 0) + 1}
-                return candidate
+                return await self.coll.find_one({"_id": candidate["_id"]})
         return None
 
     def _held(self, message: dict[str, Any]) -> dict[str, Any]:
@@ -80,21 +80,18 @@ class OutboundRepository:
         )
         return done.matched_count == 1
 
-    async def part_sent(self, message: dict[str, Any], index: int, mid: str) -> dict[str, Any] | None:
+    async def part_sent(self, message: dict[str, Any], index: int, mid: str) -> None:
         """Record the ``mid`` Instagram gave part ``index`` on the part (the message's ``mids``
         are added by the caller, whose unique index decides echo collisions)."""
-        return await update_get(self.coll, {"_id": message["_id"]}, {"$set": {f"send.parts.{index}.mid": mid}})
+        await self.coll.update_one({"_id": message["_id"]}, {"$set": {f"send.parts.{index}.mid": mid}})
 
-    async def finish(
-        self, message_id: ObjectId, status: str, error: dict[str, Any] | None = None
-    ) -> dict[str, Any] | None:
-        """``sent`` or ``failed`` (with ``delivery_error``): off the queue. None if it already was."""
+    async def finish(self, message_id: ObjectId, status: str, error: dict[str, Any] | None = None) -> bool:
+        """``sent`` or ``failed`` (with ``delivery_error``): off the queue. False if it already was."""
         fields: dict[str, Any] = {"delivery_status": status, "delivery_error": error, "send.finished_at": utcnow()}
-        return await update_get(
-            self.coll,
-            {"_id": message_id, "delivery_status": PENDING},
-            {"$set": fields, "$unset": {"send_due_at": ""}},
+        done = await self.coll.update_one(
+            {"_id": message_id, "delivery_status": PENDING}, {"$set": fields, "$unset": {"send_due_at": ""}}
         )
+        return done.modified_count == 1
 
     async def retry_later(self, message: dict[str, Any], due_at: dt.datetime, error: dict[str, Any]) -> bool:
         """Give the claim back, due again at ``due_at`` (a transient failure)."""

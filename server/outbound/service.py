@@ -119,7 +119,8 @@ class SendService:
         # Registered before Instagram can know of it: an echo that beats the Send API's answer
         # pairs with this send instead of being stored as an Instagram-app message.
         await self.marksent.pairing.register_send(conversation["_id"], content_hash(data["content"]), send_id, [])
-        doc = self._document(data, target, send_id, sender_type, decision.mode, reply_to)
+        recipient = (conversation.get("customer") or {}).get("instagram_id")
+        doc = self._document(data, target, send_id, sender_type, decision.mode, reply_to, recipient)
         result = await self.marksent.record_outbound(doc, send_id, received_at)
         if result.status == 201:
             self.metrics.sends.labels(outcome="queued").inc()
@@ -142,6 +143,7 @@ class SendService:
         sender_type: str,
         mode: str,
         reply_to: dict[str, Any] | None,
+        recipient: str | None,
     ) -> dict[str, Any]:
         attachments = data.get("attachments") or []
         message_type = "text" if data["content"].strip() or not attachments else attachments[0]["type"]
@@ -162,6 +164,8 @@ class SendService:
                 "delivery_error": None,
                 "send_due_at": now,
                 "send": {
+                    # Who gets it, kept on the send so the worker needs no customer look-up.
+                    "recipient": recipient,
                     "parts": message_parts(data["content"], attachments),
                     "mode": mode,
                     "reply_to_mid": (reply_to or {}).get("mid"),

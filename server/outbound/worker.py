@@ -130,13 +130,15 @@ class SendWorker:
 
     async def _loop(self) -> None:
         while not self._stopping:
+            # Cleared before claiming: a send queued after this point sets it again, so the
+            # wait below cannot miss it (clearing after an empty claim could).
+            self._wake.clear()
             try:
                 if await self.run_once():
                     continue
                 self.metrics.send_queue_depth.set(await self.store.outbound.queue_depth())
             except PyMongoError as exc:
                 log.warning("send worker: MongoDB failed (%s); trying again", type(exc).__name__)
-            self._wake.clear()
             # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a cancellation
             # that lands as its timeout fires, and this loop would then never end.
             try:
@@ -168,8 +170,9 @@ class SendWorker:
         if channel.get("needs_reauth"):
             await self._fail(message, {"code": 190, "message": "The channel needs re-authorisation."})
             return
-        customer = await self.store.customers.get(message["customer_id"])
-        recipient = (customer or {}).get("instagram_id")
+        recipient = message["send"].get("recipient")
+        if not recipient:  # queued before the recipient was kept on the send
+            recipient = ((await self.store.customers.get(message["customer_id"])) or {}).get("instagram_id")
         if not recipient:
             await self._fail(message, {"code": None, "message": "The customer has no Instagram id."})
             return
@@ -259,7 +262,7 @@ class SendWorker:
         event.once = f"send:{message['_id']}:sent"
         # Published before the queue entry is finished: see the module docstring.
         await self.publisher.publish([event])
-        if await self.store.outbound.finish(message["_id"], SENT) is not None:
+        if await self.store.outbound.finish(message["_id"], SENT):
             self.metrics.sends.labels(outcome="sent").inc()
             created = message.get("created_at")
             if created is not None:
@@ -271,7 +274,7 @@ class SendWorker:
         event = ev.message_updated(final, ["delivery_status", "delivery_error"])
         event.once = f"send:{message['_id']}:failed:{message['send'].get('claims', 0)}"
         await self.publisher.publish([event])
-        if await self.store.outbound.finish(message["_id"], FAILED, error) is not None:
+        if await self.store.outbound.finish(message["_id"], FAILED, error):
             self.metrics.sends.labels(outcome="failed").inc()
             log.warning("send: failed message=%s code=%s: %s", message["_id"], error.get("code"), error.get("message"))
 
