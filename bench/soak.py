@@ -100,6 +100,14 @@ def store_minute(before: dict[str, float], after: dict[str, float]) -> tuple[flo
     return p99 * 1000, mean_ms, int(count)
 
 
+def slowest_bound(before: dict[str, float], after: dict[str, float]) -> float:
+    """The upper bound (ms) of the slowest command between two scrapes: the first bucket
+    holding them all. A store that stalls now and then shows here long before its p99 moves."""
+    count = after.get("count", 0.0) - before.get("count", 0.0)
+    bounds = sorted((float(le), after[le] - before.get(le, 0.0)) for le in after if le not in ("count", "sum"))
+    return next((le for le, n in bounds if count and n >= count), float("inf")) * 1000
+
+
 def slowest_command(before: dict[str, dict[str, float]], after: dict[str, dict[str, float]]) -> str:
     """The command that took the most store time in the minute, with its p99 and mean."""
     best = ("-", 0.0, 0.0, 0.0)
@@ -151,6 +159,7 @@ async def main(args: argparse.Namespace) -> None:
             print(
                 f"{'minute':>6} {'sent':>6} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'igsync MiB':>11} "
                 f"{'mongo MiB':>10} {'redis MiB':>10} {'in igsync p99':>13} {'store p99':>10} {'store mean':>10}"
+                f" {'store max':>9}"
                 "  statuses"
             )
             rows = []
@@ -173,11 +182,13 @@ async def main(args: argparse.Namespace) -> None:
                 now_scraped = await asyncio.to_thread(store_histogram, port)
                 store_p99, store_mean, _ = store_minute(scraped["*"], now_scraped["*"])
                 inside_p99, _, _ = store_minute(scraped.get("webhook", {}), now_scraped.get("webhook", {}))
+                store_max = slowest_bound(scraped["*"], now_scraped["*"])
                 slowest = slowest_command(scraped, now_scraped)
                 scraped = now_scraped
                 print(
                     f"{minute:>6} {result.count:>6} {row[0]:>8.1f} {row[1]:>8.1f} {row[2]:>8.1f} {row[3]:>11.0f} "
                     f"{row[4]:>10.0f} {row[5]:>10.0f} {inside_p99:>11.0f}ms {store_p99:>8.0f}ms {store_mean:>8.1f}ms "
+                    f"{store_max:>7.0f}ms "
                     f" {result.statuses} [{slowest}]",
                     flush=True,
                 )

@@ -62,6 +62,7 @@ from server.media.targets import (
     media_targets,
 )
 from server.media.transcribe import AudioClip, Transcriber
+from server.ops.loops import cancelling
 from server.ops.metrics import Metrics
 
 log = logging.getLogger("igsync.media")
@@ -245,7 +246,7 @@ class MediaService:
             self.links.close()
 
     async def _work(self) -> None:
-        while not self._stopping:
+        while not self._stopping and not cancelling():
             # Clear before claiming: a job queued after this point sets the event again,
             # so the wait below returns at once and no wake-up is lost.
             self._wake.clear()

@@ -41,6 +41,7 @@ from pymongo.errors import PyMongoError
 from models.errors import LONG_OPERATION_SECS
 from models.store import Store
 from models.timeutil import from_epoch_ms, utcnow
+from server.ops.loops import cancelling
 from server.ops.metrics import SILENCE_THRESHOLDS_SECS, Metrics
 
 log = logging.getLogger("igsync.monitor")
@@ -106,6 +107,8 @@ class Readiness:
 # Messages stored this recently may still be in flight (created_at is set before the insert):
 # a run reads up to this far behind its clock, so the next run does not skip them.
 SETTLE_SECS = 10.0
+# How long stop() lets a run in progress finish (store operations are bounded well below it).
+STOP_WAIT_SECS = 15.0
 
 
 class DuplicateTally:
@@ -133,6 +136,10 @@ class DuplicateTally:
             since, last_from = self.checked_until - dt.timedelta(seconds=self.window_secs), self.checked_until
         if until > last_from:
             # The first run reads the whole hour: background work, bound like other long work.
+            # A ping with the ordinary bound first: a store that is down fails it fast. Under the
+            # long bound, PyMongo's server selection would wait 120 s, and a cancellation landing
+            # then is swallowed by Python 3.11's wait_for inside it — stop() would wait it out.
+            await store.ping()
             with pymongo.timeout(LONG_OPERATION_SECS):
                 found = await store.messages.suspected_duplicates(since, until, last_from, self.window_secs)
             for key, last in found:
@@ -160,6 +167,7 @@ class OpsMonitor:
         self.duplicates = DuplicateTally(lookback_secs=duplicates_lookback_secs, window_secs=dedup_window_secs)
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._stopped = asyncio.Event()
 
     async def refresh(self, now: dt.datetime | None = None) -> bool:
         """Run every check once; ``True`` when all of them could be computed."""
@@ -189,7 +197,7 @@ class OpsMonitor:
         self.metrics.duplicates_stored.set(await self.duplicates.refresh(self.store, now))
 
     async def _loop(self) -> None:
-        while not self._stopping:
+        while not self._stopping and not cancelling():
             try:
                 await self.refresh()
             except Exception:
@@ -198,13 +206,18 @@ class OpsMonitor:
                 log.exception("periodic checks crashed")
             if self._stopping:
                 return
-            # The interval paces a background check; nothing waits on it for correctness.
-            await asyncio.sleep(self.interval_secs)
+            # The interval paces a background check; stop() ends the wait early.
+            try:
+                async with asyncio.timeout(self.interval_secs):
+                    await self._stopped.wait()
+            except TimeoutError:
+                pass
 
     async def start(self) -> None:
         """Start the periodic checks."""
         if self._task is None:
             self._stopping = False
+            self._stopped = asyncio.Event()
             self._task = asyncio.create_task(self._loop(), name="igsync-ops-monitor")
 
     async def stop(self) -> None:
@@ -212,9 +225,13 @@ class OpsMonitor:
         task, self._task = self._task, None
         if task is None:
             return
-        # The flag as well as the cancel: PyMongo's async I/O can turn a cancellation that
-        # lands mid-command into an ordinary error, which refresh() then survives.
+        # Asked, not cancelled: a cancellation that lands in PyMongo's server selection can
+        # leave its topology lock held, and the client's close() then waits forever. The run
+        # in progress ends within the store's timeout; past the wait it is cancelled anyway.
         self._stopping = True
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        self._stopped.set()
+        _, busy = await asyncio.wait({task}, timeout=STOP_WAIT_SECS)
+        for late in busy:
+            late.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await late

@@ -45,6 +45,7 @@ from server.dedup.echo import is_native_looking
 from server.graph.client import TOKEN_EXPIRED, TRANSIENT, GraphApiClient, GraphApiError
 from server.inbox import events as ev
 from server.inbox.events import SafePublisher
+from server.ops.loops import cancelling
 from server.ops.metrics import Metrics
 from server.outbound.limiter import SendLimiter
 
@@ -115,12 +116,17 @@ class SendWorker:
         self._tasks = [asyncio.create_task(self._loop(), name=f"send-{n}") for n in range(self.concurrency)]
 
     async def stop(self) -> None:
-        """Stop taking sends; a send in progress finishes its current call or is picked up later."""
+        """Stop taking sends: each loop finishes the call it is in (bounded by the store's and
+        the Graph API's timeouts) and exits. Not cancelled first: a cancellation that lands in
+        PyMongo's server selection can leave its topology lock held (seen: the client's close()
+        then waits forever). A loop still busy after the wait is cancelled; its send's lease
+        hands it to another process."""
         self._stopping = True
         self._wake.set()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._tasks:
+            _, busy = await asyncio.wait(self._tasks, timeout=self.lease_secs)
+            for task in busy:
+                task.cancel()
         self._tasks = []
         self.graph.close()
 
@@ -129,7 +135,7 @@ class SendWorker:
         self._wake.set()
 
     async def _loop(self) -> None:
-        while not self._stopping:
+        while not self._stopping and not cancelling():
             # Cleared before claiming: a send queued after this point sets it again, so the
             # wait below cannot miss it (clearing after an empty claim could).
             self._wake.clear()

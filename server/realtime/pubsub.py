@@ -18,6 +18,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from server.ops.loops import cancelling
 from server.ops.metrics import Metrics
 from server.realtime.eventlog import (
     CONTROL_CHANNEL,
@@ -112,12 +113,12 @@ class PubSubLink:
     async def _run(self) -> None:
         delay = RECONNECT_MIN_SECS
         failed_before = False
-        while not self._stopping:
+        while not self._stopping and not cancelling():
             pubsub = self.redis.pubsub()
             try:
                 await pubsub.subscribe(CONTROL_CHANNEL)
                 self._pubsub = pubsub
-                while not self._stopping:
+                while not self._stopping and not cancelling():
                     message = await pubsub.get_message(timeout=READ_POLL_SECS)
                     if message is None:
                         continue

@@ -58,6 +58,7 @@ from models.group_commit import NaturalBatcher
 from models.store import Store
 from models.timeutil import utcnow
 from models.trigger_jobs import STATE_DEAD, STATE_PENDING, TARGET_HTTP
+from server.ops.loops import cancelling
 from server.ops.metrics import Metrics
 from server.triggers import protocol
 from server.triggers.outbox import CHANNELS_CACHED, channel_targets
@@ -263,7 +264,7 @@ class TriggerDispatcher:
         """
         last_gauges = 0.0
         last_fill = -math.inf
-        while not self._stopping:
+        while not self._stopping and not cancelling():
             self._wake.clear()
             deferred = self.webhooks_busy() and time.monotonic() - last_fill < self.settings.trigger_max_defer_secs
             if deferred:
@@ -288,8 +289,10 @@ class TriggerDispatcher:
                 break
             if deferred:
                 continue  # look again as soon as the webhooks let go
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a cancellation.
             try:
-                await asyncio.wait_for(self._wake.wait(), self.settings.trigger_poll_secs)
+                async with asyncio.timeout(self.settings.trigger_poll_secs):
+                    await self._wake.wait()
             except TimeoutError:
                 pass
 
