@@ -174,6 +174,13 @@ class MessageRepository:
                 return row
         return None
 
+    async def recent_in_conversation(
+        self, conversation_id: ObjectId, since: dt.datetime, limit: int = 200
+    ) -> list[dict[str, Any]]:
+        """A conversation's messages sent since ``since``, oldest first (its time index)."""
+        query = {"conversation_id": conversation_id, "sent_at": {"$gte": since}}
+        return await self.coll.find(query).sort([("sent_at", ASCENDING), ("_id", ASCENDING)]).limit(limit).to_list(None)
+
     async def find_by_client_message_id(
         self, conversation_id: ObjectId, client_message_id: str
     ) -> dict[str, Any] | None:

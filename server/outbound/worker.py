@@ -54,6 +54,8 @@ log = logging.getLogger("igsync.send")
 # An echo of an attachment that came while its sender died is looked for from this long before
 # the attempt was written (clocks of two processes).
 ECHO_SLACK = dt.timedelta(seconds=5)
+# How far back a send of the same text is looked for when an echo may have crossed to it.
+CROSSED_LOOKBACK = dt.timedelta(minutes=10)
 # Recording a mid races the echo side and crossed sends; each retry means one of them just wrote.
 MAX_RECORD_TRIES = 8
 
@@ -145,6 +147,9 @@ class SendWorker:
                 self.metrics.send_queue_depth.set(await self.store.outbound.queue_depth())
             except PyMongoError as exc:
                 log.warning("send worker: MongoDB failed (%s); trying again", type(exc).__name__)
+            except Exception:
+                # A bug must not end the loop for good (the send stays queued; its lease expires).
+                log.exception("send worker: a send failed unexpectedly")
             # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a cancellation
             # that lands as its timeout fires, and this loop would then never end.
             try:
@@ -239,6 +244,13 @@ class SendWorker:
         if part["kind"] == "text" and spare:
             await self._record(message, index, spare[0])
             return True
+        if part["kind"] == "text":
+            # Its echo may have been paired with another send of the same text (they cross when
+            # both echoes beat both answers): an unanswered mid there stands for this part too.
+            crossed = await self._crossed_echo(current, part)
+            if crossed is not None:
+                await self._record(message, index, crossed)
+                return True
         if part["kind"] != "text":
             since = part["attempted_at"] - ECHO_SLACK
             echo = await self.store.messages.native_since(message["conversation_id"], since, part["kind"])
@@ -246,6 +258,19 @@ class SendWorker:
                 await self._record(message, index, echo["mid"])
                 return True
         return False
+
+    async def _crossed_echo(self, message: dict[str, Any], part: dict[str, Any]) -> str | None:
+        since = part["attempted_at"] - CROSSED_LOOKBACK
+        for other in await self.store.messages.recent_in_conversation(message["conversation_id"], since):
+            if other["_id"] == message["_id"] or other.get("content_hash") != message.get("content_hash"):
+                continue
+            if not other.get("send"):
+                continue  # a mark-sent message: its mids were reported by its sender
+            answered = {p.get("mid") for p in (other.get("send") or {}).get("parts") or []}
+            for mid in other.get("mids") or []:
+                if mid not in answered and await self.store.messages.release_mid(other, mid):
+                    return mid
+        return None
 
     async def _merge_echo(self, message: dict[str, Any], echo: dict[str, Any]) -> None:
         folded = await self.store.messages.merge_into(echo["_id"], message["_id"])

@@ -167,3 +167,57 @@ async def _check(
     natives = await db.messages.count_documents({"source": "instagram_direct", "merged_into": {"$exists": False}})
     assert natives == 0, f"{natives} echoes stored as Instagram-app messages; {context}"
     assert visible == len(message_ids) + len(conversations), context
+
+
+@pytest.mark.slow
+async def test_a_process_killed_inside_the_send_api_call_is_replaced_and_instagram_gets_it_once(
+    stores, tmp_path: Path
+) -> None:
+    """kill -9 of the process whose worker is inside the Send API call (Instagram accepted the
+    message and echoed it, the answer never came back); another process takes the send over after
+    the lease, finds the echo, and does not call Instagram again."""
+    graph = FakeGraphApi().start()
+    settings = make_settings(
+        stores, tmp_path, graph_api_url=graph.url, graph_api_timeout_secs=2.0, send_lease_secs=3.0, send_poll_secs=0.1
+    )
+    first = ServerProcessHandle(server_env(settings.replace(port=free_port())), tmp_path / "first.log")
+    second = ServerProcessHandle(server_env(settings.replace(port=free_port())), tmp_path / "second.log")
+    clients = [Client(first.base_url), Client(second.base_url)]
+    db_client = mongo_client(settings.mongo_url or "")
+    db = db_client[settings.mongo_db]
+    in_the_call = asyncio.Event()
+
+    async def accept_echo_then_hang(request: dict[str, Any], mid: str) -> float:
+        sent = request["body"]
+        echo = messaging_body(echo_item(mid, sent["message"]["text"], customer=sent["recipient"]["id"]))
+        assert (await clients[0].webhook(echo)).code == 200  # Instagram accepted it and echoed it
+        in_the_call.set()
+        return 60.0  # the answer never reaches the worker
+
+    graph.on_send = accept_echo_then_hang
+    try:
+        await asyncio.to_thread(first.start)
+        token, conversations = await _tenant(clients[0])
+        response = await clients[0].post(
+            f"/api/v1/conversations/{conversations[0]}/messages", {"content": "exactly once"}, token=token
+        )
+        assert response.code == 202, response.body
+        message_id = ObjectId(body_of(response)["message"]["id"])
+        await wait_for(in_the_call.is_set, timeout=20)
+        first.kill()  # SIGKILL, inside the Send API call
+        await asyncio.to_thread(second.start)
+
+        async def sent() -> dict[str, Any] | None:
+            doc = await db.messages.find_one({"_id": message_id})
+            return doc if doc and doc.get("delivery_status") == "sent" else None
+
+        doc = await wait_for(sent, timeout=30)
+        assert len(graph.sends) == 1, graph.sends  # one call reached Instagram
+        assert doc["send"]["parts"][0]["mid"] == doc["mid"] and doc["send"]["claims"] == 2
+    finally:
+        first.kill()
+        second.kill()
+        for client in clients:
+            client.close()
+        await db_client.close()
+        await graph.stop()

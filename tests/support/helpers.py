@@ -177,6 +177,10 @@ def server_env(settings: Settings, **extra: str) -> dict[str, str]:
             "IGSYNC_DEDUP_TTL_SECS": str(settings.dedup_ttl_secs),
             "IGSYNC_DEDUP_WINDOW_SECS": str(settings.dedup_window_secs),
             "IGSYNC_GRAPH_API_URL": settings.graph_api_url,
+            "IGSYNC_GRAPH_API_TIMEOUT_SECS": str(settings.graph_api_timeout_secs),
+            "IGSYNC_SEND_LEASE_SECS": str(settings.send_lease_secs),
+            "IGSYNC_SEND_POLL_SECS": str(settings.send_poll_secs),
+            "IGSYNC_SEND_RETRY_BASE_SECS": str(settings.send_retry_base_secs),
             "IGSYNC_LOG_FORMAT": settings.log_format,
         }
     )
