@@ -28,12 +28,17 @@ class OwnerScope:
             raise not_found("channel")
         return channel
 
-    async def owned_conversation(self, principal: Principal, conversation_id: str) -> dict[str, Any]:
-        """The principal's conversation, else 404."""
+    async def conversation(self, conversation_id: str) -> dict[str, Any]:
+        """A conversation whoever owns it (internal callers), else 404."""
         oid = as_object_id(conversation_id)
         conversation = None if oid is None else await self.store.conversations.get(oid)
         if conversation is None:
             raise not_found("conversation")
+        return conversation
+
+    async def owned_conversation(self, principal: Principal, conversation_id: str) -> dict[str, Any]:
+        """The principal's conversation, else 404."""
+        conversation = await self.conversation(conversation_id)
         channel = await self.store.channels.get(conversation["channel_id"])
         if channel is None or channel.get("owner", {}).get("id") != principal.owner_id:
             raise not_found("conversation")

@@ -89,14 +89,14 @@ class SendService:
         sender_type = _sender_type(principal, data.get("type"))
         conversation = await self._conversation(principal, conversation_id)
         try:
-            return await self._send(conversation, sender_type, data)
+            return await self._send(principal, conversation, sender_type, data)
         except PyMongoError as exc:
             self.metrics.store_errors.labels(store="mongo").inc()
             log.error("send: MongoDB failed (%s); answering 503", type(exc).__name__)
             raise ApiError(503, "store_unavailable", "The message store is unavailable; retry later.") from None
 
     async def _send(
-        self, conversation: dict[str, Any], sender_type: str, data: dict[str, Any]
+        self, principal: Principal, conversation: dict[str, Any], sender_type: str, data: dict[str, Any]
     ) -> tuple[int, dict[str, Any]]:
         received_at = time.time()
         cmid = data.get("client_message_id")
@@ -113,7 +113,7 @@ class SendService:
         if decision.mode is None:
             self.metrics.sends.labels(outcome="outside_window").inc()
             raise ApiError(422, "outside_messaging_window", decision.reason)
-        reply_to = await self._reply_to(conversation, data.get("reply_to"))
+        reply_to = await self._reply_to(principal, conversation, data.get("reply_to"))
         target = Target(conversation["channel_id"], conversation["_id"], conversation["customer_id"])
         send_id = f"c:{cmid}" if cmid is not None else f"s:{ObjectId()}"
         # Registered before Instagram can know of it: an echo that beats the Send API's answer
@@ -193,11 +193,7 @@ class SendService:
     async def _conversation(self, principal: Principal, conversation_id: str) -> dict[str, Any]:
         if principal.kind == INBOX:
             return await self.scope.owned_conversation(principal, conversation_id)
-        oid = as_object_id(conversation_id)
-        conversation = None if oid is None else await self.store.conversations.get(oid)
-        if conversation is None:
-            raise not_found("conversation")
-        return conversation
+        return await self.scope.conversation(conversation_id)
 
     async def _message(self, principal: Principal, message_id: str) -> dict[str, Any]:
         oid = as_object_id(message_id)
@@ -213,13 +209,12 @@ class SendService:
         last = await self.store.messages.latest_of_type(conversation["_id"], TYPE_CUSTOMER)
         return None if last is None else last["sent_at"]
 
-    async def _reply_to(self, conversation: dict[str, Any], message_id: str | None) -> dict[str, Any] | None:
+    async def _reply_to(
+        self, principal: Principal, conversation: dict[str, Any], message_id: str | None
+    ) -> dict[str, Any] | None:
         if message_id is None:
             return None
-        oid = as_object_id(message_id)
-        message = None if oid is None else await self.store.messages.get(oid)
-        if message is None or message["conversation_id"] != conversation["_id"]:
-            raise ApiError(404, "not_found", "No such message (reply_to).")
+        message = await self.scope.owned_message(principal, conversation, message_id, "reply_to")
         if not message.get("mid"):
             raise ApiError(409, "not_sent_yet", "The message replied to has not reached Instagram yet.")
         return message
