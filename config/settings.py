@@ -78,6 +78,12 @@ POSITIVE_SETTINGS = (
     "send_poll_secs",
     "send_text_per_sec",
     "send_media_per_sec",
+    "token_refresh_before_days",
+    "token_check_secs",
+    "history_calls_per_sec",
+    "history_lease_secs",
+    "meta_retry_window_secs",
+    "heartbeat_secs",
 )
 
 
@@ -101,7 +107,10 @@ class Settings:
     dedup_redis_timeout_ms: int = _setting(
         250, "Redis timeout of the dedup hints; a slower Redis is skipped (MongoDB decides alone)"
     )
-    graph_api_url: str = _setting("https://graph.instagram.com", "Graph API base URL")
+    graph_api_url: str = _setting("https://graph.instagram.com", "Graph API host of Instagram-Login channels")
+    facebook_graph_api_url: str = _setting(
+        "https://graph.facebook.com", "Graph API host of Facebook-Login channels (Messenger Platform for Instagram)"
+    )
     graph_api_timeout_secs: float = _setting(10.0, "timeout of one Graph API call")
     ws_ping_secs: int = _setting(25, "WebSocket keep-alive ping interval")
     ws_queue_max: int = _setting(1000, "events queued for one socket before it is dropped")
@@ -151,7 +160,9 @@ class Settings:
     )
     http_body_timeout_secs: float = _setting(30.0, "a request body still arriving after this long is dropped")
     media_max_bytes: int = _setting(26_214_400, "largest media attachment downloaded")
-    graph_api_version: str = _setting("v22.0", "Graph API version path segment (profile look-ups)")
+    graph_api_version: str = _setting(
+        "v25.0", "Graph API version of every call (v25.0: Meta supports it until July 2028)"
+    )
     profile_concurrency: int = _setting(4, "customer profile look-ups running at once per process")
     profile_max_attempts: int = _setting(3, "tries of one profile look-up on timeouts, 5xx and rate limits")
     profile_retry_base_secs: float = _setting(2.0, "first wait before retrying a profile look-up (doubles)")
@@ -173,6 +184,21 @@ class Settings:
     send_poll_secs: float = _setting(1.0, "how often an idle send worker looks for sends queued by other processes")
     send_text_per_sec: float = _setting(300.0, "Send API calls per second per account for text and images (Meta's)")
     send_media_per_sec: float = _setting(10.0, "Send API calls per second per account for audio and video (Meta's)")
+    token_refresh_before_days: float = _setting(
+        10.0, "refresh an Instagram-Login token this long before it expires (Meta's tokens live 60 days)"
+    )
+    token_check_secs: float = _setting(3600.0, "how often one process looks for tokens due for a refresh")
+    history_calls_per_sec: float = _setting(
+        2.0, "Conversations API calls per second per account during history import and gap repair (Meta's limit)"
+    )
+    history_concurrency: int = _setting(
+        1, "1: this process runs history imports and gap repairs, one at a time; 0: it leaves them to others"
+    )
+    history_lease_secs: float = _setting(60.0, "a history import not heard from this long is taken over")
+    meta_retry_window_secs: float = _setting(
+        900.0, "an outage longer than this (Meta may have stopped redelivering) is repaired from the Conversations API"
+    )
+    heartbeat_secs: float = _setting(60.0, "how often a process records that it is up (outages are measured by it)")
     orphan_events_ttl_days: int = _setting(30, "how long an event about a message we never stored is kept")
     transcriber: str = _setting("", "audio transcriber as module:factory; empty keeps the no-op default")
 
@@ -269,6 +295,8 @@ class Settings:
                 raise ConfigError(f"IGSYNC_WS_ALLOWED_ORIGINS entries must be http(s) origins or *, got {origin!r}")
         if not self.graph_api_url.startswith(("http://", "https://")):
             raise ConfigError("IGSYNC_GRAPH_API_URL must be an http(s) URL")
+        if self.history_concurrency not in (0, 1):
+            raise ConfigError("IGSYNC_HISTORY_CONCURRENCY must be 0 or 1")
         if self.send_concurrency < 0:
             raise ConfigError("IGSYNC_SEND_CONCURRENCY must be 0 or more")
         if self.send_lease_secs <= self.graph_api_timeout_secs:

@@ -15,7 +15,7 @@ class ChannelsHandler(BaseHandler):
     async def post(self) -> None:
         """Connect (or reconnect) a channel; admin only."""
         await self.authorize(ADMIN)
-        status, body = await self.core.inbox.connect_channel(self.json_body())
+        status, body = await self.core.accounts.connect_channel(self.json_body())
         self.write_json(body, status)
 
 
@@ -24,6 +24,32 @@ class ChannelHandler(BaseHandler):
         """Disconnect a channel, keeping its data; admin only."""
         await self.authorize(ADMIN)
         self.write_json(await self.core.inbox.disconnect_channel(channel_id))
+
+
+class SubscriptionHandler(BaseHandler):
+    async def get(self, channel_id: str) -> None:
+        """The account's webhook subscription, read back from Meta now; admin only."""
+        await self.authorize(ADMIN)
+        self.write_json(await self.core.accounts.subscription_of(channel_id))
+
+    async def post(self, channel_id: str) -> None:
+        """Subscribe the account to the fields igsync handles; admin only."""
+        await self.authorize(ADMIN)
+        self.write_json(await self.core.accounts.subscription_of(channel_id, subscribe=True))
+
+
+class HistoryHandler(BaseHandler):
+    async def get(self, channel_id: str) -> None:
+        """The channel's history import and gap repairs; admin only."""
+        await self.authorize(ADMIN)
+        self.write_json(await self.core.accounts.history_of(channel_id))
+
+    async def post(self, channel_id: str) -> None:
+        """Import the channel's history in the background (202); admin only."""
+        await self.authorize(ADMIN)
+        body = self.json_body() if self.request.body else None
+        status, answer = await self.core.accounts.start_history(channel_id, body)
+        self.write_json(answer, status)
 
 
 class TokensHandler(BaseHandler):
@@ -94,6 +120,8 @@ class RetrySendHandler(BaseHandler):
 routes = [
     (r"/api/v1/channels", ChannelsHandler),
     (r"/api/v1/channels/([^/]+)", ChannelHandler),
+    (r"/api/v1/channels/([^/]+)/subscription", SubscriptionHandler),
+    (r"/api/v1/channels/([^/]+)/history", HistoryHandler),
     (r"/api/v1/tokens", TokensHandler),
     (r"/api/v1/conversations", ConversationsHandler),
     (r"/api/v1/conversations/([^/]+)", ConversationHandler),

@@ -17,6 +17,17 @@ from models.atomic import update_get, upsert_get
 from models.ids import as_object_id
 from models.timeutil import utcnow
 
+# How a channel was connected (``login``): the host, endpoints and webhook fields follow from it.
+INSTAGRAM_LOGIN = "instagram_login"  # graph.instagram.com, an Instagram-scoped user token
+FACEBOOK_LOGIN = "facebook_login"  # graph.facebook.com, a Page token (Messenger Platform for Instagram)
+LOGINS = (INSTAGRAM_LOGIN, FACEBOOK_LOGIN)
+
+
+def login_of(channel: dict[str, Any]) -> str:
+    """How a channel was connected; channels from before the field existed used Instagram Login."""
+    login = channel.get("login")
+    return login if login in LOGINS else INSTAGRAM_LOGIN
+
 
 class ChannelRepository:
     def __init__(self, db: AsyncDatabase) -> None:
@@ -43,7 +54,14 @@ class ChannelRepository:
         if fields.get("access_token"):
             # A new token is the re-authorisation a token-expired channel was waiting for.
             update["$set"]["needs_reauth"] = False
+            update["$set"]["token_set_at"] = now
+            update["$set"].setdefault("token_expires_at", None)
+            update["$unset"] = {"token_refresh_until": ""}
         return await upsert_get(self.coll, {"page_id": page_id}, update)
+
+    async def find_by_page_id(self, page_id: str) -> dict[str, Any] | None:
+        """A channel by its page id (connected or not)."""
+        return await self.coll.find_one({"page_id": page_id})
 
     async def find_connected_by_account(self, account_id: str) -> dict[str, Any] | None:
         """The connected channel whose page id or Instagram user id is ``account_id``."""
@@ -83,10 +101,47 @@ class ChannelRepository:
         """Set fields on a channel, stamping ``updated_at``."""
         await self.coll.update_one({"_id": channel_id}, {"$set": {**fields, "updated_at": utcnow()}})
 
-    async def mark_needs_reauth(self, channel_id: ObjectId) -> None:
+    async def mark_needs_reauth(self, channel_id: ObjectId) -> dict[str, Any] | None:
         """Meta refused the channel's token (code 190): callers stop using it until the channel
-        is reconnected with a new one (``upsert`` clears the flag)."""
-        await self.set_fields(channel_id, {"needs_reauth": True, "needs_reauth_since": utcnow()})
+        is reconnected with a new one (``connect`` clears the flag). The channel after, only
+        for the call that changed it (None when it was marked already)."""
+        now = utcnow()
+        return await update_get(
+            self.coll,
+            {"_id": channel_id, "needs_reauth": {"$ne": True}},
+            {"$set": {"needs_reauth": True, "needs_reauth_since": now, "updated_at": now}},
+        )
+
+    async def claim_token_refresh(self, channel: dict[str, Any], now: dt.datetime, lease: dt.timedelta) -> bool:
+        """Take the right to refresh the channel's token (of several processes, one): the
+        channel must still hold the token read, and no unexpired claim."""
+        result = await self.coll.update_one(
+            {
+                "_id": channel["_id"],
+                "access_token": channel.get("access_token"),
+                "$or": [{"token_refresh_until": {"$exists": False}}, {"token_refresh_until": {"$lte": now}}],
+            },
+            {"$set": {"token_refresh_until": now + lease}},
+        )
+        return result.modified_count == 1
+
+    async def replace_token(self, channel: dict[str, Any], token: str, expires_at: dt.datetime) -> bool:
+        """Store a refreshed token, if the channel still holds the one that was refreshed."""
+        now = utcnow()
+        result = await self.coll.update_one(
+            {"_id": channel["_id"], "access_token": channel.get("access_token")},
+            {
+                "$set": {
+                    "access_token": token,
+                    "token_expires_at": expires_at,
+                    "token_set_at": now,
+                    "token_refreshed_at": now,
+                    "updated_at": now,
+                },
+                "$unset": {"token_refresh_until": ""},
+            },
+        )
+        return result.modified_count == 1
 
     async def touch_last_webhook(self, channel_id: ObjectId, at: dt.datetime) -> None:
         """Instagram called us for this channel at ``at``; ``$max`` never moves it back."""

@@ -127,6 +127,8 @@ class ConversationRepository:
         always reports ``needs_reply``: it may still answer customer messages older than it.
         """
         inbound = message["type"] == "customer"
+        # A history import's old customer messages were read long ago: they add no unread.
+        history = message.get("imported") == "backfill"
         mid = message["_id"]
         token = ObjectId()
         newest = {"$lte": ["$last_message_at", lit(message["sent_at"])]}
@@ -143,7 +145,9 @@ class ConversationRepository:
             "last_message_at": if_newest(lit(message["sent_at"]), "last_message_at"),
             "status": if_newest(lit(STATUS_NEEDS_REPLY if inbound else STATUS_ANSWERED), "status"),
             "unread_count": (
-                {"$add": [{"$ifNull": ["$unread_count", 0]}, 1]} if inbound else if_newest(0, "unread_count")
+                {"$add": [{"$ifNull": ["$unread_count", 0]}, 0 if history else 1]}
+                if inbound
+                else if_newest(0, "unread_count")
             ),
             "updated_at": lit(utcnow()),
             "recent_message_ids": {

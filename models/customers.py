@@ -31,6 +31,9 @@ class CustomerRepository:
             unique=True,
             name="channel_instagram_id_unique",
         )
+        # Customers whose look-up waits for the channel's re-authorisation (sparse: few, and
+        # found without reading the channel's every customer).
+        await self.coll.create_index([("awaiting_reauth", ASCENDING)], sparse=True, name="awaiting_reauth")
 
     async def get_or_create(self, channel_id: ObjectId, instagram_id: str) -> tuple[dict[str, Any], bool]:
         """The customer (channel, Instagram id), created atomically if missing; (doc, created)."""
@@ -55,9 +58,21 @@ class CustomerRepository:
         """A customer by id."""
         return await self.coll.find_one({"_id": customer_id})
 
-    async def update_profile(self, customer_id: ObjectId, fields: dict[str, Any]) -> dict[str, Any] | None:
-        """Set profile fields on a customer; the updated document."""
-        return await update_get(self.coll, {"_id": customer_id}, {"$set": {**fields, "updated_at": utcnow()}})
+    async def update_profile(
+        self, customer_id: ObjectId, fields: dict[str, Any], *, awaiting_reauth: ObjectId | None = None
+    ) -> dict[str, Any] | None:
+        """Set profile fields on a customer; the updated document. ``awaiting_reauth``: the
+        look-up waits for this channel's re-authorisation (cleared by any other outcome)."""
+        update: dict[str, Any] = {"$set": {**fields, "updated_at": utcnow()}}
+        if awaiting_reauth is not None:
+            update["$set"]["awaiting_reauth"] = awaiting_reauth
+        else:
+            update["$unset"] = {"awaiting_reauth": ""}
+        return await update_get(self.coll, {"_id": customer_id}, update)
+
+    async def awaiting_reauth(self, channel_id: ObjectId) -> list[dict[str, Any]]:
+        """Customers whose profile look-up waits for this channel to be reconnected."""
+        return await self.coll.find({"awaiting_reauth": channel_id}).to_list(None)
 
     async def claim_profile_refresh(
         self, customer_id: ObjectId, *, checked_before: dt.datetime, statuses: tuple[str | None, ...]

@@ -177,13 +177,18 @@ class MediaJobRepository:
         query = self._failed(None, reason_prefix)
         return await self.coll.find(query).sort("updated_at", DESCENDING).limit(limit).to_list(None)
 
-    async def requeue_failed(self, job_ids: list[ObjectId] | None, *, reason_prefix: str | None = None) -> int:
+    async def requeue_failed(
+        self, job_ids: list[ObjectId] | None, *, reason_prefix: str | None = None, channel_id: ObjectId | None = None
+    ) -> int:
         """Failed jobs (these, or all) pending again, due now, with fresh attempts and the
         right to one more fresh link; how many. Only ``failed`` ones: a job that completed
         or was cancelled (its message unsent) meanwhile stays as it is."""
         now = utcnow()
+        query = self._failed(job_ids, reason_prefix)
+        if channel_id is not None:
+            query["channel_id"] = channel_id
         result = await self.coll.update_many(
-            self._failed(job_ids, reason_prefix),
+            query,
             {
                 "$set": {
                     "state": PENDING,

@@ -47,6 +47,11 @@ OUTBOUND_TYPES = (TYPE_SUPPORT, TYPE_AI)
 # An owner message first seen as an echo from the Instagram app (not sent through igsync);
 # only such a message may be adopted by a mark-sent.
 SOURCE_INSTAGRAM_DIRECT = "instagram_direct"
+# ``imported``: a message read from the Conversations API instead of a webhook. A history
+# import's messages are old: no notifications, no unread count, no workflow triggers. A gap
+# repair's were missed during an outage: new to the business, announced like a webhook's.
+IMPORTED_BACKFILL = "backfill"
+IMPORTED_REPAIR = "repair"
 # Rows sharing the anchor's millisecond that a page can step over (see ``page``).
 _TIE_SLACK = 20
 
@@ -147,6 +152,32 @@ class MessageRepository:
         """The message known by this Instagram id; concurrent look-ups share one query."""
         found = await self._by_mid.find([mid_key(channel_id, mid)])
         return found[0] if found else None
+
+    async def stored_mids(self, channel_id: ObjectId, mids: list[str]) -> set[str]:
+        """Which of ``mids`` a message of the channel already holds (one query on the unique index)."""
+        if not mids:
+            return set()
+        keys = [mid_key(channel_id, m) for m in mids]
+        docs = await self.coll.find({"mid_keys": {"$in": keys}}, {"mids": 1}).to_list(None)
+        held = {m for d in docs for m in d.get("mids") or []}
+        return held & set(mids)
+
+    async def unechoed_near(
+        self, conversation_id: ObjectId, content_hash: str, at: dt.datetime, window_secs: float
+    ) -> list[dict[str, Any]]:
+        """Outbound messages of the conversation with this text, sent within ``window_secs`` of
+        ``at``, still without an Instagram id: sends whose echo never came (on the time index)."""
+        span = dt.timedelta(seconds=window_secs)
+        query = {"conversation_id": conversation_id, "sent_at": {"$gte": at - span, "$lte": at + span}}
+        docs = await self.coll.find(query).to_list(None)
+        return [
+            d
+            for d in docs
+            if d.get("type") != TYPE_CUSTOMER
+            and d.get("content_hash") == content_hash
+            and not d.get("mids")
+            and "merged_into" not in d
+        ]
 
     async def latest_of_type(self, conversation_id: ObjectId, message_type: str) -> dict[str, Any] | None:
         """A conversation's latest message of ``type`` (``customer``: when the customer last wrote).

@@ -43,6 +43,8 @@ class OutboundRepository:
     async def ensure_indexes(self) -> None:
         """The queue's index: due (or lease-expired) sends, most overdue first."""
         await self.coll.create_index([("send_due_at", ASCENDING)], sparse=True, name="send_due")
+        # Sends that failed because Meta refused the channel's token: sent when it is reconnected.
+        await self.coll.create_index([("send.awaiting_reauth", ASCENDING)], sparse=True, name="send_awaiting_reauth")
 
     async def claim(self, owner: str, lease_secs: float, now: dt.datetime | None = None) -> dict[str, Any] | None:
         """Take the most overdue send (waiting, or held by a worker whose lease ran out); None
@@ -85,9 +87,19 @@ class OutboundRepository:
         are added by the caller, whose unique index decides echo collisions)."""
         await self.coll.update_one({"_id": message["_id"]}, {"$set": {f"send.parts.{index}.mid": mid}})
 
-    async def finish(self, message_id: ObjectId, status: str, error: dict[str, Any] | None = None) -> bool:
-        """``sent`` or ``failed`` (with ``delivery_error``): off the queue. False if it already was."""
+    async def finish(
+        self,
+        message_id: ObjectId,
+        status: str,
+        error: dict[str, Any] | None = None,
+        *,
+        awaiting_reauth: ObjectId | None = None,
+    ) -> bool:
+        """``sent`` or ``failed`` (with ``delivery_error``): off the queue. False if it already was.
+        ``awaiting_reauth``: it failed on the channel's refused token; reconnecting sends it."""
         fields: dict[str, Any] = {"delivery_status": status, "delivery_error": error, "send.finished_at": utcnow()}
+        if awaiting_reauth is not None:
+            fields["send.awaiting_reauth"] = awaiting_reauth
         done = await self.coll.update_one(
             {"_id": message_id, "delivery_status": PENDING}, {"$set": fields, "$unset": {"send_due_at": ""}}
         )
@@ -117,6 +129,27 @@ class OutboundRepository:
                 }
             },
         )
+
+    async def requeue_awaiting_reauth(self, channel_id: ObjectId) -> int:
+        """Sends that failed on the channel's refused token, pending again; how many."""
+        docs = await self.coll.find({"send.awaiting_reauth": channel_id}, {"_id": 1}).to_list(None)
+        requeued = 0
+        for doc in docs:
+            result = await self.coll.update_one(
+                {"_id": doc["_id"], "delivery_status": FAILED},
+                {
+                    "$set": {
+                        "delivery_status": PENDING,
+                        "delivery_error": None,
+                        "send_due_at": utcnow(),
+                        "send.attempts": 0,
+                        "send.retried_at": utcnow(),
+                    },
+                    "$unset": {"send.awaiting_reauth": ""},
+                },
+            )
+            requeued += result.modified_count
+        return requeued
 
     async def queue_depth(self) -> int:
         """Sends waiting or in progress (on the sparse index)."""

@@ -187,6 +187,10 @@ def channel(doc: dict[str, Any]) -> dict[str, Any]:
     }
     if doc.get("needs_reauth"):
         out["needs_reauth"] = True
+    out["login"] = doc.get("login") or "instagram_login"
+    out["token_expires_at"] = iso(doc.get("token_expires_at"))
+    subscription = doc.get("subscription")
+    out["subscription_state"] = subscription.get("state") if isinstance(subscription, dict) else None
     out["triggers"] = channel_triggers(doc.get("triggers"))
     return out
 

@@ -19,6 +19,8 @@ from models.conversations import ConversationRepository
 from models.customers import CustomerRepository
 from models.echo_pairs import EchoPairRepository
 from models.errors import LONG_OPERATION_SECS
+from models.heartbeats import HeartbeatRepository
+from models.history_runs import HistoryRunRepository
 from models.media_files import MediaFileRepository
 from models.media_jobs import MediaJobRepository
 from models.message_updates import MessageUpdateRepository
@@ -98,6 +100,9 @@ class Store:
         self.echo_pairs = EchoPairRepository(self.db)
         # Messages sent through igsync wait on the messages collection itself (models/outbound.py).
         self.outbound = OutboundRepository(self.db)
+        # Accounts: history imports and gap repairs (resumable runs), process heartbeats and gaps.
+        self.history_runs = HistoryRunRepository(self.db)
+        self.heartbeats = HeartbeatRepository(self.db)
         self.repositories: list[Any] = [
             self.channels,
             self.customers,
@@ -113,6 +118,8 @@ class Store:
             self.media_files,
             self.echo_pairs,
             self.outbound,
+            self.history_runs,
+            self.heartbeats,
         ]
 
     async def ensure_indexes(self) -> None:

@@ -65,7 +65,7 @@ ERROR_DESCRIPTIONS = {
     403: "A token of another kind, or a refused origin.",
     404: "No such resource, or one of another owner.",
     405: "Method not allowed.",
-    409: "Conflict with what is stored (not_failed, not_sent_yet, not_a_customer, channel_cannot_send).",
+    409: "Conflict with what is stored (not_failed, not_sent_yet, not_a_customer, channel_cannot_send, needs_reauth).",
     413: "The body is too large.",
     422: "Invalid fields (`fields` names them).",
     426: "Not a WebSocket upgrade.",
@@ -323,6 +323,7 @@ def admin_paths() -> dict[str, dict[str, Any]]:
                 },
             )
         },
+        **account_paths(),
         "/api/v1/tokens": {
             "post": _secured(
                 "adminToken",
@@ -342,6 +343,53 @@ def admin_paths() -> dict[str, dict[str, Any]]:
                     "responses": {**_ok("DeadPage", "One page."), **_errors(400, 404, 422)},
                 },
             )
+        },
+    }
+
+
+def account_paths() -> dict[str, dict[str, Any]]:
+    """docs/accounts.md: a channel's webhook subscription and its history import (admin)."""
+    channel = _path("channel_id", "Our channel id.")
+    return {
+        "/api/v1/channels/{channel_id}/subscription": {
+            "get": _secured(
+                "adminToken",
+                {
+                    "summary": "The account's webhook subscription as Meta lists it now",
+                    "parameters": [channel],
+                    "responses": {**_ok("SubscriptionAnswer", "Read back from Meta."), **_errors(404)},
+                },
+            ),
+            "post": _secured(
+                "adminToken",
+                {
+                    "summary": "Subscribe the account to the fields igsync handles, then read it back",
+                    "parameters": [channel],
+                    "responses": {**_ok("SubscriptionAnswer", "Subscribed and read back."), **_errors(404)},
+                },
+            ),
+        },
+        "/api/v1/channels/{channel_id}/history": {
+            "get": _secured(
+                "adminToken",
+                {
+                    "summary": "The channel's history import and gap repairs, newest first",
+                    "parameters": [channel],
+                    "responses": {**_ok("HistoryRuns", "The runs."), **_errors(404)},
+                },
+            ),
+            "post": _secured(
+                "adminToken",
+                {
+                    "summary": "Import the channel's history from the Conversations API, in the background",
+                    "parameters": [channel],
+                    "requestBody": {
+                        **_body(schemas.HistoryInputSchema, {"since": "2026-11-01T00:00:00Z"}),
+                        "required": False,
+                    },
+                    "responses": {**_ok("HistoryStarted", "Queued (or running).", 202), **_errors(400, 404, 409, 422)},
+                },
+            ),
         },
     }
 
@@ -485,6 +533,7 @@ def _components() -> dict[str, Any]:
         "TokenInput": schemas.TokenInputSchema,
         "MarkSentInput": schemas.MarkSentSchema,
         "SendInput": schemas.SendSchema,
+        "HistoryInput": schemas.HistoryInputSchema,
     }
     for name in (
         "ErrorShape",
@@ -497,6 +546,9 @@ def _components() -> dict[str, Any]:
         "MarkSentAnswer",
         "SendAnswer",
         "DeadPage",
+        "SubscriptionAnswer",
+        "HistoryStarted",
+        "HistoryRuns",
         "Health",
         "Readiness",
         "WebhookItemResult",

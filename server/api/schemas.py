@@ -11,7 +11,9 @@ from typing import Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
+from models.channels import LOGINS
 from models.messages import TYPE_AI, TYPE_SUPPORT
+from models.timeutil import parse_iso
 from server.api.errors import bad_request, validation_error
 
 # Ids from other systems (page ids, IGSIDs, client ids): short opaque strings.
@@ -114,6 +116,10 @@ class ChannelInputSchema(Schema):
     username = fields.String(required=True, validate=validate.Length(min=1, max=64))
     owner = fields.Nested(OwnerSchema, required=True)
     access_token = fields.String(allow_none=True, validate=validate.Length(max=1024))
+    # How the account was connected: the Graph API host, endpoints and webhook fields follow.
+    login = fields.String(validate=validate.OneOf(LOGINS))
+    # Meta's expires_in of the token (seconds); unknown: learnt from its first refresh.
+    token_expires_in = fields.Integer(strict=True, validate=validate.Range(min=1, max=10 * 365 * 86400))
     ai_enabled = StrictBoolean()
     triggers = fields.Nested(TriggersSchema, allow_none=True)
 
@@ -218,7 +224,24 @@ class SendSchema(Schema):
             raise ValidationError(f"Instagram takes at most {MAX_TEXT_BYTES} bytes of text", "content")
 
 
+class HistoryInputSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    # Only conversations active since then, only messages sent since then (RFC 3339).
+    since = fields.String(load_default=None, allow_none=True, validate=validate.Length(min=1, max=64))
+
+    @validates_schema
+    def _since_is_a_time(self, data: dict[str, Any], **_: Any) -> None:
+        if data.get("since") is not None:
+            try:
+                parse_iso(data["since"])
+            except ValueError:
+                raise ValidationError("not an RFC 3339 time", "since") from None
+
+
 CHANNEL_INPUT = ChannelInputSchema()
+HISTORY_INPUT = HistoryInputSchema()
 TOKEN_INPUT = TokenInputSchema()
 MARK_SENT_INPUT = MarkSentSchema()
 SEND_INPUT = SendSchema()

@@ -55,6 +55,13 @@ class ChannelShape(Open):
     created_at = fields.String(allow_none=True, required=True, metadata={"format": "date-time"})
     ai_enabled = fields.Boolean(required=True)
     needs_reauth = fields.Boolean()
+    login = fields.String(required=True, metadata={"enum": ["instagram_login", "facebook_login"]})
+    token_expires_at = fields.String(allow_none=True, required=True, metadata={"format": "date-time"})
+    subscription_state = fields.String(
+        allow_none=True,
+        required=True,
+        metadata={"description": "subscribed, incomplete, not_subscribed, unknown; null: never checked"},
+    )
     triggers = fields.Nested(TriggersShape, required=True)
 
 
@@ -150,6 +157,58 @@ class ChannelList(Open):
 
 class ChannelOne(Open):
     channel = fields.Nested(ChannelShape, required=True)
+
+
+class SubscriptionShape(Open):
+    state = fields.String(required=True, metadata={"enum": ["subscribed", "incomplete", "not_subscribed", "unknown"]})
+    fields_ = fields.List(fields.String(), allow_none=True, required=True, data_key="fields")
+    missing = fields.List(fields.String(), allow_none=True, required=True)
+    checked_at = fields.String(allow_none=True, required=True, metadata={"format": "date-time"})
+    error = fields.String(allow_none=True, required=True)
+
+
+class SubscriptionAnswer(Open):
+    channel_id = fields.String(required=True)
+    subscription = fields.Nested(SubscriptionShape, required=True)
+
+
+class CountShape(Open):
+    done = fields.Integer(required=True)
+    total = fields.Integer(required=True)
+    listed = fields.Boolean(required=True)
+
+
+class HistoryMessagesShape(Open):
+    stored = fields.Integer(required=True)
+    duplicate = fields.Integer(required=True)
+    not_detailed = fields.Integer(required=True)
+    invalid = fields.Integer(required=True)
+
+
+class HistoryRunShape(Open):
+    id = fields.String(required=True)
+    channel_id = fields.String(required=True)
+    mode = fields.String(required=True, metadata={"enum": ["backfill", "repair"]})
+    state = fields.String(required=True, metadata={"enum": ["queued", "running", "done", "failed"]})
+    since = fields.String(allow_none=True, required=True, metadata={"format": "date-time"})
+    conversations = fields.Nested(CountShape, required=True)
+    messages = fields.Nested(HistoryMessagesShape, required=True)
+    calls = fields.Integer(required=True)
+    messages_per_sec = fields.Float(required=True)
+    eta_secs = fields.Float(allow_none=True, required=True)
+    error = fields.String(allow_none=True, required=True)
+    started_at = fields.String(allow_none=True, required=True, metadata={"format": "date-time"})
+    finished_at = fields.String(allow_none=True, required=True, metadata={"format": "date-time"})
+    updated_at = fields.String(allow_none=True, required=True, metadata={"format": "date-time"})
+
+
+class HistoryStarted(Open):
+    history_import = fields.Nested(HistoryRunShape, required=True)
+
+
+class HistoryRuns(Open):
+    channel_id = fields.String(required=True)
+    runs = fields.List(fields.Nested(HistoryRunShape), required=True)
 
 
 class ConversationPage(Open):

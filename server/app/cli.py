@@ -1,7 +1,8 @@
 """The ``igsync`` command line (also ``python -m server``), API.md §7.
 
-Commands: ``serve``, ``channel add|list|disconnect``, ``token create``, ``simulate``,
-``replay``, ``doctor``, ``triggers list-dead|retry``, ``media list-failed|retry``. Store-backed tools use the configured
+Commands: ``serve``, ``channel add|list|disconnect|subscribe|status``, ``token create``,
+``backfill``, ``simulate``, ``replay``, ``doctor``, ``triggers list-dead|retry``,
+``media list-failed|retry``. Store-backed tools use the configured
 URLs, else the stores of a running ``igsync serve`` on the same data directory, else start
 the embedded stores for the duration of the command. A configuration error is one line on stderr and exit code 2.
 """
@@ -73,9 +74,13 @@ def cmd_channel_add(args: argparse.Namespace) -> int:
         payload["instagram_user_id"] = args.instagram_user_id
     if args.access_token_env:
         payload["access_token"] = os.environ.get(args.access_token_env, "")
+    if args.login:
+        payload["login"] = args.login
+    if args.token_expires_in:
+        payload["token_expires_in"] = args.token_expires_in
 
     async def work(core: Any) -> Any:
-        return await core.inbox.connect_channel(payload)
+        return await core.accounts.connect_channel(payload, subscribe_now=True)
 
     status, body = _with_core(_settings(), work)
     _print_json({"created": status == 201, **body})
@@ -101,6 +106,75 @@ def cmd_channel_disconnect(args: argparse.Namespace) -> int:
 
     _print_json(_with_core(_settings(), work))
     return 0
+
+
+def cmd_channel_subscribe(args: argparse.Namespace) -> int:
+    """``igsync channel subscribe``: subscribe the account to igsync's webhook fields."""
+
+    async def work(core: Any) -> Any:
+        return await core.accounts.subscription_of(args.channel_id, subscribe=True)
+
+    answer = _with_core(_settings(), work)
+    _print_json(answer)
+    return 0 if answer["subscription"]["state"] == "subscribed" else 1
+
+
+def cmd_channel_status(args: argparse.Namespace) -> int:
+    """``igsync channel status``: token, subscription (read from Meta now), last webhook, history."""
+    from models import serializers
+    from models.timeutil import iso
+
+    async def work(core: Any) -> Any:
+        subscription = await core.accounts.subscription_of(args.channel_id)
+        channel = await core.accounts.channel(args.channel_id)
+        history = await core.accounts.history_of(args.channel_id)
+        return {
+            "channel": serializers.channel(channel),
+            "last_webhook_at": iso(channel.get("last_webhook_at")),
+            "subscription": subscription["subscription"],
+            "history": history["runs"],
+        }
+
+    _print_json(_with_core(_settings(), work))
+    return 0
+
+
+def cmd_backfill(args: argparse.Namespace) -> int:
+    """``igsync backfill``: import a channel's history from the Conversations API, with progress."""
+    from models.timeutil import parse_iso
+
+    since = parse_iso(args.since) if args.since else None
+
+    async def work(core: Any) -> Any:
+        channel = await core.accounts.channel(args.channel)
+        if args.dry_run:
+            return await core.history.importer.dry_run(channel, since, lambda row: _print_line(row))
+        run = await core.accounts.queue_backfill(channel, since)
+        done = await core.history.run_here(run["_id"], _progress_line)
+        return done if done is not None else {"note": "another process is running this import", "run": run["_id"]}
+
+    result = _with_core(_settings(), work)
+    if args.dry_run:
+        _print_line({"total": result})  # after one line per conversation: one line in all
+    else:
+        _print_json(result)
+    return 0 if result.get("state") in (None, "done") else 1
+
+
+def _print_line(row: dict[str, Any]) -> None:
+    print(json.dumps(row), flush=True)
+
+
+async def _progress_line(progress: dict[str, Any]) -> None:
+    conversations, messages = progress["conversations"], progress["messages"]
+    eta = f"{progress['eta_secs']:.0f} s" if progress.get("eta_secs") is not None else "-"
+    print(
+        f"{progress['state']}: conversations {conversations['done']}/{conversations['total']}, "
+        f"stored {messages['stored']}, already stored {messages['duplicate']}, "
+        f"not detailed by Meta {messages['not_detailed']}, {progress['messages_per_sec']:.1f} msg/s, ETA {eta}",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def cmd_token_create(args: argparse.Namespace) -> int:
@@ -297,7 +371,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="VAR",
         help="name of an environment variable holding the access token (never pass it as an argument)",
     )
+    add.add_argument("--login", choices=["instagram_login", "facebook_login"], help="how the account was connected")
+    add.add_argument("--token-expires-in", type=int, metavar="SECS", help="Meta's expires_in of the token")
     add.set_defaults(func=cmd_channel_add)
+    subscribe = channel_sub.add_parser("subscribe", help="subscribe the account to the webhook fields igsync handles")
+    subscribe.add_argument("channel_id")
+    subscribe.set_defaults(func=cmd_channel_subscribe)
+    status = channel_sub.add_parser("status", help="token, subscription (asked of Meta now), last webhook, history")
+    status.add_argument("channel_id")
+    status.set_defaults(func=cmd_channel_status)
     lst = channel_sub.add_parser("list", help="list every channel")
     lst.set_defaults(func=cmd_channel_list)
     disc = channel_sub.add_parser("disconnect", help="disconnect a channel (its data is kept)")
@@ -317,6 +399,12 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--app-secret", help="signing secret (default: configured or dev secret)")
     simulate.add_argument("files", nargs="+", metavar="FIXTURE")
     simulate.set_defaults(func=cmd_simulate)
+
+    backfill = sub.add_parser("backfill", help="import a channel's history from the Conversations API")
+    backfill.add_argument("--channel", required=True, help="our channel id")
+    backfill.add_argument("--since", help="RFC 3339 time: only conversations and messages since then")
+    backfill.add_argument("--dry-run", action="store_true", help="print what would be stored; store nothing")
+    backfill.set_defaults(func=cmd_backfill)
 
     replay = sub.add_parser("replay", help="re-process stored webhook bodies (idempotent)")
     replay.add_argument("--since", help="ISO-8601 time; default: everything kept")

@@ -21,6 +21,11 @@ from tornado.httpclient import AsyncHTTPClient
 
 from config import Settings
 from models.store import Store
+from server.accounts.gaps import GapWatch
+from server.accounts.history import HistoryImporter, ImportedMessages
+from server.accounts.runs import HistoryWorker
+from server.accounts.service import AccountsService
+from server.accounts.tokens import TokenRefresher
 from server.api.auth import Authenticator
 from server.app.drain import RequestGate
 from server.dedup.echo import EchoDedup
@@ -28,6 +33,7 @@ from server.dedup.marks import SentMarks
 from server.dedup.marksent import MarkSentService
 from server.dedup.pairing import EchoPairing
 from server.graph.client import GraphApiClient
+from server.graph.health import ChannelHealth
 from server.graph.profiles import ProfileService
 from server.inbox.events import EventSink, SafePublisher
 from server.inbox.scope import OwnerScope
@@ -111,6 +117,10 @@ class Core:
     readiness: Readiness
     sends: SendService
     send_worker: SendWorker
+    accounts: AccountsService
+    tokens: TokenRefresher
+    history: HistoryWorker
+    gaps: GapWatch
     # Started in this order by serve, stopped in reverse: the hub outlives the workers that
     # publish through it, and the dedup Redis client (marks) closes last.
     services: list[Any] = field(default_factory=list)
@@ -165,10 +175,11 @@ async def build_core(
     publisher = SafePublisher(sink)
     webhooks = InFlight()
     dispatcher = _build_dispatcher(settings, store, redis, metrics, webhooks_busy=webhooks.busy)
-    media = _build_media(settings, store, metrics, publisher, transcriber)
+    health = ChannelHealth(store, publisher.publish, metrics)
+    media = _build_media(settings, store, metrics, publisher, transcriber, health)
     changes = MessageEventHandler(store, publisher.publish, metrics, media)
     recorder = _build_recorder(settings, store, publisher, changes, media, dispatcher)
-    profiles = _build_profiles(settings, store, metrics, publisher, media)
+    profiles = _build_profiles(settings, store, metrics, publisher, media, health)
     marks, pairing = _build_dedup_layers(settings, store, metrics)
     dedup = EchoDedup(store, recorder, pairing, marks, metrics)
     new_customer_hooks: list[NewCustomerHook] = [profiles]
@@ -177,19 +188,17 @@ async def build_core(
     )
     auth = _build_auth(settings, store)
     marksent = MarkSentService(
-        store=store,
-        auth=auth,
-        channels=channels,
-        threads=threads,
-        recorder=recorder,
-        pairing=pairing,
-        marks=marks,
-        metrics=metrics,
-        new_customer_hooks=new_customer_hooks,
-    )
-    sends, send_worker = _build_sends(settings, store, metrics, publisher, auth, marksent)
+        store=store, auth=auth, channels=channels, threads=threads, recorder=recorder, pairing=pairing, marks=marks,
+        metrics=metrics, new_customer_hooks=new_customer_hooks,
+    )  # fmt: skip
+    sends, send_worker = _build_sends(settings, store, metrics, publisher, auth, marksent, health)
+    imported = ImportedMessages(store, threads, recorder, new_customer_hooks)
+    wake = {"media": media.wake, "sends": send_worker.wake}
+    accounts = _build_accounts(settings, store, metrics, publisher, health, imported, channels, profiles, wake=wake)
     readiness = Readiness(store, redis, metrics, timeout_secs=settings.readyz_timeout_ms / 1000)
     monitor = _build_monitor(settings, store, metrics, readiness)
+    services = [marks, *([realtime] if realtime else []), media, profiles, dispatcher, send_worker]
+    services += [*accounts.values(), monitor]
     return Core(
         settings=settings,
         store=store,
@@ -212,9 +221,67 @@ async def build_core(
         readiness=readiness,
         sends=sends,
         send_worker=send_worker,
-        services=[marks, *([realtime] if realtime else []), media, profiles, dispatcher, send_worker, monitor],
+        **accounts,
+        services=services,
         realtime=realtime,
     )
+
+
+def _build_accounts(
+    settings: Settings,
+    store: Store,
+    metrics: Metrics,
+    publisher: SafePublisher,
+    health: ChannelHealth,
+    imported: ImportedMessages,
+    channels: ChannelCache,
+    profiles: ProfileService,
+    *,
+    wake: dict[str, Callable[[], None]],
+) -> dict[str, Any]:
+    """The accounts services, by their Core field, in start order."""
+    # Each gets its own Graph client: a slow history import must not queue a token refresh.
+    history = HistoryWorker(
+        store,
+        HistoryImporter(
+            store=store,
+            graph=_graph_client(settings, 2),
+            messages=imported,
+            health=health,
+            metrics=metrics,
+            calls_per_sec=settings.history_calls_per_sec,
+            lease_secs=settings.history_lease_secs,
+        ),
+        publisher.publish,
+        poll_secs=settings.history_lease_secs / 4,
+        lease_secs=settings.history_lease_secs,
+        enabled=settings.history_concurrency > 0,
+    )
+    gaps = GapWatch(
+        store,
+        heartbeat_secs=settings.heartbeat_secs,
+        retry_window_secs=settings.meta_retry_window_secs,
+        on_queued=history.wake,
+    )
+    tokens = TokenRefresher(
+        store,
+        _graph_client(settings, 2),
+        health,
+        metrics,
+        check_secs=settings.token_check_secs,
+        refresh_before_days=settings.token_refresh_before_days,
+    )
+    accounts = AccountsService(
+        store=store,
+        channel_cache=channels,
+        graph=_graph_client(settings, 2),
+        health=health,
+        publish=publisher.publish,
+        profiles=profiles,
+        gaps=gaps,
+        wake={**wake, "history": history.wake, "tokens": tokens.wake},
+    )
+    return {"accounts": accounts, "tokens": tokens, "history": history, "gaps": gaps}
 
 
 async def _build_store(settings: Settings, metrics: Metrics, listeners: list[Any], ensure_indexes: bool) -> Store:
@@ -270,6 +337,7 @@ def _graph_client(settings: Settings, max_clients: int) -> GraphApiClient:
         settings.graph_api_version,
         timeout_secs=settings.graph_api_timeout_secs,
         max_clients=max(max_clients, 1),
+        facebook_url=settings.facebook_graph_api_url,
     )
 
 
@@ -280,6 +348,7 @@ def _build_sends(
     publisher: SafePublisher,
     auth: Authenticator,
     marksent: MarkSentService,
+    health: ChannelHealth,
 ) -> tuple[SendService, SendWorker]:
     worker = SendWorker(
         store,
@@ -292,6 +361,7 @@ def _build_sends(
         retry_base_secs=settings.send_retry_base_secs,
         poll_secs=settings.send_poll_secs,
         limiter=SendLimiter(text_per_sec=settings.send_text_per_sec, media_per_sec=settings.send_media_per_sec),
+        health=health,
     )
     service = SendService(
         store=store, auth=auth, scope=OwnerScope(store), marksent=marksent, metrics=metrics, wake_worker=worker.wake
@@ -305,6 +375,7 @@ def _build_media(
     metrics: Metrics,
     publisher: SafePublisher,
     transcriber: Transcriber | None,
+    health: ChannelHealth,
 ) -> MediaService:
     return MediaService(
         store,
@@ -322,12 +393,17 @@ def _build_media(
         retry_base_secs=settings.media_retry_base_secs,
         poll_secs=settings.media_poll_secs,
         transcribe_timeout_secs=settings.media_timeout_secs,
-        links=LinkRefresher(store, _graph_client(settings, settings.media_concurrency), metrics),
+        links=LinkRefresher(store, _graph_client(settings, settings.media_concurrency), metrics, health),
     )
 
 
 def _build_profiles(
-    settings: Settings, store: Store, metrics: Metrics, publisher: SafePublisher, media: MediaService
+    settings: Settings,
+    store: Store,
+    metrics: Metrics,
+    publisher: SafePublisher,
+    media: MediaService,
+    health: ChannelHealth,
 ) -> ProfileService:
     return ProfileService(
         store,
@@ -339,6 +415,7 @@ def _build_profiles(
         retry_base_secs=settings.profile_retry_base_secs,
         refresh_after_secs=settings.profile_refresh_days * 86400,
         pictures=media,
+        health=health,
     )
 
 

@@ -49,6 +49,7 @@ from models.media_files import media_file_id, media_url
 from models.store import Store
 from models.timeutil import utcnow
 from server.graph import client as graph
+from server.graph.health import ChannelHealth
 from server.inbox import events as ev
 from server.ops.metrics import Metrics
 
@@ -94,12 +95,14 @@ class ProfileService:
         max_attempts: int,
         retry_base_secs: float,
         refresh_after_secs: float = 0.0,
+        health: ChannelHealth,
         pictures: PictureStore | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
         self.graph = graph_api
         self.pictures = pictures
+        self.health = health
         self.publish = publish
         self.metrics = metrics
         self.max_attempts = max_attempts
@@ -127,6 +130,12 @@ class ProfileService:
         if self.refresh_after_secs <= 0 or not self._consider(customer_id):
             return
         self._schedule(lambda: self._refresh_if_stale(channel["_id"], customer_id), customer_id)
+
+    def look_up_again(self, channel_id: ObjectId, customers: list[dict[str, Any]]) -> None:
+        """Customers whose look-up waited for the channel's re-authorisation: look them up now
+        (in the background, within the usual concurrency)."""
+        for customer in customers:
+            self._schedule(lambda customer=customer: self.refresh(channel_id, customer), customer["_id"])
 
     def _consider(self, customer_id: ObjectId) -> bool:
         """Remember the customer as considered now; False if they were, recently."""
@@ -180,13 +189,13 @@ class ProfileService:
         if channel is None:
             return ERROR
         customer_id = customer["_id"]
-        token = channel.get("access_token")
+        account = graph.GraphAccount.of(channel)
         if channel.get("needs_reauth"):
             status, profile = REAUTH_REQUIRED, None
-        elif not token:
+        elif account is None:
             status, profile = NO_TOKEN, None
         else:
-            status, profile = await self._lookup(channel, customer, token)
+            status, profile = await self._lookup(channel, customer, account)
         self.metrics.profile_lookups.labels(outcome=status).inc()
         if status == NO_TOKEN:
             # Enrichment is off for a channel connected without a token: nothing visible
@@ -198,11 +207,11 @@ class ProfileService:
         return status
 
     async def _lookup(
-        self, channel: dict[str, Any], customer: dict[str, Any], token: str
+        self, channel: dict[str, Any], customer: dict[str, Any], account: graph.GraphAccount
     ) -> tuple[str, graph.Profile | None]:
         for attempt in range(1, self.max_attempts + 1):
             try:
-                return FETCHED, await self.graph.user_profile(customer["instagram_id"], token)
+                return FETCHED, await self.graph.user_profile(account, customer["instagram_id"])
             except graph.GraphApiError as exc:
                 # The error carries codes and Meta's message with the token masked — never the URL.
                 log.info(
@@ -215,10 +224,7 @@ class ProfileService:
                     customer["_id"],
                 )
                 if exc.category == graph.TOKEN_EXPIRED:
-                    await self.store.channels.mark_needs_reauth(channel["_id"])
-                    log.warning(
-                        "channel %s needs re-authorisation: its access token expired or was revoked", channel["_id"]
-                    )
+                    await self.health.token_rejected(channel["_id"], by="profiles")
                     return REAUTH_REQUIRED, None
                 if exc.category == graph.UNAVAILABLE:
                     return UNAVAILABLE, None
@@ -244,7 +250,8 @@ class ProfileService:
                 fields["profile_pic_file"] = None  # the customer took their picture down
         elif not customer.get("enhanced_data_fetched"):
             fields.update(first_name=placeholder_name(customer["instagram_id"]), enhanced_data_fetched=False)
-        updated = await self.store.customers.update_profile(customer["_id"], fields)
+        waiting = channel["_id"] if status == REAUTH_REQUIRED else None
+        updated = await self.store.customers.update_profile(customer["_id"], fields, awaiting_reauth=waiting)
         if updated is None:
             return
         await self._announce(channel["_id"], updated)

@@ -23,6 +23,8 @@ CONVERSATION_UPDATED = "conversation_updated"
 MESSAGE_UPDATED = "message_updated"
 MESSAGE_DELETED = "message_deleted"
 RESYNC_REQUIRED = "resync_required"
+CHANNEL_UPDATED = "channel_updated"
+HISTORY_IMPORT = "history_import"
 
 SOURCE_INSTAGRAM_DIRECT = "instagram_direct"
 SOURCE_APP = "app"
@@ -180,3 +182,14 @@ def conversation_updated(conversation: dict[str, Any], *, received_at: float | N
         {"conversation": serializers.conversation(conversation)},
         received_at if received_at is not None else time.time(),
     )
+
+
+def channel_updated(channel: dict[str, Any]) -> Event:
+    """``channel_updated``: the channel as the inbox shows it (never its token) — its
+    ``needs_reauth``, token expiry and subscription state changed."""
+    return Event(CHANNEL_UPDATED, str(channel["_id"]), None, {"channel": serializers.channel(channel)})
+
+
+def history_import(channel_id: Any, progress: dict[str, Any]) -> Event:
+    """``history_import``: how far a history import (or gap repair) of the channel has got."""
+    return Event(HISTORY_IMPORT, str(channel_id), None, {"history_import": progress})

@@ -16,7 +16,7 @@ from models.timeutil import parse_iso
 from server.api.auth import Principal
 from server.api.errors import ApiError, not_found, validation_error
 from server.api.pagination import decode_cursor, encode_cursor, parse_limit
-from server.api.schemas import CHANNEL_INPUT, TOKEN_INPUT, load
+from server.api.schemas import TOKEN_INPUT, load
 from server.inbox import events
 from server.inbox.scope import OwnerScope
 from server.inbox.threads import ChannelCache
@@ -101,14 +101,6 @@ class InboxService(OwnerScope):
         return {"conversation": serializers.conversation(updated)}
 
     # -- admin -------------------------------------------------------------------------
-
-    async def connect_channel(self, payload: Any) -> tuple[int, dict[str, Any]]:
-        """Connect (or reconnect) a channel from an admin's payload; (status, body)."""
-        data = load(CHANNEL_INPUT, payload)
-        page_id = data.pop("page_id")
-        channel, created = await self.store.channels.connect(page_id, data)
-        self.channel_cache.invalidate()
-        return (201 if created else 200), {"channel": serializers.channel(channel)}
 
     async def disconnect_channel(self, channel_id: str) -> dict[str, Any]:
         """Disconnect a channel, keeping its data."""

@@ -32,7 +32,7 @@ from typing import Any, Protocol
 from pymongo.errors import DuplicateKeyError
 
 from models.conversations import STATUS_NEEDS_REPLY
-from models.messages import TYPE_CUSTOMER, is_mid_conflict
+from models.messages import IMPORTED_BACKFILL, TYPE_CUSTOMER, is_mid_conflict
 from models.store import Store
 from server.inbox import events as ev
 
@@ -122,7 +122,7 @@ class MessageRecorder:
             await self.run_hooks(existing)
             applied = await self.apply(existing, received_at=received_at)
             return Recorded(existing, applied, duplicate=True)
-        if conversation is not None and "merged_into" not in existing:
+        if conversation is not None and "merged_into" not in existing and existing.get("imported") != IMPORTED_BACKFILL:
             # Its events may never have gone out (see the module docstring); those that did are
             # skipped by their once key. A merged message's events went out with its survivor.
             await self.publish(ev.new_message_events(existing, conversation, received_at=received_at))
@@ -140,7 +140,9 @@ class MessageRecorder:
             return None
         if message["type"] != TYPE_CUSTOMER and conversation.get("prev_status") == STATUS_NEEDS_REPLY:
             await self.store.messages.mark_answered(message["conversation_id"], message["sent_at"])
-        await self.publish(ev.new_message_events(message, conversation, received_at=received_at))
+        if message.get("imported") != IMPORTED_BACKFILL:
+            # A history import announces itself once (``history_import``), not per old message.
+            await self.publish(ev.new_message_events(message, conversation, received_at=received_at))
         return conversation
 
     async def publish(self, events: list[ev.Event]) -> None:

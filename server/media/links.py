@@ -26,6 +26,7 @@ from typing import Any
 
 from models.store import Store
 from server.graph import client as graph
+from server.graph.health import ChannelHealth
 from server.ops.metrics import Metrics
 
 log = logging.getLogger("igsync.media")
@@ -59,10 +60,11 @@ def pick_url(urls: list[str | None], key: str) -> str | None:
 
 
 class LinkRefresher:
-    def __init__(self, store: Store, graph_api: graph.GraphApiClient, metrics: Metrics) -> None:
+    def __init__(self, store: Store, graph_api: graph.GraphApiClient, metrics: Metrics, health: ChannelHealth) -> None:
         self.store = store
         self.graph = graph_api
         self.metrics = metrics
+        self.health = health
 
     def close(self) -> None:
         """Close the Graph API client."""
@@ -86,11 +88,11 @@ class LinkRefresher:
         message = await self.store.messages.get(job["message_id"])
         if channel is None or message is None or not message.get("mid"):
             return Refresh(ERROR)
-        token = channel.get("access_token")
-        if channel.get("needs_reauth") or not token:
+        account = graph.GraphAccount.of(channel)
+        if channel.get("needs_reauth") or account is None:
             return Refresh(REAUTH_REQUIRED if channel.get("needs_reauth") else NO_TOKEN)
         try:
-            urls = await self.graph.message_attachment_urls(message["mid"], token)
+            urls = await self.graph.message_attachment_urls(account, message["mid"])
         except graph.GraphApiError as exc:
             # Codes and Meta's message with the token masked — never the URL.
             log.info(
@@ -102,10 +104,7 @@ class LinkRefresher:
                 job["message_id"],
             )
             if exc.category == graph.TOKEN_EXPIRED:
-                await self.store.channels.mark_needs_reauth(channel["_id"])
-                log.warning(
-                    "channel %s needs re-authorisation: its access token expired or was revoked", channel["_id"]
-                )
+                await self.health.token_rejected(channel["_id"], by="links")
                 return Refresh(REAUTH_REQUIRED)
             if exc.category == graph.TRANSIENT:
                 return Refresh(TRANSIENT)

@@ -120,6 +120,12 @@ TRIGGER_ATTEMPT_RESULTS = (
 PROFILE_OUTCOMES = ("fetched", "reauth_required", "unavailable", "error", "no_token", "dropped")
 MEDIA_OUTCOMES = ("completed", "failed", "retried", "cancelled")
 # Asking the Graph API for a fresh link when a download met an expired one (server/media/links.py).
+# Accounts (server.accounts): who reported a refused token, what a token refresh did, and
+# what a history import or gap repair did with each message Meta listed.
+TOKEN_REJECTED_BY = ("profiles", "links", "send", "refresh", "history", "subscription")
+TOKEN_REFRESH_OUTCOMES = ("refreshed", "transient_error", "rejected")
+HISTORY_OUTCOMES = ("stored", "duplicate", "not_detailed", "invalid")
+HISTORY_MODES = ("backfill", "repair")
 MEDIA_LINK_OUTCOMES = ("refreshed", "no_link", "reauth_required", "no_token", "transient", "error")
 ORPHAN_KINDS = ("reaction", "unreact", "read", "edit", "unsend")
 
@@ -374,6 +380,41 @@ class Metrics:
 
     def _media_series(self, r: CollectorRegistry) -> None:
         """Profile look-ups, media downloads, link refreshes, early events."""
+        self.channels_needing_reauth_marked = Counter(
+            "igsync_token_rejections_total",
+            "Channels marked needs_reauth because Meta refused their token, by the caller that saw it.",
+            ["by"],
+            registry=r,
+        )
+        self.token_refreshes = Counter(
+            "igsync_token_refreshes_total",
+            "Instagram-Login token refreshes, by outcome (TOKEN_REFRESH_OUTCOMES).",
+            ["outcome"],
+            registry=r,
+        )
+        self.token_expiry = Gauge(
+            "igsync_channel_token_expiry_seconds",
+            "Seconds until the soonest expiry of a connected channel's token (+Inf: none expires; "
+            "negative: one has expired). Which channel: igsync doctor.",
+            registry=r,
+        )
+        self.channels_needing_reauth = Gauge(
+            "igsync_channels_needing_reauth",
+            "Connected channels whose token Meta refused: they wait to be reconnected.",
+            registry=r,
+        )
+        self.history_messages = Counter(
+            "igsync_history_messages_total",
+            "Messages listed by the Conversations API during a history import or gap repair, by what became "
+            "of them (HISTORY_OUTCOMES).",
+            ["mode", "outcome"],
+            registry=r,
+        )
+        self.messages_repaired = Counter(
+            "igsync_messages_repaired_total",
+            "Messages found only at Meta by a gap repair, stored and published as new.",
+            registry=r,
+        )
         self.profile_lookups = Counter(
             "igsync_profile_lookups_total", "Customer profile look-ups by outcome.", ["outcome"], registry=r
         )
@@ -405,6 +446,14 @@ class Metrics:
             self.mark_sent.labels(outcome=outcome)
         for outcome in SEND_OUTCOMES:
             self.sends.labels(outcome=outcome)
+        for by in TOKEN_REJECTED_BY:
+            self.channels_needing_reauth_marked.labels(by=by)
+        for outcome in TOKEN_REFRESH_OUTCOMES:
+            self.token_refreshes.labels(outcome=outcome)
+        for mode in HISTORY_MODES:
+            for outcome in HISTORY_OUTCOMES:
+                self.history_messages.labels(mode=mode, outcome=outcome)
+        self.token_expiry.set(float("inf"))
         for reason in WS_DISCONNECT_REASONS:
             self.ws_disconnects.labels(reason=reason)
         for store in STORES:

@@ -42,7 +42,8 @@ from models.outbound import FAILED, SENT
 from models.store import Store
 from models.timeutil import utcnow
 from server.dedup.echo import is_native_looking
-from server.graph.client import TOKEN_EXPIRED, TRANSIENT, GraphApiClient, GraphApiError
+from server.graph.client import TOKEN_EXPIRED, TRANSIENT, GraphAccount, GraphApiClient, GraphApiError
+from server.graph.health import ChannelHealth
 from server.inbox import events as ev
 from server.inbox.events import SafePublisher
 from server.ops.loops import cancelling
@@ -94,8 +95,10 @@ class SendWorker:
         retry_base_secs: float,
         poll_secs: float,
         limiter: SendLimiter,
+        health: ChannelHealth,
     ) -> None:
         self.store = store
+        self.health = health
         self.graph = graph
         self.publisher = publisher
         self.metrics = metrics
@@ -174,12 +177,14 @@ class SendWorker:
     async def deliver(self, message: dict[str, Any]) -> None:
         """Send every part still without a ``mid``, then finish the message."""
         channel = await self.store.channels.get(message["channel_id"])
-        token = (channel or {}).get("access_token")
-        if channel is None or not channel.get("is_connect") or not token:
+        account = None if channel is None else GraphAccount.of(channel)
+        if channel is None or not channel.get("is_connect") or account is None:
             await self._fail(message, {"code": None, "message": "The channel is not connected (no access token)."})
             return
         if channel.get("needs_reauth"):
-            await self._fail(message, {"code": 190, "message": "The channel needs re-authorisation."})
+            await self._fail(
+                message, {"code": 190, "message": "The channel needs re-authorisation."}, awaiting_reauth=True
+            )
             return
         recipient = message["send"].get("recipient")
         if not recipient:  # queued before the recipient was kept on the send
@@ -187,7 +192,6 @@ class SendWorker:
         if not recipient:
             await self._fail(message, {"code": None, "message": "The customer has no Instagram id."})
             return
-        account_id = channel.get("instagram_user_id") or channel["page_id"]
         send = message["send"]
         for index, part in enumerate(send["parts"]):
             if part.get("mid"):
@@ -200,7 +204,7 @@ class SendWorker:
             tag = MODE_HUMAN_AGENT if send.get("mode") == MODE_HUMAN_AGENT else None
             reply_to = send.get("reply_to_mid") if index == 0 else None
             try:
-                mid = await self.graph.send_message(account_id, recipient, meta_message(part, reply_to), token, tag=tag)
+                mid = await self.graph.send_message(account, recipient, meta_message(part, reply_to), tag=tag)
             except GraphApiError as exc:
                 await self._graph_failed(message, channel, exc)
                 return
@@ -300,20 +304,22 @@ class SendWorker:
                 self.metrics.send_duration.observe(max(0.0, (utcnow() - created).total_seconds()))
             log.info("send: sent message=%s parts=%d", message["_id"], len(message["send"]["parts"]))
 
-    async def _fail(self, message: dict[str, Any], error: dict[str, Any]) -> None:
+    async def _fail(self, message: dict[str, Any], error: dict[str, Any], *, awaiting_reauth: bool = False) -> None:
         final = {**message, "delivery_status": FAILED, "delivery_error": error}
         event = ev.message_updated(final, ["delivery_status", "delivery_error"])
         event.once = f"send:{message['_id']}:failed:{message['send'].get('claims', 0)}"
         await self.publisher.publish([event])
-        if await self.store.outbound.finish(message["_id"], FAILED, error):
+        waiting = message["channel_id"] if awaiting_reauth else None
+        if await self.store.outbound.finish(message["_id"], FAILED, error, awaiting_reauth=waiting):
             self.metrics.sends.labels(outcome="failed").inc()
             log.warning("send: failed message=%s code=%s: %s", message["_id"], error.get("code"), error.get("message"))
 
     async def _graph_failed(self, message: dict[str, Any], channel: dict[str, Any], exc: GraphApiError) -> None:
         error = {"code": exc.code, "message": exc.detail or exc.category}
         if exc.category == TOKEN_EXPIRED:
-            await self.store.channels.mark_needs_reauth(channel["_id"])
-            await self._fail(message, {**error, "message": "Instagram refused the channel's token (re-authorise it)."})
+            await self.health.token_rejected(channel["_id"], by="send")
+            refused = {**error, "message": "Instagram refused the channel's token (re-authorise it)."}
+            await self._fail(message, refused, awaiting_reauth=True)
             return
         attempts = int(message["send"].get("attempts", 0)) + 1
         # Meta's outages answer 5xx with all kinds of codes: always worth another try.

@@ -13,18 +13,35 @@ What a receiver gets is :mod:`server.triggers.protocol`; dead letters :mod:`serv
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable
 from typing import Any
 
 from bson import ObjectId
 
 from models.cache import TtlLru
-from models.messages import TYPE_CUSTOMER
+from models.messages import IMPORTED_BACKFILL, TYPE_CUSTOMER
 from models.store import Store
+from models.timeutil import utcnow
 from models.trigger_jobs import TARGET_HTTP, TARGET_REDIS_STREAM, mark_for_triggers
 
 # Channels whose trigger settings one process keeps at once.
 CHANNELS_CACHED = 10_000
+
+
+# A repaired message (missed during an outage) still reaches the workflows while Meta lets the
+# business answer it with a normal reply; older ones, and every history import, do not.
+REPAIRED_TRIGGER_MAX_AGE = dt.timedelta(hours=24)
+
+
+def _wants_triggers(message: dict[str, Any]) -> bool:
+    imported = message.get("imported")
+    if imported is None:
+        return True
+    if imported == IMPORTED_BACKFILL:
+        return False
+    sent_at = message.get("sent_at")
+    return isinstance(sent_at, dt.datetime) and utcnow() - sent_at < REPAIRED_TRIGGER_MAX_AGE
 
 
 def channel_targets(channel: dict[str, Any] | None) -> list[str]:
@@ -55,7 +72,7 @@ class TriggerOutbox:
 
     async def before_message_stored(self, message: dict[str, Any]) -> None:
         """Mark a customer message for its channel's trigger targets."""
-        if message.get("type") != TYPE_CUSTOMER:
+        if message.get("type") != TYPE_CUSTOMER or not _wants_triggers(message):
             return
         targets = channel_targets(await self._channel(message["channel_id"]))
         if not targets:

@@ -57,7 +57,7 @@ async def test_profile_is_fetched_and_reaches_the_inbox(env: EventsEnv) -> None:
     assert customer["enhanced_data_fetched"] is True and customer["profile_status"] == "fetched"
 
     [request] = env.graph.requests
-    assert request["version"] == "v22.0" and request["user_id"] == CUSTOMER_A
+    assert request["version"] == "v25.0" and request["user_id"] == CUSTOMER_A
     assert request["fields"] == "name,username,profile_pic" and request["access_token"] == ACCESS_TOKEN
 
     async def announced() -> Any:
@@ -295,18 +295,33 @@ async def test_expired_token_marks_the_channel_and_stops_asking(env: EventsEnv) 
     assert other["profile_status"] == "reauth_required"
     assert len(env.graph.requests) == 1
 
-    # Reconnecting with a new token lifts it.
+    # The inbox heard of it at once.
+    [announced] = [e for e in env.events("channel_updated") if e.data["channel"].get("needs_reauth")]
+    assert announced.channel_id == env.channel["id"]
+
+    # Reconnecting with a new token lifts it, and both look-ups that waited on it run now.
+    env.graph.profile(CUSTOMER_A, name="Ana Costa")
+    env.graph.profile(CUSTOMER_B, name="Bruno Lima")
     await connect_channel(env.server, access_token=ACCESS_TOKEN)
     channels = body_of(await env.client.get("/api/v1/channels", token=env.token))["channels"]
     assert "needs_reauth" not in channels[0]
+
+    async def both_fetched() -> bool:
+        docs = [await env.core.store.customers.get(c["_id"]) for c in (customer, other)]
+        return all(d["profile_status"] == "fetched" for d in docs) and not any("awaiting_reauth" in d for d in docs)
+
+    await wait_for(both_fetched)
+    assert [r["user_id"] for r in env.graph.requests[1:]].count(CUSTOMER_A) == 1
     env.graph.profile(CUSTOMER_C, name="Carla")
     third = await looked_up(env, await first_message(env, CUSTOMER_C, "t-3"))
     assert third["profile_status"] == "fetched" and third["first_name"] == "Carla"
 
 
-@pytest.mark.parametrize("code", [230, 9010, 100])
-async def test_unreachable_profiles_get_a_placeholder_and_no_retry(env: EventsEnv, code: int) -> None:
-    env.graph.error(CUSTOMER_A, code, message="User consent is required to access user profile")
+@pytest.mark.parametrize(("code", "subcode"), [(230, None), (9010, None), (100, 2018001)])
+async def test_unreachable_profiles_get_a_placeholder_and_no_retry(
+    env: EventsEnv, code: int, subcode: int | None
+) -> None:
+    env.graph.error(CUSTOMER_A, code, message="User consent is required to access user profile", subcode=subcode)
     customer = await looked_up(env, await first_message(env, CUSTOMER_A, f"u-{code}"))
     assert customer["profile_status"] == "unavailable"
     assert customer["first_name"] == f"Unknown (IG: {CUSTOMER_A})"
@@ -314,6 +329,15 @@ async def test_unreachable_profiles_get_a_placeholder_and_no_retry(env: EventsEn
     assert len(env.graph.requests) == 1
     metrics = (await env.client.get("/metrics")).body
     assert b'igsync_profile_lookups_total{outcome="unavailable"} 1.0' in metrics
+
+
+async def test_meta_outage_answering_100_is_retried_not_taken_as_no_such_user(env: EventsEnv) -> None:
+    # July 2026: Meta answered "(#100) Unsupported get request" for hours to calls that work.
+    outage = GraphAnswer(400, {"error": {"code": 100, "error_subcode": 33, "message": "Unsupported get request"}})
+    env.graph.sequence(CUSTOMER_A, outage, outage, GraphAnswer(200, {"id": CUSTOMER_A, "name": "Ana Costa"}))
+    customer = await looked_up(env, await first_message(env, CUSTOMER_A, "outage-100"))
+    assert customer["profile_status"] == "fetched" and customer["first_name"] == "Ana"
+    assert len(env.graph.requests_for(CUSTOMER_A)) == 3
 
 
 async def test_transient_errors_are_retried_then_given_up(env: EventsEnv) -> None:
@@ -395,7 +419,12 @@ async def test_the_access_token_is_never_logged(env: EventsEnv, caplog: pytest.L
 
 def test_error_classification() -> None:
     assert classify(190, 400) == "token_expired"
-    assert {classify(c, 400) for c in (230, 9010, 100)} == {"unavailable"}
+    assert {classify(c, 400) for c in (230, 9010)} == {"unavailable"}
+    # 100 is Meta's catch-all (its July 2026 outage answered it for hours): only "no such user" is final.
+    assert classify(100, 400) == "transient" and classify(100, 400, 33) == "transient"
+    assert classify(100, 400, 2018001) == "unavailable"
+    assert classify(190, 400, 463) == "token_expired" and classify(551, 400) == "unavailable"
+    assert classify(80002, 400) == "transient" and classify(12345, 400, is_transient=True) == "transient"
     assert {classify(c, 400) for c in (4, 17, 32, 613)} == {"transient"}
     assert classify(None, 503) == "transient" and classify(None, 404) == "failed"
     assert classify(10, 403) == "failed"

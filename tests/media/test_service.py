@@ -149,6 +149,8 @@ async def test_wrong_content_type_and_expired_link_fail_at_once(env: EventsEnv) 
     html = await image_message(env, "login-page", body=b"<html>log in</html>", content_type="text/html")
     video_as_image = await image_message(env, "not-an-image", body=MP4, content_type="video/mp4")
     url = env.cdn.url("expired")  # never registered: the CDN answers 404
+    # Meta says for good that there is no fresh link (a permission error; 100 would be retried).
+    env.graph.error("mid-expired", 10, message="Application does not have permission for this action")
     expired = (await env.post(fixture_with("customer_image", urls=[url], mid="mid-expired")))["data"]["message"]["id"]
     for message_id, reason in ((html, "content_type"), (video_as_image, "content_type"), (expired, "expired_link_404")):
         doc = await settled(env, message_id)
@@ -157,7 +159,7 @@ async def test_wrong_content_type_and_expired_link_fail_at_once(env: EventsEnv) 
     [failed] = [e for e in env.events("message_updated") if e.data["message"]["id"] == expired]
     assert failed.data["message"]["processing_status"] == "failed"
     assert env.cdn.count("expired") == 1
-    # Asked once for a fresh link; the Graph API does not know this message (code 100).
+    # Asked once for a fresh link; the Graph API refused it for good.
     assert len(env.graph.requests_for("mid-expired")) == 1
 
 
@@ -274,6 +276,7 @@ async def test_failed_downloads_are_listed_and_queued_again(env: EventsEnv) -> N
     """After a CDN outage outlived the retries: ``igsync media list-failed`` shows what failed
     and why, ``igsync media retry`` queues it again (here: the expired ones only) and the
     running server's workers finish it."""
+    env.graph.error("mid-back-later", 10, message="Application does not have permission for this action")
     outage = fixture_with("customer_image", urls=[env.cdn.url("back-later")], mid="mid-back-later")
     expired_id = (await env.post(outage))["data"]["message"]["id"]
     html_id = await image_message(env, "a-login-page", body=b"<html>log in</html>", content_type="text/html")

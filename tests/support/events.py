@@ -129,6 +129,7 @@ async def events_env(
     graph = FakeGraphApi().start()
     values: dict[str, Any] = dict(
         graph_api_url=graph.url,
+        facebook_graph_api_url=graph.url,
         graph_api_timeout_secs=2.0,
         profile_retry_base_secs=0.05,
         media_concurrency=4,

@@ -45,6 +45,9 @@ def make_settings(stores: EmbeddedStores, data_dir: Path, **overrides: Any) -> S
         # Meta's CDN, never to be fetched from a test (tests/support/events.py turns the
         # worker on against a local fake CDN).
         media_concurrency=0,
+        # Never Meta from a test: a call nobody faked is refused at once (port 9 listens nowhere).
+        graph_api_url="http://127.0.0.1:9",
+        facebook_graph_api_url="http://127.0.0.1:9",
     )
     values.update(overrides)
     return Settings(**values)
