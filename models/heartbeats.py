@@ -24,7 +24,7 @@ HEARTBEAT_ID = "igsync"
 
 class HeartbeatRepository:
     def __init__(self, db: AsyncDatabase) -> None:
-        self.beats = db["heartbeats"]
+        self.coll = db["heartbeats"]
         self.gaps = db["gaps"]
 
     async def ensure_indexes(self) -> None:
@@ -32,8 +32,8 @@ class HeartbeatRepository:
 
     async def beat(self, now: dt.datetime) -> dt.datetime | None:
         """Record that a process is up at ``now``; the previous beat (None: the first ever)."""
-        previous = await self.beats.find_one({"_id": HEARTBEAT_ID})
-        await self.beats.update_one({"_id": HEARTBEAT_ID}, {"$max": {"at": now}}, upsert=True)
+        previous = await self.coll.find_one({"_id": HEARTBEAT_ID})
+        await self.coll.update_one({"_id": HEARTBEAT_ID}, {"$max": {"at": now}}, upsert=True)
         return None if previous is None else previous.get("at")
 
     async def record_gap(

@@ -70,6 +70,17 @@ class HttpUrl(fields.String):
         return text
 
 
+class WholeNumber(fields.Integer):
+    """A JSON integer: ``5`` or ``5.0`` (JSON has one number type), never ``"5"`` or ``true``."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> int:
+        if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValidationError("Not a valid integer.")
+        return super()._deserialize(value, attr, data, **kwargs)
+
+
 class StrictBoolean(fields.Boolean):
     """``true`` or ``false`` only: marshmallow's Boolean also takes 0, 1, "yes", "on"…, which a
     JSON API documents as booleans should refuse."""
@@ -119,7 +130,7 @@ class ChannelInputSchema(Schema):
     # How the account was connected: the Graph API host, endpoints and webhook fields follow.
     login = fields.String(validate=validate.OneOf(LOGINS))
     # Meta's expires_in of the token (seconds); unknown: learnt from its first refresh.
-    token_expires_in = fields.Integer(strict=True, validate=validate.Range(min=1, max=10 * 365 * 86400))
+    token_expires_in = WholeNumber(validate=validate.Range(min=1, max=10 * 365 * 86400))
     ai_enabled = StrictBoolean()
     triggers = fields.Nested(TriggersSchema, allow_none=True)
 
@@ -229,7 +240,9 @@ class HistoryInputSchema(Schema):
         unknown = RAISE
 
     # Only conversations active since then, only messages sent since then (RFC 3339).
-    since = fields.String(load_default=None, allow_none=True, validate=validate.Length(min=1, max=64))
+    since = fields.String(
+        load_default=None, allow_none=True, validate=validate.Length(min=1, max=64), metadata={"format": "date-time"}
+    )
 
     @validates_schema
     def _since_is_a_time(self, data: dict[str, Any], **_: Any) -> None:

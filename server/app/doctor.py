@@ -43,7 +43,9 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from config import Settings
 from config.settings import MIN_SECRET_CHARS, PLACEHOLDER_MARKERS
 from models import diagnostics
+from models.channels import login_of
 from models.timeutil import iso, utcnow
+from server.accounts.service import INCOMPLETE, NOT_SUBSCRIBED, SUBSCRIBED, shown_subscription
 from server.api.signatures import sign
 from server.app.core import Core, build_core, redis_client
 from server.inbox.events import NullSink
@@ -57,6 +59,8 @@ SKIP = "skip"
 RECENT_WINDOW = dt.timedelta(hours=1)
 UNMATCHED_WINDOW = dt.timedelta(hours=24)
 TOKEN_EXPIRY_WARNING = dt.timedelta(days=7)
+# A subscribed account without a webhook for this long: Meta is not delivering to us.
+SUBSCRIBED_BUT_SILENT = dt.timedelta(hours=24)
 OUTBOX_STUCK_AFTER = dt.timedelta(minutes=5)
 # Workers poll every IGSYNC_MEDIA_POLL_SECS (2 s): a job due this long has no worker.
 MEDIA_STUCK_AFTER = dt.timedelta(minutes=5)
@@ -154,8 +158,11 @@ class Doctor:
             if mongo.status == PASS:
                 results.append(await self._guarded("indexes", self.check_indexes(core)))
                 results.append(await self._guarded("channels", self.check_channels(core)))
+                results.append(await self._guarded("subscriptions", self.check_subscriptions(core), timeout_factor=3))
             else:
-                results += [self._skipped(n, "MongoDB is not reachable") for n in ("indexes", "channels")]
+                results += [
+                    self._skipped(n, "MongoDB is not reachable") for n in ("indexes", "channels", "subscriptions")
+                ]
             if redis.status == PASS:
                 results.append(await self._guarded("pubsub", self.check_pubsub(core)))
             else:
@@ -329,7 +336,8 @@ class Doctor:
                 WARN,
                 f"{summary}; {warnings[0]}",
                 "No webhook yet: check the Meta app's webhook subscription (callback URL reachable from the "
-                "internet, fields messages and message_echoes subscribed, the app installed on the account). "
+                "internet, the fields igsync needs subscribed — see the subscriptions check and igsync channel "
+                "subscribe — the app installed on the account). "
                 "Webhooks for an unknown account id: connect that id, or set it as the channel's "
                 "instagram_user_id.",
                 details,
@@ -352,6 +360,41 @@ class Doctor:
         if channel.get("access_token"):
             return {"state": "unknown_expiry", "text": "set (expiry unknown)"}
         return {"state": "absent", "text": "not set (profiles and media look-ups are skipped)"}
+
+    async def check_subscriptions(self, core: Core) -> CheckResult:
+        """Each connected account's webhook subscription, asked of Meta now; a subscribed but
+        silent account is told apart from one that is not subscribed."""
+        channels = [c for c in await core.store.channels.list() if c.get("is_connect")]
+        rows, failures, warnings, lines = [], [], [], []
+        for channel in channels:
+            name = f"@{channel.get('username')} ({login_of(channel)})"
+            if not channel.get("access_token") or channel.get("needs_reauth"):
+                lines.append(f"{name}: not asked (no token Meta accepts)")
+                continue
+            state = await core.accounts.subscription(channel)
+            rows.append({"id": str(channel["_id"]), **shown_subscription(state)})
+            last = channel.get("last_webhook_at")
+            if state["state"] in (NOT_SUBSCRIBED, INCOMPLETE):
+                failures.append(
+                    f"{name}: {state['state'].replace('_', ' ')}; missing {', '.join(state['missing'])} — "
+                    f"run igsync channel subscribe {channel['_id']}"
+                )
+            elif state["state"] != SUBSCRIBED:
+                warnings.append(f"{name}: Meta could not be asked ({state.get('error')})")
+            elif last is None or self.now - last > SUBSCRIBED_BUT_SILENT:
+                warnings.append(
+                    f"{name}: Meta lists it subscribed, yet no webhook since {ago(last, self.now)} — Meta is not "
+                    "delivering: check the callback URL is reachable, the app is Live, and the account allows "
+                    "access to messages (Instagram app → Settings → Messages → Connected tools)"
+                )
+            else:
+                lines.append(f"{name}: subscribed to {', '.join(state['fields'])}")
+        details = {"channels": rows}
+        if failures:
+            return CheckResult("subscriptions", FAIL, failures[0], _ADVICE["subscriptions"], details, failures[1:])
+        if warnings:
+            return CheckResult("subscriptions", WARN, warnings[0], _ADVICE["subscriptions"], details, warnings[1:])
+        return CheckResult("subscriptions", PASS, f"{len(rows)} subscribed", details=details, lines=lines)
 
     async def check_pubsub(self, core: Core) -> CheckResult:
         """Redis pub/sub carries a message between two connections."""
@@ -634,6 +677,10 @@ _ADVICE = {
     "processes' inboxes and dedup falls back to MongoDB alone.",
     "indexes": "Restart igsync: it creates missing indexes at start-up.",
     "channels": "Check MongoDB; the channels collection could not be read.",
+    "subscriptions": "Instagram-Login accounts need messages, message_edit, message_reactions, messaging_postbacks, "
+    "messaging_referral and messaging_seen; Facebook-Login (Page) accounts need messages, message_echoes, "
+    "message_edits, message_reactions, message_reads, messaging_postbacks and messaging_referrals. "
+    "igsync channel subscribe <channel id> subscribes them; docs/accounts.md.",
     "pubsub": "Live updates travel over Redis pub/sub between processes. A proxy in front of Redis that does "
     "not support pub/sub, or a Redis Cluster without pub/sub forwarding, stops them: point IGSYNC_REDIS_URL "
     "at Redis itself.",

@@ -113,6 +113,7 @@ async def test_doctor_on_a_healthy_server_passes_every_check(
         "redis",
         "indexes",
         "channels",
+        "subscriptions",
         "pubsub",
         "pipeline",
         "trigger_outbox",
@@ -143,7 +144,7 @@ async def test_doctor_on_a_healthy_server_passes_every_check(
     lines = text.stdout.splitlines()
     assert any(line.startswith("PASS  mongodb") for line in lines)
     assert any(f"@shop page_id={tenant.channel['page_id']}: last webhook" in line for line in lines)
-    assert lines[-1].startswith("Summary: 9 pass, 0 fail, 0 warn, 2 skip")
+    assert lines[-1].startswith("Summary: 10 pass, 0 fail, 0 warn, 2 skip")
 
 
 async def test_doctor_with_redis_stopped_fails_the_redis_line(tmp_path: Path, stores: EmbeddedStores) -> None:
