@@ -566,3 +566,30 @@ async def test_the_composer_sends_shows_pending_sent_failed_retry_and_the_window
         await expect(page.locator("#composer-window")).to_contain_text("allows no reply")
         await expect(page.locator("#composer-input")).to_be_disabled()
         await expect(page.locator("#composer-send")).to_be_disabled()
+
+
+async def test_a_refused_token_shows_a_reconnect_banner_live_and_a_reconnect_clears_it(
+    page: Page, server: RunningServer, tenant: Tenant
+) -> None:
+    await open_live(page, server, tenant, text_item("m-r1", "Hello?", timestamp_ms=at(1)))
+    banner = page.locator("#reauth-banner")
+    await expect(banner).to_be_hidden()
+
+    # Instagram refuses the channel's token (a send, a look-up or a refresh saw code 190).
+    channel_id = ObjectId(tenant.channel["id"])
+    await server.core.accounts.health.token_rejected(channel_id, by="send")
+    await expect(banner).to_be_visible()
+    await expect(page.locator("#reauth-text")).to_contain_text(f"@{tenant.channel['username']}")
+
+    # The administrator reconnects it with a new token: the banner goes, without a reload.
+    await page.evaluate("() => { window.sameDocument = true; }")
+    payload = {
+        "page_id": tenant.channel["page_id"],
+        "username": tenant.channel["username"],
+        "owner": tenant.owner,
+        "access_token": "IGQVJ-a-new-token-from-the-admin",
+    }
+    response = await server.client.post("/api/v1/channels", payload, token=ADMIN_TOKEN)
+    assert response.code == 200, response.body
+    await expect(banner).to_be_hidden()
+    assert await page.evaluate("() => window.sameDocument") is True

@@ -133,6 +133,16 @@ class InboxPage {
       case "message_deleted":
         if (state.markDeleted(data.message_id)) this.queueRender({ thread: true });
         break;
+      case "channel_updated":
+        // Instagram refused the account's token (needs_reauth), or it was reconnected.
+        if (data.channel && state.channels.has(data.channel.id)) {
+          state.channels.set(data.channel.id, data.channel);
+          this.showChannels();
+        }
+        break;
+      case "history_import":
+        this.showHistory(data.history_import || {});
+        break;
       default:
         break;
     }
@@ -355,8 +365,29 @@ class InboxPage {
   }
 
   showChannels() {
-    const names = [...this.state.channels.values()].map((c) => `@${c.username}`).join(", ");
+    const channels = [...this.state.channels.values()];
+    const names = channels.map((c) => `@${c.username}`).join(", ");
     $("channel-names").textContent = names ? `· ${names}` : "· no channel connected";
+    const refused = channels.filter((c) => c.needs_reauth).map((c) => `@${c.username}`);
+    $("reauth-banner").hidden = refused.length === 0;
+    $("reauth-text").textContent = refused.length
+      ? `Instagram no longer accepts the access of ${refused.join(", ")}: reconnect the account. ` +
+        "Messages still arrive; replies wait until then."
+      : "";
+  }
+
+  // A history import (or a repair after an outage) of a channel: its progress, then the list again.
+  showHistory(progress) {
+    const status = $("history-status");
+    const done = progress.conversations ? progress.conversations.done : 0;
+    const total = progress.conversations ? progress.conversations.total : 0;
+    if (progress.state === "running" || progress.state === "queued") {
+      status.hidden = false;
+      status.textContent = `Importing history… ${done}/${total} conversations`;
+      return;
+    }
+    status.hidden = true;
+    if (progress.state === "done") this.sync();
   }
 
   showConnection({ state, retryInMs, reason }) {
