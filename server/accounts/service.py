@@ -78,7 +78,8 @@ class AccountsService:
 
         The subscription is made in the background (Meta may be slow; the admin's answer is
         not held for it) unless ``subscribe_now`` (the CLI waits and prints it); either way it
-        is read back and stored on the channel, and ``channel_updated`` announces it."""
+        is read back and stored on the channel. A reconnect that lifts ``needs_reauth`` is
+        announced (``channel_updated``)."""
         data = load(CHANNEL_INPUT, payload)
         page_id = data.pop("page_id")
         expires_in = data.pop("token_expires_in", None)
@@ -93,10 +94,13 @@ class AccountsService:
         if channel.get("access_token"):
             if subscribe_now:
                 await self.subscribe(channel)
+                channel = await self.store.channels.get(channel["_id"]) or channel
             else:
                 self._in_background(self.subscribe(channel))
-        channel = await self.store.channels.get(channel["_id"]) or channel
-        await self.publish([ev.channel_updated(channel)])
+        if previous is not None and previous.get("needs_reauth") != channel.get("needs_reauth"):
+            # The inbox shows "reconnect this account" until now: tell it. (Other changes of an
+            # admin's connect are not live news: the inbox reads channels when it starts.)
+            await self.publish([ev.channel_updated(channel)])
         return (201 if created else 200), {"channel": serializers.channel(channel)}
 
     async def reauthorised(self, channel: dict[str, Any], since: dt.datetime | None) -> dict[str, int]:

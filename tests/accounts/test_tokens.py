@@ -151,6 +151,7 @@ async def test_the_schedule_survives_a_restart_and_two_processes_refresh_once(en
 async def test_a_send_refused_for_the_token_is_sent_after_the_reconnect(env: EventsEnv) -> None:
     await env.post(messaging_body(text_item("tok-in", "need help", sender=CUSTOMER_A)))
     conversation_id = (await env.core.store.db.conversations.find_one({}))["_id"]
+    await env.core.profiles.idle()  # the new customer's look-up is done: the send meets the refusal
     env.graph.revoke()
     response = await env.client.post(
         f"/api/v1/conversations/{conversation_id}/messages", {"content": "on it"}, token=env.token
