@@ -116,41 +116,32 @@ class OutboundRepository:
     async def requeue_failed(self, message_id: ObjectId) -> dict[str, Any] | None:
         """A failed send back to pending, due now, with a fresh count of attempts; None unless
         it was ``failed`` (one guarded update: two retries of one message requeue it once)."""
-        return await update_get(
-            self.coll,
-            {"_id": message_id, "delivery_status": FAILED},
-            {
-                "$set": {
-                    "delivery_status": PENDING,
-                    "delivery_error": None,
-                    "send_due_at": utcnow(),
-                    "send.attempts": 0,
-                    "send.retried_at": utcnow(),
-                }
-            },
-        )
+        return await update_get(self.coll, {"_id": message_id, "delivery_status": FAILED}, _requeue())
 
     async def requeue_awaiting_reauth(self, channel_id: ObjectId) -> int:
         """Sends that failed on the channel's refused token, pending again; how many."""
         docs = await self.coll.find({"send.awaiting_reauth": channel_id}, {"_id": 1}).to_list(None)
         requeued = 0
         for doc in docs:
-            result = await self.coll.update_one(
-                {"_id": doc["_id"], "delivery_status": FAILED},
-                {
-                    "$set": {
-                        "delivery_status": PENDING,
-                        "delivery_error": None,
-                        "send_due_at": utcnow(),
-                        "send.attempts": 0,
-                        "send.retried_at": utcnow(),
-                    },
-                    "$unset": {"send.awaiting_reauth": ""},
-                },
-            )
+            result = await self.coll.update_one({"_id": doc["_id"], "delivery_status": FAILED}, _requeue())
             requeued += result.modified_count
         return requeued
 
     async def queue_depth(self) -> int:
         """Sends waiting or in progress (on the sparse index)."""
         return await self.coll.count_documents({"send_due_at": {"$gte": EPOCH}})
+
+
+def _requeue() -> dict[str, Any]:
+    """The update that puts a failed send back on the queue, due now, with fresh attempts."""
+    now = utcnow()
+    return {
+        "$set": {
+            "delivery_status": PENDING,
+            "delivery_error": None,
+            "send_due_at": now,
+            "send.attempts": 0,
+            "send.retried_at": now,
+        },
+        "$unset": {"send.awaiting_reauth": ""},
+    }
