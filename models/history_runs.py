@@ -53,7 +53,7 @@ class HistoryRunRepository:
         await self.coll.create_index([("channel_id", ASCENDING)], name="channel_id")
 
     @staticmethod
-    def _fresh(run_id: str, channel_id: ObjectId, mode: str, since: dt.datetime | None, now: dt.datetime) -> dict:
+    def _fresh(channel_id: ObjectId, mode: str, since: dt.datetime | None, now: dt.datetime) -> dict:
         return {
             "channel_id": channel_id,
             "mode": mode,
@@ -80,7 +80,7 @@ class HistoryRunRepository:
         checkpoint — a resumption)."""
         now = utcnow()
         try:
-            doc = {"_id": run_id, **self._fresh(run_id, channel_id, mode, since, now)}
+            doc = {"_id": run_id, **self._fresh(channel_id, mode, since, now)}
             await self.coll.insert_one(doc)
             return doc, True
         except DuplicateKeyError:
@@ -89,7 +89,7 @@ class HistoryRunRepository:
         if existing is None or not restart or existing["state"] not in (DONE, FAILED):
             return existing or {}, False
         if existing["state"] == DONE or existing.get("since") != since:
-            update = self._fresh(run_id, channel_id, mode, since, now)
+            update = self._fresh(channel_id, mode, since, now)
         else:  # failed: resume from the checkpoint
             update = {"state": QUEUED, "lease_until": now, "owner": None, "error": None, "finished_at": None}
         result = await self.coll.update_one({"_id": run_id, "state": existing["state"]}, {"$set": update})

@@ -147,6 +147,37 @@ def _attachments(raw: Any) -> list[dict[str, Any]]:
     return out
 
 
+def active_since(conversations: list[dict[str, Any]], since: dt.datetime | None) -> tuple[list[dict[str, Any]], bool]:
+    """The conversations of a page (most recently active first) active since ``since``, and
+    whether the page reached an older one (then the pages after it are older still)."""
+    kept = []
+    for conversation in conversations:
+        updated = _time(conversation.get("updated_time"))
+        if since is not None and updated is not None and updated < since:
+            return kept, True
+        if isinstance(conversation.get("id"), str):
+            kept.append({"id": conversation["id"], "updated_time": updated})
+    return kept, False
+
+
+async def newest_messages(
+    calls: GraphCalls, account: GraphAccount, conversation_id: str, since: dt.datetime | None
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """A conversation's newest messages (since ``since``), newest first, as ``(detailed,
+    beyond)``: the ones Meta details, and those listed past its 20-message limit."""
+    listed: list[dict[str, Any]] = []
+    after: str | None = None
+    while len(listed) < DETAILED_PER_THREAD:
+        page = await calls(lambda after=after: calls.graph.conversation_messages(account, conversation_id, after))
+        listed.extend(m for m in page.items if isinstance(m.get("id"), str))
+        after = page.after
+        if after is None:
+            break
+    if since is not None:
+        listed = [m for m in listed if (_time(m.get("created_time")) or since) >= since]
+    return listed[:DETAILED_PER_THREAD], listed[DETAILED_PER_THREAD:]
+
+
 class ImportedMessages:
     """Stores one Conversations API message once, along the webhook's path."""
 
@@ -265,29 +296,23 @@ class HistoryImporter:
         after: str | None = None
         while True:
             page = await calls(lambda after=after: self.graph.conversations(account, after))
-            for conversation in page.items:
-                updated = _time(conversation.get("updated_time"))
-                if since is not None and updated is not None and updated < since:
-                    return {**totals, "calls": calls.calls}
-                listed = await calls(lambda cid=conversation["id"]: self.graph.conversation_messages(account, cid))
-                ids = [m["id"] for m in listed.items if isinstance(m.get("id"), str)]
-                if since is not None:
-                    ids = [m["id"] for m in listed.items if (_time(m.get("created_time")) or since) >= since]
-                detailed = ids[:DETAILED_PER_THREAD]
-                known = await self.store.messages.stored_mids(channel["_id"], detailed)
+            conversations, older = active_since(page.items, since)
+            for conversation in conversations:
+                detailed, beyond = await newest_messages(calls, account, conversation["id"], since)
+                known = await self.store.messages.stored_mids(channel["_id"], [m["id"] for m in detailed])
                 row = {
                     "conversation": conversation["id"],
-                    "updated_time": iso(updated),
+                    "updated_time": iso(conversation["updated_time"]),
                     "would_store": len(detailed) - len(known),
                     "stored_already": len(known),
-                    "not_detailed": len(ids) - len(detailed),
+                    "not_detailed": len(beyond),
                 }
                 on_conversation(row)
                 totals["conversations"] += 1
                 for key in ("would_store", "stored_already", "not_detailed"):
                     totals[key] += row[key]
             after = page.after
-            if after is None:
+            if older or after is None:
                 return {**totals, "calls": calls.calls}
 
 
@@ -330,14 +355,8 @@ class _Walk:
         after = self.run.get("list_after")
         while True:
             page = await self.calls(lambda after=after: self.importer.graph.conversations(account, after))
-            older = False
-            for conversation in page.items:
-                updated = _time(conversation.get("updated_time"))
-                if self.since is not None and updated is not None and updated < self.since:
-                    older = True  # most recently active first: the rest are older still
-                    break
-                if isinstance(conversation.get("id"), str):
-                    self.conversations.append({"id": conversation["id"], "updated_time": updated})
+            conversations, older = active_since(page.items, self.since)
+            self.conversations.extend(conversations)
             after = page.after
             if older or after is None:
                 break
@@ -348,17 +367,7 @@ class _Walk:
 
     async def _conversation(self, channel: dict[str, Any], account: GraphAccount, conversation: dict[str, Any]) -> None:
         graph, mode = self.importer.graph, self.run["mode"]
-        listed: list[dict[str, Any]] = []
-        after: str | None = None
-        while len(listed) < DETAILED_PER_THREAD:
-            page = await self.calls(lambda after=after: graph.conversation_messages(account, conversation["id"], after))
-            listed.extend(m for m in page.items if isinstance(m.get("id"), str))
-            after = page.after
-            if after is None:
-                break
-        if self.since is not None:
-            listed = [m for m in listed if (_time(m.get("created_time")) or self.since) >= self.since]
-        detailed, beyond = listed[:DETAILED_PER_THREAD], listed[DETAILED_PER_THREAD:]
+        detailed, beyond = await newest_messages(self.calls, account, conversation["id"], self.since)
         self._count(mode, "not_detailed", len(beyond))
         known = await self.importer.store.messages.stored_mids(channel["_id"], [m["id"] for m in detailed])
         self._count(mode, "duplicate", len(known))
@@ -377,8 +386,12 @@ class _Walk:
             self.counts[outcome] += n
             self.importer.metrics.history_messages.labels(mode=mode, outcome=outcome).inc(n)
 
-    async def _checkpoint(self, fields: dict[str, Any]) -> None:
+    def _tally_calls(self) -> None:
+        # The run's calls: those of earlier executions (its stored counts) and this one's.
         self.counts["calls"] = int((self.run.get("counts") or {}).get("calls", 0)) + self.calls.calls
+
+    async def _checkpoint(self, fields: dict[str, Any]) -> None:
+        self._tally_calls()
         ok = await self.importer.store.history_runs.checkpoint(
             self.run, {**fields, "counts": self.counts}, self.importer.lease_secs
         )
@@ -402,7 +415,7 @@ class _Walk:
         return int(self.run.get("next_index") or 0)
 
     async def stop(self, reason: str) -> dict[str, Any]:
-        self.counts["calls"] = int((self.run.get("counts") or {}).get("calls", 0)) + self.calls.calls
+        self._tally_calls()
         await self.importer.store.history_runs.finish(
             self.run, runs_model.FAILED, {"error": reason, "counts": self.counts, "next_index": self.next_index}
         )
@@ -410,7 +423,7 @@ class _Walk:
         return await self._announce(self.progress(runs_model.FAILED, reason))
 
     async def finish(self) -> dict[str, Any]:
-        self.counts["calls"] = int((self.run.get("counts") or {}).get("calls", 0)) + self.calls.calls
+        self._tally_calls()
         await self.importer.store.history_runs.finish(self.run, runs_model.DONE, {"counts": self.counts})
         log.info(
             "history: run %s done: %d conversations, %d stored, %d already stored, %d not detailed by Meta",

@@ -94,6 +94,7 @@ class TokenRefresher:
                 channel, now, self.lease
             ):
                 await self.refresh(channel)
+        # Read again: a refresh just moved its channel's expiry, and the gauge must show the new one.
         await self.update_gauges()
         return False
 

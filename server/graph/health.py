@@ -33,6 +33,6 @@ class ChannelHealth:
         channel = await self.store.channels.mark_needs_reauth(channel_id)
         if channel is None:
             return  # marked already (by another caller) or gone: announced once
-        self.metrics.channels_needing_reauth_marked.labels(by=by).inc()
+        self.metrics.token_rejections.labels(by=by).inc()
         log.warning("channel %s needs re-authorisation: Instagram refused its access token (%s)", channel_id, by)
         await self.publish([ev.channel_updated(channel)])

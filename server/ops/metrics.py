@@ -380,7 +380,7 @@ class Metrics:
 
     def _media_series(self, r: CollectorRegistry) -> None:
         """Profile look-ups, media downloads, link refreshes, early events."""
-        self.channels_needing_reauth_marked = Counter(
+        self.token_rejections = Counter(
             "igsync_token_rejections_total",
             "Channels marked needs_reauth because Meta refused their token, by the caller that saw it.",
             ["by"],
@@ -447,7 +447,7 @@ class Metrics:
         for outcome in SEND_OUTCOMES:
             self.sends.labels(outcome=outcome)
         for by in TOKEN_REJECTED_BY:
-            self.channels_needing_reauth_marked.labels(by=by)
+            self.token_rejections.labels(by=by)
         for outcome in TOKEN_REFRESH_OUTCOMES:
             self.token_refreshes.labels(outcome=outcome)
         for mode in HISTORY_MODES:
