@@ -187,10 +187,15 @@ async def test_jobs_of_a_channel_whose_triggers_were_turned_off_are_cancelled(ig
 
     [job] = await wait_for(cancelled)
     assert job["cancel_reason"] == "triggers_off"
-    value = igsync.core.metrics.registry.get_sample_value(
-        "igsync_trigger_deliveries_total", {"target": "http", "outcome": "cancelled"}
-    )
-    assert value == 1
+
+    def cancelled_count() -> float | None:
+        return igsync.core.metrics.registry.get_sample_value(
+            "igsync_trigger_deliveries_total", {"target": "http", "outcome": "cancelled"}
+        )
+
+    # Counted right after the cancellation is written: this poll may read the job in between.
+    await wait_for(lambda: cancelled_count() is not None and cancelled_count() >= 1)
+    assert cancelled_count() == 1
 
 
 async def test_webhooks_come_first_deliveries_wait_while_they_are_handled(
