@@ -19,9 +19,12 @@ $(STAMP): requirements.txt requirements-embedded.txt requirements-dev.txt pyproj
 run: $(STAMP)
 	$(BIN)/igsync serve
 
-## make test: set up and run every check (lint, Dockerfile lint, alert rules, the whole test suite)
+## make test: set up and run every check (lint, Dockerfile lint, alert rules, the whole test suite,
+## then the dedup/realtime/trigger/ingest suites again on a real Redis Cluster and on Sentinel)
 test: $(STAMP) system-deps lint rules
 	$(BIN)/pytest
+	IGSYNC_TEST_REDIS=cluster $(BIN)/pytest -m topology
+	IGSYNC_TEST_REDIS=sentinel $(BIN)/pytest -m topology
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

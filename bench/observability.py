@@ -33,12 +33,12 @@ from bson import ObjectId
 
 from models.store import Store
 from models.timeutil import utcnow
-from server.app.core import redis_client
 from server.app.embedded import EmbeddedStores
 from server.ops import logs
 from server.ops.logs import item_fields
 from server.ops.metrics import Metrics
 from server.ops.monitor import OpsMonitor
+from server.ops.redis_clients import RedisTopology
 from server.ops.store_metrics import MongoCommandMetrics
 
 
@@ -65,7 +65,7 @@ def sync_per_op_us(fn: Callable[[int], Any], n: int, rounds: int = 5) -> float:
 
 async def redis_figures(url: str, ops: int) -> tuple[float, float]:
     plain = aioredis.from_url(url)
-    instrumented = redis_client(url, timeout_ms=5000, metrics=Metrics())
+    instrumented = RedisTopology(url).client(timeout_ms=5000, metrics=Metrics())
     await plain.set("bench:k", b"v")
     try:
         # Interleave the two so machine noise hits both alike.

@@ -97,6 +97,11 @@ class Settings:
         "majority", "write concern w of every write (majority or a node count); every write is also journaled (j)"
     )
     redis_url: str | None = _setting(None, "Redis URL; unset starts the embedded server")
+    redis_cluster: bool = _setting(False, "true: IGSYNC_REDIS_URL names one node of a Redis Cluster")
+    redis_sentinels: tuple[str, ...] = _setting(
+        (), "comma-separated host:port of Redis Sentinels; IGSYNC_REDIS_URL then gives only db, password and TLS"
+    )
+    redis_sentinel_master: str = _setting("mymaster", "the master name the Sentinels monitor")
     data_dir: str = _setting("./var", "embedded stores' data and dev secrets")
     app_secret: str | None = _setting(None, "Meta app secret that signs webhooks", secret=True)
     verify_token: str | None = _setting(None, "webhook subscription handshake token", secret=True)
@@ -290,6 +295,14 @@ class Settings:
             raise ConfigError(f"IGSYNC_MONGO_WRITE_CONCERN must be 'majority' or a node count of 1 or more, got {w!r}")
         if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise ConfigError("IGSYNC_REDIS_URL must start with redis://, rediss:// or unix://")
+        if self.redis_cluster and self.redis_sentinels:
+            raise ConfigError("IGSYNC_REDIS_CLUSTER and IGSYNC_REDIS_SENTINELS cannot both be set")
+        if (self.redis_cluster or self.redis_sentinels) and not self.redis_url:
+            raise ConfigError("IGSYNC_REDIS_URL is required with IGSYNC_REDIS_CLUSTER or IGSYNC_REDIS_SENTINELS")
+        for address in self.redis_sentinels:
+            host, _, port = address.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ConfigError(f"IGSYNC_REDIS_SENTINELS entries must be host:port, got {address!r}")
         for origin in self.ws_allowed_origins:
             if origin != "*" and not origin.startswith(("http://", "https://")):
                 raise ConfigError(f"IGSYNC_WS_ALLOWED_ORIGINS entries must be http(s) origins or *, got {origin!r}")
@@ -311,6 +324,9 @@ class Settings:
             raise ConfigError("IGSYNC_TRANSCRIBER must look like package.module:factory")
 
 
+_BOOLEANS = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False}
+
+
 def env_name(field_name: str) -> str:
     """The environment variable of a setting: ``IGSYNC_`` + its name in capitals."""
     return ENV_PREFIX + field_name.upper()
@@ -324,6 +340,10 @@ def _parse(f: dataclasses.Field, raw: str) -> Any:
             return int(raw)
         if kind == "float":
             return float(raw)
+        if kind == "bool":
+            if raw.lower() not in _BOOLEANS:
+                raise ConfigError(f"{name} must be true or false, got {raw!r}")
+            return _BOOLEANS[raw.lower()]
         if kind.startswith("tuple"):
             return tuple(t.strip() for t in raw.split(",") if t.strip())
     except ValueError:
@@ -338,5 +358,7 @@ def describe() -> list[tuple[str, str, str]]:
         default = f.default
         if isinstance(default, tuple):
             default = ",".join(default)
+        elif isinstance(default, bool):
+            default = str(default).lower()
         rows.append((env_name(f.name), "" if default is None else str(default), f.metadata["help"]))
     return rows

@@ -15,11 +15,13 @@ import pytest
 
 from config import Settings
 from server.app.embedded import EmbeddedStores
+from tests.support import redis_topologies as topologies
 from tests.support.helpers import (
     ALL_SECRETS,
     Client,
 )
 from tests.support.log_audit import AUDIT, LogAuditPlugin
+from tests.support.redis_topologies import ClusterTopology, SentinelTopology
 from tests.support.server import RunningServer, Tenant, connect_tenant, make_settings, start_server, stop_server
 
 pytest_plugins = ["tests.support.fixtures_triggers", "tests.support.fixtures_events"]
@@ -37,10 +39,33 @@ def _audit_output_files(tmp_path_factory: pytest.TempPathFactory) -> None:
     AUDIT.note_output_dir(tmp_path_factory.getbasetemp())
 
 
+# The suites that run again on a Redis Cluster and on Sentinel (``make test``: IGSYNC_TEST_REDIS).
+TOPOLOGY_SUITES = ("dedup", "realtime", "triggers", "ingest")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        parts = Path(str(item.fspath)).relative_to(Path(__file__).parent).parts
+        if parts and parts[0] in TOPOLOGY_SUITES:
+            item.add_marker(pytest.mark.topology)
+
+
+class SessionStores(EmbeddedStores):
+    """The embedded stores, plus the Redis topology the session's servers use instead of the
+    embedded Redis when ``IGSYNC_TEST_REDIS`` names one (tests/support/redis_topologies.py)."""
+
+    redis_topology: ClusterTopology | SentinelTopology | None = None
+
+
 @pytest.fixture(scope="session")
 def stores(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedStores]:
-    embedded = EmbeddedStores(tmp_path_factory.mktemp("stores"), lock=False).start()
+    embedded = SessionStores(tmp_path_factory.mktemp("stores"), lock=False).start()
+    kind = topologies.from_env()
+    if kind:
+        embedded.redis_topology = topologies.TOPOLOGIES[kind](tmp_path_factory.mktemp(kind)).start()
     yield embedded
+    if embedded.redis_topology is not None:
+        embedded.redis_topology.stop()
     embedded.stop()
 
 

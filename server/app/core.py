@@ -14,9 +14,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
 from tornado.httpclient import AsyncHTTPClient
 
 from config import Settings
@@ -48,7 +45,8 @@ from server.media.service import MediaService
 from server.media.transcribe import Transcriber, load_transcriber
 from server.ops.metrics import Metrics
 from server.ops.monitor import ChannelActivity, OpsMonitor, Readiness
-from server.ops.store_metrics import InstrumentedRedis, MongoCommandMetrics
+from server.ops.redis_clients import RedisClient, RedisTopology
+from server.ops.store_metrics import MongoCommandMetrics
 from server.outbound.limiter import SendLimiter
 from server.outbound.service import SendService
 from server.outbound.worker import SendWorker
@@ -60,45 +58,13 @@ from server.triggers.outbox import TriggerOutbox
 log = logging.getLogger("igsync.core")
 
 
-def redis_client(
-    url: str, *, timeout_ms: int, retries: int | None = None, metrics: Metrics | None = None
-) -> aioredis.Redis:
-    """The one way the project builds a Redis client: short timeouts, since Redis is an
-    accelerator (dedup hints, fan-out) and a slow Redis must not stall a webhook.
-
-    ``retries``: that many immediate retries on connection errors and timeouts — for paths
-    that have their own fallback. Without it, one immediate retry on a *connection* error
-    only: a client built by ``from_url`` otherwise has no retry at all, so after a Redis
-    restart or failover the first command on every pooled connection failed ("Connection
-    closed by server") although Redis was back. Timeouts are not retried (a hung Redis must
-    cost one timeout, not two). With ``metrics``, every command's latency and failures are
-    measured."""
-    timeout = timeout_ms / 1000
-    retry = (
-        Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
-        if retries is None
-        else Retry(NoBackoff(), retries)
-    )
-    extra: dict[str, Any] = {"retry": retry}
-    client = InstrumentedRedis.from_url(
-        url,
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-        health_check_interval=15,
-        decode_responses=False,
-        **extra,
-    )
-    client.redis_metrics = metrics
-    return client
-
-
 @dataclass
 class Core:
     """Every long-lived object of one process, each built once by :func:`build_core`."""
 
     settings: Settings
     store: Store
-    redis: aioredis.Redis
+    redis: RedisClient
     metrics: Metrics
     channels: ChannelCache
     threads: ThreadResolver
@@ -166,10 +132,11 @@ async def build_core(
         raise ValueError("build_core needs store URLs; embedded stores are started by the CLI")
     metrics = metrics or Metrics()
     store = await _build_store(settings, metrics, mongo_listeners or [], ensure_indexes)
-    redis = redis_client(settings.redis_url, timeout_ms=settings.store_timeout_ms, metrics=metrics)
+    topology = RedisTopology.of(settings)
+    redis = topology.client(timeout_ms=settings.store_timeout_ms, metrics=metrics)
     channels = ChannelCache(store, ttl_secs=settings.channel_cache_secs)
     threads = ThreadResolver(store)
-    realtime = _build_realtime(settings, metrics, OwnerScope(store)) if sink is None else None
+    realtime = _build_realtime(settings, topology, metrics, OwnerScope(store)) if sink is None else None
     sink = realtime if realtime is not None else sink
     assert sink is not None
     publisher = SafePublisher(sink)
@@ -300,14 +267,14 @@ async def _build_store(settings: Settings, metrics: Metrics, listeners: list[Any
     return store
 
 
-def _build_realtime(settings: Settings, metrics: Metrics, scope: OwnerScope) -> EventHub:
+def _build_realtime(settings: Settings, topology: RedisTopology, metrics: Metrics, scope: OwnerScope) -> EventHub:
     # The hub has its own clients: the publish path gets one immediate retry and a short
     # timeout (its breaker takes over), the pub/sub reader none (its loop reconnects).
-    url = settings.redis_url or ""
     return EventHub(
         settings=settings,
-        publish_redis=redis_client(url, timeout_ms=settings.realtime_redis_timeout_ms, retries=1, metrics=metrics),
-        pubsub_redis=redis_client(url, timeout_ms=settings.store_timeout_ms, retries=0, metrics=metrics),
+        topology=topology,
+        publish_redis=topology.client(timeout_ms=settings.realtime_redis_timeout_ms, retries=1, metrics=metrics),
+        pubsub_redis=topology.client(timeout_ms=settings.store_timeout_ms, retries=0, metrics=metrics),
         metrics=metrics,
         inbox=scope,
     )
@@ -424,7 +391,7 @@ def _build_dedup_layers(settings: Settings, store: Store, metrics: Metrics) -> t
     # immediate retry on a connection error, for restarts): a slow or dead Redis is skipped,
     # never waited for (MongoDB decides alone, P4).
     marks = SentMarks(
-        redis_client(settings.redis_url or "", timeout_ms=settings.dedup_redis_timeout_ms, metrics=metrics),
+        RedisTopology.of(settings).client(timeout_ms=settings.dedup_redis_timeout_ms, metrics=metrics),
         metrics,
         ttl_secs=settings.dedup_ttl_secs,
     )

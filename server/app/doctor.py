@@ -47,9 +47,10 @@ from models.channels import login_of
 from models.timeutil import iso, utcnow
 from server.accounts.service import INCOMPLETE, NOT_SUBSCRIBED, SUBSCRIBED, shown_subscription
 from server.api.signatures import sign
-from server.app.core import Core, build_core, redis_client
+from server.app.core import Core, build_core
 from server.inbox.events import NullSink
 from server.inbox.threads import channel_account_ids
+from server.ops.redis_clients import RedisTopology
 
 PASS = "pass"
 FAIL = "fail"
@@ -236,15 +237,18 @@ class Doctor:
 
     async def check_redis(self, core: Core) -> CheckResult:
         """Redis answers; its version and round trip."""
+        topology = RedisTopology.of(self.settings)
         started = time.perf_counter()
         await core.redis.ping()
-        info = await core.redis.info("server")
+        # On a cluster, INFO of one node (the others run the same build, as a cluster requires).
+        on_one_node = {"target_nodes": "random"} if topology.cluster else {}
+        info = await core.redis.info("server", **on_one_node)
         elapsed = _ms(started)
         version = str(info.get("redis_version", "unknown"))
         label = f"Redis {version}"
         if info.get("valkey_version"):
             label += f" / Valkey {info['valkey_version']}"
-        where = public_url(self.settings.redis_url)
+        where = public_url(self.settings.redis_url) if topology.kind == "single" else topology.describe()
         return CheckResult(
             "redis",
             PASS,
@@ -397,17 +401,24 @@ class Doctor:
         return CheckResult("subscriptions", PASS, f"{len(rows)} subscribed", details=details, lines=lines)
 
     async def check_pubsub(self, core: Core) -> CheckResult:
-        """Redis pub/sub carries a message between two connections."""
-        assert self.settings.redis_url
-        listener = redis_client(self.settings.redis_url, timeout_ms=int(self.timeout_secs * 1000))
-        topic = f"igsync:doctor:{uuid.uuid4().hex}"
+        """Redis pub/sub carries a message between two connections (sharded on a cluster, as
+        the hub uses it)."""
+        topology = RedisTopology.of(self.settings)
+        timeout_ms = int(self.timeout_secs * 1000)
+        topic = f"igsync:doctor:{{{uuid.uuid4().hex}}}"
         payload = uuid.uuid4().hex.encode()
+        if topology.sharded:
+            node = core.redis.get_node_from_key(topic)
+            listener = topology.node_client(node.host, node.port, timeout_ms=timeout_ms)
+        else:
+            listener = topology.client(timeout_ms=timeout_ms)
         pubsub = listener.pubsub()
         try:
-            await pubsub.subscribe(topic)
+            await (pubsub.ssubscribe(topic) if topology.sharded else pubsub.subscribe(topic))
             await pubsub.get_message(timeout=self.timeout_secs)  # the subscribe confirmation
             started = time.perf_counter()
-            receivers = await core.redis.publish(topic, payload)
+            publish = core.redis.spublish if topology.sharded else core.redis.publish
+            receivers = await publish(topic, payload)
             deadline = time.monotonic() + self.timeout_secs
             while time.monotonic() < deadline:
                 message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)

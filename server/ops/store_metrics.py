@@ -3,9 +3,11 @@
 * :class:`MongoCommandMetrics` — a PyMongo ``CommandListener`` (handed to the
   ``AsyncMongoClient`` by :func:`server.app.core.build_core`): every command's round trip,
   labelled by command name from :data:`server.metrics.MONGO_COMMANDS`.
-* :class:`InstrumentedRedis` — the ``redis.asyncio`` client class the project uses: each
-  command (and each pipeline as one round trip) timed and its exceptions counted,
-  labelled from :data:`server.metrics.REDIS_COMMANDS`.
+* :class:`InstrumentedRedis` / :class:`InstrumentedRedisCluster` — the ``redis.asyncio``
+  client classes the project uses (one node or Sentinel / Cluster): each command (and each
+  pipeline as one round trip) timed and its exceptions counted, labelled from
+  :data:`server.metrics.REDIS_COMMANDS`. On a cluster a command's time includes the
+  redirections and slot-map refreshes it needed.
 
 These measure the *clients*. ``igsync_store_errors_total`` stays the count of operations
 the server needed and could not do (counted once, where the failure is handled).
@@ -20,6 +22,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from pymongo import monitoring
 from redis.asyncio.client import Pipeline
+from redis.asyncio.cluster import ClusterPipeline, RedisCluster
 
 from server.ops.metrics import OTHER, REDIS_COMMANDS, Metrics, bounded
 
@@ -118,5 +121,31 @@ class InstrumentedRedis(aioredis.Redis):
     def pipeline(self, transaction: bool = True, shard_hint: str | None = None) -> Pipeline:
         """A pipeline timed as one command."""
         pipe = InstrumentedPipeline(self.connection_pool, self.response_callbacks, transaction, shard_hint)
+        pipe.redis_metrics = self.redis_metrics
+        return pipe
+
+
+class InstrumentedClusterPipeline(ClusterPipeline):
+    redis_metrics: Metrics | None = None
+
+    async def execute(self, raise_on_error: bool = True, allow_redirections: bool = True) -> list[Any]:
+        """Run the pipeline (one round trip per shard) as one timed command."""
+        with _Timed(self.redis_metrics, "pipeline"):
+            return await super().execute(raise_on_error, allow_redirections)
+
+
+class InstrumentedRedisCluster(RedisCluster):
+    """``redis.asyncio.cluster.RedisCluster`` that reports each command to :class:`Metrics`."""
+
+    redis_metrics: Metrics | None = None
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        """Run a command, timed (blocking reads are not)."""
+        with _Timed(self.redis_metrics, redis_command_name(args), timed=not _blocks(args)):
+            return await super().execute_command(*args, **kwargs)
+
+    def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> ClusterPipeline:
+        """A pipeline timed as one command."""
+        pipe = InstrumentedClusterPipeline(self, transaction)
         pipe.redis_metrics = self.redis_metrics
         return pipe

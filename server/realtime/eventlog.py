@@ -5,7 +5,8 @@ Owns the storage side of API.md §4's ``seq``/``epoch``:
 * three keys per channel, all carrying the ``{channel_id}`` hash tag so that a Redis
   Cluster keeps them in one slot (a Lua script may only touch keys of one slot):
   ``igsync:rt:{<channel_id>}:epoch`` (string), ``…:seq`` (counter), ``…:log`` (stream);
-  and one pub/sub channel ``igsync:rt:{<channel_id>}:live``;
+  and one pub/sub channel ``igsync:rt:{<channel_id>}:live`` — a *shard* channel on a Redis
+  Cluster (``SPUBLISH``), so the publish stays on the shard that holds the log;
 * :data:`APPEND_LUA`: for a batch of events, ``INCR`` the counter, ``XADD`` the envelope
   with ``MAXLEN ~ N`` under the entry id ``<seq>-0`` (so a replay is one ``XRANGE`` by
   seq), and ``PUBLISH`` it — atomically, so ``seq`` rises by one per event across every
@@ -14,6 +15,8 @@ Owns the storage side of API.md §4's ``seq``/``epoch``:
   gone (Redis flushed, replaced, or the log expired after ``ws_log_ttl_secs`` idle) the
   next use writes a new epoch and restarts ``seq`` at 1, so an old ``since_seq`` can be
   told apart from a new one and answered ``resync_required``, never with wrong events.
+  A failover renews it too (:data:`RENEW_LUA`): a promoted replica may lack the last events
+  its master logged, and the seqs it hands out next would name other events.
 
 An envelope is the exact JSON text a socket receives. The core's :class:`~server.inbox.events.Event`
 has no ``seq`` yet, so it is encoded as a *head* (up to ``"seq":``) and a *tail*, and the
@@ -104,6 +107,19 @@ redis.call('PEXPIRE', KEYS[2], ARGV[2])
 return {epoch, tonumber(redis.call('GET', KEYS[2]))}
 """
 
+# KEYS: epoch, seq, log.  ARGV: the epoch the caller knew, a new epoch, ttl ms.  After a
+# failover: if the log still has the epoch the caller knew, start a new one (the promoted
+# replica's log may lack the tail its master had published). Callers that come later find the
+# epoch already renewed and change nothing, so one failover renews a log once.  Returns the epoch.
+RENEW_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  redis.call('SET', KEYS[2], 0, 'PX', ARGV[3])
+  redis.call('DEL', KEYS[3])
+end
+return redis.call('GET', KEYS[1])
+"""
+
 # KEYS: epoch, seq, log.  ARGV: epoch, first id, last id.  The entries, or nil when the
 # log now belongs to another epoch (its seqs would name other events).
 READ_LUA = """
@@ -138,6 +154,11 @@ def channel_of_live(name: bytes) -> str | None:
     if not (text.startswith(KEY_PREFIX + "{") and text.endswith("}:live")):
         return None
     return text[len(KEY_PREFIX) + 1 : -len("}:live")]
+
+
+def sharded_publish(script: str) -> str:
+    """The script with its ``PUBLISH`` turned into ``SPUBLISH`` (a cluster's shard channel)."""
+    return script.replace("redis.call('PUBLISH',", "redis.call('SPUBLISH',")
 
 
 def new_epoch() -> str:
@@ -231,15 +252,25 @@ class Stored:
 class EventLog:
     """The Redis side of the log, for one Redis client (the publish path's short timeouts)."""
 
-    def __init__(self, redis: aioredis.Redis, *, max_events: int, ttl_secs: int, once_ttl_secs: int = 86_400) -> None:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        *,
+        max_events: int,
+        ttl_secs: int,
+        once_ttl_secs: int = 86_400,
+        sharded: bool = False,
+    ) -> None:
         self.redis = redis
         self.max_events = max_events
         self.ttl_ms = ttl_secs * 1000
         self.once_ttl_ms = once_ttl_secs * 1000
         # register_script: EVALSHA, and on NOSCRIPT (a restarted Redis) SCRIPT LOAD + retry.
-        self._append = redis.register_script(APPEND_LUA)
+        # On a cluster the live channel is a shard channel, published on the log's own shard.
+        self._append = redis.register_script(sharded_publish(APPEND_LUA) if sharded else APPEND_LUA)
         self._state = redis.register_script(STATE_LUA)
         self._read = redis.register_script(READ_LUA)
+        self._renew = redis.register_script(RENEW_LUA)
 
     async def append(self, channel_id: str, encoded: list[Encoded]) -> tuple[str, list[int]]:
         """Append events in order; returns (epoch, seq of each event), 0 for an event whose
@@ -272,6 +303,11 @@ class EventLog:
         """(epoch, latest seq) of the channel's log, creating its epoch if it has none."""
         epoch, latest = await self._state(keys=keys(channel_id), args=[new_epoch(), self.ttl_ms])
         return epoch.decode(), int(latest)
+
+    async def renew(self, channel_id: str, known_epoch: str) -> str:
+        """After a failover: a new epoch unless someone renewed ``known_epoch`` already."""
+        epoch = await self._renew(keys=keys(channel_id), args=[known_epoch, new_epoch(), self.ttl_ms])
+        return epoch.decode() if epoch is not None else known_epoch
 
     async def read(self, channel_id: str, epoch: str, after_seq: int, up_to_seq: int) -> list[Stored] | None:
         """Events ``after_seq < seq <= up_to_seq`` of ``epoch`` in order, or None when some of

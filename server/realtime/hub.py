@@ -7,12 +7,15 @@ Owns the delivery half of API.md §4 (the vocabulary is :mod:`server.inbox.event
   Lua script (INCR seq + XADD MAXLEN ~ + PUBLISH, :mod:`server.realtime.eventlog`), then routed to
   this process's own sockets at once from the script's reply; the pub/sub echo of the same
   events is recognised by its seq and dropped (:mod:`server.realtime.registry`).
-* **pub/sub** — one connection per process (:class:`PubSubLink`), subscribed to the live
-  channel of each channel that has a local subscriber (so a process receives only what
-  its sockets want), plus a control channel that keeps the connection up. Its reader loop
-  reconnects with backoff, counts ``igsync_pubsub_reconnects_total``, re-subscribes, and
-  catches every route up from the stream — what was published meanwhile is delivered,
-  or, when no longer retained or the epoch changed, ``resync_required``.
+* **pub/sub** — one connection per process (:class:`PubSubLink`; on a Redis Cluster one per
+  shard, :class:`ClusterLinks`), subscribed to the live channel of each channel that has a
+  local subscriber (so a process receives only what its sockets want), plus a control
+  channel that keeps the connection up. Its reader loop reconnects with backoff, counts
+  ``igsync_pubsub_reconnects_total``, re-subscribes, and catches every route up from the
+  stream — what was published meanwhile is delivered, or, when no longer retained or the
+  epoch changed, ``resync_required``. After a failover (another server answers) the logs of
+  the channels concerned are renewed first: the promoted replica may lack their last events,
+  so their subscribers resync rather than trust seqs that could now name other events.
 * **Redis down** — publishing uses its own client with short timeouts behind a circuit
   breaker, so a webhook waits at most ``IGSYNC_REALTIME_REDIS_TIMEOUT_MS`` once, then not
   at all while the breaker is open. Events are still routed to this process's sockets,
@@ -28,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Collection
 
 import redis.asyncio as aioredis
 
@@ -36,6 +40,7 @@ from server.api.auth import Principal
 from server.inbox.events import RESYNC_REQUIRED, Event
 from server.inbox.scope import OwnerScope
 from server.ops.metrics import Metrics
+from server.ops.redis_clients import RedisTopology
 from server.realtime.eventlog import (
     EPOCH_PLACEHOLDER,
     SEQ_PLACEHOLDER,
@@ -49,6 +54,7 @@ from server.realtime.eventlog import (
 from server.realtime.pubsub import (
     SUBSCRIBE_TIMEOUT_SECS,
     CircuitBreaker,
+    ClusterLinks,
     PubSubLink,
 )
 from server.realtime.registry import ChannelRoute, Registry
@@ -67,6 +73,7 @@ class EventHub:
         self,
         *,
         settings: Settings,
+        topology: RedisTopology,
         publish_redis: aioredis.Redis,
         pubsub_redis: aioredis.Redis,
         metrics: Metrics,
@@ -82,9 +89,23 @@ class EventHub:
             max_events=settings.ws_log_max_events,
             ttl_secs=settings.ws_log_ttl_secs,
             once_ttl_secs=settings.ws_once_ttl_secs,
+            sharded=topology.sharded,
         )
         self.registry = Registry(self.log.read)
-        self.link = PubSubLink(pubsub_redis, on_message=self._on_live, on_connected=self._on_connected, metrics=metrics)
+        self.link: PubSubLink | ClusterLinks
+        if topology.cluster:
+            self.link = ClusterLinks(
+                pubsub_redis,
+                topology,
+                timeout_ms=settings.store_timeout_ms,
+                on_message=self._on_live,
+                on_connected=self._on_connected,
+                metrics=metrics,
+            )
+        else:
+            self.link = PubSubLink(
+                pubsub_redis, on_message=self._on_live, on_connected=self._on_connected, metrics=metrics
+            )
         self.breaker = CircuitBreaker()
         self.publish_timeout = settings.realtime_redis_timeout_ms / 1000
         self.sessions: set[WsSession] = set()
@@ -279,13 +300,30 @@ class EventHub:
             message.eid,
         )
 
-    async def _on_connected(self, reconnected: bool) -> None:
-        """Subscribe every route again and catch it up from the stream."""
+    async def _on_connected(
+        self, reconnected: bool, *, failover: bool = False, channels: Collection[str] | None = None
+    ) -> None:
+        """Subscribe the routes again (all, or ``channels``) and catch them up from the stream;
+        after a failover renew their logs first."""
         self.breaker.reset()
-        routes = list(self.registry.routes.values())
-        await asyncio.gather(*(self._resume(route) for route in routes if route.established))
+        routes = [
+            route
+            for route in self.registry.routes.values()
+            if route.established and (channels is None or route.channel_id in channels)
+        ]
+        if failover:
+            await asyncio.gather(*(self._renew(route) for route in routes))
+        await asyncio.gather(*(self._resume(route) for route in routes))
         if self.degraded_channels:
             await self.flush_degraded()
+
+    async def _renew(self, route: ChannelRoute) -> None:
+        if route.epoch is None:
+            return  # no position yet: nothing it could be wrong about
+        try:
+            await self.log.renew(route.channel_id, route.epoch)
+        except Exception as exc:
+            log.warning("channel %s: could not renew the event log (%s)", route.channel_id, type(exc).__name__)
 
     def _position_if_unknown(self, channel_id: str) -> None:
         """A route set up while Redis did not answer learns its position as soon as Redis

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from config import Settings
 from server.app.embedded import EmbeddedStores
 from server.dedup.marks import sent_message_key
 from server.dedup.marksent import outbound_message
@@ -29,7 +30,7 @@ from tests.support.dedup import (
     stored_messages,
 )
 from tests.support.helpers import ACCOUNT_ID, CUSTOMER_A, CUSTOMER_B, body_of, messaging_body, text_item
-from tests.support.server import RunningServer, connect_tenant, start_server, stop_server
+from tests.support.server import RunningServer, connect_tenant, on_single_redis, start_server, stop_server
 
 
 @pytest.fixture
@@ -281,8 +282,19 @@ async def test_multi_mid_send_whose_echoes_all_came_first_ends_as_one_message(re
     assert dup_layer(await client.webhook(image_echo)) == "mid"
 
 
-async def test_redis_down_keeps_p1_to_p3(stores: EmbeddedStores, server, client, tenant) -> None:
+@pytest.fixture
+async def on_embedded_redis(stores: EmbeddedStores, settings: Settings) -> AsyncIterator[RunningServer]:
+    """A server on the embedded Redis node whatever the session's topology: the test stops it."""
+    running = await start_server(on_single_redis(settings, stores.redis_url or ""))
+    yield running
+    await stop_server(running)
+
+
+async def test_redis_down_keeps_p1_to_p3(stores: EmbeddedStores, on_embedded_redis: RunningServer) -> None:
     """P4: with Redis stopped every order still ends right, and no request fails."""
+    server = on_embedded_redis
+    client = server.client
+    await connect_tenant(client)
     stores.stop_redis()
     try:
         ok_body(await mark_sent(client, "down-1"))
@@ -338,7 +350,7 @@ async def test_a_hanging_redis_is_skipped_not_waited_for(settings) -> None:
 
     blackhole = await asyncio.start_server(swallow, "127.0.0.1", 0)
     port = blackhole.sockets[0].getsockname()[1]
-    running = await start_server(settings.replace(redis_url=f"redis://127.0.0.1:{port}/0"))
+    running = await start_server(on_single_redis(settings, f"redis://127.0.0.1:{port}/0"))
     try:
         client = running.client
         await connect_tenant(client)

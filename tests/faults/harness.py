@@ -57,6 +57,10 @@ class Account:
     statuses: Counter
     resyncs: int
     reconnects: int
+    # Within one epoch a socket must see seq n+1 after n (a jump is an event missed without a
+    # resync); every socket must see the same event at the same (epoch, seq) (else a seq was reused).
+    gaps: int = 0
+    conflicts: int = 0
 
     def summary(self) -> str:
         """One line for the test's output and docs/reliability.md."""
@@ -64,7 +68,7 @@ class Account:
         return (
             f"acknowledged={self.acknowledged} lost={len(self.lost)} duplicated={len(self.duplicated)} "
             f"missed_events={missed} bad_statuses={dict(self.bad_statuses)} statuses={dict(self.statuses)} "
-            f"socket_reconnects={self.reconnects} resyncs={self.resyncs}"
+            f"socket_reconnects={self.reconnects} resyncs={self.resyncs} gaps={self.gaps} conflicts={self.conflicts}"
         )
 
 
@@ -145,6 +149,7 @@ class ResumingSocket:
     reconnects: int = 0
     epoch: str | None = None
     last_seq: int | None = None
+    gaps: int = 0
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _task: asyncio.Task[None] | None = None
 
@@ -175,7 +180,8 @@ class ResumingSocket:
                 pass
             finally:
                 ws.close()
-            self.reconnects += 1
+            if not self._stop.is_set():
+                self.reconnects += 1  # the socket dropped (not our own stop)
 
     async def _follow(self, ws: WsClient) -> None:
         resume: dict[str, Any] = {}
@@ -207,8 +213,12 @@ class ResumingSocket:
             self.last_seq = data.get("latest_seq")
             await self._reload()
             return
-        if frame.get("seq") is not None:
-            self.last_seq = frame["seq"]
+        seq = frame.get("seq")
+        if seq is not None:
+            if self.last_seq is not None and seq != self.last_seq + 1:
+                self.gaps += 1
+            self.last_seq = seq
+            self.rig.note_position(self.epoch, seq, frame)
         if event == "chat_message":
             mid = (frame["data"]["message"] or {}).get("mid")
             if mid:
@@ -250,10 +260,15 @@ async def _all_mids(client: Any, token: str) -> set[str]:
 class FaultRig:
     """Own stores + one igsync process, and the means to break each of them."""
 
-    def __init__(self, work_dir: Path, **settings: Any) -> None:
+    def __init__(self, work_dir: Path, *, redis_topology: Any = None, **settings: Any) -> None:
         self.work_dir = work_dir
-        self.stores = EmbeddedStores(work_dir / "stores", lock=False)
-        self.extra_settings = settings
+        # On a Redis topology of the test's own (tests/support/redis_topologies.py), no embedded Redis.
+        self.redis_topology = redis_topology
+        self.stores = EmbeddedStores(work_dir / "stores", redis=redis_topology is None, lock=False)
+        self.extra_settings = {**(redis_topology.settings() if redis_topology else {}), **settings}
+        # (epoch, seq) → the first frame a socket saw there
+        self.positions: dict[tuple[str | None, int], dict[str, Any]] = {}
+        self.conflicts = 0
         self.handle: ServerProcessHandle | None = None
         self.token = ""
         self.channel_id = ""
@@ -296,6 +311,12 @@ class FaultRig:
             client.close()
         self.token = tenant.token
         self.channel_id = tenant.channel["id"]
+
+    def note_position(self, epoch: str | None, seq: int, frame: dict[str, Any]) -> None:
+        """What a socket saw at (epoch, seq): another event there on another socket is a reused seq."""
+        first = self.positions.setdefault((epoch, seq), frame)
+        if first is not frame and first != frame:
+            self.conflicts += 1
 
     # -- faults ------------------------------------------------------------------------
 
@@ -359,6 +380,8 @@ class FaultRig:
             statuses=sender.statuses,
             resyncs=sum(s.resyncs for s in sockets),
             reconnects=sum(s.reconnects for s in sockets),
+            gaps=sum(s.gaps for s in sockets),
+            conflicts=self.conflicts,
         )
 
 

@@ -19,7 +19,6 @@ from redis.exceptions import ResponseError
 
 from config import ConfigError, Settings
 from models.timeutil import utcnow
-from server.app.core import redis_client
 from server.app.embedded import EmbeddedStores, free_port
 from server.inbox.events import RecordingSink
 from server.ops.metrics import (
@@ -32,6 +31,7 @@ from server.ops.metrics import (
     package_version,
 )
 from server.ops.monitor import DuplicateTally
+from server.ops.redis_clients import RedisTopology
 from tests.fakes.cdn import JPEG
 from tests.support.events import events_env, fixture_with
 from tests.support.helpers import (
@@ -48,7 +48,7 @@ from tests.support.helpers import (
 )
 from tests.support.observability import Key, key, scrape
 from tests.support.realtime import WsClient
-from tests.support.server import RunningServer, Tenant, connect_tenant, start_server, stop_server
+from tests.support.server import RunningServer, Tenant, connect_tenant, on_single_redis, start_server, stop_server
 
 # API.md §5, verbatim: the names inbox operators and the dashboard rely on.
 DOCUMENTED = {
@@ -274,7 +274,7 @@ async def test_redis_down_counts_command_failures_and_readiness(settings: Settin
     # A RecordingSink instead of the realtime hub: no background Redis reader retrying (and
     # counting its own failures) while this test counts exactly what one /readyz does.
     running = await start_server(
-        settings.replace(redis_url=_dead_url("redis"), store_timeout_ms=300), sink=RecordingSink()
+        on_single_redis(settings, _dead_url("redis")).replace(store_timeout_ms=300), sink=RecordingSink()
     )
     try:
         await running.core.monitor.stop()
@@ -596,7 +596,7 @@ async def test_a_redis_restart_costs_no_failed_command(tmp_path: Path) -> None:
     (nor count as a Redis failure)."""
     own = EmbeddedStores(tmp_path / "own-redis", mongo=False, lock=False).start()
     metrics = Metrics(process_metrics=False)
-    client = redis_client(own.redis_url or "", timeout_ms=1500, metrics=metrics)
+    client = RedisTopology(own.redis_url or "").client(timeout_ms=1500, metrics=metrics)
     try:
         assert await client.ping()
         own.stop_redis()

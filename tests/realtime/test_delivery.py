@@ -139,7 +139,8 @@ async def test_redis_down_local_sockets_still_get_events_and_pubsub_recovers(
     other = ev.Event(ev.MESSAGE_DELETED, channel_id, degraded[0]["conversation_id"], {"message_id": "m"})
     from server.realtime.eventlog import EventLog, encode
 
-    await EventLog(server.core.redis, max_events=100, ttl_secs=60).append(channel_id, [encode(other)])
+    log = EventLog(server.core.redis, max_events=100, ttl_secs=60, sharded=server.core.settings.redis_cluster)
+    await log.append(channel_id, [encode(other)])
     frame = await ws.next_event()
     assert frame["event"] == ev.MESSAGE_DELETED and frame["seq"] == 5
     assert await ws.quiet() == []

@@ -13,8 +13,8 @@ import orjson
 import pytest
 
 from server.api.auth import INBOX, Principal
-from server.app.core import redis_client
 from server.inbox import events as ev
+from server.ops.redis_clients import RedisTopology
 from server.realtime.eventlog import EventLog, encode, parse_live
 from server.realtime.registry import ChannelRoute, Registry
 from server.realtime.session import CommandError, parse_command
@@ -111,7 +111,7 @@ class Routed:
 @pytest.fixture
 async def routed(stores) -> AsyncIterator[Routed]:
     """A registry over the real Redis log, one subscriber on a fresh channel, positioned."""
-    redis = redis_client(stores.redis_url, timeout_ms=1000)
+    redis = RedisTopology(stores.redis_url).client(timeout_ms=1000)
     log = EventLog(redis, max_events=100, ttl_secs=60)
     channel = "unit-" + uuid.uuid4().hex
     registry = Registry(log.read)

@@ -49,8 +49,18 @@ def make_settings(stores: EmbeddedStores, data_dir: Path, **overrides: Any) -> S
         graph_api_url="http://127.0.0.1:9",
         facebook_graph_api_url="http://127.0.0.1:9",
     )
+    # The session's Redis topology (IGSYNC_TEST_REDIS), unless the test brings its own Redis.
+    topology = getattr(stores, "redis_topology", None)
+    if topology is not None and "redis_url" not in overrides:
+        values.update(topology.settings())
     values.update(overrides)
     return Settings(**values)
+
+
+def on_single_redis(settings: Settings, url: str) -> Settings:
+    """The settings on one Redis node of the test's own (a test that stops or freezes it),
+    whatever topology the session runs on."""
+    return settings.replace(redis_url=url, redis_cluster=False, redis_sentinels=())
 
 
 @dataclass

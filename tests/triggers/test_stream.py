@@ -13,6 +13,7 @@ import redis.asyncio as aioredis
 
 from config import Settings
 from server.app.embedded import EmbeddedStores
+from server.ops.redis_clients import RedisTopology
 from tests.support.helpers import CUSTOMER_A, CUSTOMER_B, echo_item, messaging_body, wait_for
 from tests.support.server import make_settings, start_server, stop_server
 from tests.support.triggers import FAST_TRIGGERS, MessageSender, connect_with_triggers
@@ -37,7 +38,9 @@ async def consume(redis: aioredis.Redis, stream: str, group: str, until: int, ti
 async def test_a_consumer_group_receives_every_customer_message(stores: Any, tmp_path: Path) -> None:
     stream = f"igsync:triggers:{uuid.uuid4().hex[:8]}"
     settings = make_settings(stores, tmp_path, trigger_stream=stream, trigger_stream_maxlen=1000, **FAST_TRIGGERS)
-    redis = aioredis.from_url(settings.redis_url)
+    # A consumer as the AI service would run one: on the session's topology (a cluster client
+    # follows the stream's slot).
+    redis: Any = RedisTopology.of(settings).client(timeout_ms=5000)
     await redis.xgroup_create(stream, "ai-workers", id="0", mkstream=True)
     igsync = await start_server(settings)
     try:
