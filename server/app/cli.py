@@ -63,7 +63,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         settings = settings.replace(port=args.port)
     if args.host is not None:
         settings = settings.replace(host=args.host)
-    return lifecycle.serve(settings)
+    return lifecycle.serve(settings, workers=args.workers)
 
 
 def cmd_channel_add(args: argparse.Namespace) -> int:
@@ -348,15 +348,34 @@ def cmd_config(args: argparse.Namespace) -> int:
 # -- parser -----------------------------------------------------------------------------
 
 
+def _workers(value: str) -> int:
+    from server.app.workers import worker_count
+
+    try:
+        return worker_count(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError("a whole number of at least 1, or auto") from None
+
+
+def _add_serve(sub: Any) -> None:
+    serve = sub.add_parser("serve", help="run the server (embedded stores when no URLs are set)")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.add_argument(
+        "--workers",
+        type=_workers,
+        default=1,
+        help="pre-forked processes sharing the port (auto: one per core; default 1)",
+    )
+    serve.set_defaults(func=cmd_serve)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Every ``igsync`` command and its options."""
     parser = argparse.ArgumentParser(prog="igsync", description="Instagram Direct inbox sync server.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    serve = sub.add_parser("serve", help="run the server (embedded stores when no URLs are set)")
-    serve.add_argument("--host")
-    serve.add_argument("--port", type=int)
-    serve.set_defaults(func=cmd_serve)
+    _add_serve(sub)
 
     channel = sub.add_parser("channel", help="connect, list and disconnect channels")
     channel_sub = channel.add_subparsers(dest="channel_command", required=True)

@@ -19,7 +19,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+import socket
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -33,6 +35,7 @@ from server.app import devsecrets
 from server.app.core import Core, build_core
 from server.app.embedded import EmbeddedStores, running_stores
 from server.app.routes import make_app
+from server.app.workers import Supervisor
 from server.ops import logs
 
 log = logging.getLogger("igsync.server")
@@ -154,12 +157,14 @@ class ServerProcess:
         self.port: int | None = None
         self._stop = asyncio.Event()
 
-    async def start(self) -> None:
-        """Build the core, start its services, listen."""
+    async def start(self, sockets: list[socket.socket] | None = None) -> None:
+        """Build the core, start its services, listen (on ``sockets`` a supervisor bound, or
+        on sockets of its own)."""
         self.core = await build_core(self.settings, mongo_listeners=self.mongo_listeners)
         await self.core.start()
         self.http = http_server(self.core, xheaders=True)
-        sockets = bind_sockets(self.settings.port, self.settings.host)
+        if sockets is None:
+            sockets = bind_sockets(self.settings.port, self.settings.host)
         self.port = sockets[0].getsockname()[1]
         self.http.add_sockets(sockets)
 
@@ -210,32 +215,51 @@ def banner(settings: Settings, port: int, embedded: EmbeddedStores | None, demo_
     return "\n".join(lines)
 
 
-async def serve_async(settings: Settings, embedded: EmbeddedStores | None) -> None:
-    """Run one server process until it is asked to stop, then stop it in order."""
+async def serve_async(
+    settings: Settings,
+    embedded: EmbeddedStores | None,
+    *,
+    sockets: list[socket.socket] | None = None,
+    worker: int = 0,
+) -> None:
+    """Run one server process (or worker ``worker`` of a supervisor, on its ``sockets``) until
+    it is asked to stop, then stop it in order."""
     process = ServerProcess(settings, embedded=embedded)
-    await process.start()
+    await process.start(sockets)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, process.request_stop)
     assert process.core is not None and process.port is not None
-    demo_token = await ensure_demo_channel(process.core) if embedded is not None else None
-    print(banner(settings, process.port, embedded, demo_token), flush=True)
-    log.info("igsync started on %s:%s", settings.host, process.port)
+    if worker == 0:  # the banner and the demo channel once, not once per worker
+        demo_token = await ensure_demo_channel(process.core) if embedded is not None else None
+        print(banner(settings, process.port, embedded, demo_token), flush=True)
+    log.info("igsync started on %s:%s (worker %d, pid %d)", settings.host, process.port, worker, os.getpid())
     await process.wait()
     log.info("shutting down")
     await process.shutdown()
     log.info("stopped")
 
 
-def serve(settings: Settings) -> int:
-    """``igsync serve``: stores resolved (embedded or real), secrets checked, logging set, run."""
+def serve(settings: Settings, workers: int = 1) -> int:
+    """``igsync serve``: stores resolved (embedded or real), secrets checked, logging set, run
+    — in this process, or in ``workers`` pre-forked ones (:mod:`server.app.workers`)."""
     settings = fill_dev_secrets(settings)
     # The dev secrets are known only now: let the log redactor know them too.
     logs.configure(settings.log_format, settings.log_level, secrets=logs.secret_values(settings))
     resolved = start_stores(settings)
+    code = 0
     try:
-        asyncio.run(serve_async(resolved.settings, resolved.embedded))
+        if workers > 1:
+
+            def worker_main(sockets: list[socket.socket], index: int) -> int:
+                asyncio.run(serve_async(resolved.settings, resolved.embedded, sockets=sockets, worker=index))
+                sys.stdout.flush()
+                return 0
+
+            code = Supervisor(resolved.settings, workers, worker_main).run()
+        else:
+            asyncio.run(serve_async(resolved.settings, resolved.embedded))
     finally:
         resolved.stop()
     sys.stdout.flush()
-    return 0
+    return code

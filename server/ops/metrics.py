@@ -13,10 +13,18 @@ like. Code that produces a metric (the PyMongo listener and Redis client of
 :mod:`server.ops.store_metrics`, the HTTP access log of :mod:`server.ops.access_log`, the
 periodic checks of :mod:`server.ops.monitor`) only ever touches the attributes defined
 here. docs/operations.md describes each metric for operators.
+
+Pre-forked workers (``igsync serve --workers N``) share one set of series through
+prometheus-client's multiprocess mode (:func:`share_between_workers`, called by the parent
+before it forks): each worker writes its values to files in one directory, and any worker's
+``/metrics`` reads them all — counters and histograms summed, each gauge by its
+``multiprocess_mode`` (open sockets summed, readiness the lowest, the periodic checks' figures
+the latest). One scrape target per machine, whatever the number of workers.
 """
 
 from __future__ import annotations
 
+import os
 import platform
 from collections.abc import Iterable
 from importlib import metadata
@@ -29,7 +37,26 @@ from prometheus_client import (
     ProcessCollector,
     disable_created_metrics,
     generate_latest,
+    multiprocess,
+    values,
 )
+
+# prometheus-client's own variable: where the workers' files are (set by share_between_workers).
+MULTIPROCESS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def share_between_workers(directory: str) -> None:
+    """Make every series created from now on live in files under ``directory`` (empty, owned
+    by this server), shared by the processes forked after this call."""
+    os.environ[MULTIPROCESS_DIR_ENV] = directory
+    values.ValueClass = values.MultiProcessValue()
+
+
+def worker_exited(pid: int) -> None:
+    """A worker is gone: its ``live*`` gauges stop counting (its counters stay in the sums)."""
+    if os.environ.get(MULTIPROCESS_DIR_ENV):
+        multiprocess.mark_process_dead(pid)
+
 
 # Outcomes of one webhook POST (the request as a whole).
 WEBHOOK_OUTCOMES = ("processed", "invalid_signature", "bad_request", "too_large", "store_error", "error")
@@ -237,9 +264,14 @@ class Metrics:
             registry=r,
         )
         self.send_queue_depth = Gauge(
-            "igsync_send_queue_depth", "Messages waiting to be sent or being sent (all processes).", registry=r
+            "igsync_send_queue_depth",
+            "Messages waiting to be sent or being sent (all processes).",
+            multiprocess_mode="livemostrecent",
+            registry=r,
         )
-        self.ws_connections = Gauge("igsync_ws_connections", "Open WebSocket connections.", registry=r)
+        self.ws_connections = Gauge(
+            "igsync_ws_connections", "Open WebSocket connections.", multiprocess_mode="livesum", registry=r
+        )
         self.ws_disconnects = Counter(
             "igsync_ws_disconnects_total", "WebSocket connections closed, by reason.", ["reason"], registry=r
         )
@@ -261,27 +293,40 @@ class Metrics:
             "igsync_build_info",
             "Always 1; the labels say which igsync and Python run.",
             ["version", "python"],
+            multiprocess_mode="livemax",
             registry=r,
         )
         self.ready = Gauge(
-            "igsync_ready", "1 when MongoDB and Redis both answer (what /readyz says), else 0.", registry=r
+            "igsync_ready",
+            "1 when MongoDB and Redis both answer (what /readyz says), else 0.",
+            multiprocess_mode="livemin",
+            registry=r,
         )
         self.store_up = Gauge(
-            "igsync_store_up", "1 when this store answered the last readiness check, else 0.", ["store"], registry=r
+            "igsync_store_up",
+            "1 when this store answered the last readiness check, else 0.",
+            ["store"],
+            multiprocess_mode="livemin",
+            registry=r,
         )
         self.channels_connected = Gauge(
-            "igsync_channels_connected", "Connected channels (as of the last periodic check).", registry=r
+            "igsync_channels_connected",
+            "Connected channels (as of the last periodic check).",
+            multiprocess_mode="livemostrecent",
+            registry=r,
         )
         self.channels_silent = Gauge(
             "igsync_channels_silent",
             "Connected channels without a webhook for longer than the threshold (since connecting, if never).",
             ["threshold"],
+            multiprocess_mode="livemostrecent",
             registry=r,
         )
         self.duplicates_stored = Gauge(
             "igsync_duplicates_stored",
             "Suspected duplicates stored in the last hour: an app/AI message and an unabsorbed echo with the "
             "same text in one conversation within the dedup window.",
+            multiprocess_mode="livemostrecent",
             registry=r,
         )
         self.monitor_runs = Counter(
@@ -353,16 +398,19 @@ class Metrics:
         self.trigger_dead_letters = Gauge(
             "igsync_trigger_dead_letters",
             "Trigger jobs dead-lettered and not retried yet (refreshed by the dispatcher).",
+            multiprocess_mode="livemostrecent",
             registry=r,
         )
         self.trigger_pending = Gauge(
             "igsync_trigger_pending_jobs",
             "Triggers not delivered yet: pending jobs and marked messages (refreshed by the dispatcher).",
+            multiprocess_mode="livemostrecent",
             registry=r,
         )
         self.trigger_oldest_pending = Gauge(
             "igsync_trigger_oldest_pending_seconds",
             "Age of the oldest undelivered trigger job, 0 when none (refreshed by the dispatcher).",
+            multiprocess_mode="livemostrecent",
             registry=r,
         )
         self.trigger_deferred_polls = Counter(
@@ -396,11 +444,13 @@ class Metrics:
             "igsync_channel_token_expiry_seconds",
             "Seconds until the soonest expiry of a connected channel's token (+Inf: none expires; "
             "negative: one has expired). Which channel: igsync doctor.",
+            multiprocess_mode="livemostrecent",
             registry=r,
         )
         self.channels_needing_reauth = Gauge(
             "igsync_channels_needing_reauth",
             "Connected channels whose token Meta refused: they wait to be reconnected.",
+            multiprocess_mode="livemostrecent",
             registry=r,
         )
         self.history_messages = Counter(
@@ -507,5 +557,11 @@ class Metrics:
         self.ready.set(1 if checks and all(checks.values()) else 0)
 
     def render(self) -> bytes:
-        """The Prometheus text exposition of every series."""
+        """The Prometheus text exposition of every series (of every worker, when shared)."""
+        directory = os.environ.get(MULTIPROCESS_DIR_ENV)
+        if directory:
+            # process_* would describe only the worker that answers: left out (see operations.md).
+            merged = CollectorRegistry()
+            multiprocess.MultiProcessCollector(merged, path=directory)
+            return generate_latest(merged)
         return generate_latest(self.registry)

@@ -201,8 +201,9 @@ def server_env(settings: Settings, **extra: str) -> dict[str, str]:
 class ServerProcessHandle:
     """``python -m server serve`` as a child process, with its output captured to a file."""
 
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+    def __init__(self, env: dict[str, str], log_path: Path, args: tuple[str, ...] = ()) -> None:
         self.env = env
+        self.args = args
         self.port = int(env["IGSYNC_PORT"])
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
@@ -212,7 +213,7 @@ class ServerProcessHandle:
     def start(self, timeout: float = 30) -> ServerProcessHandle:
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "server", "serve"],
+            [sys.executable, "-m", "server", "serve", *self.args],
             cwd=ROOT,
             env=self.env,
             stdout=self._log,
