@@ -23,6 +23,7 @@ from models.atomic import get_or_insert, update_get
 from models.customers import PROFILE_FIELDS
 from models.group_commit import GroupUpdate, GroupUpdater
 from models.guarded import guarded_update, lit
+from models.sharding import in_channel
 from models.timeutil import UTC, utcnow
 
 STATUS_NEEDS_REPLY = "needs_reply"
@@ -74,9 +75,14 @@ class ConversationRepository:
             [("channel_id", ASCENDING), ("updated_at", DESCENDING), ("_id", DESCENDING)], name="channel_updated"
         )
 
-    async def get(self, conversation_id: ObjectId) -> dict[str, Any] | None:
-        """A conversation by id."""
-        return await self.coll.find_one({"_id": conversation_id})
+    async def get(
+        self, conversation_id: ObjectId, channel_id: ObjectId | list[ObjectId] | None = None
+    ) -> dict[str, Any] | None:
+        """A conversation by id, routed to the shard of its channel — or of the caller's channels
+        (a list: the REST API knows only the owner's channels)."""
+        if isinstance(channel_id, list):
+            return await self.coll.find_one({"_id": conversation_id, "channel_id": {"$in": channel_id}})
+        return await self.coll.find_one(in_channel({"_id": conversation_id}, channel_id))
 
     async def get_many(self, conversation_ids: list[ObjectId]) -> dict[ObjectId, dict[str, Any]]:
         """Several conversations by id in one round trip (trigger delivery reads a batch)."""
@@ -161,9 +167,10 @@ class ConversationRepository:
         outcome = await self._updater.update(
             GroupUpdate(
                 conversation_id,
-                {"_id": conversation_id, "recent_message_ids": {"$ne": mid}},
+                {"_id": conversation_id, "channel_id": message["channel_id"], "recent_message_ids": {"$ne": mid}},
                 [{"$set": sets}],
                 is_mine=lambda doc: (doc.get("last_apply") or {}).get("token") == token,
+                scope={"channel_id": message["channel_id"]},
             )
         )
         after = outcome.doc
@@ -172,10 +179,14 @@ class ConversationRepository:
         after["prev_status"] = after["last_apply"]["prev_status"] if outcome.own_mark else STATUS_NEEDS_REPLY
         return after
 
-    async def touch(self, conversation_id: ObjectId, fields: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    async def touch(
+        self, conversation_id: ObjectId, fields: dict[str, Any] | None = None, channel_id: ObjectId | None = None
+    ) -> dict[str, Any] | None:
         """Set fields on a conversation and stamp ``updated_at``; the updated document."""
         return await update_get(
-            self.coll, {"_id": conversation_id}, {"$set": {**(fields or {}), "updated_at": utcnow()}}
+            self.coll,
+            in_channel({"_id": conversation_id}, channel_id),
+            {"$set": {**(fields or {}), "updated_at": utcnow()}},
         )
 
     async def refresh_customer(self, channel_id: ObjectId, customer: dict[str, Any]) -> dict[str, Any] | None:
@@ -192,7 +203,7 @@ class ConversationRepository:
         shown = replacing if replacing is not None else message["_id"]
         return await update_get(
             self.coll,
-            {"_id": conversation_id, "last_message.id": shown},
+            {"_id": conversation_id, "channel_id": message["channel_id"], "last_message.id": shown},
             {"$set": {"last_message": message_summary(message), "updated_at": utcnow()}},
         )
 
@@ -210,13 +221,16 @@ class ConversationRepository:
             ]
         }
         outcome = await guarded_update(
-            self.coll, {"_id": conversation_id}, guard, {"last_message": lit(summary), "updated_at": lit(utcnow())}
+            self.coll,
+            {"_id": conversation_id, "channel_id": message["channel_id"]},
+            guard,
+            {"last_message": lit(summary), "updated_at": lit(utcnow())},
         )
         return outcome.doc if outcome.applied else None
 
-    async def mark_read(self, conversation_id: ObjectId) -> dict[str, Any] | None:
+    async def mark_read(self, conversation_id: ObjectId, channel_id: ObjectId | None = None) -> dict[str, Any] | None:
         """Set the unread count to zero; the updated conversation."""
-        return await self.touch(conversation_id, {"unread_count": 0})
+        return await self.touch(conversation_id, {"unread_count": 0}, channel_id)
 
     async def page(
         self,

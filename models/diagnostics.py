@@ -60,6 +60,10 @@ class _IndexRecorder:
         self.sink.append(PlannedIndex(self.name, name, normalised, unique, options))
         return name
 
+    async def index_information(self) -> dict[str, Any]:
+        """No index exists in a plan: nothing superseded to drop."""
+        return {}
+
     def __getattr__(self, attr: str) -> Any:
         raise AttributeError(f"ensure_indexes of {self.name!r} uses {attr}(), which the doctor cannot plan")
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from pymongo import UpdateOne
@@ -170,6 +170,8 @@ class GroupUpdate:
     update: Any  # an update document or pipeline
     # Does the document read back carry this update's own mark (a token it wrote)?
     is_mine: Callable[[dict[str, Any]], bool]
+    # The shard key of the document (``{"channel_id": …}``), named by the read-back too.
+    scope: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -233,10 +235,11 @@ class GroupUpdater(_Batcher[GroupUpdate, UpdateOutcome]):
                     failed = _statement_failures(exc, len(batch))
             ids = [op.doc_id for op, _ in batch]
             if len(ids) == 1:
-                found = await self.coll.find_one({"_id": ids[0]})
+                found = await self.coll.find_one({"_id": ids[0], **batch[0][0].scope})
                 docs = {ids[0]: found} if found is not None else {}
             else:
-                docs = {d["_id"]: d for d in await self.coll.find({"_id": {"$in": ids}}).to_list(None)}
+                query = {"_id": {"$in": ids}, **_scopes_of([op for op, _ in batch])}
+                docs = {d["_id"]: d for d in await self.coll.find(query).to_list(None)}
         except BaseException as exc:
             _fail_all(batch, exc)
             return
@@ -253,6 +256,14 @@ class GroupUpdater(_Batcher[GroupUpdate, UpdateOutcome]):
                 continue
             doc = docs.get(op.doc_id)
             future.set_result(UpdateOutcome(doc, mine[i] or (overwritten and doc is not None), mine[i]))
+
+
+def _scopes_of(ops: list[GroupUpdate]) -> dict[str, Any]:
+    """The read-back's shard key condition: each field's values (``$in``), when every op has it."""
+    if not ops or not all(op.scope for op in ops):
+        return {}
+    fields = set(ops[0].scope)
+    return {f: {"$in": list(dict.fromkeys(op.scope[f] for op in ops))} for f in fields}
 
 
 class GroupFinder(_Batcher[tuple[Any, list[Any]], list[dict[str, Any]]]):

@@ -21,7 +21,9 @@ from pymongo import ASCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 
 from models.guarded import Outcome, field, guarded_update, lit
+from models.indexes import drop_superseded
 from models.messages import mid_key
+from models.sharding import in_channel
 
 # Content-bearing fields an unsend clears (the message stays, as Instagram shows "unsent").
 UNSENT_CLEARED: dict[str, Any] = {
@@ -56,27 +58,29 @@ class MessageUpdateRepository:
         self.coll = db["messages"]
 
     async def ensure_indexes(self) -> None:
-        # Lookups by mid use the foundation's unique single-field ``mid_keys`` index.
+        # Lookups by mid use the foundation's unique ``(channel_id, mid_keys)`` index.
         # Read receipts look for the unread messages of one side up to a time; without
         # read_at in the key every receipt would walk the whole conversation.
         """Create the indexes the message updates rely on (idempotent)."""
         await self.coll.create_index(
-            [("conversation_id", ASCENDING), ("type", ASCENDING), ("read_at", ASCENDING), ("sent_at", ASCENDING)],
-            name="conversation_type_read_sent",
-        )
+            [("channel_id", ASCENDING), ("conversation_id", ASCENDING), ("type", ASCENDING), ("read_at", ASCENDING),
+             ("sent_at", ASCENDING)],
+            name="channel_conversation_type_read_sent",
+        )  # fmt: skip
+        await drop_superseded(self.coll, ["conversation_type_read_sent"])
 
     @staticmethod
     def key(channel_id: ObjectId, mid: str) -> dict[str, Any]:
         """The unique-index filter that finds a message by one of its mids."""
-        return {"mid_keys": mid_key(channel_id, mid)}
+        return {"channel_id": channel_id, "mid_keys": mid_key(channel_id, mid)}
 
     async def find_by_mid(self, channel_id: ObjectId, mid: str) -> dict[str, Any] | None:
         """A message by one of its mids on a channel."""
         return await self.coll.find_one(self.key(channel_id, mid))
 
-    async def get(self, message_id: ObjectId) -> dict[str, Any] | None:
-        """A message by id."""
-        return await self.coll.find_one({"_id": message_id})
+    async def get(self, message_id: ObjectId, channel_id: ObjectId | None = None) -> dict[str, Any] | None:
+        """A message by id (routed to its shard when the channel is given)."""
+        return await self.coll.find_one(in_channel({"_id": message_id}, channel_id))
 
     # -- reactions ---------------------------------------------------------------------
 
@@ -182,7 +186,12 @@ class MessageUpdateRepository:
     # -- read receipts -----------------------------------------------------------------
 
     async def mark_read(
-        self, conversation_id: ObjectId, types: tuple[str, ...], up_to: dt.datetime, at: dt.datetime
+        self,
+        channel_id: ObjectId,
+        conversation_id: ObjectId,
+        types: tuple[str, ...],
+        up_to: dt.datetime,
+        at: dt.datetime,
     ) -> list[dict[str, Any]]:
         """Set ``read_at`` on every unread message of ``types`` sent up to ``up_to``; the
         messages this call changed (a per-call marker tells them from a concurrent twin's).
@@ -192,7 +201,12 @@ class MessageUpdateRepository:
         marker = uuid.uuid4().hex
         changed: list[dict[str, Any]] = []
         for kind in types:
-            key = {"conversation_id": conversation_id, "type": kind, "sent_at": {"$lte": up_to}}
+            key = {
+                "channel_id": channel_id,
+                "conversation_id": conversation_id,
+                "type": kind,
+                "sent_at": {"$lte": up_to},
+            }
             result = await self.coll.update_many(
                 {**key, "read_at": None}, {"$set": {"read_at": at, "read_marker": marker}}
             )
@@ -202,13 +216,19 @@ class MessageUpdateRepository:
         return sorted(changed, key=lambda r: (r["sent_at"], r["_id"]))
 
     async def read_by(
-        self, conversation_id: ObjectId, types: tuple[str, ...], up_to: dt.datetime, at: dt.datetime
+        self,
+        channel_id: ObjectId,
+        conversation_id: ObjectId,
+        types: tuple[str, ...],
+        up_to: dt.datetime,
+        at: dt.datetime,
     ) -> list[dict[str, Any]]:
         """The messages of ``types`` up to ``up_to`` whose ``read_at`` is ``at``: those a read
         receipt of that time marked (for its redelivery to publish them again)."""
         rows: list[dict[str, Any]] = []
         for kind in types:
-            key = {"conversation_id": conversation_id, "type": kind, "sent_at": {"$lte": up_to}, "read_at": at}
+            key = {"channel_id": channel_id, "conversation_id": conversation_id, "type": kind,
+                   "sent_at": {"$lte": up_to}, "read_at": at}  # fmt: skip
             rows.extend(await self.coll.find(key).to_list(None))
         return sorted(rows, key=lambda r: (r["sent_at"], r["_id"]))
 

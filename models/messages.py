@@ -1,20 +1,22 @@
 """The ``messages`` collection: every message of every conversation, stored once.
 
-Uniqueness is the database's job, with two unique indexes on *single* fields (compound or
-partial indexes are not used by the embedded server's query planner for these lookups, which
-then scan the collection — measured in ``docs/performance.md``; single-field keys are fast on
-it and on MongoDB alike):
+Uniqueness is the database's job, with three unique indexes, each starting with
+``channel_id`` — the collection's shard key (:mod:`models.sharding`): MongoDB enforces a unique
+index on a sharded collection only when it starts with the shard key. Every look-up by one of
+these keys names its channel too, so it is routed to one shard and the embedded server plans
+it on the index (it plans a compound index only when the query names its first field):
 
-* ``mid_keys`` — unique, multikey: ``"<channel_id>:<mid>"`` for every Instagram message id
+* ``(channel_id, mid_keys)`` — unique, multikey: ``"<channel_id>:<mid>"`` for every Instagram message id
   the message is known by (its own ``mid``, the Send API ids given to mark-sent, the mid of an
   echo it absorbed). A redelivered mid, or the echo of a mid given to mark-sent, can never be
   inserted a second time, in any process: the insert itself fails with ``DuplicateKeyError``.
   Qualified by channel because the same mid legitimately reaches two connected accounts that
   message each other. A message with no Instagram id yet gets a local key, so that every
   document has at least one (an empty array would collide in a unique index).
-* ``client_key`` — unique, sparse: ``"<conversation_id>:<client_message_id>"``, mark-sent's
-  idempotency key.
-* ``pair_key`` — unique, sparse: ``"<conversation_id>:<send_id>"``, one message per send: a
+* ``(channel_id, client_key)`` — unique where ``client_key`` exists:
+  ``"<conversation_id>:<client_message_id>"``, mark-sent's idempotency key.
+* ``(channel_id, pair_key)`` — unique where ``pair_key`` exists: ``"<conversation_id>:<send_id>"``,
+  one message per send: a
   mark-sent and the echo paired with it (see :mod:`models.echo_pairs`) both insert with the
   send's ``send_id``, so the second of them collides and merges into the first instead of
   storing a second message.
@@ -38,6 +40,8 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from models.atomic import update_get
 from models.group_commit import GroupFinder, GroupInserter
+from models.indexes import drop_superseded
+from models.sharding import in_channel
 from models.timeutil import aware
 
 TYPE_CUSTOMER = "customer"
@@ -84,7 +88,15 @@ def with_keys(doc: dict[str, Any]) -> dict[str, Any]:
     return doc
 
 
-_KEY_INDEXES = {"mid_keys_unique": "mid_keys", "client_key_unique": "client_key", "pair_key_unique": "pair_key"}
+_KEY_INDEXES = {
+    "channel_mid_keys_unique": "mid_keys",
+    "channel_client_key_unique": "client_key",
+    "channel_pair_key_unique": "pair_key",
+}
+# The single-field unique indexes of earlier versions: a sharded cluster refuses them (they do
+# not start with the shard key). Dropped once their channel-prefixed successors exist.
+_SUPERSEDED_INDEXES = ("mid_keys_unique", "client_key_unique", "pair_key_unique", "conversation_time",
+                       "conversation_unanswered")  # fmt: skip
 
 
 def conflict_key(exc: Exception) -> str | None:
@@ -92,9 +104,9 @@ def conflict_key(exc: Exception) -> str | None:
     ``pair_key`` (or ``_id``). From the server's ``keyPattern``, else the index *name* in the
     message — never a substring of the key's value, which can hold a caller's id."""
     details = getattr(exc, "details", None) or {}
-    pattern = details.get("keyPattern") or {}
+    pattern = [field for field in details.get("keyPattern") or {} if field != "channel_id"]
     if pattern:
-        return next(iter(pattern))
+        return pattern[0]
     text = str(details.get("errmsg", exc))
     for index, key in _KEY_INDEXES.items():
         if f"index: {index}" in text:
@@ -111,27 +123,35 @@ class MessageRepository:
     def __init__(self, db: AsyncDatabase) -> None:
         self.coll = db["messages"]
         self._inserter = GroupInserter(self.coll)
-        self._by_mid = GroupFinder(self.coll, "mid_keys")
+        self._by_mid = GroupFinder(self.coll, "mid_keys", scope_field="channel_id")
 
     async def ensure_indexes(self) -> None:
         """Create the unique and query indexes of messages (idempotent)."""
-        await self.coll.create_index([("mid_keys", ASCENDING)], unique=True, name="mid_keys_unique")
-        await self.coll.create_index([("client_key", ASCENDING)], unique=True, sparse=True, name="client_key_unique")
-        await self.coll.create_index([("pair_key", ASCENDING)], unique=True, sparse=True, name="pair_key_unique")
+        for field, name in ((f, n) for n, f in _KEY_INDEXES.items()):
+            only_present = {} if field == "mid_keys" else {"partialFilterExpression": {field: {"$exists": True}}}
+            await self.coll.create_index([("channel_id", ASCENDING), (field, ASCENDING)], unique=True, name=name,
+                                         **only_present)  # fmt: skip
         await self.coll.create_index(
-            [("conversation_id", ASCENDING), ("sent_at", ASCENDING), ("_id", ASCENDING)], name="conversation_time"
+            [("channel_id", ASCENDING), ("conversation_id", ASCENDING), ("sent_at", ASCENDING), ("_id", ASCENDING)],
+            name="channel_conversation_time",
         )
         # mark_answered's filter, all of it: the embedded store plans an index only when every
         # predicate is one of its fields. Without this one every owner reply read every earlier
         # message of its conversation (130 ms at 3 000 messages; 0.8 ms with it, flat —
         # bench/store_access.py).
         await self.coll.create_index(
-            [("conversation_id", ASCENDING), ("is_answered", ASCENDING), ("sent_at", ASCENDING)],
-            name="conversation_unanswered",
+            [
+                ("channel_id", ASCENDING),
+                ("conversation_id", ASCENDING),
+                ("is_answered", ASCENDING),
+                ("sent_at", ASCENDING),
+            ],
+            name="channel_conversation_unanswered",
         )
         # The stored-duplicates audit (igsync_duplicates_stored) reads the last hour's messages by
         # this range; without it the embedded store scans the collection (bench/ops_monitor.py).
         await self.coll.create_index([("created_at", ASCENDING)], name="created_at")
+        await drop_superseded(self.coll, _SUPERSEDED_INDEXES)
 
     async def insert(self, doc: dict[str, Any]) -> dict[str, Any]:
         """Insert (group-committed with concurrent inserts); ``DuplicateKeyError`` propagates —
@@ -139,9 +159,9 @@ class MessageRepository:
         await self._inserter.insert(with_keys(doc))
         return doc
 
-    async def get(self, message_id: ObjectId) -> dict[str, Any] | None:
-        """A message by id."""
-        return await self.coll.find_one({"_id": message_id})
+    async def get(self, message_id: ObjectId, channel_id: ObjectId | None = None) -> dict[str, Any] | None:
+        """A message by id (routed to its shard when the channel is given)."""
+        return await self.coll.find_one(in_channel({"_id": message_id}, channel_id))
 
     async def get_many(self, message_ids: list[ObjectId]) -> dict[ObjectId, dict[str, Any]]:
         """Several messages by id in one round trip (trigger delivery reads a batch)."""
@@ -150,7 +170,7 @@ class MessageRepository:
 
     async def find_by_mid(self, channel_id: ObjectId, mid: str) -> dict[str, Any] | None:
         """The message known by this Instagram id; concurrent look-ups share one query."""
-        found = await self._by_mid.find([mid_key(channel_id, mid)])
+        found = await self._by_mid.find([mid_key(channel_id, mid)], scope=channel_id)
         return found[0] if found else None
 
     async def stored_mids(self, channel_id: ObjectId, mids: list[str]) -> set[str]:
@@ -158,17 +178,21 @@ class MessageRepository:
         if not mids:
             return set()
         keys = [mid_key(channel_id, m) for m in mids]
-        docs = await self.coll.find({"mid_keys": {"$in": keys}}, {"mids": 1}).to_list(None)
+        docs = await self.coll.find({"channel_id": channel_id, "mid_keys": {"$in": keys}}, {"mids": 1}).to_list(None)
         held = {m for d in docs for m in d.get("mids") or []}
         return held & set(mids)
 
     async def unechoed_near(
-        self, conversation_id: ObjectId, content_hash: str, at: dt.datetime, window_secs: float
+        self, channel_id: ObjectId, conversation_id: ObjectId, content_hash: str, at: dt.datetime, window_secs: float
     ) -> list[dict[str, Any]]:
         """Outbound messages of the conversation with this text, sent within ``window_secs`` of
         ``at``, still without an Instagram id: sends whose echo never came (on the time index)."""
         span = dt.timedelta(seconds=window_secs)
-        query = {"conversation_id": conversation_id, "sent_at": {"$gte": at - span, "$lte": at + span}}
+        query = {
+            "channel_id": channel_id,
+            "conversation_id": conversation_id,
+            "sent_at": {"$gte": at - span, "$lte": at + span},
+        }
         docs = await self.coll.find(query).to_list(None)
         return [
             d
@@ -179,23 +203,27 @@ class MessageRepository:
             and "merged_into" not in d
         ]
 
-    async def latest_of_type(self, conversation_id: ObjectId, message_type: str) -> dict[str, Any] | None:
+    async def latest_of_type(
+        self, channel_id: ObjectId, conversation_id: ObjectId, message_type: str
+    ) -> dict[str, Any] | None:
         """A conversation's latest message of ``type`` (``customer``: when the customer last wrote).
         Walks the conversation's time index backwards; a type absent from a long thread reads it all,
         so this is only the fallback for conversations stored before they kept the time."""
-        cursor = self.coll.find({"conversation_id": conversation_id}, {"type": 1, "sent_at": 1})
+        cursor = self.coll.find(
+            {"channel_id": channel_id, "conversation_id": conversation_id}, {"type": 1, "sent_at": 1}
+        )
         async for row in cursor.sort([("sent_at", DESCENDING), ("_id", DESCENDING)]):
             if row.get("type") == message_type:
                 return row
         return None
 
     async def native_since(
-        self, conversation_id: ObjectId, since: dt.datetime, message_type: str
+        self, channel_id: ObjectId, conversation_id: ObjectId, since: dt.datetime, message_type: str
     ) -> dict[str, Any] | None:
         """The oldest Instagram-app message of ``message_type`` sent since ``since`` that no
         other message stands for (the echo of an attachment whose sender died before it knew
         the attachment's mid). On the conversation's time index; the rest is read in Python."""
-        query = {"conversation_id": conversation_id, "sent_at": {"$gte": since}}
+        query = {"channel_id": channel_id, "conversation_id": conversation_id, "sent_at": {"$gte": since}}
         async for row in self.coll.find(query).sort([("sent_at", ASCENDING), ("_id", ASCENDING)]).limit(200):
             if (
                 row.get("source") == SOURCE_INSTAGRAM_DIRECT
@@ -206,17 +234,19 @@ class MessageRepository:
         return None
 
     async def recent_in_conversation(
-        self, conversation_id: ObjectId, since: dt.datetime, limit: int = 200
+        self, channel_id: ObjectId, conversation_id: ObjectId, since: dt.datetime, limit: int = 200
     ) -> list[dict[str, Any]]:
         """A conversation's messages sent since ``since``, oldest first (its time index)."""
-        query = {"conversation_id": conversation_id, "sent_at": {"$gte": since}}
+        query = {"channel_id": channel_id, "conversation_id": conversation_id, "sent_at": {"$gte": since}}
         return await self.coll.find(query).sort([("sent_at", ASCENDING), ("_id", ASCENDING)]).limit(limit).to_list(None)
 
     async def find_by_client_message_id(
-        self, conversation_id: ObjectId, client_message_id: str
+        self, channel_id: ObjectId, conversation_id: ObjectId, client_message_id: str
     ) -> dict[str, Any] | None:
         """The message a sender recorded under ``client_message_id``, if any."""
-        return await self.coll.find_one({"client_key": client_key(conversation_id, client_message_id)})
+        return await self.coll.find_one(
+            {"channel_id": channel_id, "client_key": client_key(conversation_id, client_message_id)}
+        )
 
     async def add_mids(self, message: dict[str, Any], mids: list[str]) -> dict[str, Any] | None:
         """Record more Instagram ids on a message (an absorbed echo, Send API ids); the message after.
@@ -226,7 +256,7 @@ class MessageRepository:
         update: dict[str, Any] = {"$addToSet": {"mids": {"$each": mids}, "mid_keys": {"$each": keys}}}
         if not message.get("mid") and mids:
             update["$set"] = {"mid": mids[0]}
-        return await update_get(self.coll, {"_id": message["_id"]}, update)
+        return await update_get(self.coll, {"_id": message["_id"], "channel_id": message["channel_id"]}, update)
 
     async def release_mid(self, holder: dict[str, Any], mid: str) -> bool:
         """Take ``mid`` off ``holder`` (compare-and-swap on its mids as read): an outbound
@@ -236,7 +266,7 @@ class MessageRepository:
         channel_id = holder["channel_id"]
         keys = [mid_key(channel_id, m) for m in mids] or [mid_key(channel_id, f"local:{holder['_id']}")]
         done = await self.coll.update_one(
-            {"_id": holder["_id"], "mids": holder.get("mids") or []},
+            {"_id": holder["_id"], "channel_id": channel_id, "mids": holder.get("mids") or []},
             {"$set": {"mids": mids, "mid_keys": keys, "mid": mids[0] if mids else None}},
         )
         return done.modified_count == 1
@@ -247,8 +277,8 @@ class MessageRepository:
         """The messages an outbound insert with these mids and this send collided with (one
         indexed lookup per key: this runs only after a collision)."""
         found: dict[Any, dict[str, Any]] = {}
-        queries = [{"pair_key": pair_key(conversation_id, send_id)}]
-        queries += [{"mid_keys": mid_key(channel_id, m)} for m in mids]
+        queries = [{"channel_id": channel_id, "pair_key": pair_key(conversation_id, send_id)}]
+        queries += [{"channel_id": channel_id, "mid_keys": mid_key(channel_id, m)} for m in mids]
         for query in queries:
             doc = await self.coll.find_one(query)
             if doc is not None:
@@ -260,7 +290,7 @@ class MessageRepository:
     ) -> dict[str, Any] | None:
         """Record an echo's mid on the message of its send; None if that message does not exist
         yet. ``DuplicateKeyError`` when another message holds the mid."""
-        key = {"pair_key": pair_key(conversation_id, send_id)}
+        key = {"channel_id": channel_id, "pair_key": pair_key(conversation_id, send_id)}
         new_key = mid_key(channel_id, mid)
         add = [
             {
@@ -298,6 +328,7 @@ class MessageRepository:
             update["$addToSet"] = {"mids": {"$each": add_mids}, "mid_keys": {"$each": keys}}
         guard = {
             "_id": message["_id"],
+            "channel_id": message["channel_id"],
             "source": SOURCE_INSTAGRAM_DIRECT,
             "type": TYPE_SUPPORT,
             "merged_into": {"$exists": False},
@@ -307,30 +338,43 @@ class MessageRepository:
         }
         return await update_get(self.coll, guard, update)
 
-    async def merge_into(self, message_id: ObjectId, primary_id: ObjectId) -> dict[str, Any] | None:
+    async def merge_into(
+        self, message_id: ObjectId, primary_id: ObjectId, channel_id: ObjectId | None = None
+    ) -> dict[str, Any] | None:
         """Hide a native-looking message that another message now stands for (keeps its keys)."""
         guard = {"_id": message_id, "source": SOURCE_INSTAGRAM_DIRECT, "merged_into": {"$exists": False}}
+        guard = in_channel(guard, channel_id)
         return await update_get(self.coll, guard, {"$set": {"merged_into": primary_id}})
 
-    async def mark_answered(self, conversation_id: ObjectId, up_to: dt.datetime) -> int:
+    async def mark_answered(self, channel_id: ObjectId, conversation_id: ObjectId, up_to: dt.datetime) -> int:
         """Mark the customer messages sent up to ``up_to`` answered (an owner reply came).
 
         ``is_answered: false`` is only ever stored on customer messages (outbound ones are
         stored answered), so the filter needs no ``type`` — and stays on one index."""
         result = await self.coll.update_many(
-            {"conversation_id": conversation_id, "is_answered": False, "sent_at": {"$lte": up_to}},
+            {
+                "channel_id": channel_id,
+                "conversation_id": conversation_id,
+                "is_answered": False,
+                "sent_at": {"$lte": up_to},
+            },
             {"$set": {"is_answered": True}},
         )
         return result.modified_count
 
     async def update(
-        self, message_id: ObjectId, update: dict[str, Any], query: dict[str, Any] | None = None
+        self,
+        message_id: ObjectId,
+        update: dict[str, Any],
+        query: dict[str, Any] | None = None,
+        channel_id: ObjectId | None = None,
     ) -> dict[str, Any] | None:
         """Apply ``update`` to a message (where ``query`` also holds); the updated document."""
-        return await update_get(self.coll, {"_id": message_id, **(query or {})}, update)
+        return await update_get(self.coll, in_channel({"_id": message_id, **(query or {})}, channel_id), update)
 
     async def page(
         self,
+        channel_id: ObjectId,
         conversation_id: ObjectId,
         *,
         limit: int,
@@ -350,7 +394,7 @@ class MessageRepository:
             time_range["$gte"] = after["sent_at"]
         if before is not None:
             time_range["$lte"] = before["sent_at"]
-        query: dict[str, Any] = {"conversation_id": conversation_id}
+        query: dict[str, Any] = {"channel_id": channel_id, "conversation_id": conversation_id}
         if time_range:
             query["sent_at"] = time_range
         forward = after is not None

@@ -16,6 +16,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
 from models.group_commit import GroupFinder
+from models.indexes import drop_superseded
 from models.timeutil import utcnow
 
 
@@ -27,11 +28,15 @@ class OrphanEventRepository:
 
     async def ensure_indexes(self) -> None:
         """Create the collection's indexes (idempotent)."""
-        await self.coll.create_index([("key", ASCENDING)], unique=True, name="key_unique")
+        # Unique per channel (the shard key first, models/sharding.py); the key names its channel anyway.
+        await self.coll.create_index(
+            [("channel_id", ASCENDING), ("key", ASCENDING)], unique=True, name="channel_key_unique"
+        )
         await self.coll.create_index([("channel_id", ASCENDING), ("target_mid", ASCENDING)], name="channel_target")
         await self.coll.create_index(
             [("received_at", ASCENDING)], expireAfterSeconds=self.ttl_secs, name="received_at_ttl"
         )
+        await drop_superseded(self.coll, ["key_unique"])
 
     async def record(self, doc: dict[str, Any]) -> bool:
         """Keep one orphan event; False when this exact event was kept before."""
@@ -52,15 +57,19 @@ class OrphanEventRepository:
         rows = [r for r in found if r.get("applied_at") is None]
         return sorted(rows, key=lambda r: (r["at"], r["_id"]))
 
-    async def mark_applied(self, ids: list[ObjectId], message_id: ObjectId) -> None:
-        """Mark early events applied to ``message_id``."""
+    async def mark_applied(self, channel_id: ObjectId, ids: list[ObjectId], message_id: ObjectId) -> None:
+        """Mark early events of the channel applied to ``message_id``."""
         now = utcnow()
         for oid in ids:
-            await self.coll.update_one({"_id": oid}, {"$set": {"applied_at": now, "message_id": message_id}})
+            await self.coll.update_one(
+                {"_id": oid, "channel_id": channel_id}, {"$set": {"applied_at": now, "message_id": message_id}}
+            )
 
-    async def mark_applied_key(self, key: str, message_id: ObjectId) -> None:
-        """Mark one early event, by key, applied to ``message_id``."""
-        await self.coll.update_one({"key": key}, {"$set": {"applied_at": utcnow(), "message_id": message_id}})
+    async def mark_applied_key(self, channel_id: ObjectId, key: str, message_id: ObjectId) -> None:
+        """Mark one early event of the channel, by key, applied to ``message_id``."""
+        await self.coll.update_one(
+            {"channel_id": channel_id, "key": key}, {"$set": {"applied_at": utcnow(), "message_id": message_id}}
+        )
 
     async def count(self, channel_id: ObjectId, *, applied: bool | None = None) -> int:
         """How many early events a channel has (applied, pending, or all)."""

@@ -26,6 +26,7 @@ from pymongo import ASCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 
 from models.atomic import update_get
+from models.sharding import in_channel
 from models.timeutil import utcnow
 
 PENDING = "pending"
@@ -54,23 +55,30 @@ class OutboundRepository:
         now = now or utcnow()
         lease_until = now + dt.timedelta(seconds=lease_secs)
         candidates = (
-            await self.coll.find({"send_due_at": {"$lte": now}}, {"send_due_at": 1, "send.claims": 1})
+            await self.coll.find({"send_due_at": {"$lte": now}}, {"send_due_at": 1, "send.claims": 1, "channel_id": 1})
             .sort("send_due_at", ASCENDING)
             .limit(CLAIM_CANDIDATES)
             .to_list(None)
         )
         for candidate in candidates:
             claims = (candidate.get("send") or {}).get("claims", 0)
+            # From here on every write names the channel: routed to its shard.
+            held = {"_id": candidate["_id"], "channel_id": candidate["channel_id"]}
             taken = await self.coll.update_one(
-                {"_id": candidate["_id"], "send_due_at": candidate["send_due_at"], "send.claims": claims},
+                {**held, "send_due_at": candidate["send_due_at"], "send.claims": claims},
                 {"$set": {"send_due_at": lease_until, "send.owner": owner}, "$inc": {"send.claims": 1}},
             )
             if taken.modified_count == 1:
-                return await self.coll.find_one({"_id": candidate["_id"]})
+                return await self.coll.find_one(held)
         return None
 
     def _held(self, message: dict[str, Any]) -> dict[str, Any]:
-        return {"_id": message["_id"], "send.owner": message["send"]["owner"], "delivery_status": PENDING}
+        return {
+            "_id": message["_id"],
+            "channel_id": message["channel_id"],
+            "send.owner": message["send"]["owner"],
+            "delivery_status": PENDING,
+        }
 
     async def part_attempted(self, message: dict[str, Any], index: int, at: dt.datetime, lease_secs: float) -> bool:
         """Note that part ``index`` is about to go to Instagram (a successor then knows it may
@@ -85,7 +93,9 @@ class OutboundRepository:
     async def part_sent(self, message: dict[str, Any], index: int, mid: str) -> None:
         """Record the ``mid`` Instagram gave part ``index`` on the part (the message's ``mids``
         are added by the caller, whose unique index decides echo collisions)."""
-        await self.coll.update_one({"_id": message["_id"]}, {"$set": {f"send.parts.{index}.mid": mid}})
+        await self.coll.update_one(
+            {"_id": message["_id"], "channel_id": message["channel_id"]}, {"$set": {f"send.parts.{index}.mid": mid}}
+        )
 
     async def finish(
         self,
@@ -94,6 +104,7 @@ class OutboundRepository:
         error: dict[str, Any] | None = None,
         *,
         awaiting_reauth: ObjectId | None = None,
+        channel_id: ObjectId | None = None,
     ) -> bool:
         """``sent`` or ``failed`` (with ``delivery_error``): off the queue. False if it already was.
         ``awaiting_reauth``: it failed on the channel's refused token; reconnecting sends it."""
@@ -101,7 +112,8 @@ class OutboundRepository:
         if awaiting_reauth is not None:
             fields["send.awaiting_reauth"] = awaiting_reauth
         done = await self.coll.update_one(
-            {"_id": message_id, "delivery_status": PENDING}, {"$set": fields, "$unset": {"send_due_at": ""}}
+            in_channel({"_id": message_id, "delivery_status": PENDING}, channel_id),
+            {"$set": fields, "$unset": {"send_due_at": ""}},
         )
         return done.modified_count == 1
 
@@ -113,10 +125,11 @@ class OutboundRepository:
         )
         return done.matched_count == 1
 
-    async def requeue_failed(self, message_id: ObjectId) -> dict[str, Any] | None:
+    async def requeue_failed(self, message_id: ObjectId, channel_id: ObjectId | None = None) -> dict[str, Any] | None:
         """A failed send back to pending, due now, with a fresh count of attempts; None unless
         it was ``failed`` (one guarded update: two retries of one message requeue it once)."""
-        return await update_get(self.coll, {"_id": message_id, "delivery_status": FAILED}, _requeue())
+        guard = in_channel({"_id": message_id, "delivery_status": FAILED}, channel_id)
+        return await update_get(self.coll, guard, _requeue())
 
     async def requeue_awaiting_reauth(self, channel_id: ObjectId) -> int:
         """Sends that failed on the channel's refused token, pending again; how many."""

@@ -219,7 +219,7 @@ class ImportedMessages:
         # An outbound message of ours whose echo was lost in the outage: the imported message is
         # that echo. Only the first candidate: two sends of one text a minute apart stay two.
         candidates = await self.store.messages.unechoed_near(
-            doc["conversation_id"], doc["content_hash"], doc["sent_at"], PAIR_WINDOW_SECS
+            doc["channel_id"], doc["conversation_id"], doc["content_hash"], doc["sent_at"], PAIR_WINDOW_SECS
         )
         for candidate in sorted(candidates, key=lambda d: abs((d["sent_at"] - doc["sent_at"]).total_seconds())):
             await self.store.messages.add_mids(candidate, [doc["mid"]])

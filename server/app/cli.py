@@ -345,6 +345,30 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_mongo_shard_plan(args: argparse.Namespace) -> int:
+    """``igsync mongo shard-plan``: the commands that shard igsync's collections (for mongosh,
+    or ``--json`` for the admin database), with why each collection is or is not sharded."""
+    from models.sharding import SHARD_PLAN, NotSharded, shard_commands
+
+    database = _settings().mongo_db
+    commands = shard_commands(database)
+    if args.json:
+        _print_json(commands)
+        return 0
+    print(f"// igsync's shard plan for database {database!r}: run in mongosh connected to a mongos,")
+    print("// after igsync has created its indexes once (igsync serve or igsync doctor).")
+    print(f"sh.enableSharding({json.dumps(database)})")
+    for command in commands[1:]:
+        name = command["shardCollection"].split(".", 1)[1]
+        key = ", ".join(f"{field}: {json.dumps(kind)}" for field, kind in command["key"].items())
+        print(f"sh.shardCollection({json.dumps(command['shardCollection'])}, {{ {key} }})  // {SHARD_PLAN[name].why}")
+    print("// Not sharded:")
+    for name, plan in SHARD_PLAN.items():
+        if isinstance(plan, NotSharded):
+            print(f"//   {name}: {plan.why}")
+    return 0
+
+
 # -- parser -----------------------------------------------------------------------------
 
 
@@ -441,6 +465,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     config = sub.add_parser("config", help="list every IGSYNC_* setting with its default")
     config.set_defaults(func=cmd_config)
+    mongo = sub.add_parser("mongo", help="MongoDB operations").add_subparsers(dest="mongo_command", required=True)
+    plan = mongo.add_parser("shard-plan", help="print the commands that shard igsync's collections")
+    plan.add_argument("--json", action="store_true", help="the admin commands as JSON")
+    plan.set_defaults(func=cmd_mongo_shard_plan)
     return parser
 
 

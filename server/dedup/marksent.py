@@ -138,7 +138,9 @@ class MarkSentService:
         target = await self.resolve_target(data)
         cmid = data.get("client_message_id")
         if cmid is not None:
-            existing = await self.store.messages.find_by_client_message_id(target.conversation_id, cmid)
+            existing = await self.store.messages.find_by_client_message_id(
+                target.channel_id, target.conversation_id, cmid
+            )
             if existing is not None:
                 return await self._existing(existing, received_at)
         mids = list(dict.fromkeys(data["mids"]))
@@ -204,7 +206,7 @@ class MarkSentService:
             except DuplicateKeyError as exc:
                 if conflict_key(exc) == "client_key":
                     existing = await self.store.messages.find_by_client_message_id(
-                        doc["conversation_id"], doc["client_message_id"]
+                        doc["channel_id"], doc["conversation_id"], doc["client_message_id"]
                     )
                     if existing is not None:
                         return await self._existing(existing, received_at)
@@ -284,7 +286,7 @@ class MarkSentService:
         merged = []
         for extra in extras:
             if set(extra.get("mids") or []) & set(doc["mids"]):
-                folded = await self.store.messages.merge_into(extra["_id"], adopted["_id"])
+                folded = await self.store.messages.merge_into(extra["_id"], adopted["_id"], adopted["channel_id"])
                 if folded is not None:
                     merged.append(folded)
         self.metrics.duplicates.labels(layer=LAYER_ADOPTED).inc()

@@ -89,14 +89,16 @@ class InboxService(OwnerScope):
         after_doc = await self.owned_message(principal, conversation, after, "after") if after else None
         before_doc = await self.owned_message(principal, conversation, before, "before") if before else None
         rows, has_more = await self.store.messages.page(
-            conversation["_id"], limit=page_size, after=after_doc, before=before_doc
+            conversation["channel_id"], conversation["_id"], limit=page_size, after=after_doc, before=before_doc
         )
         return {"messages": [serializers.ws_message(r) for r in rows], "has_more": has_more}
 
     async def mark_conversation_read(self, principal: Principal, conversation_id: str) -> dict[str, Any]:
         """Clear the unread count, and tell the owner's other open inboxes (other tabs, agents)."""
         conversation = await self.owned_conversation(principal, conversation_id)
-        updated = await self.store.conversations.mark_read(conversation["_id"]) or conversation
+        updated = (
+            await self.store.conversations.mark_read(conversation["_id"], conversation["channel_id"]) or conversation
+        )
         await self.publish([events.conversation_updated(updated)])
         return {"conversation": serializers.conversation(updated)}
 

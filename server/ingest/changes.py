@@ -184,7 +184,9 @@ class MessageEventHandler:
             if await self.store.message_updates.find_by_mid(change.channel_id, change.target_mid) is not None:
                 applied = await self.apply(change)
                 if applied.message is not None:
-                    await self.store.orphan_events.mark_applied_key(change.key(), applied.message["_id"])
+                    await self.store.orphan_events.mark_applied_key(
+                        applied.message["channel_id"], change.key(), applied.message["_id"]
+                    )
         events = self.events(applied, received_at=received_at)
         if not events and applied.message is not None:
             # Nothing changed now: a redelivery. Its events may never have gone out (the first
@@ -279,7 +281,7 @@ class MessageEventHandler:
         # The reader has seen what the other side sent: the owner's messages when a customer reads.
         types = (TYPE_CUSTOMER,) if change.from_owner else OUTBOUND_TYPES
         updated = await self.store.message_updates.mark_read(
-            target["conversation_id"], types, target["sent_at"], change.at
+            target["channel_id"], target["conversation_id"], types, target["sent_at"], change.at
         )
         current = next((d for d in updated if d["_id"] == target["_id"]), target)
         return Applied(current, ["read_at"] if updated else [], updated)
@@ -307,7 +309,7 @@ class MessageEventHandler:
             types = (TYPE_CUSTOMER,) if change.from_owner else OUTBOUND_TYPES
             # The messages this receipt marked carry its time (a later receipt marks none of them).
             read = await self.store.message_updates.read_by(
-                message["conversation_id"], types, message["sent_at"], change.at
+                message["channel_id"], message["conversation_id"], types, message["sent_at"], change.at
             )
             return [ev.message_updated(doc, ["read_at"], received_at=received_at) for doc in read]
         if not _in_effect(change, message):
@@ -358,10 +360,12 @@ class MessageArrivalHook:
             # message itself is announced by its own chat_message.
             events.extend(self.handler.events(applied, skip=message["_id"]))
         if orphans:
-            await self.store.orphan_events.mark_applied([row["_id"] for row in orphans], message["_id"])
+            await self.store.orphan_events.mark_applied(
+                message["channel_id"], [row["_id"] for row in orphans], message["_id"]
+            )
             log.info("applied %d earlier event(s) to message %s on arrival", len(orphans), message["_id"])
         if changed:
-            fresh = await self.store.message_updates.get(message["_id"])
+            fresh = await self.store.message_updates.get(message["_id"], message["channel_id"])
             if fresh is not None:
                 message.update(fresh)
         if events:

@@ -116,7 +116,7 @@ class MessageRecorder:
     async def complete(self, existing: dict[str, Any], *, received_at: float) -> Recorded:
         """A message found already stored: finish steps 2–5 if its conversation has not seen it
         (a half-written attempt), else nothing. Always ``duplicate=True``."""
-        conversation = await self.store.conversations.get(existing["conversation_id"])
+        conversation = await self.store.conversations.get(existing["conversation_id"], existing["channel_id"])
         if conversation is not None and existing["_id"] not in (conversation.get("recent_message_ids") or []):
             log.info("repairing a half-written message mid=%s", existing.get("mid"))
             await self.run_hooks(existing)
@@ -139,7 +139,9 @@ class MessageRecorder:
         if conversation is None:
             return None
         if message["type"] != TYPE_CUSTOMER and conversation.get("prev_status") == STATUS_NEEDS_REPLY:
-            await self.store.messages.mark_answered(message["conversation_id"], message["sent_at"])
+            await self.store.messages.mark_answered(
+                message["channel_id"], message["conversation_id"], message["sent_at"]
+            )
         if message.get("imported") != IMPORTED_BACKFILL:
             # A history import announces itself once (``history_import``), not per old message.
             await self.publish(ev.new_message_events(message, conversation, received_at=received_at))

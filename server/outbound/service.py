@@ -101,7 +101,9 @@ class SendService:
         received_at = time.time()
         cmid = data.get("client_message_id")
         if cmid is not None:
-            existing = await self.store.messages.find_by_client_message_id(conversation["_id"], cmid)
+            existing = await self.store.messages.find_by_client_message_id(
+                conversation["channel_id"], conversation["_id"], cmid
+            )
             if existing is not None:
                 return 200, {"message": serializers.ws_message(existing)}
         channel = await self.store.channels.get(conversation["channel_id"])
@@ -181,7 +183,7 @@ class SendService:
     async def retry(self, principal: Principal, message_id: str) -> tuple[int, dict[str, Any]]:
         """A failed send back in the queue (202); 409 ``not_failed`` in any other state."""
         message = await self._message(principal, message_id)
-        requeued = await self.store.outbound.requeue_failed(message["_id"])
+        requeued = await self.store.outbound.requeue_failed(message["_id"], message["channel_id"])
         if requeued is None:
             raise ApiError(409, "not_failed", "Only a failed send can be retried.")
         self.metrics.sends.labels(outcome="retried_by_user").inc()
@@ -206,7 +208,7 @@ class SendService:
 
     async def _last_customer_at(self, conversation: dict[str, Any]) -> dt.datetime | None:
         """For a conversation stored before ``last_customer_message_at`` was kept."""
-        last = await self.store.messages.latest_of_type(conversation["_id"], TYPE_CUSTOMER)
+        last = await self.store.messages.latest_of_type(conversation["channel_id"], conversation["_id"], TYPE_CUSTOMER)
         return None if last is None else last["sent_at"]
 
     async def _reply_to(

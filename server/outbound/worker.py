@@ -242,7 +242,7 @@ class SendWorker:
 
     async def _take_echo(self, message: dict[str, Any], index: int, part: dict[str, Any]) -> bool:
         """A predecessor sent this part and died: its echo, if it came, stands for it."""
-        current = await self.store.messages.get(message["_id"]) or message
+        current = await self.store.messages.get(message["_id"], message["channel_id"]) or message
         taken = {p.get("mid") for p in current["send"]["parts"] if p.get("mid")}
         spare = [m for m in current.get("mids") or [] if m not in taken]
         if part["kind"] == "text" and spare:
@@ -257,7 +257,9 @@ class SendWorker:
                 return True
         if part["kind"] != "text":
             since = part["attempted_at"] - ECHO_SLACK
-            echo = await self.store.messages.native_since(message["conversation_id"], since, part["kind"])
+            echo = await self.store.messages.native_since(
+                message["channel_id"], message["conversation_id"], since, part["kind"]
+            )
             if echo is not None and echo.get("mid"):
                 await self._record(message, index, echo["mid"])
                 return True
@@ -265,7 +267,9 @@ class SendWorker:
 
     async def _crossed_echo(self, message: dict[str, Any], part: dict[str, Any]) -> str | None:
         since = part["attempted_at"] - CROSSED_LOOKBACK
-        for other in await self.store.messages.recent_in_conversation(message["conversation_id"], since):
+        for other in await self.store.messages.recent_in_conversation(
+            message["channel_id"], message["conversation_id"], since
+        ):
             if other["_id"] == message["_id"] or other.get("content_hash") != message.get("content_hash"):
                 continue
             if not other.get("send"):
@@ -277,7 +281,7 @@ class SendWorker:
         return None
 
     async def _merge_echo(self, message: dict[str, Any], echo: dict[str, Any]) -> None:
-        folded = await self.store.messages.merge_into(echo["_id"], message["_id"])
+        folded = await self.store.messages.merge_into(echo["_id"], message["_id"], message["channel_id"])
         if folded is None:
             return
         self.metrics.duplicates.labels(layer="adopted").inc()
@@ -297,7 +301,7 @@ class SendWorker:
         event.once = f"send:{message['_id']}:sent"
         # Published before the queue entry is finished: see the module docstring.
         await self.publisher.publish([event])
-        if await self.store.outbound.finish(message["_id"], SENT):
+        if await self.store.outbound.finish(message["_id"], SENT, channel_id=message["channel_id"]):
             self.metrics.sends.labels(outcome="sent").inc()
             created = message.get("created_at")
             if created is not None:
@@ -310,7 +314,9 @@ class SendWorker:
         event.once = f"send:{message['_id']}:failed:{message['send'].get('claims', 0)}"
         await self.publisher.publish([event])
         waiting = message["channel_id"] if awaiting_reauth else None
-        if await self.store.outbound.finish(message["_id"], FAILED, error, awaiting_reauth=waiting):
+        if await self.store.outbound.finish(
+            message["_id"], FAILED, error, awaiting_reauth=waiting, channel_id=message["channel_id"]
+        ):
             self.metrics.sends.labels(outcome="failed").inc()
             log.warning("send: failed message=%s code=%s: %s", message["_id"], error.get("code"), error.get("message"))
 

@@ -195,3 +195,16 @@ def test_admin_commands_without_a_running_server_start_the_stores_themselves(tmp
     assert [(c["page_id"], c["owner"]["id"]) for c in listed] == [("42", "a-string-id")]
     bad = igsync("token", "create", "--owner-email", "nobody@example.com", env=env)
     assert bad.returncode == 1 and "not_found" in bad.stderr
+
+
+def test_mongo_shard_plan_prints_the_commands_of_the_plan(tmp_path: Path) -> None:
+    env = {**clean_env(tmp_path / "var", free_port()), "IGSYNC_MONGO_DB": "inbox_prod"}
+    text = igsync("mongo", "shard-plan", env=env)
+    assert text.returncode == 0, text.stderr
+    assert 'sh.enableSharding("inbox_prod")' in text.stdout
+    assert 'sh.shardCollection("inbox_prod.messages", { channel_id: 1 })' in text.stdout
+    assert "//   channels:" in text.stdout  # not sharded, with the reason
+    as_json = igsync("mongo", "shard-plan", "--json", env=env)
+    commands = json.loads(as_json.stdout)
+    assert commands[0] == {"enableSharding": "inbox_prod"}
+    assert {"shardCollection": "inbox_prod.customers", "key": {"channel_id": 1}} in commands

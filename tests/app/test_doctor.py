@@ -286,12 +286,13 @@ async def test_index_plan_is_what_start_up_creates(server: RunningServer) -> Non
 
 async def test_a_missing_index_fails_with_its_name(server: RunningServer) -> None:
     await connect_tenant(server.client)
-    await server.core.store.messages.coll.drop_index("conversation_time")
+    await server.core.store.messages.coll.drop_index("channel_conversation_time")
 
     checks = await run_checks(server.core.settings)
 
     assert checks["indexes"].status == "fail"
-    assert "missing messages.conversation_time (conversation_id, sent_at, _id)" in checks["indexes"].summary
+    summary = checks["indexes"].summary
+    assert "missing messages.channel_conversation_time (channel_id, conversation_id, sent_at, _id)" in summary
     assert "Restart igsync" in checks["indexes"].advice
 
 

@@ -189,10 +189,12 @@ async def test_apply_message_reports_prev_status_exactly_when_its_mark_is_visibl
     conversations = ConversationRepository(database)
     now = dt.datetime.now(dt.UTC)
     conv_ids = [ObjectId() for _ in range(3)]
+    channel_id = ObjectId()
     await database.conversations.insert_many(
         [
             {
                 "_id": oid,
+                "channel_id": channel_id,
                 "status": STATUS_NEEDS_REPLY if i else STATUS_ANSWERED,
                 "unread_count": 2,
                 "last_message": None,
@@ -204,7 +206,14 @@ async def test_apply_message_reports_prev_status_exactly_when_its_mark_is_visibl
     )
 
     def outbound(sent_at: dt.datetime) -> dict[str, Any]:
-        return {"_id": ObjectId(), "type": "support", "content": "hi", "sent_at": sent_at, "created_at": now}
+        return {
+            "_id": ObjectId(),
+            "channel_id": channel_id,
+            "type": "support",
+            "content": "hi",
+            "sent_at": sent_at,
+            "created_at": now,
+        }
 
     late = outbound(now - dt.timedelta(hours=1))
     applied = await asyncio.gather(
@@ -246,9 +255,10 @@ async def test_apply_message_counts_an_inbound_message_on_a_conversation_without
     """A conversation written by an older version (no unread count, no applied ids yet)."""
     database, _ = db
     conversations = ConversationRepository(database)
-    oid, now = ObjectId(), dt.datetime.now(dt.UTC)
-    await database.conversations.insert_one({"_id": oid, "status": STATUS_ANSWERED})
-    inbound = {"_id": ObjectId(), "type": "customer", "content": "hello", "sent_at": now, "created_at": now}
+    oid, now, channel_id = ObjectId(), dt.datetime.now(dt.UTC), ObjectId()
+    await database.conversations.insert_one({"_id": oid, "channel_id": channel_id, "status": STATUS_ANSWERED})
+    inbound = {"_id": ObjectId(), "channel_id": channel_id, "type": "customer", "content": "hello", "sent_at": now}
+    inbound["created_at"] = now
 
     after = await conversations.apply_message(oid, inbound)
 

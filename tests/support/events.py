@@ -142,9 +142,12 @@ async def events_env(
     )
     values.update(overrides)
     transcriber = values.pop("transcriber_object", None)
+    listeners = values.pop("mongo_listeners", None)
     settings = make_settings(stores, tmp_path, **values)
     sink = RecordingSink()
-    server = await start_server(settings, sink=None if realtime else sink, transcriber=transcriber)
+    server = await start_server(
+        settings, sink=None if realtime else sink, transcriber=transcriber, mongo_listeners=listeners
+    )
     try:
         channel, token = await connect_channel(server)
         yield EventsEnv(server, sink, cdn, graph, channel, token)
