@@ -17,6 +17,7 @@ Three series, measured in alternating rounds so that each sees the same machine 
   sockets, broadcasting the same three frames igsync sends per message (captured from
   igsync) with ``write_message`` in a loop: no HMAC, no MongoDB, no Redis, no queues.
 
+Every process runs with igsync's garbage-collector thresholds (``server/ops/runtime.py``).
 Clients run in ``--client-procs`` processes of their own (a minimal asyncio WebSocket
 client, so their CPU cost stays small on a 2-core machine). Prints p50/p99/max per round
 and pooled, the POST answer times, the ratios to the floor, and igsync's RSS per connection.
@@ -27,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import gc
 import hashlib
 import hmac
 import json
@@ -638,6 +640,13 @@ def main() -> None:
     # Every socket is a file descriptor in the server and in a client process.
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    # Every process of the bench (floor, hub, clients) collects garbage as `igsync serve` does
+    # (server/ops/runtime.py): with thousands of sockets a default full collection stops a
+    # process for most of a second, in the floor as much as in igsync. The same settings for
+    # all, so that the series differ by their code only.
+    from server.ops.runtime import GC_THRESHOLDS
+
+    gc.set_threshold(*GC_THRESHOLDS)
     if args.client:
         client_main(args)
         return

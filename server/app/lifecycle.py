@@ -37,6 +37,7 @@ from server.app.embedded import EmbeddedStores, running_stores
 from server.app.routes import make_app
 from server.app.workers import Supervisor
 from server.ops import logs
+from server.ops.runtime import tune_gc
 
 log = logging.getLogger("igsync.server")
 
@@ -226,6 +227,8 @@ async def serve_async(
     it is asked to stop, then stop it in order."""
     process = ServerProcess(settings, embedded=embedded)
     await process.start(sockets)
+    assert process.core is not None
+    undo_gc = tune_gc(process.core.metrics)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, process.request_stop)
@@ -237,6 +240,7 @@ async def serve_async(
     await process.wait()
     log.info("shutting down")
     await process.shutdown()
+    undo_gc()
     log.info("stopped")
 
 
