@@ -32,6 +32,7 @@ from config import Settings
 from models.store import mongo_client
 from server.app.lifecycle import ServerProcess
 from server.ops import logs
+from server.ops.runtime import tune_gc
 
 
 class CommandCounter(monitoring.CommandListener):
@@ -94,6 +95,8 @@ def serve_igsync() -> None:
 
     async def start():  # type: ignore[no-untyped-def]
         await process.start()
+        assert process.core is not None
+        tune_gc(process.core.metrics)  # as `igsync serve` runs (server/ops/runtime.py)
         return process.shutdown
 
     asyncio.run(_run_until_signal(counter, start))
