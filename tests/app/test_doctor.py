@@ -7,6 +7,7 @@ does), so exit codes, ``--json`` and the text lines are what a person sees. Narr
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import re
@@ -33,6 +34,7 @@ from tests.support.helpers import (
     server_env,
     sign,
 )
+from tests.support.redis_topologies import TOPOLOGIES
 from tests.support.server import RunningServer, connect_tenant, make_settings
 
 OTHER_SECRET = "another-app-secret-fedcba9876543210"
@@ -405,3 +407,19 @@ async def test_doctor_reports_a_secret_left_as_in_env_example(stores: EmbeddedSt
     config = by_name(json.loads(result.stdout))["config"]
     assert config["status"] == "fail"
     assert "IGSYNC_VERIFY_TOKEN still holds a placeholder value" in config["summary"]
+
+
+@pytest.mark.parametrize("kind", ["cluster", "sentinel"])
+async def test_redis_and_pubsub_checks_pass_on_each_topology(kind: str, stores: EmbeddedStores, tmp_path: Path) -> None:
+    """doctor reaches Redis and carries a pub/sub message the way the hub does (sharded on a
+    cluster, on the master the Sentinels name), on real local topologies."""
+    topology = TOPOLOGIES[kind](tmp_path / kind)
+    await asyncio.get_running_loop().run_in_executor(None, topology.start)
+    try:
+        settings = make_settings(stores, tmp_path, **topology.settings())
+        checks = await run_checks(settings)
+        assert checks["redis"].status == "pass", checks["redis"]
+        assert ("cluster via" if kind == "cluster" else "sentinel mymaster via") in checks["redis"].summary
+        assert checks["pubsub"].status == "pass", checks["pubsub"]
+    finally:
+        await asyncio.get_running_loop().run_in_executor(None, topology.stop)
