@@ -11,6 +11,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from models.atomic import get_or_insert, update_get
 from models.guarded import field, guarded_pipeline, lit
+from models.sharding import in_channel
 from models.timeutil import utcnow
 
 # The fields of a customer that the API shows (Conversation.customer). ``profile_pic`` is
@@ -54,12 +55,17 @@ class CustomerRepository:
         }
         return await get_or_insert(self.coll, key, new)
 
-    async def get(self, customer_id: ObjectId) -> dict[str, Any] | None:
-        """A customer by id."""
-        return await self.coll.find_one({"_id": customer_id})
+    async def get(self, customer_id: ObjectId, channel_id: ObjectId | None = None) -> dict[str, Any] | None:
+        """A customer by id (routed to its shard when the channel is given)."""
+        return await self.coll.find_one(in_channel({"_id": customer_id}, channel_id))
 
     async def update_profile(
-        self, customer_id: ObjectId, fields: dict[str, Any], *, awaiting_reauth: ObjectId | None = None
+        self,
+        customer_id: ObjectId,
+        fields: dict[str, Any],
+        *,
+        awaiting_reauth: ObjectId | None = None,
+        channel_id: ObjectId | None = None,
     ) -> dict[str, Any] | None:
         """Set profile fields on a customer; the updated document. ``awaiting_reauth``: the
         look-up waits for this channel's re-authorisation (cleared by any other outcome)."""
@@ -68,14 +74,19 @@ class CustomerRepository:
             update["$set"]["awaiting_reauth"] = awaiting_reauth
         else:
             update["$unset"] = {"awaiting_reauth": ""}
-        return await update_get(self.coll, {"_id": customer_id}, update)
+        return await update_get(self.coll, in_channel({"_id": customer_id}, channel_id), update)
 
     async def awaiting_reauth(self, channel_id: ObjectId) -> list[dict[str, Any]]:
         """Customers whose profile look-up waits for this channel to be reconnected."""
         return await self.coll.find({"awaiting_reauth": channel_id}).to_list(None)
 
     async def claim_profile_refresh(
-        self, customer_id: ObjectId, *, checked_before: dt.datetime, statuses: tuple[str | None, ...]
+        self,
+        customer_id: ObjectId,
+        *,
+        checked_before: dt.datetime,
+        statuses: tuple[str | None, ...],
+        channel_id: ObjectId | None = None,
     ) -> bool:
         """Take the right to look the customer up again — when the last look-up ended in one of
         ``statuses`` (``None``: never finished) before ``checked_before`` — by moving
@@ -87,14 +98,16 @@ class CustomerRepository:
             ]
         }
         pipeline = guarded_pipeline(guard, {"profile_checked_at": lit(utcnow())})
-        result = await self.coll.update_one({"_id": customer_id}, pipeline)
+        result = await self.coll.update_one(in_channel({"_id": customer_id}, channel_id), pipeline)
         return result.modified_count == 1
 
-    async def set_picture_copy(self, customer_id: ObjectId, source_url: str, file_url: str) -> dict[str, Any] | None:
+    async def set_picture_copy(
+        self, customer_id: ObjectId, source_url: str, file_url: str, channel_id: ObjectId | None = None
+    ) -> dict[str, Any] | None:
         """Point the customer at our copy of ``source_url``; None (nothing changed) when the
         customer's picture is another one by now."""
         return await update_get(
             self.coll,
-            {"_id": customer_id, "profile_pic": source_url},
+            in_channel({"_id": customer_id, "profile_pic": source_url}, channel_id),
             {"$set": {"profile_pic_file": file_url, "updated_at": utcnow()}},
         )

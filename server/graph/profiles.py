@@ -161,10 +161,10 @@ class ProfileService:
     async def _refresh_if_stale(self, channel_id: ObjectId, customer_id: ObjectId) -> str | None:
         checked_before = utcnow() - dt.timedelta(seconds=self.refresh_after_secs)
         if not await self.store.customers.claim_profile_refresh(
-            customer_id, checked_before=checked_before, statuses=REFRESHABLE
+            customer_id, checked_before=checked_before, statuses=REFRESHABLE, channel_id=channel_id
         ):
             return None
-        customer = await self.store.customers.get(customer_id)
+        customer = await self.store.customers.get(customer_id, channel_id)
         return None if customer is None else await self.refresh(channel_id, customer)
 
     async def _run(self, work: Callable[[], Awaitable[Any]], customer_id: ObjectId) -> None:
@@ -200,7 +200,9 @@ class ProfileService:
         if status == NO_TOKEN:
             # Enrichment is off for a channel connected without a token: nothing visible
             # changes (no placeholder, no event); the status says why there is no profile.
-            await self.store.customers.update_profile(customer["_id"], {"profile_status": status})
+            await self.store.customers.update_profile(
+                customer["_id"], {"profile_status": status}, channel_id=customer["channel_id"]
+            )
         else:
             await self._store(channel, customer, status, profile)
         log.info("customer profile: %s customer=%s channel=%s", status, customer_id, channel_id)
@@ -251,7 +253,9 @@ class ProfileService:
         elif not customer.get("enhanced_data_fetched"):
             fields.update(first_name=placeholder_name(customer["instagram_id"]), enhanced_data_fetched=False)
         waiting = channel["_id"] if status == REAUTH_REQUIRED else None
-        updated = await self.store.customers.update_profile(customer["_id"], fields, awaiting_reauth=waiting)
+        updated = await self.store.customers.update_profile(
+            customer["_id"], fields, awaiting_reauth=waiting, channel_id=customer["channel_id"]
+        )
         if updated is None:
             return
         await self._announce(channel["_id"], updated)
@@ -270,7 +274,7 @@ class ProfileService:
         file_id = await self.pictures.copy_picture(channel_id, customer_id, url)
         if file_id is None:
             return False
-        updated = await self.store.customers.set_picture_copy(customer_id, url, media_url(file_id))
+        updated = await self.store.customers.set_picture_copy(customer_id, url, media_url(file_id), channel_id)
         if updated is None:
             # The picture changed while we copied it: this copy shows nobody.
             await self.store.media_files.delete(file_id)

@@ -188,7 +188,9 @@ class SendWorker:
             return
         recipient = message["send"].get("recipient")
         if not recipient:  # queued before the recipient was kept on the send
-            recipient = ((await self.store.customers.get(message["customer_id"])) or {}).get("instagram_id")
+            recipient = ((await self.store.customers.get(message["customer_id"], message["channel_id"])) or {}).get(
+                "instagram_id"
+            )
         if not recipient:
             await self._fail(message, {"code": None, "message": "The customer has no Instagram id."})
             return
