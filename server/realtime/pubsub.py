@@ -90,7 +90,44 @@ class CircuitBreaker:
         self.open_until = 0.0
 
 
-class PubSubLink:
+class _TaskOwner:
+    """What both kinds of link share: a main task, background work kept until it ends, and the
+    bounded wait for the first connection (``up``/``connected`` are the subclass's)."""
+
+    connected: bool
+
+    def __init__(self) -> None:
+        self.up = asyncio.Event()
+        self.ever_connected = False
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._background: set[asyncio.Task[Any]] = set()
+
+    def spawn(self, work: Awaitable[Any]) -> None:
+        """Run ``work`` in the background, kept until it ends."""
+        task = asyncio.ensure_future(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _cancel_tasks(self) -> None:
+        self._stopping = True
+        tasks = [t for t in [self._task, *self._background] if t is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(BaseException):
+                await task
+
+    async def wait_first_connection(self, timeout: float) -> bool:
+        """Just after start the connection may still be on its way: wait for it (bounded).
+        Once it has been up, a down link fails at once (the caller degrades)."""
+        if not self.ever_connected and not self._stopping:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.up.wait(), timeout)
+        return self.connected
+
+
+class PubSubLink(_TaskOwner):
     """One pub/sub connection with a self-healing reader loop."""
 
     def __init__(
@@ -114,15 +151,10 @@ class PubSubLink:
         self._message_kind, self._subscribed_kind = ("smessage", "ssubscribe") if sharded else ("message", "subscribe")
         # The run_id of the server this link last reached: another one after a reconnect is a failover.
         self.server_id: str | None = None
+        super().__init__()  # ``up`` is set while connected
         self.connected = False
-        # Set while connected; a link that has never been up yet is worth a short wait.
-        self.up = asyncio.Event()
-        self.ever_connected = False
         self._pubsub: Any = None
         self._pending: dict[bytes, deque[asyncio.Future[None]]] = {}
-        self._task: asyncio.Task[None] | None = None
-        self._stopping = False
-        self._background: set[asyncio.Task[Any]] = set()
 
     def start(self) -> None:
         """Start the reader loop."""
@@ -130,20 +162,7 @@ class PubSubLink:
 
     async def stop(self) -> None:
         """Stop the reader loop and its background work."""
-        self._stopping = True
-        for task in [self._task, *self._background]:
-            if task is not None:
-                task.cancel()
-        for task in [self._task, *self._background]:
-            if task is not None:
-                with contextlib.suppress(BaseException):
-                    await task
-
-    def spawn(self, work: Awaitable[Any]) -> None:
-        """Run ``work`` in the background, kept until it ends."""
-        task = asyncio.ensure_future(work)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        await self._cancel_tasks()
 
     async def _run(self) -> None:
         delay = RECONNECT_MIN_SECS
@@ -233,14 +252,6 @@ class PubSubLink:
                     future.set_exception(LinkDown("pub/sub connection lost"))
                     future.exception()  # retrieved: nobody may be waiting any more
 
-    async def wait_first_connection(self, timeout: float) -> bool:
-        """Just after start the connection may still be on its way: wait for it (bounded).
-        Once it has been up, a down link fails at once (the caller degrades)."""
-        if not self.ever_connected and not self._stopping:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.up.wait(), timeout)
-        return self.connected
-
     async def subscribe(self, channel_id: str) -> None:
         """Subscribe to the channel's live events; returns once Redis has confirmed it."""
         await self.wait_first_connection(SUBSCRIBE_TIMEOUT_SECS)
@@ -263,7 +274,7 @@ class PubSubLink:
                 await (pubsub.sunsubscribe(name) if self.sharded else pubsub.unsubscribe(name))
 
 
-class ClusterLinks:
+class ClusterLinks(_TaskOwner):
     """Sharded pub/sub on a Redis Cluster: one :class:`PubSubLink` per master that owns a
     subscribed channel, with the same face as one link (the hub does not tell them apart)."""
 
@@ -286,12 +297,8 @@ class ClusterLinks:
         self.links: dict[str, PubSubLink] = {}
         # channel id → the node whose link holds its subscription
         self.owner: dict[str, str] = {}
-        self.up = asyncio.Event()
-        self.ever_connected = False
         self._remapping: set[str] = set()
-        self._task: asyncio.Task[None] | None = None
-        self._stopping = False
-        self._background: set[asyncio.Task[Any]] = set()
+        super().__init__()  # ``up`` is set once the slot map is known
 
     @property
     def connected(self) -> bool:
@@ -318,30 +325,10 @@ class ClusterLinks:
 
     async def stop(self) -> None:
         """Stop every shard's link and the background work."""
-        self._stopping = True
-        for task in [self._task, *self._background]:
-            if task is not None:
-                task.cancel()
-        for task in [self._task, *self._background]:
-            if task is not None:
-                with contextlib.suppress(BaseException):
-                    await task
+        await self._cancel_tasks()
         for link in list(self.links.values()):
             await self._close(link)
         self.links.clear()
-
-    def spawn(self, work: Awaitable[Any]) -> None:
-        """Run ``work`` in the background, kept until it ends."""
-        task = asyncio.ensure_future(work)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    async def wait_first_connection(self, timeout: float) -> bool:
-        """Just after start the slot map may still be on its way: wait for it (bounded)."""
-        if not self.ever_connected and not self._stopping:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.up.wait(), timeout)
-        return self.connected
 
     async def subscribe(self, channel_id: str) -> None:
         """Subscribe on the shard that owns the channel now; returns once it confirmed."""
