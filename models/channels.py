@@ -101,14 +101,16 @@ class ChannelRepository:
         """Set fields on a channel, stamping ``updated_at``."""
         await self.coll.update_one({"_id": channel_id}, {"$set": {**fields, "updated_at": utcnow()}})
 
-    async def mark_needs_reauth(self, channel_id: ObjectId) -> dict[str, Any] | None:
+    async def mark_needs_reauth(self, channel_id: ObjectId, refused_token: str | None) -> dict[str, Any] | None:
         """Meta refused the channel's token (code 190): callers stop using it until the channel
         is reconnected with a new one (``connect`` clears the flag). The channel after, only
-        for the call that changed it (None when it was marked already)."""
+        for the call that changed it (None when it was marked already, or when the channel
+        holds another token by now: a call made with the old token before a reconnect must
+        not mark the new one refused)."""
         now = utcnow()
         return await update_get(
             self.coll,
-            {"_id": channel_id, "needs_reauth": {"$ne": True}},
+            {"_id": channel_id, "access_token": refused_token, "needs_reauth": {"$ne": True}},
             {"$set": {"needs_reauth": True, "needs_reauth_since": now, "updated_at": now}},
         )
 

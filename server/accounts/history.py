@@ -271,8 +271,11 @@ class HistoryImporter:
         try:
             await walk.go(channel, account)
         except RunStopped as stop:
-            if stop.reason == TOKEN_REFUSED:
-                await self.health.token_rejected(channel["_id"], by="history")
+            if stop.reason == TOKEN_REFUSED and not await self.health.token_rejected(channel, by="history"):
+                # Reconnected while this run called with the old token: go on with the new one.
+                await self.store.history_runs.release(run)
+                log.info("history: run %s handed back (the channel has a new token)", run["_id"])
+                return walk.progress(runs_model.QUEUED)
             return await walk.stop(stop.reason)
         except LeaseLost:
             log.warning("history: run %s was taken over by another process", run["_id"])

@@ -88,7 +88,9 @@ class AccountsService:
         previous = await self.store.channels.find_by_page_id(page_id)
         channel, created = await self.store.channels.connect(page_id, data)
         self.channel_cache.invalidate()
-        if previous is not None and previous.get("needs_reauth") and not channel.get("needs_reauth"):
+        # Decided on what was asked, not on the channel read back: a refusal of the old token
+        # may land between the update and the read-back (the new token is what counts).
+        if previous is not None and previous.get("needs_reauth") and data.get("access_token"):
             await self.reauthorised(channel, previous.get("needs_reauth_since") or previous.get("updated_at"))
         self.wake["tokens"]()
         if channel.get("access_token"):
@@ -146,7 +148,7 @@ class AccountsService:
 
     async def _subscription_failed(self, channel: dict[str, Any], exc: GraphApiError) -> dict[str, Any]:
         if exc.category == TOKEN_EXPIRED:
-            await self.health.token_rejected(channel["_id"], by="subscription")
+            await self.health.token_rejected(channel, by="subscription")
         error = f"{exc.category} (code={exc.code} subcode={exc.subcode})"
         log.warning("subscription of channel %s: %s", channel["_id"], error)
         state = {"state": UNKNOWN, "fields": None, "missing": None, "checked_at": utcnow(), "error": error}

@@ -106,7 +106,7 @@ class TokenRefresher:
             token, expires_in = await self.graph.refresh_token(account)
         except GraphApiError as exc:
             if exc.category == TOKEN_EXPIRED:
-                await self.health.token_rejected(channel["_id"], by="refresh")
+                await self.health.token_rejected(channel, by="refresh")
                 outcome = "rejected"
             else:
                 outcome = "transient_error"

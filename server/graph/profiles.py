@@ -226,11 +226,16 @@ class ProfileService:
                     customer["_id"],
                 )
                 if exc.category == graph.TOKEN_EXPIRED:
-                    await self.health.token_rejected(channel["_id"], by="profiles")
-                    return REAUTH_REQUIRED, None
-                if exc.category == graph.UNAVAILABLE:
+                    if await self.health.token_rejected(channel, by="profiles"):
+                        return REAUTH_REQUIRED, None
+                    # Reconnected while this look-up used the old token: the next try uses the new.
+                    channel = await self.store.channels.get(channel["_id"]) or channel
+                    account = graph.GraphAccount.of(channel) or account
+                    if attempt == self.max_attempts:
+                        return ERROR, None
+                elif exc.category == graph.UNAVAILABLE:
                     return UNAVAILABLE, None
-                if exc.category != graph.TRANSIENT or attempt == self.max_attempts:
+                elif exc.category != graph.TRANSIENT or attempt == self.max_attempts:
                     return ERROR, None
             await asyncio.sleep(self.retry_base_secs * 2 ** (attempt - 1))
         return ERROR, None

@@ -103,10 +103,10 @@ class LinkRefresher:
                 exc.http_status,
                 job["message_id"],
             )
-            if exc.category == graph.TOKEN_EXPIRED:
-                await self.health.token_rejected(channel["_id"], by="links")
+            if exc.category == graph.TOKEN_EXPIRED and await self.health.token_rejected(channel, by="links"):
                 return Refresh(REAUTH_REQUIRED)
-            if exc.category == graph.TRANSIENT:
+            # (Refused after a reconnect that gave the channel a new token: try again with it.)
+            if exc.category in (graph.TRANSIENT, graph.TOKEN_EXPIRED):
                 return Refresh(TRANSIENT)
             return Refresh(NO_LINK if exc.category == graph.UNAVAILABLE else ERROR)
         url = pick_url(urls, job["key"])

@@ -324,14 +324,15 @@ class SendWorker:
 
     async def _graph_failed(self, message: dict[str, Any], channel: dict[str, Any], exc: GraphApiError) -> None:
         error = {"code": exc.code, "message": exc.detail or exc.category}
-        if exc.category == TOKEN_EXPIRED:
-            await self.health.token_rejected(channel["_id"], by="send")
+        if exc.category == TOKEN_EXPIRED and await self.health.token_rejected(channel, by="send"):
             refused = {**error, "message": "Instagram refused the channel's token (re-authorise it)."}
             await self._fail(message, refused, awaiting_reauth=True)
             return
         attempts = int(message["send"].get("attempts", 0)) + 1
         # Meta's outages answer 5xx with all kinds of codes: always worth another try.
-        transient = exc.category == TRANSIENT or (exc.http_status or 0) >= 500
+        # (A token refused after the channel got a new one counts as transient: the next try
+        # reads the channel again.)
+        transient = exc.category in (TRANSIENT, TOKEN_EXPIRED) or (exc.http_status or 0) >= 500
         if transient and attempts < self.max_attempts:
             due = utcnow() + dt.timedelta(seconds=backoff_secs(attempts, self.retry_base_secs))
             if not await self.store.outbound.retry_later(message, due, error):

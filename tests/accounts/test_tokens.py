@@ -97,6 +97,22 @@ async def test_a_refused_refresh_marks_the_channel_and_the_inbox_hears_it(env: E
     assert channels[0]["needs_reauth"] is True
 
 
+async def test_a_refusal_of_the_old_token_after_a_reconnect_leaves_the_new_one_alone(env: EventsEnv) -> None:
+    # A profile look-up (or a send, a history page) called with the old token; the admin
+    # reconnected while it was in flight; Meta's "refused" arrives after the reconnect.
+    with_old_token = await env.core.store.channels.get(env.channel_oid)
+    env.graph.valid_tokens.add("IGQVJ-reconnected-token")
+    await reconnect(env, "IGQVJ-reconnected-token")
+    assert await env.core.accounts.health.token_rejected(with_old_token, by="profiles") is False
+    channel = await env.core.store.channels.get(env.channel_oid)
+    assert channel["needs_reauth"] is False and channel["access_token"] == "IGQVJ-reconnected-token"
+    assert not [e for e in env.events("channel_updated") if e.data["channel"].get("needs_reauth")]
+    # The current token refused: marked, announced once.
+    assert await env.core.accounts.health.token_rejected(channel, by="profiles") is True
+    assert (await env.core.store.channels.get(env.channel_oid))["needs_reauth"] is True
+    assert [e.data["channel"].get("needs_reauth") for e in env.events("channel_updated")].count(True) == 1
+
+
 async def test_the_schedule_survives_a_restart_and_two_processes_refresh_once(env: EventsEnv, tmp_path: Path) -> None:
     """Due in MongoDB, not in memory: two fresh ``igsync serve`` processes on the same stores
     (a restart, twice over) find it at start-up, and one of them refreshes it."""

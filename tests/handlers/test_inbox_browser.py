@@ -576,8 +576,8 @@ async def test_a_refused_token_shows_a_reconnect_banner_live_and_a_reconnect_cle
     await expect(banner).to_be_hidden()
 
     # Instagram refuses the channel's token (a send, a look-up or a refresh saw code 190).
-    channel_id = ObjectId(tenant.channel["id"])
-    await server.core.accounts.health.token_rejected(channel_id, by="send")
+    channel = await server.core.store.channels.get(ObjectId(tenant.channel["id"]))
+    assert await server.core.accounts.health.token_rejected(channel, by="send")
     await expect(banner).to_be_visible()
     await expect(page.locator("#reauth-text")).to_contain_text(f"@{tenant.channel['username']}")
 
