@@ -281,7 +281,24 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
 
     try:
 
-        async def bare(kind: str, warm: bool) -> tuple[LoadResult, tuple[float, float]]:
+        async def paced_cpu(server: BenchServer, port: int, tag: str) -> tuple[float, float]:
+            # The same mix at a rate the store carries easily: the server's own CPU per
+            # request when the store is not the limit (as with MongoDB in production), and
+            # without the CPU contention of a saturated 2-core machine.
+            bodies = workload(
+                args.paced_items,
+                customers,
+                echo_share=args.echo_share,
+                redelivery_share=args.redelivery_share,
+                seed=args.seed + 100,
+                tag=tag,
+            )
+            meter = CpuMeter(server.proc.pid, stores.mongo_pid)
+            result = await run_load(HOST, port, requests_for(bodies, port), args.concurrency, rate=args.paced_rate)
+            assert result.statuses == {200: args.paced_items}, result.statuses
+            return meter.per_request_ms(args.paced_items)
+
+        async def bare(kind: str, warm: bool) -> tuple[LoadResult, tuple[float, float], tuple[float, float]]:
             port = free_port()
             server = BenchServer(kind, env_for(stores, port, f"bench_{kind}", {}), workdir)
             try:
@@ -289,14 +306,15 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                     await run_load(HOST, port, requests_for(warm_bodies(), port), args.concurrency)
                 meter = CpuMeter(server.proc.pid, stores.mongo_pid)
                 result = await run_load(HOST, port, requests_for(mixed_load(kind), port), args.concurrency)
-                return result, meter.per_request_ms(args.items)
+                cpu = meter.per_request_ms(args.items)
+                return result, cpu, await paced_cpu(server, port, f"{kind}paced")
             finally:
                 server.stop()
 
         # -- the floor, then the required writes alone -----------------------------------------
-        floor_result, floor_cpu = await bare("floor", warm=False)
+        floor_result, floor_cpu, floor_paced = await bare("floor", warm=False)
         print(f"floor  (HMAC + JSON + 1 insert_one): {floor_result.summary()}")
-        required_result, required_cpu = await bare("required", warm=True)
+        required_result, required_cpu, required_paced = await bare("required", warm=True)
         print(f"required writes, plainest code:      {required_result.summary()}")
 
         # -- igsync ------------------------------------------------------------------------
@@ -315,6 +333,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             igsync_cpu = meter.per_request_ms(args.items)
             mixed_counts = igsync.counts()
             mixed_named, mixed_micros = igsync.last_named, igsync.last_micros
+            igsync_paced = await paced_cpu(igsync, port, "igsyncpaced")
             drain = await triggers.drain() if args.triggers in ("http", "stream") else None
 
             # Round trips of one kind of message, one request at a time (nothing to share a
@@ -352,6 +371,13 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             f"floor {floor_cpu[0]:.2f} / {floor_cpu[1]:.2f}; required writes {required_cpu[0]:.2f} / "
             f"{required_cpu[1]:.2f}; igsync {igsync_cpu[0]:.2f} / {igsync_cpu[1]:.2f}"
         )
+        paced_ratio = igsync_paced[0] / floor_paced[0] if floor_paced[0] else 0.0
+        print(
+            f"CPU per request (ms) at {args.paced_rate:.0f} req/s (the store not the limit), server / store: "
+            f"floor {floor_paced[0]:.2f} / {floor_paced[1]:.2f}; required writes {required_paced[0]:.2f} / "
+            f"{required_paced[1]:.2f}; igsync {igsync_paced[0]:.2f} / {igsync_paced[1]:.2f}; "
+            f"igsync/floor {paced_ratio:.2f} (aim <= 2)"
+        )
         print(f"mixed load:                       {per_item(mixed_counts, args.items)}")
         print("mixed load by command: round trips and store time (ms) per item:")
         for name, micros in sorted(mixed_micros.items(), key=lambda kv: -kv[1])[:12]:
@@ -387,6 +413,13 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 "ratio": ratio,
                 "required_ratio": required_ratio,
                 "cpu_ms_per_request": {"floor": floor_cpu, "required": required_cpu, "igsync": igsync_cpu},
+                "cpu_ms_per_request_paced": {
+                    "rate": args.paced_rate,
+                    "floor": floor_paced,
+                    "required": required_paced,
+                    "igsync": igsync_paced,
+                    "ratio": paced_ratio,
+                },
                 "triggers": {"mode": args.triggers, "drain": drain},
                 "round_trips_per_item": {
                     "mixed": sum(mixed_counts.values()) / args.items,
@@ -418,6 +451,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--items", type=int, default=3000, help="webhooks in the measured load")
     parser.add_argument("--concurrency", type=int, default=32, help="keep-alive connections")
     parser.add_argument("--customers", type=int, default=200)
+    parser.add_argument("--paced-rate", type=float, default=60.0, help="req/s of the CPU phase below the limit")
+    parser.add_argument("--paced-items", type=int, default=1200, help="webhooks in the paced CPU phase")
     parser.add_argument("--echo-share", type=float, default=0.3, help="share of owner echoes")
     parser.add_argument("--redelivery-share", type=float, default=0.1, help="share of redelivered bodies")
     parser.add_argument("--rt-items", type=int, default=300, help="items in each round-trip phase")

@@ -69,15 +69,25 @@ async def _read_response(reader: asyncio.StreamReader) -> int:
     return status
 
 
-async def run_load(host: str, port: int, requests: list[bytes], concurrency: int) -> LoadResult:
-    """Send every request once over ``concurrency`` keep-alive connections, in list order per connection."""
+async def run_load(
+    host: str, port: int, requests: list[bytes], concurrency: int, *, rate: float | None = None
+) -> LoadResult:
+    """Send every request once over ``concurrency`` keep-alive connections, in list order per
+    connection: back to back, or with ``rate`` paced at that many requests/s in all (request
+    ``i`` is not sent before ``i / rate`` seconds; a connection still waits for its previous
+    answer), so that a server can be measured below its limit."""
     result = LoadResult()
     queues = [requests[i::concurrency] for i in range(concurrency)]
+    begin = time.perf_counter()
 
-    async def worker(batch: list[bytes]) -> None:
+    async def worker(offset: int, batch: list[bytes]) -> None:
         reader, writer = await asyncio.open_connection(host, port)
         try:
-            for raw in batch:
+            for n, raw in enumerate(batch):
+                if rate:
+                    due = begin + (offset + n * concurrency) / rate
+                    if due > time.perf_counter():
+                        await asyncio.sleep(due - time.perf_counter())  # pacing the load, not ordering
                 started = time.perf_counter()
                 writer.write(raw)
                 status = await _read_response(reader)
@@ -87,6 +97,6 @@ async def run_load(host: str, port: int, requests: list[bytes], concurrency: int
             writer.close()
 
     started = time.perf_counter()
-    await asyncio.gather(*(worker(batch) for batch in queues if batch))
+    await asyncio.gather(*(worker(i, batch) for i, batch in enumerate(queues) if batch))
     result.elapsed = time.perf_counter() - started
     return result

@@ -12,6 +12,7 @@ process writes its MongoDB command counts to ``$BENCH_COUNTS_FILE`` when it gets
 from __future__ import annotations
 
 import asyncio
+import cProfile
 import datetime as dt
 import hashlib
 import hmac
@@ -72,14 +73,45 @@ def _dump_counts(counter: CommandCounter) -> None:
             json.dump({key: dict(value) for key, value in dump.items()}, fh)
 
 
+class PhaseProfiler:
+    """``BENCH_PROFILE=path``: cProfile of the first measured phase (SIGUSR1 to SIGUSR2), its
+    stats written to ``path`` (read with ``python -m pstats path``). Off by default: the
+    profiler's own cost would be in the CPU figures."""
+
+    def __init__(self, path: str | None) -> None:
+        self.path = path
+        self.profile: cProfile.Profile | None = None
+
+    def start(self) -> None:
+        if self.path and self.profile is None:
+            self.profile = cProfile.Profile()
+            self.profile.enable()
+
+    def stop(self) -> None:
+        if self.profile is not None and self.path:
+            self.profile.disable()
+            self.profile.dump_stats(self.path)
+            self.path = None
+
+
 async def _run_until_signal(counter: CommandCounter, start) -> None:  # type: ignore[no-untyped-def]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    profiler = PhaseProfiler(os.environ.get("BENCH_PROFILE"))
+
     # Counts are reset on SIGUSR1 so a benchmark can measure one phase at a time.
-    loop.add_signal_handler(signal.SIGUSR1, counter.clear)
-    loop.add_signal_handler(signal.SIGUSR2, lambda: _dump_counts(counter))
+    def phase_starts() -> None:
+        counter.clear()
+        profiler.start()
+
+    def phase_ends() -> None:
+        profiler.stop()
+        _dump_counts(counter)
+
+    loop.add_signal_handler(signal.SIGUSR1, phase_starts)
+    loop.add_signal_handler(signal.SIGUSR2, phase_ends)
     cleanup = await start()
     print("READY", flush=True)
     await stop.wait()
@@ -97,6 +129,27 @@ def serve_igsync() -> None:
         await process.start()
         assert process.core is not None
         tune_gc(process.core.metrics)  # as `igsync serve` runs (server/ops/runtime.py)
+        exp = os.environ.get("BENCH_EXP", "")
+        core = process.core
+        if "nopublish" in exp:
+
+            async def nop(events):
+                return None
+
+            core.realtime.publish = nop
+        if "noitems" in exp:
+            from server.ingest.pipeline import WebhookResponse
+
+            async def nop3(body, items, **k):
+                return WebhookResponse(200, {"status": "success"}, "processed")
+
+            core.pipeline.process_items = nop3
+        if "noaudit" in exp:
+
+            async def nop2(*a, **k):
+                return None
+
+            core.store.webhook_events.record = nop2
         return process.shutdown
 
     asyncio.run(_run_until_signal(counter, start))

@@ -227,7 +227,9 @@ class EventHub:
     async def _publish_channel(self, channel_id: str, encoded: list[Encoded]) -> None:
         if self.breaker.allows():
             try:
-                epoch, seqs = await asyncio.wait_for(self.log.append(channel_id, encoded), self.publish_timeout)
+                # asyncio.timeout, not wait_for: no task per publish on the webhook's path.
+                async with asyncio.timeout(self.publish_timeout):
+                    epoch, seqs = await self.log.append(channel_id, encoded)
             except Exception as exc:
                 self.breaker.failure()
                 self.metrics.store_errors.labels(store="redis").inc()
