@@ -21,6 +21,7 @@ import os
 import signal
 import sys
 from collections import Counter
+from typing import Any
 
 import orjson
 import tornado.web
@@ -31,7 +32,9 @@ from tornado.netutil import bind_sockets
 
 from config import Settings
 from models.store import mongo_client
+from server.app.core import Core
 from server.app.lifecycle import ServerProcess
+from server.ingest.pipeline import WebhookResponse
 from server.ops import logs
 from server.ops.runtime import tune_gc
 
@@ -119,6 +122,27 @@ async def _run_until_signal(counter: CommandCounter, start) -> None:  # type: ig
     await cleanup()
 
 
+async def _skipped(*args: Any, **kwargs: Any) -> None:
+    return None
+
+
+async def _answered_unread(*args: Any, **kwargs: Any) -> WebhookResponse:
+    return WebhookResponse(200, {"status": "success"}, "processed")
+
+
+def _without_parts(core: Core, parts: str) -> None:
+    """``BENCH_WITHOUT=publish,audit,items``: igsync with parts of a webhook's work skipped, to
+    attribute its CPU (``items``: signature, parse and answer only). For measuring, never a
+    mode to run: skipping any of them breaks what the API promises."""
+    wanted = {part for part in parts.split(",") if part}
+    if "publish" in wanted and core.realtime is not None:
+        core.realtime.publish = _skipped  # type: ignore[method-assign]
+    if "audit" in wanted:
+        core.store.webhook_events.record = _skipped  # type: ignore[method-assign]
+    if "items" in wanted:
+        core.pipeline.process_items = _answered_unread  # type: ignore[method-assign,assignment]
+
+
 def serve_igsync() -> None:
     settings = Settings.from_env(os.environ)
     logs.configure("text", "WARNING")
@@ -129,27 +153,7 @@ def serve_igsync() -> None:
         await process.start()
         assert process.core is not None
         tune_gc(process.core.metrics)  # as `igsync serve` runs (server/ops/runtime.py)
-        exp = os.environ.get("BENCH_EXP", "")
-        core = process.core
-        if "nopublish" in exp:
-
-            async def nop(events):
-                return None
-
-            core.realtime.publish = nop
-        if "noitems" in exp:
-            from server.ingest.pipeline import WebhookResponse
-
-            async def nop3(body, items, **k):
-                return WebhookResponse(200, {"status": "success"}, "processed")
-
-            core.pipeline.process_items = nop3
-        if "noaudit" in exp:
-
-            async def nop2(*a, **k):
-                return None
-
-            core.store.webhook_events.record = nop2
+        _without_parts(process.core, os.environ.get("BENCH_WITHOUT", ""))
         return process.shutdown
 
     asyncio.run(_run_until_signal(counter, start))
