@@ -2,6 +2,7 @@
 
     .venv/bin/python -m bench.ingest [--items 3000] [--concurrency 32] [--customers 200]
                                      [--triggers off|recorded|http|stream]
+                                     [--paced-rate 60] [--paced-items 1200]
 
 What it does, all on this machine's loopback:
 1. starts the embedded stores (SecantusDB + Redis) in a temporary directory;
@@ -16,7 +17,12 @@ What it does, all on this machine's loopback:
 5. a round-trip phase: messages from known customers only, counting MongoDB commands per item;
 6. the store's own cost of the required writes, every command shared by eight requests
    (``bench/store_access.py``), as a ceiling in requests/s;
-7. prints req/s, p50/p99, the ratios to the floor and round trips per item.
+7. prints req/s, p50/p99, the ratios to the floor and round trips per item;
+8. CPU per request of each server twice: under the saturating load, and in a paced phase
+   (``--paced-rate``, the same mix and rate for every server) where the store keeps up.
+
+For attribution, ``BENCH_PROFILE=path`` writes a cProfile of igsync's measured phase and
+``BENCH_WITHOUT=items,publish,audit`` skips parts of its work (``bench/servers.py``).
 
 All servers are separate processes driven by the same client, so the ratios compare like with
 like even though the absolute numbers move with the machine's load.
