@@ -273,17 +273,13 @@ class HistoryImporter:
         except RunStopped as stop:
             if stop.reason == TOKEN_REFUSED and not await self.health.token_rejected(channel, by="history"):
                 # Reconnected while this run called with the old token: go on with the new one.
-                await self.store.history_runs.release(run)
-                log.info("history: run %s handed back (the channel has a new token)", run["_id"])
-                return walk.progress(runs_model.QUEUED)
+                return await walk.hand_back("the channel has a new token")
             return await walk.stop(stop.reason)
         except LeaseLost:
             log.warning("history: run %s was taken over by another process", run["_id"])
             return walk.progress(runs_model.RUNNING)
         except Interrupted:
-            await self.store.history_runs.release(run)
-            log.info("history: run %s handed back at conversation %d (stopping)", run["_id"], walk.next_index)
-            return walk.progress(runs_model.QUEUED)
+            return await walk.hand_back("stopping")
         return await walk.finish()
 
     async def dry_run(
@@ -424,6 +420,12 @@ class _Walk:
         )
         log.warning("history: run %s stopped: %s (resumable)", self.run["_id"], reason)
         return await self._announce(self.progress(runs_model.FAILED, reason))
+
+    async def hand_back(self, why: str) -> dict[str, Any]:
+        """Queue the run again, checkpoint kept, for any process to go on with."""
+        await self.importer.store.history_runs.release(self.run)
+        log.info("history: run %s handed back at conversation %d (%s)", self.run["_id"], self.next_index, why)
+        return self.progress(runs_model.QUEUED)
 
     async def finish(self) -> dict[str, Any]:
         self._tally_calls()

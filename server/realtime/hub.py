@@ -224,12 +224,16 @@ class EventHub:
         for channel_id, group in by_channel.items():
             await self._publish_channel(channel_id, [encode(e) for e in group])
 
+    async def _append(self, channel_id: str, encoded: list[Encoded]) -> tuple[str, list[int]]:
+        """The channel's log append, bounded by the publish timeout."""
+        # asyncio.timeout, not wait_for: no task per publish on the webhook's path.
+        async with asyncio.timeout(self.publish_timeout):
+            return await self.log.append(channel_id, encoded)
+
     async def _publish_channel(self, channel_id: str, encoded: list[Encoded]) -> None:
         if self.breaker.allows():
             try:
-                # asyncio.timeout, not wait_for: no task per publish on the webhook's path.
-                async with asyncio.timeout(self.publish_timeout):
-                    epoch, seqs = await self.log.append(channel_id, encoded)
+                epoch, seqs = await self._append(channel_id, encoded)
             except Exception as exc:
                 self.breaker.failure()
                 self.metrics.store_errors.labels(store="redis").inc()
@@ -274,7 +278,7 @@ class EventHub:
                 )
                 item = encode(resync, splice=True)
                 try:
-                    epoch, (seq,) = await asyncio.wait_for(self.log.append(channel_id, [item]), self.publish_timeout)
+                    epoch, (seq,) = await self._append(channel_id, [item])
                 except Exception as exc:
                     log.warning("could not log resync_required for channel %s (%s)", channel_id, type(exc).__name__)
                     return
