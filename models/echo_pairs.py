@@ -11,7 +11,8 @@ state in Python (the pure functions of :mod:`server.dedup.echo`), then
 ``update_one({_id, version: v}, {$set: state, $inc: {version: 1}})``; a writer that lost
 the race reads again and recomputes. A missing document is created with ``insert_one``
 (a concurrent creator gets ``DuplicateKeyError`` on ``_id`` and retries as an updater), so
-the SecantusDB upsert quirk (``None`` answers) never comes into play.
+the SecantusDB upsert quirk (``None`` answers) never comes into play. A caller that expects
+no document yet (a hint, see :meth:`EchoPairRepository.transact`) inserts before reading.
 
 Under load the read and the creating insert of concurrent pairings share commands with each
 other (:mod:`models.group_commit`); that changes nothing above — a batched read is still one
@@ -62,11 +63,20 @@ class EchoPairRepository:
         """A pairing document by its key."""
         return await self.coll.find_one({"_id": key})
 
-    async def transact(self, key: str, decide: Decision[T], *, expires_at: dt.datetime) -> T:
-        """Apply ``decide`` to the document ``key`` atomically (compare-and-swap); its result."""
+    async def transact(self, key: str, decide: Decision[T], *, expires_at: dt.datetime, likely_new: bool = False) -> T:
+        """Apply ``decide`` to the document ``key`` atomically (compare-and-swap); its result.
+
+        ``likely_new``: the caller expects no document (a hint): the first attempt decides on
+        "none" and inserts without reading; when one exists after all, the insert fails on
+        ``_id`` and the next attempt reads it — as when a concurrent creator won."""
+        assume_absent = likely_new
         for _ in range(MAX_CAS_ATTEMPTS):
-            found = await self._reader.find([key])
-            current = found[0] if found else None
+            if assume_absent:
+                assume_absent = False
+                current = None
+            else:
+                found = await self._reader.find([key])
+                current = found[0] if found else None
             state, result = decide(current)
             if state is None:
                 # Nothing to change (an idempotent repeat): the read was one consistent snapshot.

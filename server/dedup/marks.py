@@ -12,6 +12,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 from bson import ObjectId
@@ -33,6 +34,26 @@ if n and n > 0 then
 end
 return 0
 """
+
+
+@dataclass(frozen=True)
+class EchoHints:
+    """What Redis knows of an echo before MongoDB decides (hints only, never the decision)."""
+
+    sent_at: float | None  # when mark-sent gave this mid (it was taken now); None: not given
+    # A send of this text in this conversation may be waiting for its echo (the counter is
+    # positive, or Redis could not say): its pairing document then surely exists.
+    send_outstanding: bool
+
+
+UNKNOWN_HINTS = EchoHints(None, True)
+
+
+def _positive(raw: bytes | str | None) -> bool:
+    try:
+        return raw is not None and int(raw) > 0
+    except ValueError:
+        return True
 
 
 def sent_message_key(conversation_id: ObjectId | str, content: str) -> str:
@@ -108,22 +129,27 @@ class SentMarks:
         except (RedisError, OSError) as exc:
             self._failed("mark", exc)
 
-    async def take_mid(self, mid: str, conversation_id: ObjectId, content: str) -> float | None:
-        """An echo whose mid was given to mark-sent: the send time, once (None otherwise)."""
+    async def take_mid(self, mid: str, conversation_id: ObjectId, content: str) -> EchoHints:
+        """What Redis says of an echo, in one round trip: the send time of a mark-sent that
+        gave this mid (taken once), and whether a send of this text is outstanding."""
         if not self._available():
-            return None
+            return UNKNOWN_HINTS
+        counter = sent_message_key(conversation_id, content)
         try:
-            raw = await self.redis.getdel(sent_mid_key(mid))
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.getdel(sent_mid_key(mid))
+                pipe.get(counter)
+                raw, outstanding = await pipe.execute()
             if raw is None:
-                return None
+                return EchoHints(None, _positive(outstanding))
             # The send is answered by this echo: it is no longer outstanding.
-            await self._take_send(keys=[sent_message_key(conversation_id, content)])
-            return float(raw)
+            await self._take_send(keys=[counter])
+            return EchoHints(float(raw), True)
         except (RedisError, OSError) as exc:
             self._failed("take_mid", exc)
         except ValueError:
-            return None
-        return None
+            return EchoHints(None, True)
+        return UNKNOWN_HINTS
 
     async def take_send(self, conversation_id: ObjectId, content: str) -> bool:
         """Whether the counter said a send of this text was outstanding (and take it)."""

@@ -125,13 +125,17 @@ class EchoPairing:
         # Idle documents hold nothing the decision would keep: expire them after the window.
         return dt.datetime.fromtimestamp(now + 2 * self.window_secs, tz=dt.UTC)
 
-    async def register_echo(self, conversation_id: ObjectId, content_hash: str, mid: str) -> EchoMatch:
+    async def register_echo(
+        self, conversation_id: ObjectId, content_hash: str, mid: str, *, likely_new: bool = False
+    ) -> EchoMatch:
+        """Decide, atomically, whether an echo pairs with a waiting send. ``likely_new``: the
+        pairing document probably does not exist yet (try creating it before reading it)."""
         # The clock is read inside the decision: ``at`` is the time of the attempt that won.
-        """Decide, atomically, whether an echo pairs with a waiting send."""
         return await self.repo.transact(
             pair_document_key(conversation_id, content_hash),
             lambda doc: register_echo(doc, mid, now=self.clock(), window_secs=self.window_secs),
             expires_at=self._expiry(self.clock()),
+            likely_new=likely_new,
         )
 
     async def register_send(

@@ -1,0 +1,81 @@
+"""The Redis hint that orders an echo's pairing: with no send outstanding the pairing document is
+created without being read first (one round trip less); a wrong hint costs a round trip, never
+a duplicate."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from pymongo import monitoring
+
+from server.dedup.marks import sent_message_key
+from tests.support.dedup import conversation_of, echo, mark_sent, new_mid, ok_body, stored_messages
+from tests.support.helpers import CUSTOMER_A, messaging_body, text_item
+from tests.support.server import RunningServer, connect_tenant, start_server, stop_server
+
+
+class PairingCommands(monitoring.CommandListener):
+    """The commands sent to ``echo_pairs`` while ``on``."""
+
+    def __init__(self) -> None:
+        self.on = False
+        self.names: list[str] = []
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        if self.on and event.command.get(event.command_name) == "echo_pairs":
+            self.names.append(event.command_name)
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        return None
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        return None
+
+
+@pytest.fixture
+async def watched(settings: Any) -> AsyncIterator[tuple[RunningServer, PairingCommands]]:
+    listener = PairingCommands()
+    running = await start_server(settings, mongo_listeners=[listener])
+    await connect_tenant(running.client)
+    # The customer and their conversation exist: the echoes below only pair.
+    ok_body(await running.client.webhook(messaging_body(text_item(new_mid("c"), "hi", sender=CUSTOMER_A))))
+    yield running, listener
+    await stop_server(running)
+
+
+async def test_an_echo_typed_in_the_app_creates_its_pairing_document_without_reading_it(watched) -> None:
+    server, listener = watched
+    listener.on = True
+    body = ok_body(await echo(server.client, new_mid("e"), "typed in the Instagram app"))
+    listener.on = False
+    assert body["status"] == "success" and "duplicate" not in body
+    assert listener.names == ["insert"]
+
+
+async def test_an_echo_of_an_outstanding_send_reads_the_pairing_document_first(watched) -> None:
+    server, listener = watched
+    ok_body(await mark_sent(server.client, "from the assistant"))
+    listener.on = True
+    body = ok_body(await echo(server.client, new_mid("e"), "from the assistant"))
+    listener.on = False
+    assert body == {"status": "success", "duplicate": True, "layer": "cache"}
+    assert listener.names == ["find", "update"]
+
+
+async def test_a_wrong_hint_costs_a_round_trip_not_a_duplicate(watched) -> None:
+    server, listener = watched
+    ok_body(await mark_sent(server.client, "hint lost"))
+    conversation = await conversation_of(server.core.store.db)
+    assert conversation is not None
+    # Redis forgot the outstanding send (restarted empty, failed over): the hint says "none".
+    assert await server.core.redis.delete(sent_message_key(conversation["_id"], "hint lost")) == 1
+    listener.on = True
+    body = ok_body(await echo(server.client, new_mid("e"), "hint lost"))
+    listener.on = False
+    # MongoDB's pairing document still decides: the echo is the send's, recognised by the database.
+    assert body == {"status": "success", "duplicate": True, "layer": "database"}
+    assert listener.names == ["insert", "find", "update"]
+    texts = [m["content"] for m in await stored_messages(server.core.store.db)]
+    assert texts.count("hint lost") == 1
