@@ -1,5 +1,6 @@
 """Group commit: concurrent inserts into one collection share one ``insert_many``; concurrent
-updates share one ``bulk_write`` and one read-back; concurrent look-ups share one ``find``.
+updates share one ``bulk_write`` (and, for single documents, one read-back); concurrent
+look-ups share one ``find``.
 
 Why: the store's cost is mostly per command, not per document (on the embedded SecantusDB an
 ``insert_one`` costs about eight documents of an ``insert_many``; on a real replica set it is one
@@ -23,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from pymongo import UpdateOne
+from pymongo import UpdateMany, UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
 
@@ -264,6 +265,41 @@ def _scopes_of(ops: list[GroupUpdate]) -> dict[str, Any]:
         return {}
     fields = set(ops[0].scope)
     return {f: {"$in": list(dict.fromkeys(op.scope[f] for op in ops))} for f in fields}
+
+
+class GroupManyUpdater(_Batcher[tuple[dict[str, Any], dict[str, Any]], None]):
+    """Concurrent idempotent multi-document updates into one collection share one
+    ``bulk_write`` of ``UpdateMany`` statements (unordered) — group commit for updates whose
+    callers need no count back (marking a thread's customer messages answered).
+
+    Each statement fails alone (its write error goes to its caller); a failure of the whole
+    command fails every caller of the batch, as for the other committers."""
+
+    async def update_many(self, query: dict[str, Any], update: dict[str, Any]) -> None:
+        """Apply ``update`` to every document matching ``query``, in the next batch."""
+        await self._submit((query, update))
+
+    async def _send(self, batch: list[tuple[tuple[dict[str, Any], dict[str, Any]], asyncio.Future[None]]]) -> None:
+        failed: dict[int, BaseException] = {}
+        try:
+            if len(batch) == 1:
+                query, update = batch[0][0]
+                await self.coll.update_many(query, update)
+            else:
+                try:
+                    await self.coll.bulk_write([UpdateMany(q, u) for (q, u), _ in batch], ordered=False)
+                except BulkWriteError as exc:
+                    failed = _statement_failures(exc, len(batch))
+        except BaseException as exc:
+            _fail_all(batch, exc)
+            return
+        for i, (_, future) in enumerate(batch):
+            if future.done():
+                continue
+            if i in failed:
+                future.set_exception(failed[i])
+            else:
+                future.set_result(None)
 
 
 class GroupFinder(_Batcher[tuple[Any, list[Any]], list[dict[str, Any]]]):

@@ -39,7 +39,7 @@ from pymongo import ASCENDING, DESCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 
 from models.atomic import update_get
-from models.group_commit import GroupFinder, GroupInserter
+from models.group_commit import GroupFinder, GroupInserter, GroupManyUpdater
 from models.indexes import drop_superseded
 from models.sharding import in_channel
 from models.timeutil import aware
@@ -123,6 +123,7 @@ class MessageRepository:
     def __init__(self, db: AsyncDatabase) -> None:
         self.coll = db["messages"]
         self._inserter = GroupInserter(self.coll)
+        self._answering = GroupManyUpdater(self.coll)
         self._by_mid = GroupFinder(self.coll, "mid_keys", scope_field="channel_id")
 
     async def ensure_indexes(self) -> None:
@@ -346,12 +347,14 @@ class MessageRepository:
         guard = in_channel(guard, channel_id)
         return await update_get(self.coll, guard, {"$set": {"merged_into": primary_id}})
 
-    async def mark_answered(self, channel_id: ObjectId, conversation_id: ObjectId, up_to: dt.datetime) -> int:
+    async def mark_answered(self, channel_id: ObjectId, conversation_id: ObjectId, up_to: dt.datetime) -> None:
         """Mark the customer messages sent up to ``up_to`` answered (an owner reply came).
 
         ``is_answered: false`` is only ever stored on customer messages (outbound ones are
-        stored answered), so the filter needs no ``type`` — and stays on one index."""
-        result = await self.coll.update_many(
+        stored answered), so the filter needs no ``type`` — and stays on one index. Every owner
+        message that answers a waiting thread asks this, so concurrent ones share one command
+        (:class:`models.group_commit.GroupManyUpdater`); the update is idempotent."""
+        await self._answering.update_many(
             {
                 "channel_id": channel_id,
                 "conversation_id": conversation_id,
@@ -360,7 +363,6 @@ class MessageRepository:
             },
             {"$set": {"is_answered": True}},
         )
-        return result.modified_count
 
     async def update(
         self,

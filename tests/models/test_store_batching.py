@@ -22,7 +22,7 @@ from pymongo import monitoring
 from pymongo.errors import OperationFailure
 
 from models.conversations import STATUS_ANSWERED, STATUS_NEEDS_REPLY, ConversationRepository
-from models.group_commit import GroupFinder, GroupUpdate, GroupUpdater
+from models.group_commit import GroupFinder, GroupManyUpdater, GroupUpdate, GroupUpdater
 from models.store import mongo_client
 from server.app.embedded import EmbeddedStores
 
@@ -151,6 +151,31 @@ async def test_a_failing_statement_fails_only_its_caller(db: tuple[Any, Commands
     assert not isinstance(results[1], BaseException) and results[1].applied and results[1].own_mark
     assert isinstance(results[2], OperationFailure)
     assert (await database.things.find_one({"_id": good}))["n"] == 1
+
+
+async def test_concurrent_multi_updates_share_one_command_and_a_failing_one_fails_alone(
+    db: tuple[Any, Commands],
+) -> None:
+    database, commands = db
+    await database.things.insert_many(
+        [{"group": g, "n": 0, "open": True} for g in ("a", "a", "b", "c")] + [{"group": "bad", "n": "text"}]
+    )
+    updater = GroupManyUpdater(database.things)
+    commands.seen.clear()
+
+    results = await asyncio.gather(
+        updater.update_many({"group": "a", "open": True}, {"$set": {"open": False}}),
+        updater.update_many({"group": "b"}, {"$inc": {"n": 1}}),
+        updater.update_many({"group": "bad"}, {"$inc": {"n": 1}}),
+        updater.update_many({"group": "c"}, {"$inc": {"n": 1}}),
+        return_exceptions=True,
+    )
+
+    assert commands.seen["update"] == 1  # one bulk write for the four callers
+    assert results[0] is None and results[1] is None and results[3] is None
+    assert isinstance(results[2], OperationFailure)
+    assert await database.things.count_documents({"group": "a", "open": False}) == 2
+    assert [d["n"] for d in await database.things.find({"group": {"$in": ["b", "c"]}}).to_list(None)] == [1, 1]
 
 
 async def test_concurrent_lookups_share_one_query_per_scope(db: tuple[Any, Commands]) -> None:
