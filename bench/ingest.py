@@ -80,7 +80,9 @@ def workload(
             continue
         customer = rng.choice(customers)
         echo = rng.random() < echo_share
-        text = f"{'reply' if echo else 'question'} {i} from the bench, long enough to look like a real message"
+        # The tag too: phases reuse seeds, and an owner text repeated in one conversation within
+        # the dedup window finds its pairing document taken — not what a new message meets.
+        text = f"{'reply' if echo else 'question'} {tag} {i} from the bench, long enough to look like a real message"
         bodies.append(webhook_body(f"bench.{tag}.{i}", text, customer, echo=echo, ts_ms=ts + i))
     return bodies
 
