@@ -71,14 +71,16 @@ class EchoPairRepository:
         ``_id`` and the next attempt reads it — as when a concurrent creator won."""
         assume_absent = likely_new
         for _ in range(MAX_CAS_ATTEMPTS):
-            if assume_absent:
-                assume_absent = False
+            assumed, assume_absent = assume_absent, False
+            if assumed:
                 current = None
             else:
                 found = await self._reader.find([key])
                 current = found[0] if found else None
             state, result = decide(current)
             if state is None:
+                if assumed:
+                    continue  # a decision with nothing to write proves nothing unless read
                 # Nothing to change (an idempotent repeat): the read was one consistent snapshot.
                 return result
             if current is None:

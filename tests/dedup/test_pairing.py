@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from models.store import Store
+from models.timeutil import utcnow
 from server.dedup.pairing import EchoPairing, register_echo, register_send
 
 WINDOW = 30.0
@@ -150,7 +151,8 @@ async def test_concurrent_registrations_agree_across_clients(settings) -> None:
         for i in range(9):
             # m0..m2 redelivered to both "processes" at once.
             for p in pairings if i < 3 else pairings[:1]:
-                calls.append(("echo", f"m{i}", p.register_echo(conversation, "h", f"m{i}")))
+                # Half of them with the "no send outstanding" hint: created before read.
+                calls.append(("echo", f"m{i}", p.register_echo(conversation, "h", f"m{i}", likely_new=i % 2 == 0)))
         results = await asyncio.gather(*[c[2] for c in calls])
         doc = await stores[0].echo_pairs.get(f"{conversation}:h")
         sends = {s["id"]: s for s in doc["sends"]}
@@ -171,3 +173,22 @@ async def test_concurrent_registrations_agree_across_clients(settings) -> None:
         await stores[0].client.drop_database(settings.mongo_db)
         for s in stores:
             await s.close()
+
+
+async def test_a_decision_taken_on_an_assumed_absence_is_checked_by_a_read(settings) -> None:
+    """``likely_new`` skips the first read; a decision that then has nothing to write was taken on
+    an assumption, so the document is read before its answer counts."""
+    store = Store(settings.mongo_url, settings.mongo_db)
+    try:
+        await store.echo_pairs.coll.insert_one({"_id": "k", "version": 1, "sends": [], "echoes": [{"mid": "m"}]})
+        seen: list[Any] = []
+
+        def read_only(doc: dict[str, Any] | None) -> tuple[None, Any]:
+            seen.append(doc)
+            return None, doc
+
+        found = await store.echo_pairs.transact("k", read_only, expires_at=utcnow(), likely_new=True)
+        assert seen[0] is None and found is not None and found["echoes"] == [{"mid": "m"}]
+    finally:
+        await store.client.drop_database(settings.mongo_db)
+        await store.close()
