@@ -120,13 +120,7 @@ class GroupInserter(_Batcher[dict[str, Any], None]):
         except BaseException as exc:
             _fail_all(batch, exc)
             return
-        for i, (_, future) in enumerate(batch):
-            if future.done():
-                continue
-            if i in failures:
-                future.set_exception(failures[i])
-            else:
-                future.set_result(None)
+        _settle(batch, failures)
 
     async def _one_by_one(self, batch: list[tuple[dict[str, Any], asyncio.Future[None]]]) -> dict[int, BaseException]:
         """Each document of a refused batch alone: only the ones refused again fail."""
@@ -142,6 +136,17 @@ class GroupInserter(_Batcher[dict[str, Any], None]):
                         failures[rest] = exc
                     break
         return failures
+
+
+def _settle(batch: list[tuple[Any, asyncio.Future[None]]], failures: dict[int, BaseException]) -> None:
+    """Answer each caller of a batch whose callers wait for no value: its own failure, or done."""
+    for i, (_, future) in enumerate(batch):
+        if future.done():
+            continue
+        if i in failures:
+            future.set_exception(failures[i])
+        else:
+            future.set_result(None)
 
 
 def _statement_failures(exc: BulkWriteError, size: int) -> dict[int, BaseException]:
@@ -280,26 +285,19 @@ class GroupManyUpdater(_Batcher[tuple[dict[str, Any], dict[str, Any]], None]):
         await self._submit((query, update))
 
     async def _send(self, batch: list[tuple[tuple[dict[str, Any], dict[str, Any]], asyncio.Future[None]]]) -> None:
-        failed: dict[int, BaseException] = {}
+        failures: dict[int, BaseException] = {}
         try:
             if len(batch) == 1:
                 query, update = batch[0][0]
                 await self.coll.update_many(query, update)
             else:
-                try:
-                    await self.coll.bulk_write([UpdateMany(q, u) for (q, u), _ in batch], ordered=False)
-                except BulkWriteError as exc:
-                    failed = _statement_failures(exc, len(batch))
+                await self.coll.bulk_write([UpdateMany(q, u) for (q, u), _ in batch], ordered=False)
+        except BulkWriteError as exc:  # only the bulk write raises it
+            failures = _statement_failures(exc, len(batch))
         except BaseException as exc:
             _fail_all(batch, exc)
             return
-        for i, (_, future) in enumerate(batch):
-            if future.done():
-                continue
-            if i in failed:
-                future.set_exception(failed[i])
-            else:
-                future.set_result(None)
+        _settle(batch, failures)
 
 
 class GroupFinder(_Batcher[tuple[Any, list[Any]], list[dict[str, Any]]]):
