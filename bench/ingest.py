@@ -185,6 +185,8 @@ def env_for(stores: EmbeddedStores, port: int, db: str, extra: dict[str, str]) -
             "IGSYNC_ADMIN_TOKEN": ADMIN,
             "IGSYNC_INTERNAL_TOKENS": "bench-internal-token-0123456789ab",
             "IGSYNC_LOG_LEVEL": "WARNING",
+            # As `igsync serve` runs on its embedded store, whose own TTL sweeper is off.
+            "IGSYNC_EXPIRY_SWEEP_SECS": "60",
         }
     )
     env.update(extra)

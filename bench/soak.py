@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import tempfile
 import time
 import urllib.request
@@ -42,6 +43,18 @@ def rss_mib(pid: int | None) -> float:
     return 0.0
 
 
+def cpu_secs(pid: int | None) -> float:
+    """CPU time (user + system) a process has used so far, seconds (0 when it is gone)."""
+    if not pid:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    # utime and stime are the 14th and 15th fields of the line (12th and 13th after the name).
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def _one(host: str, port: int, raw: bytes, latencies: list[float], statuses: dict[int, int]) -> None:
     started = time.perf_counter()
     try:
@@ -57,6 +70,14 @@ async def _one(host: str, port: int, raw: bytes, latencies: list[float], statuse
     statuses[status] = statuses.get(status, 0) + 1
 
 
+# Histograms read whole (every label summed), by the name the per-minute line gives them.
+WHOLE_SERIES = {
+    "igsync_webhook_duration_seconds": "webhook",
+    "igsync_redis_command_duration_seconds": "redis",
+    "igsync_gc_pause_seconds": "gc",
+}
+
+
 def store_histogram(port: int) -> dict[str, dict[str, float]]:
     """igsync's MongoDB command durations so far, per command and in all (``"*"``): ``{le:
     count}`` plus ``count`` and ``sum`` — from its own ``/metrics``, so the store's share of the
@@ -64,14 +85,20 @@ def store_histogram(port: int) -> dict[str, dict[str, float]]:
     text = urllib.request.urlopen(f"http://{HOST}:{port}/metrics", timeout=10).read().decode()
     out: dict[str, dict[str, float]] = {"*": {}}
     for family in text_string_to_metric_families(text):
-        if family.name == "igsync_webhook_duration_seconds":
+        whole = WHOLE_SERIES.get(family.name)
+        if whole is not None:
             # igsync's own time per webhook (verify, store, answer): what the answer waited for
-            # inside the process, as opposed to accepting the connection and queueing for the CPU.
+            # inside the process, as opposed to accepting the connection and queueing for the CPU;
+            # its Redis round trips and its garbage collector's pauses, all labels summed.
+            series = out.setdefault(whole, {})
             for sample in family.samples:
                 if sample.name.endswith("_bucket"):
-                    out.setdefault("webhook", {})[sample.labels["le"]] = sample.value
+                    key = sample.labels["le"]
                 elif sample.name.endswith(("_count", "_sum")):
-                    out.setdefault("webhook", {})[sample.name.rsplit("_", 1)[1]] = sample.value
+                    key = sample.name.rsplit("_", 1)[1]
+                else:
+                    continue
+                series[key] = series.get(key, 0.0) + sample.value
             continue
         if family.name != "igsync_mongo_command_duration_seconds":
             continue
@@ -112,7 +139,7 @@ def slowest_command(before: dict[str, dict[str, float]], after: dict[str, dict[s
     """The command that took the most store time in the minute, with its p99 and mean."""
     best = ("-", 0.0, 0.0, 0.0)
     for name, series in after.items():
-        if name in ("*", "webhook"):
+        if name == "*" or name in WHOLE_SERIES.values():
             continue
         p99, mean, count = store_minute(before.get(name, {}), series)
         if mean * count > best[3]:
@@ -143,7 +170,8 @@ async def main(args: argparse.Namespace) -> None:
     with EmbeddedStores(workdir_stores, lock=False, mongo_cache_mb=args.store_cache_mb) as stores:
         port = free_port()
         workdir = Path(tempfile.mkdtemp(prefix="igsync-soak-run-"))
-        server = BenchServer("igsync", env_for(stores, port, "soak", {}), workdir)
+        extra = dict(kv.split("=", 1) for kv in args.env)
+        server = BenchServer("igsync", env_for(stores, port, "soak", extra), workdir)
         try:
             await admin_connect(port)
             customers = [f"62{n:014d}" for n in range(200)]
@@ -159,11 +187,14 @@ async def main(args: argparse.Namespace) -> None:
             print(
                 f"{'minute':>6} {'sent':>6} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'igsync MiB':>11} "
                 f"{'mongo MiB':>10} {'redis MiB':>10} {'in igsync p99':>13} {'store p99':>10} {'store mean':>10}"
-                f" {'store max':>9}"
+                f" {'store max':>9} {'redis p99':>9} {'gc max':>7} {'CPU % igsync/mongo/redis/load':>29}"
                 "  statuses"
             )
             rows = []
             scraped = await asyncio.to_thread(store_histogram, port)
+            redis_pid = stores._redis.proc.pid if stores._redis and stores._redis.proc else None
+            pids = (server.proc.pid, stores.mongo_pid, redis_pid, os.getpid())
+            cpu_before, cpu_at = [cpu_secs(pid) for pid in pids], time.perf_counter()
             for minute in range(1, args.minutes + 1):
                 bodies = workload(int(rate * 60) + 1, customers, **mix, seed=args.seed + minute, tag=f"m{minute}")
                 raws = requests_for(bodies, port)
@@ -176,7 +207,7 @@ async def main(args: argparse.Namespace) -> None:
                     max(result.latencies) * 1000,
                     rss_mib(server.proc.pid),
                     rss_mib(stores.mongo_pid),
-                    rss_mib(stores._redis.proc.pid if stores._redis and stores._redis.proc else None),
+                    rss_mib(redis_pid),
                 )
                 rows.append(row)
                 now_scraped = await asyncio.to_thread(store_histogram, port)
@@ -184,12 +215,21 @@ async def main(args: argparse.Namespace) -> None:
                 inside_p99, _, _ = store_minute(scraped.get("webhook", {}), now_scraped.get("webhook", {}))
                 store_max = slowest_bound(scraped["*"], now_scraped["*"])
                 slowest = slowest_command(scraped, now_scraped)
+                redis_p99, _, _ = store_minute(scraped.get("redis", {}), now_scraped.get("redis", {}))
+                gc_max = slowest_bound(scraped.get("gc", {}), now_scraped.get("gc", {}))
+                gc_text = "-" if gc_max == float("inf") else f"{gc_max:.0f}ms"  # "-": no collection ran
+                # Who had the two cores this minute: a tail that grows with one process's share
+                # is that process's doing, or a machine with no CPU left.
+                cpu_now, now = [cpu_secs(pid) for pid in pids], time.perf_counter()
+                spent = zip(cpu_before, cpu_now, strict=True)
+                shares = "/".join(f"{(b - a) / (now - cpu_at) * 100:.0f}" for a, b in spent)
+                cpu_before, cpu_at = cpu_now, now
                 scraped = now_scraped
                 print(
                     f"{minute:>6} {result.count:>6} {row[0]:>8.1f} {row[1]:>8.1f} {row[2]:>8.1f} {row[3]:>11.0f} "
                     f"{row[4]:>10.0f} {row[5]:>10.0f} {inside_p99:>11.0f}ms {store_p99:>8.0f}ms {store_mean:>8.1f}ms "
-                    f"{store_max:>7.0f}ms "
-                    f" {result.statuses} [{slowest}]",
+                    f"{store_max:>7.0f}ms {redis_p99:>7.0f}ms {gc_text:>7} {shares:>29}"
+                    f"  {result.statuses} [{slowest}]",
                     flush=True,
                 )
             first, last = rows[0], rows[-1]
@@ -212,6 +252,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         default=MONGO_CACHE_MB,
         help="the embedded SecantusDB's cache (a smaller one shows whether its growth is the cache)",
+    )
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="IGSYNC_X=value",
+        help="extra settings for the igsync server (repeatable), e.g. to switch a background check off",
     )
     return parser.parse_args(argv)
 

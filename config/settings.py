@@ -137,6 +137,11 @@ class Settings:
     monitor_interval_secs: float = _setting(
         30.0, "how often readiness, silent channels and stored duplicates are re-checked for /metrics"
     )
+    expiry_sweep_secs: float = _setting(
+        0.0,
+        "how often igsync deletes documents past their TTL index itself (0: the store's TTL monitor does,"
+        " as MongoDB's does; the embedded store's own sweeper is off and this is 60)",
+    )
     trigger_stream: str = _setting("igsync:triggers", "Redis Stream of workflow triggers")
     trigger_stream_maxlen: int = _setting(100_000, "approximate length the trigger stream is trimmed to")
     trigger_workers: int = _setting(32, "conversations this process delivers triggers for at once (0: none)")
@@ -278,6 +283,8 @@ class Settings:
                 raise ConfigError(f"{env_name(name)} must be a positive number")
         if self.profile_refresh_days < 0:
             raise ConfigError("IGSYNC_PROFILE_REFRESH_DAYS must be 0 (never) or more")
+        if self.expiry_sweep_secs < 0:
+            raise ConfigError("IGSYNC_EXPIRY_SWEEP_SECS must be 0 (off) or more")
         if self.trigger_workers < 0:
             raise ConfigError("IGSYNC_TRIGGER_WORKERS must be 0 or more")
         if self.trigger_retry_max_secs < self.trigger_retry_base_secs:

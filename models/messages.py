@@ -51,6 +51,8 @@ OUTBOUND_TYPES = (TYPE_SUPPORT, TYPE_AI)
 # An owner message first seen as an echo from the Instagram app (not sent through igsync);
 # only such a message may be adopted by a mark-sent.
 SOURCE_INSTAGRAM_DIRECT = "instagram_direct"
+# The stored-duplicates check reads its range this many seconds at a time (one short command each).
+DUPLICATES_SLICE_SECS = 10
 # ``imported``: a message read from the Conversations API instead of a webhook. A history
 # import's messages are old: no notifications, no unread count, no workflow triggers. A gap
 # repair's were missed during an outage: new to the business, announced like a webhook's.
@@ -424,43 +426,43 @@ class MessageRepository:
         messages of that range (the ``created_at`` index), so a caller that remembers what it
         found reads each message about once. A text the owner really typed in the Instagram
         app right after the AI sent the same one also counts: rare, hence "suspected".
+
+        Read in slices of ``DUPLICATES_SLICE_SECS``, four fields each, and grouped here: one
+        aggregation over the whole range held the embedded store (whose every command takes
+        one lock) for 150–230 ms every monitor run, and every webhook in flight waited.
         """
-        pipeline: list[dict[str, Any]] = [
-            {
-                "$match": {
-                    "created_at": {"$gte": since, "$lt": until},
+        groups: dict[tuple[Any, Any], dict[str, Any]] = {}
+        step = dt.timedelta(seconds=DUPLICATES_SLICE_SECS)
+        start = since
+        while start < until:
+            end = min(start + step, until)
+            rows = await self.coll.find(
+                {
+                    "created_at": {"$gte": start, "$lt": end},
                     "type": {"$in": list(OUTBOUND_TYPES)},
                     # A folded echo (dedup's hidden tombstone) is not a stored duplicate.
                     "merged_into": {"$exists": False},
-                }
-            },
-            {
-                "$group": {
-                    "_id": {"conversation": "$conversation_id", "content": "$content_hash"},
-                    "sources": {"$addToSet": "$source"},
-                    "first": {"$min": "$created_at"},
-                    "last": {"$max": "$created_at"},
-                    "count": {"$sum": 1},
-                }
-            },
-            {"$match": {"count": {"$gt": 1}, "sources": SOURCE_INSTAGRAM_DIRECT}},
-            {
-                "$project": {
-                    "spread_ms": {"$subtract": ["$last", "$first"]},
-                    "sent_by_us": {"$size": {"$setDifference": ["$sources", [SOURCE_INSTAGRAM_DIRECT]]}},
-                    "last": 1,
-                }
-            },
-            {
-                "$match": {
-                    "sent_by_us": {"$gt": 0},
-                    "spread_ms": {"$lte": window_secs * 1000},
-                    "last": {"$gte": last_from},
-                }
-            },
+                },
+                {"_id": 0, "conversation_id": 1, "content_hash": 1, "source": 1, "created_at": 1},
+            ).to_list(None)
+            for row in rows:
+                key = (row.get("conversation_id"), row.get("content_hash"))
+                at = aware(row["created_at"])
+                group = groups.setdefault(key, {"sources": set(), "first": at, "last": at, "count": 0})
+                group["sources"].add(row.get("source"))
+                group["first"], group["last"] = min(group["first"], at), max(group["last"], at)
+                group["count"] += 1
+            start = end
+        window = dt.timedelta(seconds=window_secs)
+        return [
+            (f"{conversation}:{content}", group["last"])
+            for (conversation, content), group in groups.items()
+            if group["count"] > 1
+            and SOURCE_INSTAGRAM_DIRECT in group["sources"]
+            and group["sources"] - {SOURCE_INSTAGRAM_DIRECT}
+            and group["last"] - group["first"] <= window
+            and group["last"] >= aware(last_from)
         ]
-        rows = await (await self.coll.aggregate(pipeline)).to_list(None)
-        return [(f"{row['_id']['conversation']}:{row['_id']['content']}", aware(row["last"])) for row in rows]
 
 
 def _inside(row: dict[str, Any], after: dict[str, Any] | None, before: dict[str, Any] | None) -> bool:

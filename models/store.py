@@ -19,6 +19,7 @@ from models.conversations import ConversationRepository
 from models.customers import CustomerRepository
 from models.echo_pairs import EchoPairRepository
 from models.errors import LONG_OPERATION_SECS
+from models.expiry import ExpiredDocuments
 from models.heartbeats import HeartbeatRepository
 from models.history_runs import HistoryRunRepository
 from models.media_files import MediaFileRepository
@@ -103,6 +104,8 @@ class Store:
         # Accounts: history imports and gap repairs (resumable runs), process heartbeats and gaps.
         self.history_runs = HistoryRunRepository(self.db)
         self.heartbeats = HeartbeatRepository(self.db)
+        # Expiry by the TTL indexes, for a store whose own TTL monitor is off (the embedded one).
+        self.expiry = ExpiredDocuments(self.db)
         self.repositories: list[Any] = [
             self.channels,
             self.customers,

@@ -43,6 +43,7 @@ from server.media.download import Downloader
 from server.media.links import LinkRefresher
 from server.media.service import MediaService
 from server.media.transcribe import Transcriber, load_transcriber
+from server.ops.expiry import ExpirySweeper
 from server.ops.metrics import Metrics
 from server.ops.monitor import ChannelActivity, OpsMonitor, Readiness
 from server.ops.redis_clients import RedisClient, RedisTopology
@@ -164,8 +165,9 @@ async def build_core(
     accounts = _build_accounts(settings, store, metrics, publisher, health, imported, channels, profiles, wake=wake)
     readiness = Readiness(store, redis, metrics, timeout_secs=settings.readyz_timeout_ms / 1000)
     monitor = _build_monitor(settings, store, metrics, readiness)
+    expiry = ExpirySweeper(store.expiry, metrics, interval_secs=settings.expiry_sweep_secs)
     services = [marks, *([realtime] if realtime else []), media, profiles, dispatcher, send_worker]
-    services += [*accounts.values(), monitor]
+    services += [*accounts.values(), monitor, expiry]
     return Core(
         settings=settings,
         store=store,

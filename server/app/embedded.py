@@ -137,6 +137,9 @@ class _Child:
 # SecantusDB's storage cache (WiredTiger's): its resident memory grows to about this much above
 # its own footprint as the data is touched, then stays (docs/performance.md, "Soak").
 MONGO_CACHE_MB = 256
+# How often `igsync serve` expires documents itself on the embedded store (its sweeper is off),
+# as often as MongoDB's TTL monitor runs.
+EMBEDDED_EXPIRY_SWEEP_SECS = 60.0
 
 
 class EmbeddedStores:
@@ -212,11 +215,15 @@ class EmbeddedStores:
         storage.mkdir(parents=True, exist_ok=True)
         config = self.data_dir / "secantusd.toml"
         # An explicit --config also stops SecantusDB from auto-discovering one in the cwd.
+        # ttl_sweep_seconds = 0: SecantusDB's TTL sweeper decodes every document of every
+        # TTL-indexed collection under the lock all commands take, once a minute — a stall that
+        # grows with the data (the audit log gains a document per webhook). igsync expires them
+        # itself, through the indexes (models/expiry.py; `igsync serve` turns it on).
         # Standalone: as a one-node replica set it writes an oplog entry beside every write,
         # for change streams and transactions igsync does not use (bench/ingest.py: +15 %
         # webhooks/s without it).
         config.write_text(
-            f'[server]\nstandalone = true\n[storage]\ncache_size = "{self.mongo_cache_mb}M"\nttl_sweep_seconds = 60\n'
+            f'[server]\nstandalone = true\n[storage]\ncache_size = "{self.mongo_cache_mb}M"\nttl_sweep_seconds = 0\n'
         )
         port = port or (self._mongo.port if self._mongo else free_port(self.host))
         argv = [

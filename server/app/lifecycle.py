@@ -33,7 +33,7 @@ from tornado.netutil import bind_sockets
 from config import Settings
 from server.app import devsecrets
 from server.app.core import Core, build_core
-from server.app.embedded import EmbeddedStores, running_stores
+from server.app.embedded import EMBEDDED_EXPIRY_SWEEP_SECS, EmbeddedStores, running_stores
 from server.app.routes import make_app
 from server.app.workers import Supervisor
 from server.ops import logs
@@ -73,6 +73,9 @@ def start_stores(settings: Settings) -> ResolvedStores:
     changes: dict[str, Any] = {}
     if settings.embedded_mongo:
         changes["mongo_url"] = stores.mongo_url
+        # The embedded store's own TTL sweeper is off (server/app/embedded.py): igsync expires.
+        if not settings.expiry_sweep_secs:
+            changes["expiry_sweep_secs"] = EMBEDDED_EXPIRY_SWEEP_SECS
     if settings.embedded_redis:
         changes["redis_url"] = stores.redis_url
     return ResolvedStores(settings.replace(**changes), stores)

@@ -347,6 +347,12 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        self.expired_documents = Counter(
+            "igsync_expired_documents_total",
+            "Documents past their TTL index deleted by igsync itself (the embedded store's sweep).",
+            ["collection"],
+            registry=r,
+        )
 
     def _store_series(self, r: CollectorRegistry) -> None:
         """Every MongoDB and Redis command's round trip and failures, by command name."""

@@ -1,0 +1,203 @@
+"""igsync's own TTL sweep (models/expiry.py, server/ops/expiry.py), against the real embedded
+store — whose own sweeper igsync turns off because it decodes every document of every
+TTL-indexed collection under the store's lock each minute (docs/performance.md, "Soak").
+
+What a TTL index says has expired goes, through the index, in commands of at most ``batch``
+documents; nothing else goes: not a document inside its TTL, not one outside a partial index,
+not one whose field is not a date, not one in a collection without a TTL index.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pymongo import ASCENDING, monitoring
+
+from config import Settings
+from models.expiry import ExpiredDocuments, TtlIndex, ttl_index_of
+from models.store import Store, mongo_client
+from models.timeutil import utcnow
+from server.app.embedded import EMBEDDED_EXPIRY_SWEEP_SECS, EmbeddedStores
+from server.app.lifecycle import start_stores
+from server.ops.expiry import ExpirySweeper
+from server.ops.metrics import Metrics
+from tests.support.helpers import wait_for
+
+NOW = dt.datetime(2026, 12, 6, 12, 0, tzinfo=dt.UTC)
+HOUR = dt.timedelta(hours=1)
+
+
+class Commands(monitoring.CommandListener):
+    def __init__(self) -> None:
+        self.seen: Counter[str] = Counter()
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        self.seen[event.command_name] += 1
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+
+@pytest.fixture
+async def db(stores: EmbeddedStores) -> AsyncIterator[tuple[Any, Commands]]:
+    commands = Commands()
+    client = mongo_client(stores.mongo_url or "", listeners=[commands])
+    database = client[f"expiry_{uuid.uuid4().hex[:12]}"]
+    yield database, commands
+    await client.drop_database(database.name)
+    await client.close()
+
+
+async def ids_of(coll: Any) -> set[Any]:
+    return {doc["_id"] for doc in await coll.find({}, {"_id": 1}).to_list(None)}
+
+
+# -- reading TTL indexes -----------------------------------------------------------------
+
+
+def test_a_ttl_index_is_read_as_mongod_reads_it() -> None:
+    assert ttl_index_of("a", {"key": {"at": 1}, "expireAfterSeconds": 60}) == TtlIndex("a", "at", 60.0)
+    assert ttl_index_of("a", {"key": {"at": -1}, "expireAfterSeconds": 0}) == TtlIndex("a", "at", 0.0)
+    partial = {"key": {"at": 1}, "expireAfterSeconds": 5, "partialFilterExpression": {"state": "done"}}
+    assert ttl_index_of("a", partial) == TtlIndex("a", "at", 5.0, {"state": "done"})
+    # Not TTL indexes: no expiry, a compound key, _id, a text key, a negative, a boolean expiry.
+    for spec in (
+        {"key": {"at": 1}},
+        {"key": {"at": 1, "b": 1}, "expireAfterSeconds": 60},
+        {"key": {"_id": 1}, "expireAfterSeconds": 60},
+        {"key": {"body": "text"}, "expireAfterSeconds": 60},
+        {"key": {"at": 1}, "expireAfterSeconds": -1},
+        {"key": {"at": 1}, "expireAfterSeconds": True},
+    ):
+        assert ttl_index_of("a", spec) is None, spec
+
+
+# -- deleting ------------------------------------------------------------------------------
+
+
+async def test_only_what_a_ttl_index_says_has_expired_is_deleted(db: tuple[Any, Commands]) -> None:
+    database, _ = db
+    audit, pairs, jobs, plain = database["audit"], database["pairs"], database["jobs"], database["plain"]
+    await audit.create_index([("received_at", ASCENDING)], expireAfterSeconds=3600)
+    await pairs.create_index([("expires_at", ASCENDING)], expireAfterSeconds=0)
+    await jobs.create_index(
+        [("finished_at", ASCENDING)], expireAfterSeconds=60, partialFilterExpression={"state": "delivered"}
+    )
+    await plain.create_index([("received_at", ASCENDING)])
+    await audit.insert_many(
+        [
+            {"_id": "old", "received_at": NOW - 2 * HOUR},
+            {"_id": "just-old", "received_at": NOW - HOUR - dt.timedelta(seconds=1)},
+            {"_id": "inside", "received_at": NOW - HOUR + dt.timedelta(seconds=1)},
+            {"_id": "not-a-date", "received_at": "2001-01-01"},
+            {"_id": "no-field"},
+            {"_id": "any-date-of-an-array", "received_at": [NOW, NOW - 3 * HOUR]},
+        ]
+    )
+    await pairs.insert_many([{"_id": "past", "expires_at": NOW - HOUR}, {"_id": "future", "expires_at": NOW + HOUR}])
+    await jobs.insert_many(
+        [
+            {"_id": "delivered", "state": "delivered", "finished_at": NOW - HOUR},
+            {"_id": "dead", "state": "dead", "finished_at": NOW - HOUR},  # outside the partial index
+        ]
+    )
+    await plain.insert_one({"_id": "no-ttl", "received_at": NOW - 100 * HOUR})
+
+    deleted = await ExpiredDocuments(database).delete_expired(NOW)
+
+    assert deleted == {"audit": 3, "pairs": 1, "jobs": 1}
+    assert await ids_of(audit) == {"inside", "not-a-date", "no-field"}
+    assert await ids_of(pairs) == {"future"}
+    assert await ids_of(jobs) == {"dead"}
+    assert await ids_of(plain) == {"no-ttl"}
+    # A second round finds nothing.
+    assert await ExpiredDocuments(database).delete_expired(NOW) == {}
+
+
+async def test_a_backlog_goes_in_short_commands(db: tuple[Any, Commands]) -> None:
+    database, commands = db
+    coll = database["audit"]
+    await coll.create_index([("received_at", ASCENDING)], expireAfterSeconds=60)
+    await coll.insert_many([{"n": n, "received_at": NOW - HOUR} for n in range(7)] + [{"n": 99, "received_at": NOW}])
+    commands.seen.clear()
+
+    deleted = await ExpiredDocuments(database, batch=3).delete_expired(NOW)
+
+    assert deleted == {"audit": 7}
+    assert [doc["n"] for doc in await coll.find({}).to_list(None)] == [99]
+    # 3 + 3 + 1: three deletes of at most three documents each, none for the live one.
+    assert commands.seen["delete"] == 3
+
+
+async def test_a_document_whose_date_moved_on_since_the_read_stays(db: tuple[Any, Commands]) -> None:
+    """The delete repeats the expiry filter: a lease renewed (or an expiry pushed back) between
+    the read of the expired ids and their delete keeps its document."""
+    database, _ = db
+    coll = database["leases"]
+    await coll.create_index([("lease_until", ASCENDING)], expireAfterSeconds=0)
+    await coll.insert_one({"_id": "lane", "lease_until": NOW - HOUR})
+    expired = TtlIndex("leases", "lease_until", 0.0).expired(NOW)
+    rows = await coll.find(expired, {"_id": 1}).to_list(None)
+    await coll.update_one({"_id": "lane"}, {"$set": {"lease_until": NOW + HOUR}})  # renewed meanwhile
+
+    result = await coll.delete_many({"$and": [{"_id": {"$in": [r["_id"] for r in rows]}}, expired]})
+
+    assert result.deleted_count == 0
+    assert await ids_of(coll) == {"lane"}
+
+
+# -- the service and who turns it on -----------------------------------------------------------
+
+
+async def test_the_sweeper_expires_igsyncs_own_collections_and_counts_them(stores: EmbeddedStores) -> None:
+    store = Store(stores.mongo_url or "", f"expiry_{uuid.uuid4().hex[:12]}")
+    await store.ensure_indexes()
+    metrics = Metrics(process_metrics=False)
+    old = utcnow() - dt.timedelta(days=8)  # the audit log keeps 7 days by default
+    await store.db.webhook_events.insert_many([{"received_at": old}, {"received_at": old}, {"received_at": utcnow()}])
+    sweeper = ExpirySweeper(store.expiry, metrics, interval_secs=3600)
+    try:
+        await sweeper.start()  # its first round runs now
+
+        # Counted once the round is done: the count says the round has run.
+        expired = ("igsync_expired_documents_total", {"collection": "webhook_events"})
+        await wait_for(lambda: metrics.registry.get_sample_value(*expired))
+        assert metrics.registry.get_sample_value(*expired) == 2
+        assert await store.db.webhook_events.count_documents({}) == 1
+    finally:
+        await sweeper.stop()
+        await store.client.drop_database(store.db.name)
+        await store.close()
+
+
+async def test_the_sweeper_is_off_unless_configured(stores: EmbeddedStores) -> None:
+    store = Store(stores.mongo_url or "", f"expiry_{uuid.uuid4().hex[:12]}")
+    sweeper = ExpirySweeper(store.expiry, Metrics(process_metrics=False), interval_secs=0)
+    try:
+        await sweeper.start()
+        assert sweeper._loop._task is None
+    finally:
+        await sweeper.stop()
+        await store.close()
+
+
+def test_serve_turns_the_sweep_on_for_the_embedded_store_and_its_own_sweeper_off(tmp_path: Path) -> None:
+    settings = Settings(data_dir=str(tmp_path / "data"), port=0)
+    resolved = start_stores(settings)
+    try:
+        assert resolved.settings.expiry_sweep_secs == EMBEDDED_EXPIRY_SWEEP_SECS
+        config = (tmp_path / "data" / "secantusd.toml").read_text()
+        assert "ttl_sweep_seconds = 0\n" in config
+    finally:
+        resolved.stop()
+    # Given store URLs (production), expiry stays with the store's own TTL monitor.
+    assert Settings().expiry_sweep_secs == 0
