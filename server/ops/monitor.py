@@ -68,13 +68,19 @@ class ChannelActivity:
         last = self._written.get(channel_id)
         if last is not None and now - last < self.write_every_secs:
             return
+        # Taken before the write: every webhook that arrives while it is in flight would
+        # otherwise write too — a burst of identical updates of one document each minute.
+        self._written[channel_id] = now
         try:
             await self.store.channels.touch_last_webhook(channel_id, from_epoch_ms(received_at * 1000))
         except PyMongoError as exc:
+            # Not written: the next item tries again.
+            if last is None:
+                self._written.pop(channel_id, None)
+            else:
+                self._written[channel_id] = last
             self.metrics.store_errors.labels(store="mongo").inc()
             log.warning("could not record webhook activity (%s)", type(exc).__name__, extra={"event": "store_error"})
-            return
-        self._written[channel_id] = now
 
 
 class Readiness:

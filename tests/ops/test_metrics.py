@@ -4,20 +4,24 @@ moves by exactly what the event must produce."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import platform
 import re
+import time
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 from bson import ObjectId
+from pymongo import monitoring
 from pymongo.errors import OperationFailure
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 from config import ConfigError, Settings
+from models.store import Store
 from models.timeutil import utcnow
 from server.app.embedded import EmbeddedStores, free_port
 from server.inbox.events import RecordingSink
@@ -30,7 +34,7 @@ from server.ops.metrics import (
     Metrics,
     package_version,
 )
-from server.ops.monitor import DuplicateTally
+from server.ops.monitor import ChannelActivity, DuplicateTally
 from server.ops.redis_clients import RedisTopology
 from tests.fakes.cdn import JPEG
 from tests.support.events import events_env, fixture_with
@@ -448,6 +452,36 @@ async def test_webhook_activity_is_written_at_most_once_a_minute(server: Running
     # $max: an older arrival (another process, late) never moves it back.
     await channels.touch_last_webhook(ObjectId(tenant.channel["id"]), written - dt.timedelta(hours=1))
     assert (await channels.get(tenant.channel["id"]))["last_webhook_at"] == written
+
+
+async def test_a_burst_of_webhooks_writes_the_activity_mark_once(stores: EmbeddedStores) -> None:
+    """Many webhooks arriving while the minute's activity write is in flight do not each write
+    it again (a burst of identical updates of one document, every minute, on the embedded store)."""
+    updates: list[str] = []
+
+    class Updates(monitoring.CommandListener):
+        def started(self, event: monitoring.CommandStartedEvent) -> None:
+            if event.command_name == "update" and event.command.get("update") == "channels":
+                updates.append(event.command_name)
+
+        def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+            pass
+
+        def failed(self, event: monitoring.CommandFailedEvent) -> None:
+            pass
+
+    store = Store(stores.mongo_url or "", f"activity_{ObjectId()}", listeners=[Updates()])
+    activity = ChannelActivity(store, Metrics(process_metrics=False), write_every_secs=60)
+    try:
+        channel_id = ObjectId()
+        await store.db.channels.insert_one({"_id": channel_id})
+        # Started in one event-loop turn: all of them arrive before the first write returns.
+        await asyncio.gather(*(activity.seen(channel_id, time.time()) for _ in range(8)))
+        assert len(updates) == 1
+        assert (await store.db.channels.find_one({"_id": channel_id}))["last_webhook_at"] is not None
+    finally:
+        await store.client.drop_database(store.db.name)
+        await store.close()
 
 
 async def test_stored_duplicates_are_measured(server: RunningServer, tenant: Tenant) -> None:
