@@ -28,10 +28,10 @@ import datetime as dt
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from pymongo import ASCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
+from models.expiry import TtlIndexes
 from models.group_commit import GroupFinder, GroupInserter
 
 T = TypeVar("T")
@@ -50,14 +50,16 @@ Decision = Callable[[dict[str, Any] | None], tuple[dict[str, Any] | None, T]]
 
 
 class EchoPairRepository:
-    def __init__(self, db: AsyncDatabase) -> None:
+    def __init__(self, db: AsyncDatabase, *, ttl: TtlIndexes | None = None) -> None:
         self.coll = db["echo_pairs"]
+        self._ttl = ttl or TtlIndexes()
+        self._expiry = self._ttl.declare("echo_pairs", "expires_at", 0)
         self._reader = GroupFinder(self.coll, "_id")
         self._inserter = GroupInserter(self.coll)
 
     async def ensure_indexes(self) -> None:
         """Create the collection's indexes (idempotent)."""
-        await self.coll.create_index([("expires_at", ASCENDING)], expireAfterSeconds=0, name="expires_at_ttl")
+        await self._ttl.ensure(self.coll, self._expiry, name="expires_at_ttl")
 
     async def get(self, key: str) -> dict[str, Any] | None:
         """A pairing document by its key."""

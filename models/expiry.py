@@ -4,12 +4,15 @@ MongoDB expires documents itself (its TTL monitor walks each TTL index once a mi
 production igsync leaves it at that. The embedded SecantusDB has a sweeper too, but it decodes
 *every* document of every collection that has a TTL index, under the lock every command
 takes: a stall each minute that grows with the data (the audit log alone gains a document per
-webhook) — the growing latency tail of the soak (docs/performance.md, "Soak"). So igsync starts
-the embedded server with that sweeper off and expires documents itself, the way MongoDB's
-monitor does: through each TTL index, reading only what has expired, in short commands.
-
-What expires is read from the indexes themselves (``expireAfterSeconds``, the one field, a
-partial filter), so a repository that declares a TTL index needs nothing here.
+webhook) — the growing latency tail of the soak (docs/performance.md, "Soak"). Its sweeper cannot
+be turned off from its command line (SecantusDB 0.7.0b3 reads ``ttl_sweep_seconds`` from its
+config but does not pass it on), and it finds nothing to do in a collection without a TTL
+index. So when igsync expires documents itself (``IGSYNC_EXPIRY_SWEEP_SECS`` > 0, as
+``igsync serve`` sets it for its embedded store), each repository's TTL index is created as a
+plain index on the same field (:class:`TtlIndexes`), and igsync deletes what has expired
+the way MongoDB's monitor does: through that index, reading only what has expired, in short
+commands. Against MongoDB (the default, 0) the indexes are real TTL indexes and the store
+expires documents itself.
 """
 
 from __future__ import annotations
@@ -18,7 +21,10 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
+from pymongo import ASCENDING
+from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import OperationFailure
 
 # Documents deleted per command: a command holds the embedded store briefly, and a backlog
 # (a sweep after a long stop) goes in several of them instead of one long one.
@@ -58,22 +64,70 @@ def ttl_index_of(collection: str, spec: dict[str, Any]) -> TtlIndex | None:
     return TtlIndex(collection, field, float(ttl), dict(partial) if partial else None)
 
 
-class ExpiredDocuments:
-    """Finds the TTL indexes of one database and deletes what they say has expired."""
+# The name of a TTL index's plain twin, when igsync expires its documents itself.
+BY_IGSYNC_SUFFIX = "_by_igsync"
+INDEX_NOT_FOUND = 27
 
-    def __init__(self, db: AsyncDatabase, *, batch: int = EXPIRY_BATCH) -> None:
+
+class TtlIndexes:
+    """The TTL indexes the repositories declare, created either as TTL indexes (the store
+    expires; ``by_igsync`` False) or as plain indexes that igsync's sweep reads (True).
+
+    The two forms have different names, and each drops the other when it is created: an index
+    on the same key with other options is refused, and a TTL index left behind would bring the
+    embedded store's sweep back."""
+
+    def __init__(self, *, by_igsync: bool = False) -> None:
+        self.by_igsync = by_igsync
+        self.declared: list[TtlIndex] = []
+
+    def declare(
+        self, collection: str, field: str, expire_after_secs: float, partial: dict[str, Any] | None = None
+    ) -> TtlIndex:
+        """A repository's TTL index (in its constructor); igsync's sweep knows it from here on."""
+        index = TtlIndex(collection, field, float(expire_after_secs), partial)
+        self.declared.append(index)
+        return index
+
+    async def ensure(self, coll: AsyncCollection, index: TtlIndex, *, name: str) -> None:
+        """Create ``index`` in the form this process uses (idempotent)."""
+        options: dict[str, Any] = {"partialFilterExpression": index.partial} if index.partial else {}
+        keys = [(index.field, ASCENDING)]
+        if self.by_igsync:
+            await _drop_index(coll, name)
+            await coll.create_index(keys, name=name + BY_IGSYNC_SUFFIX, **options)
+        else:
+            await _drop_index(coll, name + BY_IGSYNC_SUFFIX)
+            await coll.create_index(keys, name=name, expireAfterSeconds=index.expire_after_secs, **options)
+
+
+async def _drop_index(coll: AsyncCollection, name: str) -> None:
+    try:
+        await coll.drop_index(name)
+    except OperationFailure as exc:
+        # Absent (or the collection is): the usual case, nothing to drop.
+        if exc.code != INDEX_NOT_FOUND and "not found" not in str(exc).lower() and "ns does not exist" not in str(exc):
+            raise
+
+
+class ExpiredDocuments:
+    """Deletes what the TTL indexes say has expired: those the repositories declared (their
+    plain twins, when igsync expires) and any real TTL index of the database."""
+
+    def __init__(self, db: AsyncDatabase, declared: TtlIndexes | None = None, *, batch: int = EXPIRY_BATCH) -> None:
         self.db = db
+        self.declared = declared
         self.batch = batch
 
     async def ttl_indexes(self) -> list[TtlIndex]:
-        """Every TTL index of the database, read from the store (a few small commands)."""
-        found: list[TtlIndex] = []
+        """The declared TTL indexes, and every TTL index of the database read from the store."""
+        found: list[TtlIndex] = list(self.declared.declared) if self.declared is not None else []
         for name in sorted(await self.db.list_collection_names()):
             if name.startswith("system."):
                 continue
             async for spec in await self.db[name].list_indexes():
                 index = ttl_index_of(name, dict(spec))
-                if index is not None:
+                if index is not None and index not in found:
                     found.append(index)
         return found
 

@@ -15,16 +15,19 @@ from pymongo import ASCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
+from models.expiry import TtlIndexes
 from models.group_commit import GroupFinder
 from models.indexes import drop_superseded
 from models.timeutil import utcnow
 
 
 class OrphanEventRepository:
-    def __init__(self, db: AsyncDatabase, *, ttl_days: int = 30) -> None:
+    def __init__(self, db: AsyncDatabase, *, ttl_days: int = 30, ttl: TtlIndexes | None = None) -> None:
         self.coll = db["orphan_events"]
         self._finder = GroupFinder(self.coll, "target_mid", scope_field="channel_id")
         self.ttl_secs = ttl_days * 86400
+        self._ttl = ttl or TtlIndexes()
+        self._expiry = self._ttl.declare("orphan_events", "received_at", self.ttl_secs)
 
     async def ensure_indexes(self) -> None:
         """Create the collection's indexes (idempotent)."""
@@ -33,9 +36,7 @@ class OrphanEventRepository:
             [("channel_id", ASCENDING), ("key", ASCENDING)], unique=True, name="channel_key_unique"
         )
         await self.coll.create_index([("channel_id", ASCENDING), ("target_mid", ASCENDING)], name="channel_target")
-        await self.coll.create_index(
-            [("received_at", ASCENDING)], expireAfterSeconds=self.ttl_secs, name="received_at_ttl"
-        )
+        await self._ttl.ensure(self.coll, self._expiry, name="received_at_ttl")
         await drop_superseded(self.coll, ["key_unique"])
 
     async def record(self, doc: dict[str, Any]) -> bool:

@@ -19,7 +19,7 @@ from models.conversations import ConversationRepository
 from models.customers import CustomerRepository
 from models.echo_pairs import EchoPairRepository
 from models.errors import LONG_OPERATION_SECS
-from models.expiry import ExpiredDocuments
+from models.expiry import ExpiredDocuments, TtlIndexes
 from models.heartbeats import HeartbeatRepository
 from models.history_runs import HistoryRunRepository
 from models.media_files import MediaFileRepository
@@ -82,30 +82,34 @@ class Store:
         trigger_jobs_ttl_days: int = 7,
         orphan_events_ttl_days: int = 30,
         listeners: list[monitoring.CommandListener] | None = None,
+        expire_by_igsync: bool = False,
     ) -> None:
         self.client = mongo_client(url, timeout_ms=timeout_ms, write_concern=write_concern, listeners=listeners)
         self.db = self.client[db_name]
+        # TTL indexes as the store's own (MongoDB) or as plain indexes igsync's sweep reads
+        # (the embedded store, whose sweeper stalls every command: models/expiry.py).
+        self.ttl = TtlIndexes(by_igsync=expire_by_igsync)
         self.channels = ChannelRepository(self.db)
         self.customers = CustomerRepository(self.db)
         self.conversations = ConversationRepository(self.db)
         self.messages = MessageRepository(self.db)
         self.tokens = TokenRepository(self.db)
-        self.webhook_events = WebhookEventRepository(self.db, ttl_days=webhook_events_ttl_days)
-        self.trigger_jobs = TriggerJobRepository(self.db, delivered_ttl_days=trigger_jobs_ttl_days)
-        self.trigger_lanes = TriggerLaneRepository(self.db)
+        self.webhook_events = WebhookEventRepository(self.db, ttl_days=webhook_events_ttl_days, ttl=self.ttl)
+        self.trigger_jobs = TriggerJobRepository(self.db, delivered_ttl_days=trigger_jobs_ttl_days, ttl=self.ttl)
+        self.trigger_lanes = TriggerLaneRepository(self.db, ttl=self.ttl)
         # Changes to stored messages, events that came before their message, the media queue and files.
         self.message_updates = MessageUpdateRepository(self.db)
-        self.orphan_events = OrphanEventRepository(self.db, ttl_days=orphan_events_ttl_days)
+        self.orphan_events = OrphanEventRepository(self.db, ttl_days=orphan_events_ttl_days, ttl=self.ttl)
         self.media_jobs = MediaJobRepository(self.db)
         self.media_files = MediaFileRepository(self.db)
-        self.echo_pairs = EchoPairRepository(self.db)
+        self.echo_pairs = EchoPairRepository(self.db, ttl=self.ttl)
         # Messages sent through igsync wait on the messages collection itself (models/outbound.py).
         self.outbound = OutboundRepository(self.db)
         # Accounts: history imports and gap repairs (resumable runs), process heartbeats and gaps.
         self.history_runs = HistoryRunRepository(self.db)
         self.heartbeats = HeartbeatRepository(self.db)
         # Expiry by the TTL indexes, for a store whose own TTL monitor is off (the embedded one).
-        self.expiry = ExpiredDocuments(self.db)
+        self.expiry = ExpiredDocuments(self.db, self.ttl)
         self.repositories: list[Any] = [
             self.channels,
             self.customers,

@@ -36,6 +36,7 @@ from pymongo import ASCENDING, DESCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
+from models.expiry import TtlIndexes
 from models.group_commit import GroupInserter
 from models.timeutil import utcnow
 
@@ -72,10 +73,14 @@ def _only_job_duplicates(errors: list[dict[str, Any]]) -> bool:
 
 
 class TriggerJobRepository:
-    def __init__(self, db: AsyncDatabase, *, delivered_ttl_days: int = 7) -> None:
+    def __init__(self, db: AsyncDatabase, *, delivered_ttl_days: int = 7, ttl: TtlIndexes | None = None) -> None:
         self.messages = db["messages"]
         self.coll = db["trigger_jobs"]
         self.delivered_ttl_secs = delivered_ttl_days * 86400
+        self._ttl = ttl or TtlIndexes()
+        self._expiry = self._ttl.declare(
+            "trigger_jobs", "finished_at", self.delivered_ttl_secs, {"finished_at": {"$exists": True}}
+        )
 
     async def ensure_indexes(self) -> None:
         # Marked messages: few at any time (the dispatcher clears them within a poll), so a
@@ -111,12 +116,7 @@ class TriggerJobRepository:
         )
         # Delivered and cancelled jobs are history only, kept for a while; pending and dead
         # ones never carry ``finished_at`` and so never expire.
-        await self.coll.create_index(
-            [("finished_at", ASCENDING)],
-            expireAfterSeconds=self.delivered_ttl_secs,
-            name="finished_at_ttl",
-            partialFilterExpression={"finished_at": {"$exists": True}},
-        )
+        await self._ttl.ensure(self.coll, self._expiry, name="finished_at_ttl")
 
     # -- materializing marks into jobs (the dispatcher, off the hot path) --------------
 
@@ -338,16 +338,16 @@ class TriggerJobRepository:
 class TriggerLaneRepository:
     """``trigger_lanes``: one lock document per lane being delivered (see the module docstring)."""
 
-    def __init__(self, db: AsyncDatabase) -> None:
+    def __init__(self, db: AsyncDatabase, *, ttl: TtlIndexes | None = None) -> None:
         self.coll = db["trigger_lanes"]
+        self._ttl = ttl or TtlIndexes()
+        self._expiry = self._ttl.declare("trigger_lanes", "lease_until", _LANE_LOCK_TTL_SECS)
         # Lanes starting together take their locks in one insert_many.
         self._inserter = GroupInserter(self.coll)
 
     async def ensure_indexes(self) -> None:
         """Create the lane locks' TTL index (idempotent)."""
-        await self.coll.create_index(
-            [("lease_until", ASCENDING)], expireAfterSeconds=_LANE_LOCK_TTL_SECS, name="lease_until_ttl"
-        )
+        await self._ttl.ensure(self.coll, self._expiry, name="lease_until_ttl")
 
     async def acquire_lane(self, lane: str, owner: str, lease_until: dt.datetime) -> bool:
         """Take a lane for ``owner`` until ``lease_until``; False when another holds it."""

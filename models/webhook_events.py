@@ -13,21 +13,22 @@ from bson import Binary, ObjectId
 from pymongo import ASCENDING, DESCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 
+from models.expiry import TtlIndexes
 from models.group_commit import GroupInserter
 from models.timeutil import utcnow
 
 
 class WebhookEventRepository:
-    def __init__(self, db: AsyncDatabase, *, ttl_days: int = 7) -> None:
+    def __init__(self, db: AsyncDatabase, *, ttl_days: int = 7, ttl: TtlIndexes | None = None) -> None:
         self.coll = db["webhook_events"]
         self._inserter = GroupInserter(self.coll)
         self.ttl_secs = ttl_days * 86400
+        self._ttl = ttl or TtlIndexes()
+        self._expiry = self._ttl.declare("webhook_events", "received_at", self.ttl_secs)
 
     async def ensure_indexes(self) -> None:
         """Create the audit log's indexes, with its TTL (idempotent)."""
-        await self.coll.create_index(
-            [("received_at", ASCENDING)], expireAfterSeconds=self.ttl_secs, name="received_at_ttl"
-        )
+        await self._ttl.ensure(self.coll, self._expiry, name="received_at_ttl")
         await self.coll.create_index([("account_ids", ASCENDING), ("received_at", DESCENDING)], name="account_received")
 
     async def record(

@@ -263,6 +263,7 @@ async def _build_store(settings: Settings, metrics: Metrics, listeners: list[Any
         trigger_jobs_ttl_days=settings.trigger_jobs_ttl_days,
         orphan_events_ttl_days=settings.orphan_events_ttl_days,
         listeners=[MongoCommandMetrics(metrics), *listeners],
+        expire_by_igsync=settings.expiry_sweep_secs > 0,
     )
     if ensure_indexes:
         await store.ensure_indexes()

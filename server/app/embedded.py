@@ -217,8 +217,9 @@ class EmbeddedStores:
         # An explicit --config also stops SecantusDB from auto-discovering one in the cwd.
         # ttl_sweep_seconds = 0: SecantusDB's TTL sweeper decodes every document of every
         # TTL-indexed collection under the lock all commands take, once a minute — a stall that
-        # grows with the data (the audit log gains a document per webhook). igsync expires them
-        # itself, through the indexes (models/expiry.py; `igsync serve` turns it on).
+        # grows with the data (the audit log gains a document per webhook). Its 0.7.0b3 command
+        # line reads this but does not pass it on, so `igsync serve` also creates no TTL index
+        # there and expires documents itself, through plain indexes (models/expiry.py).
         # Standalone: as a one-node replica set it writes an oplog entry beside every write,
         # for change streams and transactions igsync does not use (bench/ingest.py: +15 %
         # webhooks/s without it).

@@ -190,14 +190,49 @@ async def test_the_sweeper_is_off_unless_configured(stores: EmbeddedStores) -> N
         await store.close()
 
 
-def test_serve_turns_the_sweep_on_for_the_embedded_store_and_its_own_sweeper_off(tmp_path: Path) -> None:
+def test_serve_turns_the_sweep_on_for_the_embedded_store(tmp_path: Path) -> None:
     settings = Settings(data_dir=str(tmp_path / "data"), port=0)
     resolved = start_stores(settings)
     try:
         assert resolved.settings.expiry_sweep_secs == EMBEDDED_EXPIRY_SWEEP_SECS
-        config = (tmp_path / "data" / "secantusd.toml").read_text()
-        assert "ttl_sweep_seconds = 0\n" in config
     finally:
         resolved.stop()
     # Given store URLs (production), expiry stays with the store's own TTL monitor.
     assert Settings().expiry_sweep_secs == 0
+
+
+async def test_expiring_by_igsync_leaves_the_store_no_ttl_index_and_back(stores: EmbeddedStores) -> None:
+    """The embedded store's sweeper runs whatever its config says (SecantusDB 0.7.0b3's command
+    line drops ``ttl_sweep_seconds``) and finds nothing to do only where there is no TTL index:
+    when igsync expires, every declared TTL index is a plain one igsync's sweep reads. Switching
+    back (a MongoDB deployment) gives the store its TTL indexes again."""
+    name = f"expiry_{uuid.uuid4().hex[:12]}"
+
+    async def ttl_indexes(store: Store) -> set[str]:
+        found = set()
+        for coll in await store.db.list_collection_names():
+            async for spec in await store.db[coll].list_indexes():
+                if "expireAfterSeconds" in spec:
+                    found.add(f"{coll}.{spec['name']}")
+        return found
+
+    by_igsync = Store(stores.mongo_url or "", name, expire_by_igsync=True)
+    by_store = Store(stores.mongo_url or "", name)
+    try:
+        await by_store.ensure_indexes()
+        declared = {f"{i.collection}" for i in by_store.ttl.declared}
+        assert declared == {"webhook_events", "trigger_jobs", "trigger_lanes", "orphan_events", "echo_pairs"}
+        assert {n.split(".")[0] for n in await ttl_indexes(by_store)} == declared
+
+        await by_igsync.ensure_indexes()
+        assert await ttl_indexes(by_igsync) == set()
+        old = utcnow() - dt.timedelta(days=8)
+        await by_igsync.db.webhook_events.insert_many([{"received_at": old}, {"received_at": utcnow()}])
+        assert await by_igsync.expiry.delete_expired(utcnow()) == {"webhook_events": 1}
+
+        await by_store.ensure_indexes()
+        assert {n.split(".")[0] for n in await ttl_indexes(by_store)} == declared
+    finally:
+        await by_store.client.drop_database(name)
+        await by_igsync.close()
+        await by_store.close()
