@@ -41,11 +41,23 @@ class TtlIndex:
     expire_after_secs: float
     partial: dict[str, Any] | None = None
 
+    def cutoff(self, now: dt.datetime) -> dict[str, Any]:
+        """Documents whose field holds a date before now − the TTL (a range on the indexed field;
+        only dates compare to a date, as MongoDB's monitor expires only dates)."""
+        return {self.field: {"$lt": now - dt.timedelta(seconds=self.expire_after_secs)}}
+
     def expired(self, now: dt.datetime) -> dict[str, Any]:
-        """The filter of this index's expired documents at ``now`` (a range on its field, so the
-        index answers it; only dates compare to a date, as MongoDB's monitor expires only dates)."""
-        cutoff = {self.field: {"$lt": now - dt.timedelta(seconds=self.expire_after_secs)}}
-        return {"$and": [cutoff, self.partial]} if self.partial else cutoff
+        """The filter of this index's expired documents at ``now`` (its partial filter too),
+        flat when it can be: the embedded store plans an ``$and`` as a collection scan."""
+        flat = self.cutoff(now)
+        for key, condition in (self.partial or {}).items():
+            if key not in flat:
+                flat[key] = condition
+            elif isinstance(condition, dict) and all(op.startswith("$") for op in condition):
+                flat[key] = {**condition, **flat[key]}
+            else:
+                return {"$and": [self.cutoff(now), self.partial]}
+        return flat
 
 
 def ttl_index_of(collection: str, spec: dict[str, Any]) -> TtlIndex | None:
@@ -140,19 +152,24 @@ class ExpiredDocuments:
                 deleted[index.collection] = deleted.get(index.collection, 0) + count
         return deleted
 
+    async def expired_ids(self, index: TtlIndex, now: dt.datetime) -> list[Any]:
+        """Up to ``batch`` ids of expired documents. No sort: the embedded store sorts every
+        match before a limit; the index range alone is enough, and every one of them goes."""
+        rows = await self.db[index.collection].find(index.expired(now), {"_id": 1}).limit(self.batch).to_list(None)
+        return [row["_id"] for row in rows]
+
     async def _delete(self, index: TtlIndex, now: dt.datetime) -> int:
         coll = self.db[index.collection]
-        expired = index.expired(now)
         total = 0
         while True:
-            # No sort: the embedded store sorts every match before a limit; the index range
-            # alone is enough to take some expired documents, and every one of them goes.
-            rows = await coll.find(expired, {"_id": 1}).limit(self.batch).to_list(None)
-            if not rows:
+            ids = await self.expired_ids(index, now)
+            if not ids:
                 return total
-            # The filter again: a document whose date moved on since the read (a lease renewed,
-            # an expiry pushed back) is not expired any more and stays.
-            result = await coll.delete_many({"$and": [{"_id": {"$in": [row["_id"] for row in rows]}}, expired]})
+            # The date again: a document whose date moved on since the read (a lease renewed, an
+            # expiry pushed back) is not expired any more and stays. One flat filter, ``_id``
+            # first: the embedded store plans an ``$and`` (or another field first) as a scan of
+            # the collection — 0.5 s a command in the soak.
+            result = await coll.delete_many({"_id": {"$in": ids}, **index.cutoff(now)})
             total += result.deleted_count
-            if len(rows) < self.batch:
+            if len(ids) < self.batch:
                 return total

@@ -5,8 +5,9 @@ Owns the loop; what expires and how it is deleted is :mod:`models.expiry`. Every
 ``IGSYNC_EXPIRY_SWEEP_SECS`` (0, the default, leaves expiry to the store's TTL monitor, as on
 MongoDB) it deletes what the database's TTL indexes say has expired, and counts it in
 ``igsync_expired_documents_total{collection}``. ``igsync serve`` turns it on when it starts the
-embedded SecantusDB, whose own sweeper it turns off (:mod:`server.app.embedded`: that sweeper
-decodes every document of every TTL-indexed collection under the store's lock each minute).
+embedded SecantusDB, and the TTL indexes are then plain indexes (:class:`models.expiry.TtlIndexes`):
+that store's own sweeper decodes every document of every TTL-indexed collection under its lock
+each minute, and cannot be turned off from its command line.
 
 With several worker processes each runs it: deleting a document twice deletes it once, and
 a round that finds nothing expired is one index look-up per TTL index.

@@ -145,13 +145,20 @@ async def test_a_document_whose_date_moved_on_since_the_read_stays(db: tuple[Any
     coll = database["leases"]
     await coll.create_index([("lease_until", ASCENDING)], expireAfterSeconds=0)
     await coll.insert_one({"_id": "lane", "lease_until": NOW - HOUR})
-    expired = TtlIndex("leases", "lease_until", 0.0).expired(NOW)
-    rows = await coll.find(expired, {"_id": 1}).to_list(None)
-    await coll.update_one({"_id": "lane"}, {"$set": {"lease_until": NOW + HOUR}})  # renewed meanwhile
+    index = TtlIndex("leases", "lease_until", 0.0)
 
-    result = await coll.delete_many({"$and": [{"_id": {"$in": [r["_id"] for r in rows]}}, expired]})
+    class RenewedAfterTheRead(ExpiredDocuments):
+        async def expired_ids(self, index: TtlIndex, now: dt.datetime) -> list[Any]:
+            ids = await super().expired_ids(index, now)
+            await coll.update_one({"_id": "lane"}, {"$set": {"lease_until": NOW + HOUR}})
+            return ids
 
-    assert result.deleted_count == 0
+    sweep = RenewedAfterTheRead(database)
+    assert await ExpiredDocuments(database).expired_ids(index, NOW) == ["lane"]
+    deleted = await sweep.delete_expired(NOW)
+    deleted_count = deleted.get("leases", 0)
+
+    assert deleted_count == 0
     assert await ids_of(coll) == {"lane"}
 
 
