@@ -186,7 +186,7 @@ def env_for(stores: EmbeddedStores, port: int, db: str, extra: dict[str, str]) -
             "IGSYNC_INTERNAL_TOKENS": "bench-internal-token-0123456789ab",
             "IGSYNC_LOG_LEVEL": "WARNING",
             # As `igsync serve` runs on its embedded store, whose own TTL sweeper is off.
-            "IGSYNC_EXPIRY_SWEEP_SECS": "60",
+            "IGSYNC_EXPIRY_SWEEP_SECS": "5",
         }
     )
     env.update(extra)

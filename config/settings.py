@@ -140,7 +140,7 @@ class Settings:
     expiry_sweep_secs: float = _setting(
         0.0,
         "how often igsync deletes documents past their TTL index itself (0: the store's TTL monitor does,"
-        " as MongoDB's does; on the embedded store this is 60 and the TTL indexes are plain ones igsync reads)",
+        " as MongoDB's does; on the embedded store this is 5 and the TTL indexes are plain ones igsync reads)",
     )
     trigger_stream: str = _setting("igsync:triggers", "Redis Stream of workflow triggers")
     trigger_stream_maxlen: int = _setting(100_000, "approximate length the trigger stream is trimmed to")

@@ -124,7 +124,7 @@ async def _drop_index(coll: AsyncCollection, name: str) -> None:
 
 class ExpiredDocuments:
     """Deletes what the TTL indexes say has expired: those the repositories declared (their
-    plain twins, when igsync expires) and any real TTL index of the database."""
+    plain twins, when igsync expires), or else every real TTL index of the database."""
 
     def __init__(self, db: AsyncDatabase, declared: TtlIndexes | None = None, *, batch: int = EXPIRY_BATCH) -> None:
         self.db = db
@@ -132,8 +132,11 @@ class ExpiredDocuments:
         self.batch = batch
 
     async def ttl_indexes(self) -> list[TtlIndex]:
-        """The declared TTL indexes, and every TTL index of the database read from the store."""
-        found: list[TtlIndex] = list(self.declared.declared) if self.declared is not None else []
+        """The declared TTL indexes; without a declaration, every TTL index of the database,
+        read from the store (a few small commands)."""
+        if self.declared is not None:
+            return list(self.declared.declared)
+        found: list[TtlIndex] = []
         for name in sorted(await self.db.list_collection_names()):
             if name.startswith("system."):
                 continue
