@@ -66,7 +66,7 @@ async def update_get(
     coll: AsyncCollection, query: dict[str, Any], update: dict[str, Any], *, key: dict[str, Any] | None = None
 ) -> dict[str, Any] | None:
     """Update one document matching ``query``, then read it back by ``key`` (default: its
-    ``_id`` from ``query``); None if nothing matched.
+    ``_id`` from ``query``, with its ``channel_id`` if it has one); None if nothing matched.
 
     The read may already see a later write by someone else — callers use the result as "the
     state now", never to decide anything.
@@ -74,4 +74,8 @@ async def update_get(
     result = await coll.update_one(query, update)
     if result.matched_count == 0:
         return None
-    return await coll.find_one(key if key is not None else {"_id": query["_id"]})
+    if key is None:
+        # By ``_id``, and by the shard key when the update named it, so that a sharded cluster
+        # routes the read too (``_id`` first: the embedded store scans when another field leads).
+        key = {"_id": query["_id"], **({"channel_id": query["channel_id"]} if "channel_id" in query else {})}
+    return await coll.find_one(key)

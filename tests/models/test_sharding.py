@@ -174,3 +174,23 @@ async def test_an_older_database_gets_the_prefixed_unique_indexes_and_loses_the_
     finally:
         await store.client.drop_database(store.db.name)
         await store.close()
+
+
+async def test_an_update_read_back_names_the_shard_key_of_its_update(stores: Any) -> None:
+    """``update_get`` reads the document back by the keys its update used: a customer's profile
+    update (after a new customer's look-up) read back by ``_id`` alone went to every shard."""
+    recorder = Recorder()
+    store = Store(stores.mongo_url, f"readback_{uuid.uuid4().hex[:8]}", listeners=[recorder])
+    try:
+        customer, _ = await store.customers.get_or_create(ObjectId(), "17841499999999999")
+        recorder.on = True
+        updated = await store.customers.update_profile(
+            customer["_id"], {"name": "Ana"}, channel_id=customer["channel_id"]
+        )
+        recorder.on = False
+        assert updated is not None and updated["name"] == "Ana"
+        assert untargeted(recorder) == []
+        assert [name for name, _, _ in recorder.commands] == ["update", "find"]
+    finally:
+        await store.client.drop_database(store.db.name)
+        await store.close()
