@@ -575,6 +575,8 @@ async def test_audio_goes_through_the_transcriber(env: EventsEnv) -> None:
     assert doc["processing_status"] == "completed"
     assert doc["transcription"] == f"{len(MP4)} bytes of audio/mp4"
     assert transcriber.clips[-1].message_id == message_id and transcriber.clips[-1].data == MP4
+    # The event follows the stored change (it is published after the write): wait for it.
+    await wait_for(lambda: [e for e in env.events("message_updated") if e.data["message"]["id"] == message_id])
     [update] = [e for e in env.events("message_updated") if e.data["message"]["id"] == message_id]
     assert "transcription" in update.data["changes"]
     assert (await env.ws_message(message_id))["transcription"] == doc["transcription"]
