@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from pymongo import ASCENDING, monitoring
+from pymongo import ASCENDING
 
 from config import Settings
 from models.expiry import ExpiredDocuments, TtlIndex, ttl_index_of
@@ -27,24 +26,11 @@ from server.app.embedded import EMBEDDED_EXPIRY_SWEEP_SECS, EmbeddedStores
 from server.app.lifecycle import start_stores
 from server.ops.expiry import ExpirySweeper
 from server.ops.metrics import Metrics
+from tests.support.commands import Commands
 from tests.support.helpers import wait_for
 
 NOW = dt.datetime(2026, 12, 6, 12, 0, tzinfo=dt.UTC)
 HOUR = dt.timedelta(hours=1)
-
-
-class Commands(monitoring.CommandListener):
-    def __init__(self) -> None:
-        self.seen: Counter[str] = Counter()
-
-    def started(self, event: monitoring.CommandStartedEvent) -> None:
-        self.seen[event.command_name] += 1
-
-    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
-        pass
-
-    def failed(self, event: monitoring.CommandFailedEvent) -> None:
-        pass
 
 
 @pytest.fixture

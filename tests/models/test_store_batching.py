@@ -12,33 +12,18 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import uuid
-from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from bson import ObjectId
-from pymongo import monitoring
 from pymongo.errors import OperationFailure
 
 from models.conversations import STATUS_ANSWERED, STATUS_NEEDS_REPLY, ConversationRepository
 from models.group_commit import GroupFinder, GroupManyUpdater, GroupUpdate, GroupUpdater
 from models.store import mongo_client
 from server.app.embedded import EmbeddedStores
-
-
-class Commands(monitoring.CommandListener):
-    def __init__(self) -> None:
-        self.seen: Counter[str] = Counter()
-
-    def started(self, event: monitoring.CommandStartedEvent) -> None:
-        self.seen[event.command_name] += 1
-
-    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
-        pass
-
-    def failed(self, event: monitoring.CommandFailedEvent) -> None:
-        pass
+from tests.support.commands import Commands
 
 
 @pytest.fixture
