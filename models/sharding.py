@@ -72,8 +72,9 @@ def shard_commands(database: str) -> list[dict[str, Any]]:
 
 # Scans that go to every shard by design: work queues polled across channels, each on a sparse
 # index that holds only the pending entries (a poll costs each shard its own backlog).
-# (collection, the only field the scan filters on)
-QUEUE_SCANS = {("messages", "send_due_at")}
+# (collection, the only field the scan filters on): messages waiting to be sent, and customer
+# messages whose trigger jobs are not materialized yet (the dispatcher's poll).
+QUEUE_SCANS = {("messages", "send_due_at"), ("messages", "trigger_pending")}
 
 
 def is_queue_scan(collection: str, command_name: str, command: Mapping[str, Any]) -> bool:

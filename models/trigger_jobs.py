@@ -158,8 +158,11 @@ class TriggerJobRepository:
                 errors = exc.details.get("writeErrors", [])
                 if exc.details.get("writeConcernErrors") or not _only_job_duplicates(errors):
                     raise
+        # Names the channels too: on a sharded cluster the clearing goes only to their shards.
+        channels = list({m["channel_id"] for m in marked})
         await self.messages.update_many(
-            {"_id": {"$in": [m["_id"] for m in marked]}}, {"$unset": {"trigger_pending": "", "trigger_targets": ""}}
+            {"channel_id": {"$in": channels}, "_id": {"$in": [m["_id"] for m in marked]}},
+            {"$unset": {"trigger_pending": "", "trigger_targets": ""}},
         )
         return len(marked)
 

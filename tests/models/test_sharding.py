@@ -18,7 +18,9 @@ from pymongo.errors import DuplicateKeyError
 
 from models import diagnostics
 from models.sharding import SHARD_PLAN, NotSharded, Sharded, is_queue_scan, names_shard_key, shard_commands
-from models.store import Store
+from models.store import Store, mongo_client
+from models.timeutil import utcnow
+from models.trigger_jobs import TriggerJobRepository, mark_for_triggers
 from tests.support.dedup import mark_sent
 from tests.support.events import EventsEnv, events_env
 from tests.support.helpers import CUSTOMER_A, body_of, echo_item, messaging_body, text_item, wait_for
@@ -111,6 +113,33 @@ async def _hot_paths(env: EventsEnv, recorder: Recorder) -> None:
     recorder.on = False
     for socket in (ws, again):
         socket.close()
+
+
+async def test_the_trigger_dispatchers_poll_is_a_queue_scan_and_its_clearing_names_the_channels(
+    stores: Any,
+) -> None:
+    """The dispatcher polls marked messages across channels (a queue scan on a partial index,
+    like the send queue), then clears the marks it took naming their channels."""
+    recorder = Recorder()
+    client = mongo_client(stores.mongo_url or "", listeners=[recorder])
+    db = client[f"shard_{uuid.uuid4().hex[:12]}"]
+    try:
+        repo = TriggerJobRepository(db)
+        await repo.ensure_indexes()
+        for channel in (ObjectId(), ObjectId()):
+            message = {"channel_id": channel, "conversation_id": ObjectId(), "created_at": utcnow()}
+            mark_for_triggers(message, ["http"])
+            await db["messages"].insert_one(message)
+        recorder.on = True
+        assert await repo.materialize(limit=10) == 2
+        assert await repo.count_marked() == 0
+        recorder.on = False
+        names = [(name, collection) for name, collection, _ in recorder.commands]
+        assert ("find", "messages") in names and ("update", "messages") in names
+        assert untargeted(recorder) == []
+    finally:
+        await client.drop_database(db.name)
+        await client.close()
 
 
 async def test_every_unique_index_starts_with_the_shard_key() -> None:
