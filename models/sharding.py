@@ -70,20 +70,26 @@ def shard_commands(database: str) -> list[dict[str, Any]]:
     return commands
 
 
-# Scans that go to every shard by design: work queues polled across channels, each on a sparse
-# index that holds only the pending entries (a poll costs each shard its own backlog).
-# (collection, the only field the scan filters on): messages waiting to be sent, and customer
-# messages whose trigger jobs are not materialized yet (the dispatcher's poll).
-QUEUE_SCANS = {("messages", "send_due_at"), ("messages", "trigger_pending")}
+# Scans that go to every shard by design, each named by (collection, the fields its filter
+# names — exactly those). Work queues polled across channels, each on an index that holds only
+# the pending entries, so a poll costs each shard its own backlog: messages waiting to be sent,
+# customer messages whose trigger jobs are not materialized yet. And the periodic stored-
+# duplicates check (server/ops/monitor.py), off the hot path: one ten-second slice of
+# ``created_at`` per command, every 30 s.
+CROSS_CHANNEL_SCANS = {
+    ("messages", frozenset({"send_due_at"})),
+    ("messages", frozenset({"trigger_pending"})),
+    ("messages", frozenset({"created_at", "type", "merged_into"})),
+}
 
 
-def is_queue_scan(collection: str, command_name: str, command: Mapping[str, Any]) -> bool:
-    """A poll of a work queue (:data:`QUEUE_SCANS`): its filter names only the queue's field."""
+def is_cross_channel_scan(collection: str, command_name: str, command: Mapping[str, Any]) -> bool:
+    """One of :data:`CROSS_CHANNEL_SCANS`: its filter names exactly that scan's fields."""
     if command_name == "aggregate":
         query = ((command.get("pipeline") or [{}])[0]).get("$match") or {}
     else:
         query = command.get(_FILTER_OF.get(command_name, "filter")) or {}
-    return len(query) == 1 and (collection, next(iter(query))) in QUEUE_SCANS
+    return (collection, frozenset(query)) in CROSS_CHANNEL_SCANS
 
 
 # Commands whose target is a filter, and where it is.
