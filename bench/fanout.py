@@ -220,6 +220,8 @@ def floor_main(args: argparse.Namespace) -> None:
     from tornado.httpserver import HTTPServer
     from tornado.netutil import bind_sockets
 
+    from server.ops.runtime import collect_young_every
+
     rooms: dict[str, set[Any]] = {}
 
     class Socket(tornado.websocket.WebSocketHandler):
@@ -248,6 +250,7 @@ def floor_main(args: argparse.Namespace) -> None:
         app = tornado.web.Application([(r"/ws", Socket), (r"/broadcast", Broadcast)])
         server = HTTPServer(app)
         server.add_sockets(bind_sockets(args.port, "127.0.0.1"))
+        collect_young_every(asyncio.get_running_loop())  # as igsync serve does
         print("listening", flush=True)
         await asyncio.Event().wait()
 
@@ -269,6 +272,7 @@ def hub_main(args: argparse.Namespace) -> None:
     from server.app.core import build_core
     from server.app.routes import make_app
     from server.inbox.events import Event
+    from server.ops.runtime import collect_young_every
 
     state = json.loads(Path(args.query).read_text())
 
@@ -297,6 +301,7 @@ def hub_main(args: argparse.Namespace) -> None:
         app = make_app(core)
         app.add_handlers(r".*", [(r"/bench/publish", Publish)])
         HTTPServer(app).add_sockets(bind_sockets(args.port, "127.0.0.1"))
+        collect_young_every(asyncio.get_running_loop())  # as igsync serve does
         print("listening", flush=True)
         await asyncio.Event().wait()
 
@@ -643,7 +648,8 @@ def main() -> None:
     # Every process of the bench (floor, hub, clients) collects garbage as `igsync serve` does
     # (server/ops/runtime.py): with thousands of sockets a default full collection stops a
     # process for most of a second, in the floor as much as in igsync. The same settings for
-    # all, so that the series differ by their code only.
+    # all, so that the series differ by their code only (the servers also collect the young
+    # generation on igsync's timer, collect_young_every).
     from server.ops.runtime import GC_THRESHOLDS
 
     gc.set_threshold(*GC_THRESHOLDS)

@@ -152,7 +152,7 @@ def serve_igsync() -> None:
     async def start():  # type: ignore[no-untyped-def]
         await process.start()
         assert process.core is not None
-        tune_gc(process.core.metrics)  # as `igsync serve` runs (server/ops/runtime.py)
+        tune_gc(process.core.metrics, asyncio.get_running_loop())  # as `igsync serve` runs (server/ops/runtime.py)
         _without_parts(process.core, os.environ.get("BENCH_WITHOUT", ""))
         return process.shutdown
 

@@ -231,8 +231,8 @@ async def serve_async(
     process = ServerProcess(settings, embedded=embedded)
     await process.start(sockets)
     assert process.core is not None
-    undo_gc = tune_gc(process.core.metrics)
     loop = asyncio.get_running_loop()
+    undo_gc = tune_gc(process.core.metrics, loop)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, process.request_stop)
     assert process.core is not None and process.port is not None

@@ -12,12 +12,24 @@ allocations instead, those objects die young, and the full collection waits for 
 own rule (the long-lived set grew by a quarter: sockets connecting), no longer for the churn of
 delivery. A young collection then costs tens of milliseconds at most.
 
+The counter that triggers a young collection lies in a long-running server, though: it counts
+allocations minus *all* deallocations, so an old object freed (a cache entry replaced, a
+connection's buffers recycled) pays for a new one that stays. The young generation then holds
+everything long-lived made since its last collection, the counter barely moves, and when it
+finally trips the "young" collection walks most of the heap: 100–250 ms with the loop stopped,
+twice in the first 13 minutes of ``bench/soak.py`` at 51 webhooks/s (docs/performance.md,
+"Soak"). So a timer also collects the young generation every ``YOUNG_COLLECTION_EVERY_SECS``:
+it then holds about a second's worth of survivors (well under a millisecond to walk at that
+load), what survives moves on to the middle generation, collected every 50 of those — one
+second's worth each time at most 50 s old.
+
 Only ``igsync serve`` processes tune the collector (:mod:`server.app.lifecycle`); tests and
 tools that build a core in their own process keep the interpreter's defaults.
 """
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import time
 from collections.abc import Callable
@@ -27,12 +39,41 @@ from server.ops.metrics import GC_GENERATIONS, Metrics
 
 # (young, middle, old) collection thresholds; see the module docstring.
 GC_THRESHOLDS = (100_000, 50, 100)
+# The young generation is also collected on this timer (see the module docstring).
+YOUNG_COLLECTION_EVERY_SECS = 1.0
 
 
-def tune_gc(metrics: Metrics) -> Callable[[], None]:
-    """Set :data:`GC_THRESHOLDS` and measure every collection's pause; returns the undo."""
+def collect_young_every(
+    loop: asyncio.AbstractEventLoop, secs: float = YOUNG_COLLECTION_EVERY_SECS
+) -> Callable[[], None]:
+    """Collect the young generation every ``secs`` on ``loop`` (see the module docstring);
+    returns the undo."""
+    timer: list[asyncio.TimerHandle] = []
+
+    def collect_young() -> None:
+        gc.collect(0)
+        timer[:] = [loop.call_later(secs, collect_young)]
+
+    timer.append(loop.call_later(secs, collect_young))
+
+    def undo() -> None:
+        for handle in timer:
+            handle.cancel()
+
+    return undo
+
+
+def tune_gc(
+    metrics: Metrics,
+    loop: asyncio.AbstractEventLoop | None = None,
+    *,
+    young_every_secs: float = YOUNG_COLLECTION_EVERY_SECS,
+) -> Callable[[], None]:
+    """Set :data:`GC_THRESHOLDS`, measure every collection's pause and, given the process's
+    ``loop``, collect the young generation every ``young_every_secs``; returns the undo."""
     previous = gc.get_threshold()
     gc.set_threshold(*GC_THRESHOLDS)
+    stop_timer = collect_young_every(loop, young_every_secs) if loop is not None else None
     started = [0.0]
     histograms = [metrics.gc_pauses.labels(generation=name) for name in GC_GENERATIONS]
 
@@ -46,6 +87,8 @@ def tune_gc(metrics: Metrics) -> Callable[[], None]:
     gc.callbacks.append(on_collection)
 
     def undo() -> None:
+        if stop_timer is not None:
+            stop_timer()
         if on_collection in gc.callbacks:
             gc.callbacks.remove(on_collection)
         gc.set_threshold(*previous)
