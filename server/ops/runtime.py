@@ -19,9 +19,9 @@ everything long-lived made since its last collection, the counter barely moves, 
 finally trips the "young" collection walks most of the heap: 100–250 ms with the loop stopped,
 twice in the first 13 minutes of ``bench/soak.py`` at 51 webhooks/s (docs/performance.md,
 "Soak"). So a timer also collects the young generation every ``YOUNG_COLLECTION_EVERY_SECS``:
-it then holds about a second's worth of survivors (well under a millisecond to walk at that
-load), what survives moves on to the middle generation, collected every 50 of those — one
-second's worth each time at most 50 s old.
+it then holds about a second's worth of survivors (no collection over 5 ms in the soak at that
+load); what survives moves to the middle generation, collected at every 50th of those (about
+every 50 s), so it holds at most 50 seconds' survivors.
 
 Only ``igsync serve`` processes tune the collector (:mod:`server.app.lifecycle`); tests and
 tools that build a core in their own process keep the interpreter's defaults.
