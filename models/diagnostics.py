@@ -60,9 +60,6 @@ class _IndexRecorder:
         self.sink.append(PlannedIndex(self.name, name, normalised, unique, options))
         return name
 
-    async def drop_index(self, name: str) -> None:
-        """A plan drops nothing (the other form of a TTL index, :class:`models.expiry.TtlIndexes`)."""
-
     async def index_information(self) -> dict[str, Any]:
         """No index exists in a plan: nothing superseded to drop."""
         return {}

@@ -24,7 +24,8 @@ from typing import Any
 from pymongo import ASCENDING
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import OperationFailure
+
+from models.indexes import drop_superseded
 
 # Documents deleted per command: a command holds the embedded store briefly, and a backlog
 # (a sweep after a long stop) goes in several of them instead of one long one. Each document
@@ -80,7 +81,6 @@ def ttl_index_of(collection: str, spec: dict[str, Any]) -> TtlIndex | None:
 
 # The name of a TTL index's plain twin, when igsync expires its documents itself.
 BY_IGSYNC_SUFFIX = "_by_igsync"
-INDEX_NOT_FOUND = 27
 
 
 class TtlIndexes:
@@ -107,21 +107,14 @@ class TtlIndexes:
         """Create ``index`` in the form this process uses (idempotent)."""
         options: dict[str, Any] = {"partialFilterExpression": index.partial} if index.partial else {}
         keys = [(index.field, ASCENDING)]
+        # The other form goes first: the store refuses a second index on the same key with
+        # other options (and neither form is unique, so nothing is unguarded meanwhile).
         if self.by_igsync:
-            await _drop_index(coll, name)
+            await drop_superseded(coll, [name])
             await coll.create_index(keys, name=name + BY_IGSYNC_SUFFIX, **options)
         else:
-            await _drop_index(coll, name + BY_IGSYNC_SUFFIX)
+            await drop_superseded(coll, [name + BY_IGSYNC_SUFFIX])
             await coll.create_index(keys, name=name, expireAfterSeconds=index.expire_after_secs, **options)
-
-
-async def _drop_index(coll: AsyncCollection, name: str) -> None:
-    try:
-        await coll.drop_index(name)
-    except OperationFailure as exc:
-        # Absent (or the collection is): the usual case, nothing to drop.
-        if exc.code != INDEX_NOT_FOUND and "not found" not in str(exc).lower() and "ns does not exist" not in str(exc):
-            raise
 
 
 class ExpiredDocuments:
