@@ -138,7 +138,7 @@ def _without_parts(core: Core, parts: str) -> None:
     if "publish" in wanted and core.realtime is not None:
         core.realtime.publish = _skipped  # type: ignore[method-assign]
     if "audit" in wanted:
-        core.store.webhook_events.record = _skipped  # type: ignore[method-assign]
+        core.pipeline.audit.add = lambda doc: None  # type: ignore[method-assign]
     if "items" in wanted:
         core.pipeline.process_items = _answered_unread  # type: ignore[method-assign,assignment]
 

@@ -11,8 +11,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import datetime as dt
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +26,8 @@ from models.store import Store
 from models.timeutil import utcnow
 
 TRIGGER_JOBS_COLLECTION = "trigger_jobs"
+# How often wait_for_audit_rows looks for a server's audit copy.
+AUDIT_POLL_SECS = 0.05
 
 
 @dataclass(frozen=True)
@@ -182,6 +186,18 @@ async def purge_test_channel(store: Store, channel_id: ObjectId, account_ids: li
         "webhook_events": await delete_audit_rows(store, account_ids),
     }
     return removed
+
+
+async def wait_for_audit_rows(store: Store, account_ids: list[str], timeout_secs: float) -> bool:
+    """Wait until a running server has written the audit copy of a test webhook (it writes
+    them after answering); False if none came within ``timeout_secs``."""
+    deadline = time.monotonic() + timeout_secs
+    query = {"account_ids": {"$in": account_ids}}
+    while await store.webhook_events.coll.count_documents(query, limit=1) == 0:
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(AUDIT_POLL_SECS)  # another process's write: polled, with a deadline
+    return True
 
 
 async def delete_audit_rows(store: Store, account_ids: list[str]) -> int:

@@ -14,14 +14,12 @@ from pymongo import ASCENDING, DESCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 
 from models.expiry import TtlIndexes
-from models.group_commit import GroupInserter
 from models.timeutil import utcnow
 
 
 class WebhookEventRepository:
     def __init__(self, db: AsyncDatabase, *, ttl_days: int = 7, ttl: TtlIndexes | None = None) -> None:
         self.coll = db["webhook_events"]
-        self._inserter = GroupInserter(self.coll)
         self.ttl_secs = ttl_days * 86400
         self._ttl = ttl or TtlIndexes()
         self._expiry = self._ttl.declare("webhook_events", "received_at", self.ttl_secs)
@@ -31,15 +29,13 @@ class WebhookEventRepository:
         await self._ttl.ensure(self.coll, self._expiry, name="received_at_ttl")
         await self.coll.create_index([("account_ids", ASCENDING), ("received_at", DESCENDING)], name="account_received")
 
-    async def record(
-        self, body: bytes, account_ids: list[str], received_at: dt.datetime, results: list[dict[str, Any]]
-    ) -> ObjectId:
-        """One insert per webhook, written after its items were processed, with their results.
-
-        Written once at the end (not before and updated after), and group-committed with the
-        audit records of concurrent requests, to keep the audit cheap on the hot path.
-        """
-        doc = {
+    @staticmethod
+    def build(
+        body: bytes, account_ids: list[str], received_at: dt.datetime, results: list[dict[str, Any]]
+    ) -> dict[str, Any]:
+        """The audit document of one webhook, written after its items were processed, with
+        their results (written once, never updated)."""
+        return {
             "_id": ObjectId(),
             "body": Binary(body),
             "account_ids": account_ids,
@@ -48,8 +44,13 @@ class WebhookEventRepository:
             "processed_at": utcnow(),
             "results": results,
         }
-        await self._inserter.insert(doc)
-        return doc["_id"]
+
+    async def insert_many(self, docs: list[dict[str, Any]]) -> None:
+        """Write a batch of audit documents (:mod:`server.ingest.audit` decides when)."""
+        if len(docs) == 1:
+            await self.coll.insert_one(docs[0])
+        else:
+            await self.coll.insert_many(docs, ordered=False)
 
     def iterate(self, *, since: dt.datetime | None = None, account_id: str | None = None) -> Any:
         """The kept webhook bodies in arrival order (since ``since``, of an account)."""

@@ -36,6 +36,7 @@ from server.inbox.events import EventSink, SafePublisher
 from server.inbox.scope import OwnerScope
 from server.inbox.service import InboxService
 from server.inbox.threads import ChannelCache, ThreadResolver
+from server.ingest.audit import AuditTrail
 from server.ingest.changes import MessageArrivalHook, MessageEventHandler
 from server.ingest.pipeline import InFlight, IngestPipeline, NewCustomerHook
 from server.ingest.recorder import MessageRecorder
@@ -71,6 +72,7 @@ class Core:
     threads: ThreadResolver
     recorder: MessageRecorder
     pipeline: IngestPipeline
+    audit: AuditTrail
     auth: Authenticator
     inbox: InboxService
     sink: EventSink
@@ -154,6 +156,7 @@ async def build_core(
     pipeline = _build_pipeline(
         settings, store, metrics, recorder, channels, threads, changes, dedup, new_customer_hooks, webhooks
     )
+    audit = pipeline.audit  # first of the services, so it stops last: every queued copy written
     auth = _build_auth(settings, store)
     marksent = MarkSentService(
         store=store, auth=auth, channels=channels, threads=threads, recorder=recorder, pairing=pairing, marks=marks,
@@ -166,7 +169,7 @@ async def build_core(
     readiness = Readiness(store, redis, metrics, timeout_secs=settings.readyz_timeout_ms / 1000)
     monitor = _build_monitor(settings, store, metrics, readiness)
     expiry = ExpirySweeper(store.expiry, metrics, interval_secs=settings.expiry_sweep_secs)
-    services = [marks, *([realtime] if realtime else []), media, profiles, dispatcher, send_worker]
+    services = [audit, marks, *([realtime] if realtime else []), media, profiles, dispatcher, send_worker]
     services += [*accounts.values(), monitor, expiry]
     return Core(
         settings=settings,
@@ -177,6 +180,7 @@ async def build_core(
         threads=threads,
         recorder=recorder,
         pipeline=pipeline,
+        audit=audit,
         auth=auth,
         inbox=InboxService(store, channels, publish=publisher.publish),
         sink=sink,
@@ -459,6 +463,7 @@ def _build_pipeline(
         threads=threads,
         recorder=recorder,
         metrics=metrics,
+        audit=AuditTrail(store.webhook_events, metrics),
         item_events=changes,
         new_customer_hooks=new_customer_hooks,
         activity=ChannelActivity(store, metrics),

@@ -50,6 +50,7 @@ from server.api.signatures import sign
 from server.app.core import Core, build_core
 from server.inbox.events import NullSink
 from server.inbox.threads import channel_account_ids
+from server.ingest.audit import AUDIT_LINGER_SECS
 from server.ops.redis_clients import RedisTopology
 
 PASS = "pass"
@@ -65,6 +66,9 @@ SUBSCRIBED_BUT_SILENT = dt.timedelta(hours=24)
 OUTBOX_STUCK_AFTER = dt.timedelta(minutes=5)
 # Workers poll every IGSYNC_MEDIA_POLL_SECS (2 s): a job due this long has no worker.
 MEDIA_STUCK_AFTER = dt.timedelta(minutes=5)
+# How long the server check waits for the running server's audit copy of its test webhook
+# (written within AUDIT_LINGER_SECS of the answer) before removing it.
+AUDIT_WAIT_SECS = 20 * AUDIT_LINGER_SECS
 # The doctor's throw-away accounts and customers: digit strings, as every Instagram id must be
 # (the webhook parser refuses anything else), that no real id can be — those never start with 0.
 DOCTOR_ACCOUNT_PREFIX = "0000042"
@@ -494,6 +498,7 @@ class Doctor:
                     _ADVICE["pipeline"],
                 )
         finally:
+            await core.audit.flush()  # its copies are written after the answers; then removed
             removed = await diagnostics.purge_test_channel(core.store, channel["_id"], [page_id])
             core.channels.invalidate()
         cleaned = ", ".join(f"{n} {k}" for k, n in removed.items() if n)
@@ -564,8 +569,13 @@ class Doctor:
                 problems.append(f"/readyz answers {ready.code} {ready.body.decode(errors='replace')[:120]}")
             problems += await self._check_handshake(client)
             test_account = f"{DOCTOR_ACCOUNT_PREFIX}2{_digits()}"
-            problems += await self._check_signed_webhook(client, test_account)
+            accepted, webhook_problems = await self._check_signed_webhook(client, test_account)
+            problems += webhook_problems
             if mongo_ok:
+                if accepted:
+                    # The server writes its audit copy after answering (server/ingest/audit.py):
+                    # wait for it, or it would be written after this clean-up.
+                    await diagnostics.wait_for_audit_rows(core.store, [test_account], AUDIT_WAIT_SECS)
                 await diagnostics.delete_audit_rows(core.store, [test_account])
         finally:
             client.close()
@@ -600,8 +610,9 @@ class Doctor:
             )
         return problems
 
-    async def _check_signed_webhook(self, client: AsyncHTTPClient, test_account: str) -> list[str]:
-        """A test webhook signed with this configuration's app secret; the problems found."""
+    async def _check_signed_webhook(self, client: AsyncHTTPClient, test_account: str) -> tuple[bool, list[str]]:
+        """A test webhook signed with this configuration's app secret: whether it was accepted
+        (200), and the problems found."""
         problems: list[str] = []
         body = orjson.dumps(
             {
@@ -633,7 +644,7 @@ class Doctor:
             )
         elif posted.code != 200:
             problems.append(f"a signed test webhook answered {posted.code}")
-        return problems
+        return posted.code == 200, problems
 
     async def _signature_counts(self, client: AsyncHTTPClient) -> CheckResult:
         headers = {"Authorization": f"Bearer {self.settings.metrics_token}"} if self.settings.metrics_token else {}

@@ -26,6 +26,7 @@ from models.timeutil import from_epoch_ms, iso, utcnow
 from server.api.signatures import signature_ok
 from server.inbox.threads import ChannelCache, Thread, ThreadResolver, channel_account_ids
 from server.ingest import parse as wp
+from server.ingest.audit import AuditTrail
 from server.ingest.recorder import MessageRecorder, Recorded
 from server.ops.logs import item_fields
 from server.ops.metrics import Metrics
@@ -106,6 +107,7 @@ class IngestPipeline:
         threads: ThreadResolver,
         recorder: MessageRecorder,
         metrics: Metrics,
+        audit: AuditTrail,
         owner_messages: OwnerMessageStore | None = None,
         item_events: EventItemHandler | None = None,
         new_customer_hooks: list[NewCustomerHook] | None = None,
@@ -118,6 +120,7 @@ class IngestPipeline:
         self.threads = threads
         self.recorder = recorder
         self.metrics = metrics
+        self.audit = audit
         self.owner_messages = owner_messages
         self.item_events = item_events
         self.new_customer_hooks = list(new_customer_hooks or [])
@@ -185,10 +188,10 @@ class IngestPipeline:
                 type(exc).__name__,
                 extra={"event": "store_error", "outcome": "store_error"},
             )
-        # After a store that did not answer, the audit write would wait out the same timeout
-        # again before the 503 (which already makes Meta redeliver the body): skip it.
+        # After a store that did not answer, its audit write would only wait out the same
+        # timeout again; the 503 makes Meta redeliver the body, and the copy comes with it.
         if audit and (failure is None or not store_unavailable(failure)):
-            await self._audit(body, items, results, received_at, failure)
+            self._audit(body, items, results, received_at, failure)
         if failure is not None:
             return WebhookResponse(
                 503, _error("store_unavailable", "The message store is unavailable; retry later."), "store_error"
@@ -197,7 +200,7 @@ class IngestPipeline:
             return WebhookResponse(200, results[0], "processed")
         return WebhookResponse(200, {"status": "success", "results": results}, "processed")
 
-    async def _audit(
+    def _audit(
         self,
         body: bytes,
         items: list[wp.WebhookItem],
@@ -205,21 +208,13 @@ class IngestPipeline:
         received_at: float,
         failure: Exception | None,
     ) -> None:
+        """Queue the body's audit copy (written after the answer, :mod:`server.ingest.audit`)."""
         account_ids = sorted({i.entry_id for i in items if i.entry_id})
         summary = [_audit_summary(r) for r in results]
         if failure is not None:
             summary.append({"status": "store_error", "error": type(failure).__name__})
-        try:
-            await self.store.webhook_events.record(body, account_ids, from_epoch_ms(received_at * 1000), summary)
-        except PyMongoError as exc:
-            # The audit copy is for humans and replay; the 503 (if any) already tells Meta to retry.
-            if failure is None:
-                self.metrics.store_errors.labels(store="mongo").inc()
-                log.warning(
-                    "could not record the webhook body for audit (%s)",
-                    type(exc).__name__,
-                    extra={"event": "store_error"},
-                )
+        received = from_epoch_ms(received_at * 1000)
+        self.audit.add(self.store.webhook_events.build(body, account_ids, received, summary))
 
     # -- one item ----------------------------------------------------------------------
 

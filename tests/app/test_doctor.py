@@ -311,6 +311,7 @@ async def test_channel_token_state_and_unknown_accounts(server: RunningServer) -
     # Webhooks arrive for an account that no channel has (e.g. the Instagram user id, not the page id).
     stray = fixture_bytes("customer_text").replace(b"17841400000000001", b"17841499999999999")
     assert body_of(await server.client.webhook(stray))["status"] == "ignored"
+    await server.core.audit.flush()  # the server writes its audit copies after answering
 
     await store.channels.set_fields(channel_id, {"token_expires_at": utcnow() + dt.timedelta(days=2)})
     checks = await run_checks(server.core.settings)

@@ -66,7 +66,8 @@ async def test_drain_gives_up_at_its_deadline(server: RunningServer) -> None:
 
 def test_sigterm_under_load_loses_no_acknowledged_message(settings: Any, tmp_path: Path) -> None:
     """A real process, SIGTERMed while webhooks keep coming: every answer is 200 (stored) or
-    503 / a refused connection (Meta redelivers); none is a 500, and every 200 is stored."""
+    503 / a refused connection (Meta redelivers); none is a 500, and every 200 is stored —
+    with its audit copy, which is written after the answer and flushed by the drain."""
     settings = settings.replace(port=free_port())
     handle = ServerProcessHandle(server_env(settings), tmp_path / "server.log").start()
 
@@ -104,16 +105,22 @@ def test_sigterm_under_load_loses_no_acknowledged_message(settings: Any, tmp_pat
     assert set(codes.values()) <= {200, 503, 599, 0}, codes
     assert acknowledged
 
-    async def stored() -> set[str]:
+    async def stored() -> tuple[set[str], set[str]]:
         from models.store import Store
 
         store = Store(settings.mongo_url, settings.mongo_db)
         try:
-            return set(await store.db.messages.distinct("mid"))
+            audited = set()
+            async for row in store.db.webhook_events.find({}, {"body": 1}):
+                for entry in orjson.loads(bytes(row["body"]))["entry"]:
+                    audited.update(item["message"]["mid"] for item in entry.get("messaging", []))
+            return set(await store.db.messages.distinct("mid")), audited
         finally:
             await store.close()
 
-    assert set(acknowledged) <= asyncio.run(stored())
+    messages, audited = asyncio.run(stored())
+    assert set(acknowledged) <= messages
+    assert set(acknowledged) <= audited
     assert "drained:" in handle.output()
 
 
@@ -162,6 +169,7 @@ async def test_a_frozen_store_answers_503_once_and_readyz_keeps_its_deadline(
     server, commands = frozen_store_server
     await connect_tenant(server.client)
     assert (await server.client.webhook(messaging_body(text_item(new_mid(), "before")))).code == 200
+    await server.core.audit.flush()  # the copy of "before" is not the write this test looks for
     pid = own_mongo.mongo_pid
     assert pid
     os.kill(pid, signal.SIGSTOP)  # the store accepts nothing and answers nothing

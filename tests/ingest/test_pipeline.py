@@ -25,6 +25,7 @@ from tests.support.server import RunningServer, Tenant, connect_tenant
 
 
 async def count(server: RunningServer, collection: str, query: dict | None = None) -> int:
+    await server.core.audit.flush()  # audit copies are written after the answer
     return await server.core.store.db[collection].count_documents(query or {})
 
 
@@ -421,6 +422,7 @@ async def test_conversation_status_unread_last_message_and_is_answered(server: R
 async def test_every_body_is_kept_for_audit_with_its_results(server: RunningServer, tenant: Tenant) -> None:
     raw = fixture_bytes("batched_multi")
     await server.client.webhook(raw)
+    await server.core.audit.flush()
     event = await server.core.store.db.webhook_events.find_one({})
     assert bytes(event["body"]) == raw
     assert event["signature_verified"] is True

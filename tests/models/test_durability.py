@@ -48,6 +48,7 @@ async def test_every_write_of_webhook_mark_sent_and_admin_api_is_journaled(
         response = await server.client.webhook(messaging_body(text_item(new_mid(), "hello")))
         assert response.code == 200
         ok_body(await mark_sent(server.client, "an AI answer"))
+        await server.core.audit.flush()  # the webhook's audit copy is written after its answer
         collections = {collection for _, collection, _ in recorder.writes}
         # The three answers above wrote channels/tokens (admin API), customers, conversations,
         # messages and the raw webhook (webhook), and the mark (mark-sent).
