@@ -24,9 +24,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from pymongo import UpdateMany, UpdateOne
+from pymongo import InsertOne, UpdateMany, UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
-from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
+from pymongo.errors import (
+    BulkWriteError,
+    ClientBulkWriteException,
+    DuplicateKeyError,
+    OperationFailure,
+    WriteConcernError,
+)
 
 from models.errors import store_unavailable
 
@@ -96,43 +102,81 @@ def _fail_all(batch: list[tuple[Any, asyncio.Future[Any]]], exc: BaseException) 
             future.set_exception(exc)
 
 
-class GroupInserter(_Batcher[dict[str, Any], None]):
-    async def insert(self, doc: dict[str, Any]) -> None:
-        """Insert ``doc`` (which must carry its ``_id``); raise what ``insert_one`` would."""
-        await self._submit(doc)
+class GroupInserter(_Batcher[tuple[dict[str, Any], UpdateOne | None], bool | None]):
+    async def insert(self, doc: dict[str, Any], probe: UpdateOne | None = None) -> bool | None:
+        """Insert ``doc`` (which must carry its ``_id``); raise what ``insert_one`` would.
 
-    async def _send(self, batch: list[tuple[dict[str, Any], asyncio.Future[None]]]) -> None:
+        ``probe`` is an update that changes nothing, asked right after the insert: whether it
+        matched a document. A lone insert sends both in one ordered ``bulkWrite`` — the probe
+        runs only once the insert succeeded, as a separate read after it would — and answers
+        True or False; an insert that shares a batch answers None (the caller reads itself:
+        an ordered batch would stop every later caller's insert at one duplicate)."""
+        return await self._submit((doc, probe if self.probes_supported else None))
+
+    async def _send(self, batch: list[tuple[tuple[dict[str, Any], UpdateOne | None], asyncio.Future[Any]]]) -> None:
         failures: dict[int, BaseException] = {}
+        docs = [doc for (doc, _), _ in batch]
         try:
+            if len(batch) == 1 and batch[0][0][1] is not None:
+                future = batch[0][1]
+                matched = await self._insert_probing(docs[0], batch[0][0][1])
+                if not future.done():
+                    future.set_result(matched)
+                return
             if len(batch) == 1:
-                await self.coll.insert_one(batch[0][0])
+                await self.coll.insert_one(docs[0])
             else:
-                await self.coll.insert_many([doc for doc, _ in batch], ordered=False)
-        except DuplicateKeyError as exc:  # the lone insert_one
-            failures[0] = exc
+                await self.coll.insert_many(docs, ordered=False)
+        except (DuplicateKeyError, ClientBulkWriteException) as exc:  # the lone insert
+            failures[0] = _lone_failure(exc)
         except BulkWriteError as exc:
             failures = _statement_failures(exc, len(batch))
         except Exception as exc:
             if len(batch) == 1 or store_unavailable(exc):
                 _fail_all(batch, exc)
                 return
-            failures = await self._one_by_one(batch)
+            failures = await self._one_by_one(docs)
         except BaseException as exc:
             _fail_all(batch, exc)
             return
         _settle(batch, failures)
 
-    async def _one_by_one(self, batch: list[tuple[dict[str, Any], asyncio.Future[None]]]) -> dict[int, BaseException]:
+    # A client bulkWrite needs MongoDB 8.0+; PyMongo refuses it before sending anything to an
+    # older server, and from then on this inserter sends lone inserts (the caller reads itself).
+    probes_supported = True
+
+    async def _insert_probing(self, doc: dict[str, Any], probe: UpdateOne) -> bool | None:
+        """One ordered ``bulkWrite``: the insert, then the probe. Its answer, or None if the
+        probe alone failed (the document is stored; the caller reads for itself)."""
+        try:
+            result = await self.coll.database.client.bulk_write(
+                [InsertOne(doc, namespace=self.coll.full_name), probe],
+                ordered=True,
+                verbose_results=True,
+                write_concern=self.coll.write_concern,
+            )
+        except ClientBulkWriteException as exc:
+            if (
+                exc.error is not None
+                or exc.write_concern_errors
+                or any(error.get("idx") == 0 for error in exc.write_errors or [])
+            ):
+                raise
+            return None
+        update = result.update_results.get(1)
+        return None if update is None else update.matched_count > 0
+
+    async def _one_by_one(self, docs: list[dict[str, Any]]) -> dict[int, BaseException]:
         """Each document of a refused batch alone: only the ones refused again fail."""
         failures: dict[int, BaseException] = {}
-        for i, (doc, _) in enumerate(batch):
+        for i, doc in enumerate(docs):
             try:
                 await self.coll.insert_one(doc)
             except Exception as exc:
                 failures[i] = exc
                 if store_unavailable(exc):
                     # The store went away meanwhile: the rest would wait out the same timeout.
-                    for rest in range(i + 1, len(batch)):
+                    for rest in range(i + 1, len(docs)):
                         failures[rest] = exc
                     break
         return failures
@@ -159,6 +203,23 @@ def _statement_failures(exc: BulkWriteError, size: int) -> dict[int, BaseExcepti
         for i in range(size):
             failures.setdefault(i, exc)
     return failures
+
+
+def _lone_failure(exc: Exception) -> BaseException:
+    """What a lone insert's failure is to its caller: a ``bulkWrite``'s is unwrapped into
+    what ``insert_one`` would have raised (its network error, its write concern error, or
+    the insert's own write error: ``DuplicateKeyError`` for a duplicate)."""
+    if not isinstance(exc, ClientBulkWriteException):
+        return exc
+    if exc.error is not None:
+        return exc.error if isinstance(exc.error, BaseException) else OperationFailure(str(exc.error))
+    if exc.write_concern_errors:
+        error = exc.write_concern_errors[0]
+        return WriteConcernError(error.get("errmsg", "write concern error"), error.get("code"), error)
+    for error in exc.write_errors or []:
+        if error.get("idx") == 0:
+            return _as_exception(error)
+    return exc
 
 
 def _as_exception(error: dict[str, Any]) -> OperationFailure:

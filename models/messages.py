@@ -35,7 +35,7 @@ import datetime as dt
 from typing import Any
 
 from bson import ObjectId
-from pymongo import ASCENDING, DESCENDING
+from pymongo import ASCENDING, DESCENDING, UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
 
 from models.atomic import update_get
@@ -156,11 +156,12 @@ class MessageRepository:
         await self.coll.create_index([("created_at", ASCENDING)], name="created_at")
         await drop_superseded(self.coll, _SUPERSEDED_INDEXES)
 
-    async def insert(self, doc: dict[str, Any]) -> dict[str, Any]:
+    async def insert(self, doc: dict[str, Any], *, probe: UpdateOne | None = None) -> bool | None:
         """Insert (group-committed with concurrent inserts); ``DuplicateKeyError`` propagates —
-        it *is* the dedup decision."""
-        await self._inserter.insert(with_keys(doc))
-        return doc
+        it *is* the dedup decision. With ``probe``: whether it matched, asked right after the
+        insert in the same command when the insert goes alone, else None
+        (:meth:`models.group_commit.GroupInserter.insert`)."""
+        return await self._inserter.insert(with_keys(doc), probe)
 
     async def get(self, message_id: ObjectId, channel_id: ObjectId | None = None) -> dict[str, Any] | None:
         """A message by id (routed to its shard when the channel is given)."""

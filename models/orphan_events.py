@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from bson import ObjectId
-from pymongo import ASCENDING
+from pymongo import ASCENDING, UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
@@ -46,6 +46,23 @@ class OrphanEventRepository:
         except DuplicateKeyError:
             return False
         return True
+
+    def arrival_probe(self, channel_id: ObjectId, mids: list[str]) -> UpdateOne | None:
+        """An update that changes nothing and matches an event kept for a message known by any
+        of ``mids``: sent with the message's insert (:meth:`MessageRepository.insert
+        <models.messages.MessageRepository.insert>`), it answers "did any event come first" in
+        the insert's own round trip. Same indexed filter as :meth:`pending_for`; applied
+        events match too (a false "yes" costs the read, never a decision)."""
+        if not mids:
+            return None
+        wanted = list(dict.fromkeys(mids))
+        target = wanted[0] if len(wanted) == 1 else {"$in": wanted}
+        return UpdateOne(
+            {"channel_id": channel_id, "target_mid": target},
+            # Applied only by an upsert, which this is not: a match that writes nothing.
+            {"$setOnInsert": {"probed": True}},
+            namespace=self.coll.full_name,
+        )
 
     async def pending_for(self, channel_id: ObjectId, mids: list[str]) -> list[dict[str, Any]]:
         """Events waiting for a message known by any of ``mids``, oldest first.

@@ -112,6 +112,22 @@ def names_shard_key(command_name: str, command: Mapping[str, Any], key: tuple[st
     return True  # getMore, killCursors, index commands: not routed by a filter
 
 
+def client_bulk_write_parts(command: Mapping[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    """A client ``bulkWrite`` (one command, several collections) as the per-collection
+    commands it stands for: ``(command name, collection, command)`` with the documents and
+    filters where :func:`names_shard_key` looks for them."""
+    collections = [str(ns.get("ns", "")).split(".", 1)[-1] for ns in command.get("nsInfo") or []]
+    parts: list[tuple[str, str, dict[str, Any]]] = []
+    for op in command.get("ops") or []:
+        if "insert" in op:
+            parts.append(("insert", collections[op["insert"]], {"documents": [op.get("document") or {}]}))
+        elif "update" in op:
+            parts.append(("update", collections[op["update"]], {"updates": [{"q": op.get("filter") or {}}]}))
+        elif "delete" in op:
+            parts.append(("delete", collections[op["delete"]], {"deletes": [{"q": op.get("filter") or {}}]}))
+    return parts
+
+
 def _targets(query: Mapping[str, Any], key: tuple[str, ...]) -> bool:
     for field in key:
         if field not in query:

@@ -348,10 +348,17 @@ class MessageArrivalHook:
         self.store = store
         self.handler = handler
 
-    async def after_message_stored(self, message: dict[str, Any], conversation_id: Any) -> None:
-        """Link a reply and apply the events that arrived before this message did."""
+    async def after_message_stored(
+        self, message: dict[str, Any], conversation_id: Any, *, early_events: bool | None = None
+    ) -> None:
+        """Link a reply and apply the events that arrived before this message did (read only
+        when the insert's own probe did not already say there are none)."""
         changed = await self._link_reply(message)
-        orphans = await self.store.orphan_events.pending_for(message["channel_id"], message.get("mids") or [])
+        orphans = (
+            []
+            if early_events is False
+            else await self.store.orphan_events.pending_for(message["channel_id"], message.get("mids") or [])
+        )
         events: list[ev.Event] = []
         for row in orphans:
             applied = await self.handler.apply(Change.from_orphan(row), refresh_conversation=False)

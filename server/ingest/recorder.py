@@ -4,9 +4,11 @@ Owns the write sequence every new message goes through — whether it came from 
 or from mark-sent:
 
 0. let the before-store hooks mark the document (the trigger outbox's mark goes in with it);
-1. insert the message (the unique ``mids`` index decides "new or duplicate");
-2. run the after-store hooks (durable follow-up work: media jobs, trigger jobs), each
-   idempotent per message;
+1. insert the message (the unique ``mids`` index decides "new or duplicate") and ask, after
+   it, whether events about it came first (``orphan_events``) — in the insert's own command
+   when it goes alone, :meth:`models.group_commit.GroupInserter.insert`;
+2. run the after-store hooks (durable follow-up work: early events applied, media jobs),
+   each idempotent per message, told that answer;
 3. apply the message to its conversation (one guarded, idempotent update);
 4. mark earlier customer messages answered (outbound message on an unanswered thread);
 5. publish the inbox events.
@@ -43,8 +45,12 @@ class AfterStoreHook(Protocol):
     """Durable follow-up work for a stored message. Must be idempotent per message id:
     it runs again when a redelivery repairs a half-written attempt."""
 
-    async def after_message_stored(self, message: dict[str, Any], conversation_id: Any) -> None:
-        """Called after the message is inserted, before its conversation is updated."""
+    async def after_message_stored(
+        self, message: dict[str, Any], conversation_id: Any, *, early_events: bool | None = None
+    ) -> None:
+        """Called after the message is inserted, before its conversation is updated.
+        ``early_events``: whether events about it were kept before it arrived, as asked right
+        after its insert; None when not asked (a batched insert, a repair)."""
         ...
 
 
@@ -84,22 +90,31 @@ class MessageRecorder:
         for before in self.before_hooks:
             await before.before_message_stored(message)
         try:
-            await self.store.messages.insert(message)
+            early = await self._insert(message)
         except DuplicateKeyError as exc:
             if not is_mid_conflict(exc):
                 raise
             return await self._repair(message, received_at)
-        await self.run_hooks(message)
+        await self.run_hooks(message, early_events=early)
         conversation = await self.apply(message, received_at=received_at)
         return Recorded(message, conversation)
 
     async def record_new(self, message: dict[str, Any], *, received_at: float) -> Recorded:
         """Steps 1–5 for a message whose collisions the caller resolves itself: every
         ``DuplicateKeyError`` propagates (mark-sent turns a collision into an adoption)."""
-        await self.store.messages.insert(message)
-        await self.run_hooks(message)
+        early = await self._insert(message)
+        await self.run_hooks(message, early_events=early)
         conversation = await self.apply(message, received_at=received_at)
         return Recorded(message, conversation)
+
+    async def _insert(self, message: dict[str, Any]) -> bool | None:
+        """Step 1: the insert, and whether events about the message came first (None: not asked).
+
+        Why the question is asked after the insert: an early event is kept, then its handler
+        looks for the message; a message is inserted, then looks for early events. Each writes
+        before it reads, so at least one of them sees the other (server/ingest/changes.py)."""
+        probe = self.store.orphan_events.arrival_probe(message["channel_id"], message.get("mids") or [])
+        return await self.store.messages.insert(message, probe=probe)
 
     async def _repair(self, incoming: dict[str, Any], received_at: float) -> Recorded:
         existing = None
@@ -128,10 +143,10 @@ class MessageRecorder:
             await self.publish(ev.new_message_events(existing, conversation, received_at=received_at))
         return Recorded(existing, None, duplicate=True)
 
-    async def run_hooks(self, message: dict[str, Any]) -> None:
+    async def run_hooks(self, message: dict[str, Any], *, early_events: bool | None = None) -> None:
         """Run the after-store hooks on a stored message."""
         for hook in self.hooks:
-            await hook.after_message_stored(message, message["conversation_id"])
+            await hook.after_message_stored(message, message["conversation_id"], early_events=early_events)
 
     async def apply(self, message: dict[str, Any], *, received_at: float) -> dict[str, Any] | None:
         """Update the conversation with the message and publish its events."""

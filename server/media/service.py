@@ -107,7 +107,9 @@ class MediaService:
 
     # -- AfterStoreHook: queue the downloads ----------------------------------------------------
 
-    async def after_message_stored(self, message: dict[str, Any], conversation_id: Any) -> None:
+    async def after_message_stored(
+        self, message: dict[str, Any], conversation_id: Any, *, early_events: bool | None = None
+    ) -> None:
         """Queue the downloads of a stored message (one job per target, once)."""
         if message.get("is_deleted"):
             return

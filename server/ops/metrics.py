@@ -83,6 +83,7 @@ MONGO_COMMANDS = (
     "insert",
     "update",
     "delete",
+    "bulkWrite",
     "findAndModify",
     "aggregate",
     "count",

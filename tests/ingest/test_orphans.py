@@ -3,8 +3,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from pymongo import monitoring
+
+from models.sharding import client_bulk_write_parts
 from models.timeutil import from_epoch_ms
-from tests.support.events import ECHO_MID, REPLY_MID, TEXT_MID, EventsEnv
+from server.app.embedded import EmbeddedStores
+from tests.support.events import ECHO_MID, REPLY_MID, TEXT_MID, EventsEnv, events_env
 from tests.support.helpers import ACCOUNT_ID, CUSTOMER_A, echo_item, messaging_body, text_item
 
 
@@ -106,3 +112,44 @@ async def test_reply_to_a_stored_message_links_it(env: EventsEnv) -> None:
     assert reply["reply_to"] == {"mid": "q-1", "message_id": first["_id"]}
     shown = await env.ws_message(str(reply["_id"]))
     assert shown["reply_to"] == {"mid": "q-1", "message_id": str(first["_id"])}
+
+
+class CommandNames(monitoring.CommandListener):
+    """(command, collection) of every command while ``on``; a client bulkWrite by its parts."""
+
+    def __init__(self) -> None:
+        self.on = False
+        self.seen: list[tuple[str, str]] = []
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        if not self.on:
+            return
+        if event.command_name == "bulkWrite":
+            self.seen += [("bulkWrite " + name, coll) for name, coll, _ in client_bulk_write_parts(event.command)]
+        elif isinstance(event.command.get(event.command_name), str):
+            self.seen.append((event.command_name, event.command[event.command_name]))
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        return None
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        return None
+
+
+async def test_a_lone_message_asks_for_early_events_in_its_insert_and_reads_them_only_if_any(
+    stores: EmbeddedStores, tmp_path: Path
+) -> None:
+    names = CommandNames()
+    async with events_env(stores, tmp_path, mongo_listeners=[names]) as env:
+        names.on = True
+        await env.post(messaging_body(text_item("mid.lone.1", "nothing came before me")))
+        assert ("bulkWrite insert", "messages") in names.seen
+        assert ("bulkWrite update", "orphan_events") in names.seen  # the probe, in the same command
+        assert ("find", "orphan_events") not in names.seen
+
+        names.seen.clear()
+        await env.fixture("customer_reaction")  # about ECHO_MID, not stored yet: kept
+        await env.fixture("owner_echo_text")  # its probe matches: the events are read and applied
+        assert ("find", "orphan_events") in names.seen
+        echo = await env.message(ECHO_MID)
+        assert echo is not None and [r["reaction"] for r in echo["reactions"]] == ["love"]

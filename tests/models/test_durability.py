@@ -10,6 +10,7 @@ import pytest
 from pymongo import monitoring
 
 from config import ConfigError, Settings
+from models.sharding import client_bulk_write_parts
 from server.app.embedded import EmbeddedStores
 from tests.support.dedup import mark_sent, new_mid, ok_body
 from tests.support.helpers import messaging_body, text_item
@@ -25,9 +26,13 @@ class WriteConcernRecorder(monitoring.CommandListener):
         self.writes: list[tuple[str, str, Any]] = []
 
     def started(self, event: monitoring.CommandStartedEvent) -> None:
+        concern = event.command.get("writeConcern")
         if event.command_name in WRITE_COMMANDS:
-            collection = event.command.get(event.command_name)
-            self.writes.append((event.command_name, collection, event.command.get("writeConcern")))
+            self.writes.append((event.command_name, event.command.get(event.command_name), concern))
+        elif event.command_name == "bulkWrite":  # several collections in one command
+            self.writes += [
+                (name, collection, concern) for name, collection, _ in client_bulk_write_parts(event.command)
+            ]
 
     def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
         pass

@@ -17,7 +17,15 @@ from pymongo import monitoring
 from pymongo.errors import DuplicateKeyError
 
 from models import diagnostics
-from models.sharding import SHARD_PLAN, NotSharded, Sharded, is_cross_channel_scan, names_shard_key, shard_commands
+from models.sharding import (
+    SHARD_PLAN,
+    NotSharded,
+    Sharded,
+    client_bulk_write_parts,
+    is_cross_channel_scan,
+    names_shard_key,
+    shard_commands,
+)
 from models.store import Store, mongo_client
 from models.timeutil import utcnow
 from models.trigger_jobs import TriggerJobRepository, mark_for_triggers
@@ -33,12 +41,16 @@ class Recorder(monitoring.CommandListener):
     def __init__(self) -> None:
         self.on = False
         self.commands: list[tuple[str, str, dict[str, Any]]] = []
+        self.bulk_writes = 0
 
     def started(self, event: monitoring.CommandStartedEvent) -> None:
         if self.on:
             collection = event.command.get(event.command_name)
             if isinstance(collection, str):
                 self.commands.append((event.command_name, collection, dict(event.command)))
+            elif event.command_name == "bulkWrite":  # several collections: each part checked
+                self.bulk_writes += 1
+                self.commands.extend(client_bulk_write_parts(event.command))
 
     def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
         return None
@@ -67,6 +79,7 @@ async def test_every_hot_path_command_names_the_shard_key(stores: Any, tmp_path:
         await _hot_paths(env, recorder)
     problems = untargeted(recorder)
     assert len(recorder.commands) > 50
+    assert recorder.bulk_writes > 0  # a lone message's insert and probe: checked part by part
     assert problems == [], "\n".join(problems)
 
 

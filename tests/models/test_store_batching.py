@@ -17,10 +17,12 @@ from typing import Any
 
 import pytest
 from bson import ObjectId
-from pymongo.errors import OperationFailure
+from pymongo.errors import DuplicateKeyError, OperationFailure
 
 from models.conversations import STATUS_ANSWERED, STATUS_NEEDS_REPLY, ConversationRepository
 from models.group_commit import GroupFinder, GroupManyUpdater, GroupUpdate, GroupUpdater
+from models.messages import MessageRepository, is_mid_conflict
+from models.orphan_events import OrphanEventRepository
 from models.store import mongo_client
 from server.app.embedded import EmbeddedStores
 from tests.support.commands import Commands
@@ -296,3 +298,65 @@ async def test_a_committer_that_fails_unexpectedly_answers_its_callers(db: tuple
         await asyncio.wait_for(updater.update(GroupUpdate(oid, {"_id": oid}, {"$inc": {"n": 1}}, broken)), 30)
     outcome = await asyncio.wait_for(updater.update(bump(oid)[0]), 30)
     assert outcome.applied and outcome.own_mark and outcome.doc is not None and outcome.doc["n"] == 2
+
+
+# -- a lone insert with its probe (one bulkWrite) ---------------------------------------------
+
+
+async def test_a_lone_insert_asks_its_probe_in_the_same_command(db: tuple[Any, Commands]) -> None:
+    database, commands = db
+    messages = MessageRepository(database)
+    orphans = OrphanEventRepository(database)
+    await messages.ensure_indexes()
+    await orphans.ensure_indexes()
+    channel = ObjectId()
+    await database.orphan_events.insert_one({"channel_id": channel, "key": "k1", "target_mid": "m.early"})
+    commands.seen.clear()
+
+    early = await messages.insert(_message(channel, "m.early"), probe=orphans.arrival_probe(channel, ["m.early"]))
+    none = await messages.insert(_message(channel, "m.alone"), probe=orphans.arrival_probe(channel, ["m.alone"]))
+
+    assert early is True and none is False
+    assert dict(commands.seen) == {"bulkWrite": 2}  # no insert, no find: one command each
+    # The probe wrote nothing to the event it matched.
+    assert await database.orphan_events.find_one({"key": "k1"}, {"_id": 0}) == {
+        "channel_id": channel,
+        "key": "k1",
+        "target_mid": "m.early",
+    }
+    assert await database.messages.count_documents({}) == 2
+
+
+async def test_a_lone_duplicate_raises_the_mid_conflict_and_skips_the_probe(db: tuple[Any, Commands]) -> None:
+    database, _ = db
+    messages = MessageRepository(database)
+    orphans = OrphanEventRepository(database)
+    await messages.ensure_indexes()
+    channel = ObjectId()
+    await messages.insert(_message(channel, "m.twice"))
+    with pytest.raises(DuplicateKeyError) as raised:
+        await messages.insert(_message(channel, "m.twice"), probe=orphans.arrival_probe(channel, ["m.twice"]))
+    assert is_mid_conflict(raised.value)
+    assert await database.messages.count_documents({}) == 1
+
+
+async def test_inserts_that_share_a_batch_answer_none_and_are_all_stored(db: tuple[Any, Commands]) -> None:
+    database, commands = db
+    messages = MessageRepository(database)
+    orphans = OrphanEventRepository(database)
+    await messages.ensure_indexes()
+    channel = ObjectId()
+    await messages.insert(_message(channel, "m.b1"))
+    commands.seen.clear()
+    mids = ["m.b1", "m.b2", "m.b3"]  # the first is a duplicate: it fails alone
+    outcomes = await asyncio.gather(
+        *(messages.insert(_message(channel, mid), probe=orphans.arrival_probe(channel, [mid])) for mid in mids),
+        return_exceptions=True,
+    )
+    assert isinstance(outcomes[0], DuplicateKeyError) and outcomes[1:] == [None, None]
+    assert dict(commands.seen) == {"insert": 1}
+    assert await database.messages.count_documents({}) == 3
+
+
+def _message(channel: ObjectId, mid: str) -> dict[str, Any]:
+    return {"_id": ObjectId(), "channel_id": channel, "mid": mid, "mids": [mid], "content": mid}
