@@ -30,6 +30,7 @@ from pymongo.errors import (
     BulkWriteError,
     ClientBulkWriteException,
     DuplicateKeyError,
+    InvalidOperation,
     OperationFailure,
     WriteConcernError,
 )
@@ -103,6 +104,10 @@ def _fail_all(batch: list[tuple[Any, asyncio.Future[Any]]], exc: BaseException) 
 
 
 class GroupInserter(_Batcher[tuple[dict[str, Any], UpdateOne | None], bool | None]):
+    # A client bulkWrite needs MongoDB 8.0+; PyMongo refuses it before sending anything to an
+    # older server, and from then on this inserter sends lone inserts (the caller reads itself).
+    probes_supported = True
+
     async def insert(self, doc: dict[str, Any], probe: UpdateOne | None = None) -> bool | None:
         """Insert ``doc`` (which must carry its ``_id``); raise what ``insert_one`` would.
 
@@ -117,18 +122,19 @@ class GroupInserter(_Batcher[tuple[dict[str, Any], UpdateOne | None], bool | Non
         failures: dict[int, BaseException] = {}
         docs = [doc for (doc, _), _ in batch]
         try:
-            if len(batch) == 1 and batch[0][0][1] is not None:
-                future = batch[0][1]
-                matched = await self._insert_probing(docs[0], batch[0][0][1])
+            if len(batch) == 1:
+                (doc, probe), future = batch[0]
+                if probe is None:
+                    await self.coll.insert_one(doc)
+                    matched = None
+                else:
+                    matched = await self._insert_probing(doc, probe)
                 if not future.done():
                     future.set_result(matched)
                 return
-            if len(batch) == 1:
-                await self.coll.insert_one(docs[0])
-            else:
-                await self.coll.insert_many(docs, ordered=False)
-        except (DuplicateKeyError, ClientBulkWriteException) as exc:  # the lone insert
-            failures[0] = _lone_failure(exc)
+            await self.coll.insert_many(docs, ordered=False)
+        except DuplicateKeyError as exc:  # the lone insert
+            failures[0] = exc
         except BulkWriteError as exc:
             failures = _statement_failures(exc, len(batch))
         except Exception as exc:
@@ -141,13 +147,10 @@ class GroupInserter(_Batcher[tuple[dict[str, Any], UpdateOne | None], bool | Non
             return
         _settle(batch, failures)
 
-    # A client bulkWrite needs MongoDB 8.0+; PyMongo refuses it before sending anything to an
-    # older server, and from then on this inserter sends lone inserts (the caller reads itself).
-    probes_supported = True
-
     async def _insert_probing(self, doc: dict[str, Any], probe: UpdateOne) -> bool | None:
         """One ordered ``bulkWrite``: the insert, then the probe. Its answer, or None if the
-        probe alone failed (the document is stored; the caller reads for itself)."""
+        probe alone failed (the document is stored; the caller reads for itself). A failed
+        insert raises what ``insert_one`` would have (:func:`_lone_failure`)."""
         try:
             result = await self.coll.database.client.bulk_write(
                 [InsertOne(doc, namespace=self.coll.full_name), probe],
@@ -155,14 +158,17 @@ class GroupInserter(_Batcher[tuple[dict[str, Any], UpdateOne | None], bool | Non
                 verbose_results=True,
                 write_concern=self.coll.write_concern,
             )
-        except ClientBulkWriteException as exc:
-            if (
-                exc.error is not None
-                or exc.write_concern_errors
-                or any(error.get("idx") == 0 for error in exc.write_errors or [])
-            ):
+        except InvalidOperation as exc:
+            if "8.0" not in str(exc):  # PyMongo's "requires MongoDB server version 8.0+"
                 raise
+            self.probes_supported = False  # nothing was sent
+            await self.coll.insert_one(doc)
             return None
+        except ClientBulkWriteException as exc:
+            failure = _lone_failure(exc)
+            if failure is exc:  # only the probe failed: the document is stored
+                return None
+            raise failure from exc
         update = result.update_results.get(1)
         return None if update is None else update.matched_count > 0
 
@@ -205,12 +211,10 @@ def _statement_failures(exc: BulkWriteError, size: int) -> dict[int, BaseExcepti
     return failures
 
 
-def _lone_failure(exc: Exception) -> BaseException:
-    """What a lone insert's failure is to its caller: a ``bulkWrite``'s is unwrapped into
-    what ``insert_one`` would have raised (its network error, its write concern error, or
-    the insert's own write error: ``DuplicateKeyError`` for a duplicate)."""
-    if not isinstance(exc, ClientBulkWriteException):
-        return exc
+def _lone_failure(exc: ClientBulkWriteException) -> BaseException:
+    """What a lone insert's ``bulkWrite`` failure is to its caller: what ``insert_one`` would
+    have raised (its network error, its write concern error, or the insert's own write error:
+    ``DuplicateKeyError`` for a duplicate) — or ``exc`` itself when only the probe failed."""
     if exc.error is not None:
         return exc.error if isinstance(exc.error, BaseException) else OperationFailure(str(exc.error))
     if exc.write_concern_errors:

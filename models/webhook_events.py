@@ -47,10 +47,7 @@ class WebhookEventRepository:
 
     async def insert_many(self, docs: list[dict[str, Any]]) -> None:
         """Write a batch of audit documents (:mod:`server.ingest.audit` decides when)."""
-        if len(docs) == 1:
-            await self.coll.insert_one(docs[0])
-        else:
-            await self.coll.insert_many(docs, ordered=False)
+        await self.coll.insert_many(docs, ordered=False)
 
     def iterate(self, *, since: dt.datetime | None = None, account_id: str | None = None) -> Any:
         """The kept webhook bodies in arrival order (since ``since``, of an account)."""

@@ -302,19 +302,32 @@ async def test_a_committer_that_fails_unexpectedly_answers_its_callers(db: tuple
 
 # -- a lone insert with its probe (one bulkWrite) ---------------------------------------------
 
+Repos = tuple[MessageRepository, OrphanEventRepository]
 
-async def test_a_lone_insert_asks_its_probe_in_the_same_command(db: tuple[Any, Commands]) -> None:
-    database, commands = db
-    messages = MessageRepository(database)
-    orphans = OrphanEventRepository(database)
+
+@pytest.fixture
+async def repos(db: tuple[Any, Commands]) -> Repos:
+    database, _ = db
+    messages, orphans = MessageRepository(database), OrphanEventRepository(database)
     await messages.ensure_indexes()
     await orphans.ensure_indexes()
+    return messages, orphans
+
+
+async def insert_probing(repos: Repos, channel: ObjectId, mid: str) -> bool | None:
+    """Insert a message of ``mid`` with the probe for its early events."""
+    messages, orphans = repos
+    return await messages.insert(_message(channel, mid), probe=orphans.arrival_probe(channel, [mid]))
+
+
+async def test_a_lone_insert_asks_its_probe_in_the_same_command(db: tuple[Any, Commands], repos: Repos) -> None:
+    database, commands = db
     channel = ObjectId()
     await database.orphan_events.insert_one({"channel_id": channel, "key": "k1", "target_mid": "m.early"})
     commands.seen.clear()
 
-    early = await messages.insert(_message(channel, "m.early"), probe=orphans.arrival_probe(channel, ["m.early"]))
-    none = await messages.insert(_message(channel, "m.alone"), probe=orphans.arrival_probe(channel, ["m.alone"]))
+    early = await insert_probing(repos, channel, "m.early")
+    none = await insert_probing(repos, channel, "m.alone")
 
     assert early is True and none is False
     assert dict(commands.seen) == {"bulkWrite": 2}  # no insert, no find: one command each
@@ -327,32 +340,27 @@ async def test_a_lone_insert_asks_its_probe_in_the_same_command(db: tuple[Any, C
     assert await database.messages.count_documents({}) == 2
 
 
-async def test_a_lone_duplicate_raises_the_mid_conflict_and_skips_the_probe(db: tuple[Any, Commands]) -> None:
+async def test_a_lone_duplicate_raises_the_mid_conflict_and_skips_the_probe(
+    db: tuple[Any, Commands], repos: Repos
+) -> None:
     database, _ = db
-    messages = MessageRepository(database)
-    orphans = OrphanEventRepository(database)
-    await messages.ensure_indexes()
     channel = ObjectId()
-    await messages.insert(_message(channel, "m.twice"))
+    await repos[0].insert(_message(channel, "m.twice"))
     with pytest.raises(DuplicateKeyError) as raised:
-        await messages.insert(_message(channel, "m.twice"), probe=orphans.arrival_probe(channel, ["m.twice"]))
+        await insert_probing(repos, channel, "m.twice")
     assert is_mid_conflict(raised.value)
     assert await database.messages.count_documents({}) == 1
 
 
-async def test_inserts_that_share_a_batch_answer_none_and_are_all_stored(db: tuple[Any, Commands]) -> None:
+async def test_inserts_that_share_a_batch_answer_none_and_are_all_stored(
+    db: tuple[Any, Commands], repos: Repos
+) -> None:
     database, commands = db
-    messages = MessageRepository(database)
-    orphans = OrphanEventRepository(database)
-    await messages.ensure_indexes()
     channel = ObjectId()
-    await messages.insert(_message(channel, "m.b1"))
+    await repos[0].insert(_message(channel, "m.b1"))
     commands.seen.clear()
     mids = ["m.b1", "m.b2", "m.b3"]  # the first is a duplicate: it fails alone
-    outcomes = await asyncio.gather(
-        *(messages.insert(_message(channel, mid), probe=orphans.arrival_probe(channel, [mid])) for mid in mids),
-        return_exceptions=True,
-    )
+    outcomes = await asyncio.gather(*(insert_probing(repos, channel, mid) for mid in mids), return_exceptions=True)
     assert isinstance(outcomes[0], DuplicateKeyError) and outcomes[1:] == [None, None]
     assert dict(commands.seen) == {"insert": 1}
     assert await database.messages.count_documents({}) == 3
