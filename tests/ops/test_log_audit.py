@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.support.helpers import ADMIN_TOKEN, ALL_SECRETS, APP_SECRET, ROOT
 from tests.support.log_audit import LogAudit
 
@@ -69,7 +71,7 @@ def test_logs_without_secrets(tmp_path):
 """
 
 
-def run_inner_session(directory: Path, tests: str) -> subprocess.CompletedProcess[str]:
+def run_inner_session(directory: Path, tests: str, *extra_args: str) -> subprocess.CompletedProcess[str]:
     directory.mkdir()
     (directory / "conftest.py").write_text(INNER_CONFTEST)
     (directory / "test_inner.py").write_text(tests)
@@ -85,6 +87,7 @@ def run_inner_session(directory: Path, tests: str) -> subprocess.CompletedProces
             "-p",
             "no:valkey",
             f"--basetemp={directory / 'tmp'}",
+            *extra_args,
             str(directory),
         ],
         cwd=directory,
@@ -95,8 +98,10 @@ def run_inner_session(directory: Path, tests: str) -> subprocess.CompletedProces
     )
 
 
-def test_a_leaking_session_fails_and_names_each_leak_without_the_secret(tmp_path: Path) -> None:
-    result = run_inner_session(tmp_path / "leaking", LEAKING_TESTS)
+@pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["one-process", "xdist-workers"])
+def test_a_leaking_session_fails_and_names_each_leak_without_the_secret(tmp_path: Path, workers: list[str]) -> None:
+    # make test runs the suite on pytest-xdist workers: a worker's findings must fail the run too.
+    result = run_inner_session(tmp_path / "leaking", LEAKING_TESTS, *workers)
     output = result.stdout + result.stderr
     assert "4 passed" in output, output  # the tests themselves pass…
     assert result.returncode == 1, output  # …and the session fails anyway

@@ -38,6 +38,8 @@ BEARER_SHAPE = re.compile(r"Bearer [A-Za-z0-9._~+/=\-]{16,}")
 # Files the audit reads at the end, and how much of each (a runaway log must not hang it).
 OUTPUT_GLOBS = ("*.log",)
 MAX_FILE_BYTES = 50 * 1024 * 1024
+# Where a pytest-xdist worker hands its audit to the controller (``config.workeroutput``).
+WORKER_OUTPUT_KEY = "igsync_log_audit"
 _STANDARD_RECORD_KEYS = set(vars(logging.LogRecord("x", 0, "x", 0, "x", None, None))) | {"message", "asctime"}
 
 
@@ -181,8 +183,25 @@ class LogAuditPlugin:
             for pattern in OUTPUT_GLOBS:
                 files.extend(directory.rglob(pattern))
         self.audit.check_files(files)
+        worker_output = getattr(session.config, "workeroutput", None)
+        if worker_output is not None:
+            # A pytest-xdist worker: its findings go to the controller, which reports them and
+            # fails the session (a worker's own exit status does not decide the run's).
+            worker_output[WORKER_OUTPUT_KEY] = {
+                "lines_checked": self.audit.lines_checked,
+                "findings": [(f.where, f.what, f.line) for f in self.audit.findings],
+            }
         if self.audit.findings:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodedown(self, node: Any, error: Any) -> None:
+        """pytest-xdist controller: collect a finished worker's audit."""
+        report = getattr(node, "workeroutput", {}).get(WORKER_OUTPUT_KEY)
+        if report is None:
+            return
+        self.audit.lines_checked += report["lines_checked"]
+        self.audit.findings.extend(Finding(*finding) for finding in report["findings"])
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if not self.audit.findings:
