@@ -12,7 +12,8 @@ state in Python (the pure functions of :mod:`server.dedup.echo`), then
 the race reads again and recomputes. A missing document is created with ``insert_one``
 (a concurrent creator gets ``DuplicateKeyError`` on ``_id`` and retries as an updater), so
 the SecantusDB upsert quirk (``None`` answers) never comes into play. A caller that expects
-no document yet (a hint, see :meth:`EchoPairRepository.transact`) inserts before reading.
+no document yet sends the creating insert itself, ahead of its next write
+(:meth:`EchoPairRepository.creation`), and decides with ``transact`` only when it is refused.
 
 Under load the read and the creating insert of concurrent pairings share commands with each
 other (:mod:`models.group_commit`); that changes nothing above — a batched read is still one
@@ -32,7 +33,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from models.expiry import TtlIndexes
-from models.group_commit import GroupFinder, GroupInserter
+from models.group_commit import GroupFinder, GroupInserter, LeadInsert
 
 T = TypeVar("T")
 
@@ -65,29 +66,25 @@ class EchoPairRepository:
         """A pairing document by its key."""
         return await self.coll.find_one({"_id": key})
 
-    async def transact(self, key: str, decide: Decision[T], *, expires_at: dt.datetime, likely_new: bool = False) -> T:
-        """Apply ``decide`` to the document ``key`` atomically (compare-and-swap); its result.
+    def creation(self, key: str, state: dict[str, Any], *, expires_at: dt.datetime) -> LeadInsert:
+        """The insert that creates document ``key`` with ``state`` — as :meth:`transact` does on
+        a missing document — for a caller that sends it ahead of another write (an echo's
+        message: :meth:`models.group_commit.GroupInserter.insert`). Refused on ``_id`` when the
+        document exists: the caller then decides with :meth:`transact`."""
+        return LeadInsert(self.coll, {"_id": key, "version": 1, **state, "expires_at": expires_at})
 
-        ``likely_new``: the caller expects no document (a hint): the first attempt decides on
-        "none" and inserts without reading; when one exists after all, the insert fails on
-        ``_id`` and the next attempt reads it — as when a concurrent creator won."""
-        assume_absent = likely_new
+    async def transact(self, key: str, decide: Decision[T], *, expires_at: dt.datetime) -> T:
+        """Apply ``decide`` to the document ``key`` atomically (compare-and-swap); its result."""
         for _ in range(MAX_CAS_ATTEMPTS):
-            assumed, assume_absent = assume_absent, False
-            if assumed:
-                current = None
-            else:
-                found = await self._reader.find([key])
-                current = found[0] if found else None
+            found = await self._reader.find([key])
+            current = found[0] if found else None
             state, result = decide(current)
             if state is None:
-                if assumed:
-                    continue  # a decision with nothing to write proves nothing unless read
                 # Nothing to change (an idempotent repeat): the read was one consistent snapshot.
                 return result
             if current is None:
                 try:
-                    await self._inserter.insert({"_id": key, "version": 1, **state, "expires_at": expires_at})
+                    await self._inserter.insert(self.creation(key, state, expires_at=expires_at).doc)
                 except DuplicateKeyError:
                     continue
                 return result

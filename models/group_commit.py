@@ -32,6 +32,7 @@ from pymongo.errors import (
     DuplicateKeyError,
     InvalidOperation,
     OperationFailure,
+    PyMongoError,
     WriteConcernError,
 )
 
@@ -103,42 +104,148 @@ def _fail_all(batch: list[tuple[Any, asyncio.Future[Any]]], exc: BaseException) 
             future.set_exception(exc)
 
 
-class GroupInserter(_Batcher[tuple[dict[str, Any], UpdateOne | None], bool | None]):
+@dataclass(frozen=True)
+class LeadInsert:
+    """A document of another collection that must be inserted right before a document of a
+    :class:`GroupInserter`: the second is written only once the first succeeded. A lone insert
+    sends both in one ordered command (the echo's pairing claim and its message)."""
+
+    coll: AsyncCollection
+    doc: dict[str, Any]
+
+    def operation(self) -> InsertOne:
+        """The insert as a client ``bulkWrite`` operation."""
+        return InsertOne(self.doc, namespace=self.coll.full_name)
+
+
+class LeadRefused(PyMongoError):
+    """The lead insert was refused by the store (``failure``: its own write error, e.g. a
+    ``DuplicateKeyError``); the document that was to follow it was not inserted."""
+
+    def __init__(self, failure: BaseException) -> None:
+        super().__init__(f"the lead insert was refused: {failure}")
+        self.failure = failure
+
+
+InsertRequest = tuple[dict[str, Any], UpdateOne | None, LeadInsert | None]
+
+
+class GroupInserter(_Batcher[InsertRequest, bool | None]):
     # A client bulkWrite needs MongoDB 8.0+; PyMongo refuses it before sending anything to an
     # older server, and from then on this inserter sends lone inserts (the caller reads itself).
     probes_supported = True
 
-    async def insert(self, doc: dict[str, Any], probe: UpdateOne | None = None) -> bool | None:
+    async def insert(
+        self, doc: dict[str, Any], probe: UpdateOne | None = None, lead: LeadInsert | None = None
+    ) -> bool | None:
         """Insert ``doc`` (which must carry its ``_id``); raise what ``insert_one`` would.
 
         ``probe`` is an update that changes nothing, asked right after the insert: whether it
         matched a document. A lone insert sends both in one ordered ``bulkWrite`` — the probe
         runs only once the insert succeeded, as a separate read after it would — and answers
         True or False; an insert that shares a batch answers None (the caller reads itself:
-        an ordered batch would stop every later caller's insert at one duplicate)."""
-        return await self._submit((doc, probe if self.probes_supported else None))
+        an ordered batch would stop every later caller's insert at one duplicate).
 
-    async def _send(self, batch: list[tuple[tuple[dict[str, Any], UpdateOne | None], asyncio.Future[Any]]]) -> None:
-        failures: dict[int, BaseException] = {}
-        docs = [doc for (doc, _), _ in batch]
+        ``lead`` is inserted first (in the same ordered command when the insert goes alone,
+        else in a command of its own before the batch); when the store refuses it, nothing
+        else is written and :class:`LeadRefused` carries its error."""
+        return await self._submit((doc, probe if self.probes_supported else None, lead))
+
+    async def _send(self, batch: list[tuple[InsertRequest, asyncio.Future[Any]]]) -> None:
+        if len(batch) == 1:
+            await self._send_alone(*batch[0])
+            return
+        batch = await self._leads_first(batch)
+        if batch:
+            await self._send_many(batch)
+
+    async def _send_alone(self, request: InsertRequest, future: asyncio.Future[Any]) -> None:
+        doc, probe, lead = request
         try:
-            if len(batch) == 1:
-                (doc, probe), future = batch[0]
-                if probe is None:
-                    await self.coll.insert_one(doc)
-                    matched = None
-                else:
-                    matched = await self._insert_probing(doc, probe)
-                if not future.done():
-                    future.set_result(matched)
-                return
+            if probe is None and lead is None:
+                await self.coll.insert_one(doc)
+                answer = None
+            elif self.probes_supported:
+                answer = await self._insert_in_one_command(doc, probe, lead)
+            else:
+                answer = await self._insert_separately(doc, lead)
+        except BaseException as exc:
+            if not future.done():
+                future.set_exception(exc)
+            return
+        if not future.done():
+            future.set_result(answer)
+
+    async def _insert_in_one_command(
+        self, doc: dict[str, Any], probe: UpdateOne | None, lead: LeadInsert | None
+    ) -> bool | None:
+        """One ordered ``bulkWrite``: the lead, the insert, then the probe. The probe's answer,
+        or None if the probe alone failed (the document is stored; the caller reads for
+        itself). A failed insert raises what ``insert_one`` would have (:func:`_ordered_failure`)."""
+        operations = [lead.operation()] if lead is not None else []
+        at = len(operations)
+        operations.append(InsertOne(doc, namespace=self.coll.full_name))
+        if probe is not None:
+            operations.append(probe)
+        try:
+            result = await self.coll.database.client.bulk_write(
+                operations, ordered=True, verbose_results=True, write_concern=self.coll.write_concern
+            )
+        except InvalidOperation as exc:
+            if "8.0" not in str(exc):  # PyMongo's "requires MongoDB server version 8.0+"
+                raise
+            self.probes_supported = False  # nothing was sent
+            return await self._insert_separately(doc, lead)
+        except ClientBulkWriteException as exc:
+            failure = _ordered_failure(exc, at)
+            if failure is exc:  # only the probe failed: the document is stored
+                return None
+            raise failure from exc
+        update = result.update_results.get(at + 1)
+        return None if update is None else update.matched_count > 0
+
+    async def _insert_separately(self, doc: dict[str, Any], lead: LeadInsert | None) -> None:
+        """The server takes no client ``bulkWrite``: the lead, then the document, each alone."""
+        if lead is not None:
+            try:
+                await lead.coll.insert_one(lead.doc)
+            except OperationFailure as exc:
+                raise LeadRefused(exc) from exc
+        await self.coll.insert_one(doc)
+
+    async def _leads_first(
+        self, batch: list[tuple[InsertRequest, asyncio.Future[Any]]]
+    ) -> list[tuple[InsertRequest, asyncio.Future[Any]]]:
+        """A batch's lead inserts, before its documents: the callers whose lead was refused
+        are answered (their document is not inserted); the rest of the batch is returned."""
+        leads = {i: lead for i, ((_, _, lead), _) in enumerate(batch) if lead is not None}
+        if not leads:
+            return batch
+        by_collection: dict[str, list[int]] = {}
+        for i, lead in leads.items():
+            by_collection.setdefault(lead.coll.full_name, []).append(i)
+        refused: dict[int, BaseException] = {}
+        for indexes in by_collection.values():
+            try:
+                await leads[indexes[0]].coll.insert_many([leads[i].doc for i in indexes], ordered=False)
+            except BulkWriteError as exc:
+                for n, failure in _statement_failures(exc, len(indexes)).items():
+                    # A write concern error is the whole command's: no lead is sure, none refused.
+                    refused[indexes[n]] = failure if failure is exc else LeadRefused(failure)
+            except Exception as exc:
+                refused.update(dict.fromkeys(indexes, exc))
+        _settle([batch[i] for i in refused], {n: refused[i] for n, i in enumerate(refused)})
+        return [entry for i, entry in enumerate(batch) if i not in refused]
+
+    async def _send_many(self, batch: list[tuple[InsertRequest, asyncio.Future[Any]]]) -> None:
+        failures: dict[int, BaseException] = {}
+        docs = [doc for (doc, _, _), _ in batch]
+        try:
             await self.coll.insert_many(docs, ordered=False)
-        except DuplicateKeyError as exc:  # the lone insert
-            failures[0] = exc
         except BulkWriteError as exc:
             failures = _statement_failures(exc, len(batch))
         except Exception as exc:
-            if len(batch) == 1 or store_unavailable(exc):
+            if store_unavailable(exc):
                 _fail_all(batch, exc)
                 return
             failures = await self._one_by_one(docs)
@@ -146,31 +253,6 @@ class GroupInserter(_Batcher[tuple[dict[str, Any], UpdateOne | None], bool | Non
             _fail_all(batch, exc)
             return
         _settle(batch, failures)
-
-    async def _insert_probing(self, doc: dict[str, Any], probe: UpdateOne) -> bool | None:
-        """One ordered ``bulkWrite``: the insert, then the probe. Its answer, or None if the
-        probe alone failed (the document is stored; the caller reads for itself). A failed
-        insert raises what ``insert_one`` would have (:func:`_lone_failure`)."""
-        try:
-            result = await self.coll.database.client.bulk_write(
-                [InsertOne(doc, namespace=self.coll.full_name), probe],
-                ordered=True,
-                verbose_results=True,
-                write_concern=self.coll.write_concern,
-            )
-        except InvalidOperation as exc:
-            if "8.0" not in str(exc):  # PyMongo's "requires MongoDB server version 8.0+"
-                raise
-            self.probes_supported = False  # nothing was sent
-            await self.coll.insert_one(doc)
-            return None
-        except ClientBulkWriteException as exc:
-            failure = _lone_failure(exc)
-            if failure is exc:  # only the probe failed: the document is stored
-                return None
-            raise failure from exc
-        update = result.update_results.get(1)
-        return None if update is None else update.matched_count > 0
 
     async def _one_by_one(self, docs: list[dict[str, Any]]) -> dict[int, BaseException]:
         """Each document of a refused batch alone: only the ones refused again fail."""
@@ -211,18 +293,21 @@ def _statement_failures(exc: BulkWriteError, size: int) -> dict[int, BaseExcepti
     return failures
 
 
-def _lone_failure(exc: ClientBulkWriteException) -> BaseException:
-    """What a lone insert's ``bulkWrite`` failure is to its caller: what ``insert_one`` would
-    have raised (its network error, its write concern error, or the insert's own write error:
-    ``DuplicateKeyError`` for a duplicate) — or ``exc`` itself when only the probe failed."""
+def _ordered_failure(exc: ClientBulkWriteException, at: int) -> BaseException:
+    """What an ordered ``bulkWrite`` of [lead?, the insert at ``at``, probe?] failing means to
+    the inserter's caller: what ``insert_one`` would have raised (its network error, its write
+    concern error, the insert's own write error: ``DuplicateKeyError`` for a duplicate),
+    :class:`LeadRefused` for the lead's write error — or ``exc`` itself when only the probe failed."""
     if exc.error is not None:
         return exc.error if isinstance(exc.error, BaseException) else OperationFailure(str(exc.error))
     if exc.write_concern_errors:
         error = exc.write_concern_errors[0]
         return WriteConcernError(error.get("errmsg", "write concern error"), error.get("code"), error)
     for error in exc.write_errors or []:
-        if error.get("idx") == 0:
+        if error.get("idx") == at:
             return _as_exception(error)
+        if error.get("idx", at) < at:
+            return LeadRefused(_as_exception(error))
     return exc
 
 

@@ -39,7 +39,7 @@ from pymongo import ASCENDING, DESCENDING, UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
 
 from models.atomic import update_get
-from models.group_commit import GroupFinder, GroupInserter, GroupManyUpdater
+from models.group_commit import GroupFinder, GroupInserter, GroupManyUpdater, LeadInsert
 from models.indexes import drop_superseded
 from models.sharding import in_channel
 from models.timeutil import aware
@@ -156,12 +156,14 @@ class MessageRepository:
         await self.coll.create_index([("created_at", ASCENDING)], name="created_at")
         await drop_superseded(self.coll, _SUPERSEDED_INDEXES)
 
-    async def insert(self, doc: dict[str, Any], *, probe: UpdateOne | None = None) -> bool | None:
+    async def insert(
+        self, doc: dict[str, Any], *, probe: UpdateOne | None = None, lead: LeadInsert | None = None
+    ) -> bool | None:
         """Insert (group-committed with concurrent inserts); ``DuplicateKeyError`` propagates —
         it *is* the dedup decision. With ``probe``: whether it matched, asked right after the
-        insert in the same command when the insert goes alone, else None
-        (:meth:`models.group_commit.GroupInserter.insert`)."""
-        return await self._inserter.insert(with_keys(doc), probe)
+        insert in the same command when the insert goes alone, else None; ``lead``: inserted
+        first, the message only if it succeeds (:meth:`models.group_commit.GroupInserter.insert`)."""
+        return await self._inserter.insert(with_keys(doc), probe, lead)
 
     async def get(self, message_id: ObjectId, channel_id: ObjectId | None = None) -> dict[str, Any] | None:
         """A message by id (routed to its shard when the channel is given)."""

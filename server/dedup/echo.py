@@ -21,6 +21,7 @@ from typing import Any
 from pymongo.errors import DuplicateKeyError
 
 from models.echo_pairs import EchoPairContention
+from models.group_commit import LeadRefused
 from models.messages import SOURCE_INSTAGRAM_DIRECT
 from models.store import Store
 from server.dedup.marks import SentMarks
@@ -80,11 +81,20 @@ class EchoDedup:
             return await self.recorder.complete(existing, received_at=received_at), LAYER_MID
         # 2. the pairing document: does a send of this text in this conversation claim it?
         #    With no send outstanding (Redis says), the document most likely does not exist:
-        #    create it at once instead of reading first (one round trip less for a message
-        #    typed in the Instagram app). The insert is the same compare-and-swap either way.
-        match = await self.pairing.register_echo(
-            conversation_id, message["content_hash"], mid, likely_new=not hints.send_outstanding
-        )
+        #    create it without reading first, and in the same command as the message, which
+        #    then follows only if the creation succeeded — the two writes of steps 2 and 3 in
+        #    their order, one round trip for a message typed in the Instagram app.
+        if not hints.send_outstanding:
+            claim = self.pairing.new_echo_claim(conversation_id, message["content_hash"], mid)
+            try:
+                recorded = await self.recorder.record(message, received_at=received_at, lead=claim)
+            except LeadRefused as refused:
+                if not isinstance(refused.failure, DuplicateKeyError):
+                    raise refused.failure from refused
+                # The document exists after all (a send of this text, a twin): decide on it.
+            else:
+                return recorded, (LAYER_MID if recorded.duplicate else None)
+        match = await self.pairing.register_echo(conversation_id, message["content_hash"], mid)
         if match.send_id is None:
             # 3. an Instagram-app message. A concurrent send that paired with it may have
             #    stored it already (with this mid): then the index answers "duplicate".

@@ -19,6 +19,7 @@ from typing import Any
 from bson import ObjectId
 
 from models.echo_pairs import EchoPairRepository
+from models.group_commit import LeadInsert
 
 # One (conversation, text) document keeps at most this many sends and echoes of the window;
 # only a flood of one identical text in one conversation could reach it.
@@ -125,18 +126,23 @@ class EchoPairing:
         # Idle documents hold nothing the decision would keep: expire them after the window.
         return dt.datetime.fromtimestamp(now + 2 * self.window_secs, tz=dt.UTC)
 
-    async def register_echo(
-        self, conversation_id: ObjectId, content_hash: str, mid: str, *, likely_new: bool = False
-    ) -> EchoMatch:
-        """Decide, atomically, whether an echo pairs with a waiting send. ``likely_new``: the
-        pairing document probably does not exist yet (try creating it before reading it)."""
+    async def register_echo(self, conversation_id: ObjectId, content_hash: str, mid: str) -> EchoMatch:
+        """Decide, atomically, whether an echo pairs with a waiting send."""
         # The clock is read inside the decision: ``at`` is the time of the attempt that won.
         return await self.repo.transact(
             pair_document_key(conversation_id, content_hash),
             lambda doc: register_echo(doc, mid, now=self.clock(), window_secs=self.window_secs),
             expires_at=self._expiry(self.clock()),
-            likely_new=likely_new,
         )
+
+    def new_echo_claim(self, conversation_id: ObjectId, content_hash: str, mid: str) -> LeadInsert:
+        """The insert :meth:`register_echo` makes when no pairing document exists: echo ``mid``
+        registered, no send claims it. Sent ahead of the echo's message in one command
+        (:mod:`server.dedup.echo`); refused on ``_id`` when the document exists after all."""
+        now = self.clock()
+        state, _ = register_echo(None, mid, now=now, window_secs=self.window_secs)
+        assert state is not None  # a first registration always writes
+        return self.repo.creation(pair_document_key(conversation_id, content_hash), state, expires_at=self._expiry(now))
 
     async def register_send(
         self, conversation_id: ObjectId, content_hash: str, send_id: str, mids: list[str]

@@ -34,6 +34,7 @@ from typing import Any, Protocol
 from pymongo.errors import DuplicateKeyError
 
 from models.conversations import STATUS_NEEDS_REPLY
+from models.group_commit import LeadInsert
 from models.messages import IMPORTED_BACKFILL, TYPE_CUSTOMER, is_mid_conflict
 from models.store import Store
 from server.inbox import events as ev
@@ -85,12 +86,13 @@ class MessageRecorder:
         self.hooks: list[AfterStoreHook] = list(hooks or [])
         self.before_hooks: list[BeforeStoreHook] = list(before_hooks or [])
 
-    async def record(self, message: dict[str, Any], *, received_at: float) -> Recorded:
-        """Store ``message`` once; a mid already known answers ``duplicate=True``."""
+    async def record(self, message: dict[str, Any], *, received_at: float, lead: LeadInsert | None = None) -> Recorded:
+        """Store ``message`` once; a mid already known answers ``duplicate=True``. ``lead``: a
+        write that must succeed first, sent with the insert (``LeadRefused`` when it fails)."""
         for before in self.before_hooks:
             await before.before_message_stored(message)
         try:
-            early = await self._insert(message)
+            early = await self._insert(message, lead)
         except DuplicateKeyError as exc:
             if not is_mid_conflict(exc):
                 raise
@@ -107,14 +109,14 @@ class MessageRecorder:
         conversation = await self.apply(message, received_at=received_at)
         return Recorded(message, conversation)
 
-    async def _insert(self, message: dict[str, Any]) -> bool | None:
+    async def _insert(self, message: dict[str, Any], lead: LeadInsert | None = None) -> bool | None:
         """Step 1: the insert, and whether events about the message came first (None: not asked).
 
         Why the question is asked after the insert: an early event is kept, then its handler
         looks for the message; a message is inserted, then looks for early events. Each writes
         before it reads, so at least one of them sees the other (server/ingest/changes.py)."""
         probe = self.store.orphan_events.arrival_probe(message["channel_id"], message.get("mids") or [])
-        return await self.store.messages.insert(message, probe=probe)
+        return await self.store.messages.insert(message, probe=probe, lead=lead)
 
     async def _repair(self, incoming: dict[str, Any], received_at: float) -> Recorded:
         existing = None

@@ -1,6 +1,6 @@
 """The Redis hint that orders an echo's pairing: with no send outstanding the pairing document is
-created without being read first (one round trip less); a wrong hint costs a round trip, never
-a duplicate."""
+created without being read first, in the same command as the echo's message (one round trip for
+both); a wrong hint costs round trips, never a duplicate."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from pymongo import monitoring
 
+from models.sharding import client_bulk_write_parts
 from server.dedup.marks import sent_message_key
 from tests.support.dedup import conversation_of, echo, mark_sent, new_mid, ok_body, stored_messages
 from tests.support.helpers import CUSTOMER_A, messaging_body, text_item
@@ -17,14 +18,23 @@ from tests.support.server import RunningServer, connect_tenant, start_server, st
 
 
 class PairingCommands(monitoring.CommandListener):
-    """The commands sent to ``echo_pairs`` while ``on``."""
+    """The commands sent to ``echo_pairs`` while ``on`` (a write inside a client ``bulkWrite`` as
+    ``bulkWrite:<its kind>``), and the collections each such ``bulkWrite`` wrote, in order."""
 
     def __init__(self) -> None:
         self.on = False
         self.names: list[str] = []
+        self.bulk_writes: list[list[str]] = []
 
     def started(self, event: monitoring.CommandStartedEvent) -> None:
-        if self.on and event.command.get(event.command_name) == "echo_pairs":
+        if not self.on:
+            return
+        if event.command_name == "bulkWrite":
+            parts = client_bulk_write_parts(event.command)
+            self.names.extend(f"bulkWrite:{name}" for name, coll, _ in parts if coll == "echo_pairs")
+            if any(coll == "echo_pairs" for _, coll, _ in parts):
+                self.bulk_writes.append([coll for _, coll, _ in parts])
+        elif event.command.get(event.command_name) == "echo_pairs":
             self.names.append(event.command_name)
 
     def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
@@ -51,7 +61,10 @@ async def test_an_echo_typed_in_the_app_creates_its_pairing_document_without_rea
     body = ok_body(await echo(server.client, new_mid("e"), "typed in the Instagram app"))
     listener.on = False
     assert body["status"] == "success" and "duplicate" not in body
-    assert listener.names == ["insert"]
+    assert listener.names == ["bulkWrite:insert"]
+    # One command: the pairing claim, then the message (only if the claim succeeded), then the
+    # question whether events about it came first.
+    assert listener.bulk_writes == [["echo_pairs", "messages", "orphan_events"]]
 
 
 async def test_an_echo_of_an_outstanding_send_reads_the_pairing_document_first(watched) -> None:
@@ -76,6 +89,6 @@ async def test_a_wrong_hint_costs_a_round_trip_not_a_duplicate(watched) -> None:
     listener.on = False
     # MongoDB's pairing document still decides: the echo is the send's, recognised by the database.
     assert body == {"status": "success", "duplicate": True, "layer": "database"}
-    assert listener.names == ["insert", "find", "update"]
+    assert listener.names == ["bulkWrite:insert", "find", "update"]
     texts = [m["content"] for m in await stored_messages(server.core.store.db)]
     assert texts.count("hint lost") == 1

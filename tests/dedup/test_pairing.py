@@ -10,10 +10,10 @@ from typing import Any
 from bson import ObjectId
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pymongo.errors import DuplicateKeyError
 
 from models.store import Store
-from models.timeutil import utcnow
-from server.dedup.pairing import EchoPairing, register_echo, register_send
+from server.dedup.pairing import EchoMatch, EchoPairing, register_echo, register_send
 
 WINDOW = 30.0
 
@@ -137,6 +137,17 @@ def test_any_serial_order_pairs_consistently(order: list[tuple[str, int]]) -> No
     assert not (unpaired_sends and unpaired_echoes)
 
 
+async def claim_then_register(pairing: EchoPairing, conversation: ObjectId, content_hash: str, mid: str) -> EchoMatch:
+    """What the echo side does with no send outstanding (server/dedup/echo.py): create the
+    document without reading (its claim, sent ahead of the message), else decide on it."""
+    claim = pairing.new_echo_claim(conversation, content_hash, mid)
+    try:
+        await claim.coll.insert_one(claim.doc)
+    except DuplicateKeyError:
+        return await pairing.register_echo(conversation, content_hash, mid)
+    return EchoMatch(None, by_mid=False, first=True, send_at=None)
+
+
 async def test_concurrent_registrations_agree_across_clients(settings) -> None:
     """Two independent MongoDB clients (as two processes would have) race on one document:
     every echo is paired at most once, every send holds at most one echo, and every caller's
@@ -151,8 +162,9 @@ async def test_concurrent_registrations_agree_across_clients(settings) -> None:
         for i in range(9):
             # m0..m2 redelivered to both "processes" at once.
             for p in pairings if i < 3 else pairings[:1]:
-                # Half of them with the "no send outstanding" hint: created before read.
-                calls.append(("echo", f"m{i}", p.register_echo(conversation, "h", f"m{i}", likely_new=i % 2 == 0)))
+                # Half of them with the "no send outstanding" hint: claimed before read.
+                register = claim_then_register if i % 2 == 0 else EchoPairing.register_echo
+                calls.append(("echo", f"m{i}", register(p, conversation, "h", f"m{i}")))
         results = await asyncio.gather(*[c[2] for c in calls])
         doc = await stores[0].echo_pairs.get(f"{conversation}:h")
         sends = {s["id"]: s for s in doc["sends"]}
@@ -173,22 +185,3 @@ async def test_concurrent_registrations_agree_across_clients(settings) -> None:
         await stores[0].client.drop_database(settings.mongo_db)
         for s in stores:
             await s.close()
-
-
-async def test_a_decision_taken_on_an_assumed_absence_is_checked_by_a_read(settings) -> None:
-    """``likely_new`` skips the first read; a decision that then has nothing to write was taken on
-    an assumption, so the document is read before its answer counts."""
-    store = Store(settings.mongo_url, settings.mongo_db)
-    try:
-        await store.echo_pairs.coll.insert_one({"_id": "k", "version": 1, "sends": [], "echoes": [{"mid": "m"}]})
-        seen: list[Any] = []
-
-        def read_only(doc: dict[str, Any] | None) -> tuple[None, Any]:
-            seen.append(doc)
-            return None, doc
-
-        found = await store.echo_pairs.transact("k", read_only, expires_at=utcnow(), likely_new=True)
-        assert seen[0] is None and found is not None and found["echoes"] == [{"mid": "m"}]
-    finally:
-        await store.client.drop_database(settings.mongo_db)
-        await store.close()

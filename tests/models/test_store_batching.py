@@ -20,7 +20,7 @@ from bson import ObjectId
 from pymongo.errors import DuplicateKeyError, OperationFailure
 
 from models.conversations import STATUS_ANSWERED, STATUS_NEEDS_REPLY, ConversationRepository
-from models.group_commit import GroupFinder, GroupManyUpdater, GroupUpdate, GroupUpdater
+from models.group_commit import GroupFinder, GroupManyUpdater, GroupUpdate, GroupUpdater, LeadInsert, LeadRefused
 from models.messages import MessageRepository, is_mid_conflict
 from models.orphan_events import OrphanEventRepository
 from models.store import mongo_client
@@ -364,6 +364,75 @@ async def test_inserts_that_share_a_batch_answer_none_and_are_all_stored(
     assert isinstance(outcomes[0], DuplicateKeyError) and outcomes[1:] == [None, None]
     assert dict(commands.seen) == {"insert": 1}
     assert await database.messages.count_documents({}) == 3
+
+
+# -- a lead insert ahead of the message (the echo's pairing claim) ----------------------------
+
+
+def claim(database: Any, key: str) -> LeadInsert:
+    return LeadInsert(database.echo_pairs, {"_id": key, "version": 1})
+
+
+async def test_a_lone_insert_sends_its_lead_in_the_same_command_and_is_refused_with_it(
+    db: tuple[Any, Commands], repos: Repos
+) -> None:
+    database, commands = db
+    channel, (messages, orphans) = ObjectId(), repos
+    commands.seen.clear()
+    early = await messages.insert(
+        _message(channel, "m.led"), probe=orphans.arrival_probe(channel, ["m.led"]), lead=claim(database, "k")
+    )
+    assert early is False
+    assert dict(commands.seen) == {"bulkWrite": 1}
+    assert await database.echo_pairs.count_documents({"_id": "k"}) == 1
+
+    # The lead is refused (its document exists): nothing else is written.
+    with pytest.raises(LeadRefused) as raised:
+        await messages.insert(_message(channel, "m.second"), lead=claim(database, "k"))
+    assert isinstance(raised.value.failure, DuplicateKeyError)
+    assert not is_mid_conflict(raised.value.failure)
+    assert await database.messages.count_documents({}) == 1
+
+    # A duplicate message after a lead that succeeded: the message's own conflict.
+    with pytest.raises(DuplicateKeyError) as conflict:
+        await messages.insert(_message(channel, "m.led"), lead=claim(database, "k2"))
+    assert is_mid_conflict(conflict.value)
+
+
+async def test_leads_of_a_batch_go_first_and_a_refused_one_keeps_its_message_out(
+    db: tuple[Any, Commands], repos: Repos
+) -> None:
+    database, commands = db
+    channel, messages = ObjectId(), repos[0]
+    await database.echo_pairs.insert_one({"_id": "taken"})
+    commands.seen.clear()
+    outcomes = await asyncio.gather(
+        messages.insert(_message(channel, "m.1"), lead=claim(database, "free1")),
+        messages.insert(_message(channel, "m.2"), lead=claim(database, "taken")),
+        messages.insert(_message(channel, "m.3")),
+        messages.insert(_message(channel, "m.4"), lead=claim(database, "free2")),
+        return_exceptions=True,
+    )
+    assert outcomes[0] is None and outcomes[2] is None and outcomes[3] is None
+    assert isinstance(outcomes[1], LeadRefused) and isinstance(outcomes[1].failure, DuplicateKeyError)
+    assert dict(commands.seen) == {"insert": 2}  # the leads in one, then the messages in one
+    assert sorted(m["mid"] for m in await database.messages.find().to_list(None)) == ["m.1", "m.3", "m.4"]
+    assert await database.echo_pairs.count_documents({}) == 3
+
+
+async def test_without_client_bulk_write_the_lead_and_the_message_go_one_after_the_other(
+    db: tuple[Any, Commands], repos: Repos
+) -> None:
+    """MongoDB < 8.0 (no client bulkWrite): the same order and outcomes in separate commands."""
+    database, commands = db
+    channel, messages = ObjectId(), repos[0]
+    messages._inserter.probes_supported = False
+    commands.seen.clear()
+    assert await messages.insert(_message(channel, "m.old"), lead=claim(database, "k")) is None
+    with pytest.raises(LeadRefused):
+        await messages.insert(_message(channel, "m.refused"), lead=claim(database, "k"))
+    assert dict(commands.seen) == {"insert": 3}
+    assert [m["mid"] for m in await database.messages.find().to_list(None)] == ["m.old"]
 
 
 def _message(channel: ObjectId, mid: str) -> dict[str, Any]:
