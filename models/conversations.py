@@ -8,11 +8,17 @@ Applying a message to its conversation is one atomic, *idempotent* update: it is
 by the message id (``recent_message_ids``), so a webhook redelivered after a half-finished
 attempt (message stored, conversation not yet updated, MongoDB gone → 503) repairs the
 conversation instead of counting the message twice.
+
+Every write stamps a fresh ``rev`` (:func:`stamp`): the repository remembers the latest state
+it saw of recent conversations, and a state whose ``rev`` is still the stored one is exactly the
+stored document. Applying a message to such a state needs no read-back (:meth:`apply_message`).
 """
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
+from collections import OrderedDict
 from typing import Any
 
 from bson import ObjectId
@@ -21,7 +27,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from models.atomic import get_or_insert, update_get
 from models.customers import PROFILE_FIELDS
-from models.group_commit import GroupUpdate, GroupUpdater
+from models.group_commit import GroupUpdate, GroupUpdater, Shortcut
 from models.guarded import guarded_update, lit
 from models.sharding import in_channel
 from models.timeutil import UTC, utcnow
@@ -35,6 +41,15 @@ RECENT_IDS_KEPT = 32
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=UTC)
 # Rows sharing the cursor's millisecond that a page can step over (see ``page``).
 _TIE_SLACK = 20
+# Conversations whose latest seen state is kept for the read-free apply (least recently used
+# dropped); a few KiB each.
+KNOWN_STATES_KEPT = 4096
+
+
+def stamp() -> dict[str, Any]:
+    """What every write to a conversation sets besides its own fields: ``updated_at``, and a
+    fresh ``rev`` — so a remembered state with the stored ``rev`` is the stored document."""
+    return {"updated_at": utcnow(), "rev": ObjectId()}
 
 
 def customer_snapshot(customer: dict[str, Any]) -> dict[str, Any]:
@@ -56,10 +71,89 @@ def message_summary(message: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def applied_to_known(
+    known: dict[str, Any], message: dict[str, Any], *, token: ObjectId, rev: ObjectId
+) -> Shortcut | None:
+    """:meth:`ConversationRepository.apply_message` for a remembered state of the conversation:
+    the update that applies ``message`` if the stored document is still ``known`` (same ``rev``),
+    and the document it makes — None when ``known`` lacks what the decision reads.
+
+    The update writes what the message decides and leaves the rest to relative operators
+    (``$inc``, ``$push``, ``$max``), and its filter holds the state it was decided on (``rev``,
+    ``status``, the count, which side of ``last_message_at`` the message falls): applied to any
+    document that matches, it stores exactly what the pipeline would. ``rev`` makes the rest of
+    the document returned, untouched by the update, the stored one."""
+    status, unread, last_at, recent = (
+        known.get("status"),
+        known.get("unread_count"),
+        known.get("last_message_at"),
+        known.get("recent_message_ids"),
+    )
+    if known.get("rev") is None or not isinstance(status, str) or not isinstance(unread, int):
+        return None
+    if not isinstance(last_at, dt.datetime) or not isinstance(recent, list):
+        return None
+    inbound = message["type"] == "customer"
+    sent = as_stored(message["sent_at"])
+    if sent.tzinfo is None or last_at.tzinfo is None:
+        return None
+    newest = last_at <= sent
+    prev_status = status if inbound or newest else STATUS_NEEDS_REPLY
+    changes: dict[str, Any] = {
+        "last_apply": {"token": token, "prev_status": prev_status},
+        "updated_at": utcnow(),
+        "rev": rev,
+    }
+    if newest:
+        changes["last_message"] = as_stored(message_summary(message))
+        changes["last_message_at"] = sent
+        changes["status"] = STATUS_NEEDS_REPLY if inbound else STATUS_ANSWERED
+    update: dict[str, Any] = {
+        "$set": changes,
+        "$push": {"recent_message_ids": {"$each": [message["_id"]], "$slice": -RECENT_IDS_KEPT}},
+    }
+    after = {**known, **changes, "recent_message_ids": [*recent, message["_id"]][-RECENT_IDS_KEPT:]}
+    if inbound:
+        added = 0 if message.get("imported") == "backfill" else 1
+        update["$inc"] = {"unread_count": added}
+        update["$max"] = {"last_customer_message_at": sent}
+        after["unread_count"] = unread + added
+        after["last_customer_message_at"] = max(known.get("last_customer_message_at") or sent, sent)
+    elif newest:
+        changes["unread_count"] = after["unread_count"] = 0
+    query = {
+        "_id": known["_id"],
+        "channel_id": message["channel_id"],
+        "rev": known["rev"],
+        "status": status,
+        "unread_count": unread,
+        "recent_message_ids": {"$ne": message["_id"]},
+        "last_message_at": {"$lte": sent} if newest else {"$gt": sent},
+    }
+    return Shortcut(query, update, after)
+
+
+def as_stored(value: Any) -> Any:
+    """``value`` as MongoDB gives it back: datetimes truncated to milliseconds."""
+    if isinstance(value, dt.datetime):
+        return value.replace(microsecond=value.microsecond // 1000 * 1000)
+    if isinstance(value, dict):
+        return {k: as_stored(v) for k, v in value.items()}
+    return value
+
+
 class ConversationRepository:
-    def __init__(self, db: AsyncDatabase) -> None:
+    def __init__(self, db: AsyncDatabase, *, known_states: int = KNOWN_STATES_KEPT) -> None:
         self.coll = db["conversations"]
         self._updater = GroupUpdater(self.coll)
+        # The latest state seen of recent conversations, by id (see ``apply_message``).
+        self._known: OrderedDict[ObjectId, dict[str, Any]] = OrderedDict()
+        self._known_states = known_states
+
+    def use_client_bulk_write(self, on: bool) -> None:
+        """Whether a message's read-free apply goes with its fallback in one client bulkWrite
+        (``models.store.Store.adapt_to_server``); else it is tried alone first."""
+        self._updater.client_bulk_write = on
 
     async def ensure_indexes(self) -> None:
         """Create the collection's indexes (idempotent)."""
@@ -110,9 +204,12 @@ class ConversationRepository:
             "last_message_at": EPOCH,
             "created_at": now,
             "updated_at": now,
+            "rev": ObjectId(),
             "recent_message_ids": [],
         }
-        return await get_or_insert(self.coll, key, new)
+        doc, created = await get_or_insert(self.coll, key, new)
+        self._remember(doc)
+        return doc, created
 
     async def apply_message(self, conversation_id: ObjectId, message: dict[str, Any]) -> dict[str, Any] | None:
         """Account for a newly stored message; the conversation after, or None if already applied.
@@ -137,6 +234,7 @@ class ConversationRepository:
         history = message.get("imported") == "backfill"
         mid = message["_id"]
         token = ObjectId()
+        rev = ObjectId()
         newest = {"$lte": ["$last_message_at", lit(message["sent_at"])]}
 
         def if_newest(value: Any, name: str) -> dict[str, Any]:
@@ -156,6 +254,7 @@ class ConversationRepository:
                 else if_newest(0, "unread_count")
             ),
             "updated_at": lit(utcnow()),
+            "rev": lit(rev),
             "recent_message_ids": {
                 "$slice": [{"$concatArrays": [{"$ifNull": ["$recent_message_ids", []]}, [lit(mid)]]}, -RECENT_IDS_KEPT]
             },
@@ -164,6 +263,7 @@ class ConversationRepository:
             # Meta's messaging window runs from the customer's latest message (by Instagram's
             # time: a late redelivery of an older one does not move it back).
             sets["last_customer_message_at"] = {"$max": ["$last_customer_message_at", lit(message["sent_at"])]}
+        known = self._known.get(conversation_id)
         outcome = await self._updater.update(
             GroupUpdate(
                 conversation_id,
@@ -171,28 +271,43 @@ class ConversationRepository:
                 [{"$set": sets}],
                 is_mine=lambda doc: (doc.get("last_apply") or {}).get("token") == token,
                 scope={"channel_id": message["channel_id"]},
+                shortcut=None if known is None else applied_to_known(known, message, token=token, rev=rev),
             )
         )
         after = outcome.doc
         if after is None or not outcome.applied:
             return None  # gone, or applied before (a redelivery)
+        self._remember(after)
+        after = dict(after)
         after["prev_status"] = after["last_apply"]["prev_status"] if outcome.own_mark else STATUS_NEEDS_REPLY
         return after
+
+    def _remember(self, doc: dict[str, Any]) -> None:
+        """Keep ``doc`` as the latest seen state of its conversation (a state without ``rev``,
+        written before revisions, cannot be told current and is not kept)."""
+        if doc.get("rev") is None or not self._known_states:
+            self._known.pop(doc["_id"], None)
+            return
+        # A copy: callers may change the document they were given.
+        self._known[doc["_id"]] = copy.deepcopy(doc)
+        self._known.move_to_end(doc["_id"])
+        if len(self._known) > self._known_states:
+            self._known.popitem(last=False)
 
     async def touch(
         self, conversation_id: ObjectId, fields: dict[str, Any] | None = None, channel_id: ObjectId | None = None
     ) -> dict[str, Any] | None:
-        """Set fields on a conversation and stamp ``updated_at``; the updated document."""
+        """Set fields on a conversation and stamp it (:func:`stamp`); the updated document."""
         return await update_get(
             self.coll,
             in_channel({"_id": conversation_id}, channel_id),
-            {"$set": {**(fields or {}), "updated_at": utcnow()}},
+            {"$set": {**(fields or {}), **stamp()}},
         )
 
     async def refresh_customer(self, channel_id: ObjectId, customer: dict[str, Any]) -> dict[str, Any] | None:
         """Copy the customer's current profile into the conversation; the updated document."""
         key = {"channel_id": channel_id, "customer_id": customer["_id"]}
-        update = {"$set": {"customer": customer_snapshot(customer), "updated_at": utcnow()}}
+        update = {"$set": {"customer": customer_snapshot(customer), **stamp()}}
         return await update_get(self.coll, key, update, key=key)
 
     async def refresh_last_message(
@@ -204,7 +319,7 @@ class ConversationRepository:
         return await update_get(
             self.coll,
             {"_id": conversation_id, "channel_id": message["channel_id"], "last_message.id": shown},
-            {"$set": {"last_message": message_summary(message), "updated_at": utcnow()}},
+            {"$set": {"last_message": message_summary(message), **stamp()}},
         )
 
     async def refresh_summary_if_stale(
@@ -224,7 +339,7 @@ class ConversationRepository:
             self.coll,
             {"_id": conversation_id, "channel_id": message["channel_id"]},
             guard,
-            {"last_message": lit(summary), "updated_at": lit(utcnow())},
+            {"last_message": lit(summary), **{k: lit(v) for k, v in stamp().items()}},
         )
         return outcome.doc if outcome.applied else None
 

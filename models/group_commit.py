@@ -131,9 +131,11 @@ InsertRequest = tuple[dict[str, Any], UpdateOne | None, LeadInsert | None]
 
 
 class GroupInserter(_Batcher[InsertRequest, bool | None]):
-    # A client bulkWrite needs MongoDB 8.0+; PyMongo refuses it before sending anything to an
-    # older server, and from then on this inserter sends lone inserts (the caller reads itself).
-    probes_supported = True
+    # Whether to send a lone insert with its probe and lead as one client bulkWrite. Off where
+    # the server has none (MongoDB < 8.0: PyMongo refuses it before sending anything, and the
+    # inserter turns this off itself) or does not journal it (``models.store.Store`` turns it
+    # off for SecantusDB): then the lead and the insert go alone and the caller reads itself.
+    client_bulk_write = True
 
     async def insert(
         self, doc: dict[str, Any], probe: UpdateOne | None = None, lead: LeadInsert | None = None
@@ -149,7 +151,7 @@ class GroupInserter(_Batcher[InsertRequest, bool | None]):
         ``lead`` is inserted first (in the same ordered command when the insert goes alone,
         else in a command of its own before the batch); when the store refuses it, nothing
         else is written and :class:`LeadRefused` carries its error."""
-        return await self._submit((doc, probe if self.probes_supported else None, lead))
+        return await self._submit((doc, probe if self.client_bulk_write else None, lead))
 
     async def _send(self, batch: list[tuple[InsertRequest, asyncio.Future[Any]]]) -> None:
         if len(batch) == 1:
@@ -165,7 +167,7 @@ class GroupInserter(_Batcher[InsertRequest, bool | None]):
             if probe is None and lead is None:
                 await self.coll.insert_one(doc)
                 answer = None
-            elif self.probes_supported:
+            elif self.client_bulk_write:
                 answer = await self._insert_in_one_command(doc, probe, lead)
             else:
                 answer = await self._insert_separately(doc, lead)
@@ -194,7 +196,7 @@ class GroupInserter(_Batcher[InsertRequest, bool | None]):
         except InvalidOperation as exc:
             if "8.0" not in str(exc):  # PyMongo's "requires MongoDB server version 8.0+"
                 raise
-            self.probes_supported = False  # nothing was sent
+            self.client_bulk_write = False  # nothing was sent
             return await self._insert_separately(doc, lead)
         except ClientBulkWriteException as exc:
             failure = _ordered_failure(exc, at)
@@ -317,6 +319,17 @@ def _as_exception(error: dict[str, Any]) -> OperationFailure:
     return OperationFailure(error.get("errmsg", "write failed"), error.get("code"), error)
 
 
+@dataclass(frozen=True)
+class Shortcut:
+    """An update written for a guessed state of the document: ``query`` matches only while the
+    document is in that state (and carries the update's own guard), ``after`` is the document
+    once ``update`` applied. When it matches, ``after`` is the outcome and nothing is read."""
+
+    query: dict[str, Any]
+    update: dict[str, Any]
+    after: dict[str, Any]
+
+
 @dataclass
 class GroupUpdate:
     """One caller's single-document update for :class:`GroupUpdater`."""
@@ -328,6 +341,8 @@ class GroupUpdate:
     is_mine: Callable[[dict[str, Any]], bool]
     # The shard key of the document (``{"channel_id": …}``), named by the read-back too.
     scope: dict[str, Any] = field(default_factory=dict)
+    # Tried alongside ``update`` (never both applied: each carries the same guard).
+    shortcut: Shortcut | None = None
 
 
 @dataclass
@@ -359,9 +374,89 @@ class GroupUpdater(_Batcher[GroupUpdate, UpdateOutcome]):
     update was idempotent anyway).
     """
 
+    # Whether a shortcut goes with its update in one client bulkWrite (per-statement results).
+    # Off as for :class:`GroupInserter`: then a lone update tries its shortcut first, alone.
+    client_bulk_write = True
+
     async def update(self, op: GroupUpdate) -> UpdateOutcome:
         """Apply one update in the next batch; its result."""
         return await self._submit(op)
+
+    async def _shortcut_alone(self, op: GroupUpdate, future: asyncio.Future[UpdateOutcome]) -> bool:
+        """Without client bulkWrite: the shortcut alone; True when it applied (then nothing is
+        read). A miss costs the caller one round trip more than the update alone would."""
+        assert op.shortcut is not None
+        try:
+            result = await self.coll.update_one(op.shortcut.query, op.shortcut.update)
+        except OperationFailure:
+            return False  # refused (the state it was written for is not there): the update decides
+        if not result.matched_count:
+            return False
+        if not future.done():
+            future.set_result(UpdateOutcome(op.shortcut.after, True, True))
+        return True
+
+    async def _send_with_shortcuts(self, batch: list[tuple[GroupUpdate, asyncio.Future[UpdateOutcome]]]) -> bool:
+        """The batch as one unordered client ``bulkWrite`` of each caller's shortcut and update,
+        answered from the per-statement results: a shortcut that matched needs no read; an
+        update that matched is read back (one ``find`` for all); neither matched, nothing to
+        read. The order of the two statements does not matter: they share the caller's guard,
+        so whichever runs second matches nothing. False: the server has no client bulkWrite."""
+        namespace = self.coll.full_name
+        operations: list[UpdateOne] = []
+        slots: list[tuple[int | None, int]] = []
+        for op, _ in batch:
+            at = None
+            if op.shortcut is not None:
+                at = len(operations)
+                operations.append(UpdateOne(op.shortcut.query, op.shortcut.update, namespace=namespace))
+            operations.append(UpdateOne(op.query, op.update, namespace=namespace))
+            slots.append((at, len(operations) - 1))
+        failed: dict[int, BaseException] = {}
+        try:
+            result = await self.coll.database.client.bulk_write(
+                operations, ordered=False, verbose_results=True, write_concern=self.coll.write_concern
+            )
+        except InvalidOperation as exc:
+            if "8.0" not in str(exc):  # PyMongo's "requires MongoDB server version 8.0+"
+                raise
+            self.client_bulk_write = False  # nothing was sent
+            return False
+        except ClientBulkWriteException as exc:
+            # A statement refused fails its caller alone; the others' results still came back.
+            if exc.error is not None or exc.write_concern_errors or exc.partial_result is None:
+                _fail_all(batch, _ordered_failure(exc, -1))
+                return True
+            refused = {error.get("idx"): _as_exception(error) for error in exc.write_errors or []}
+            for i, (_, at) in enumerate(slots):
+                # A refused shortcut only means it did not apply: the caller's update ran anyway.
+                if at in refused:
+                    failed[i] = refused[at]
+            result = exc.partial_result
+        matched = {i for i, r in result.update_results.items() if r.matched_count}
+        to_read = [op for i, ((op, _), (_, at)) in enumerate(zip(batch, slots, strict=True)) if at in matched]
+        docs = await self._read_back(to_read) if to_read else {}
+        for i, ((op, future), (short, at)) in enumerate(zip(batch, slots, strict=True)):
+            if future.done():
+                continue
+            if i in failed:
+                future.set_exception(failed[i])
+            elif short in matched and op.shortcut is not None:
+                future.set_result(UpdateOutcome(op.shortcut.after, True, True))
+            elif at in matched:
+                doc = docs.get(op.doc_id)
+                future.set_result(UpdateOutcome(doc, True, doc is not None and op.is_mine(doc)))
+            else:
+                future.set_result(UpdateOutcome(None, False, False))
+        return True
+
+    async def _read_back(self, ops: list[GroupUpdate]) -> dict[Any, dict[str, Any]]:
+        ids = [op.doc_id for op in ops]
+        if len(ids) == 1:
+            found = await self.coll.find_one({"_id": ids[0], **ops[0].scope})
+            return {ids[0]: found} if found is not None else {}
+        query = {"_id": {"$in": ids}, **_scopes_of(ops)}
+        return {d["_id"]: d for d in await self.coll.find(query).to_list(None)}
 
     def _take(self) -> list[tuple[GroupUpdate, asyncio.Future[UpdateOutcome]]]:
         batch: list[tuple[GroupUpdate, asyncio.Future[UpdateOutcome]]] = []
@@ -377,6 +472,15 @@ class GroupUpdater(_Batcher[GroupUpdate, UpdateOutcome]):
         return batch
 
     async def _send(self, batch: list[tuple[GroupUpdate, asyncio.Future[UpdateOutcome]]]) -> None:
+        try:
+            if self.client_bulk_write and any(op.shortcut is not None for op, _ in batch):
+                if await self._send_with_shortcuts(batch):
+                    return
+            elif len(batch) == 1 and batch[0][0].shortcut is not None and await self._shortcut_alone(*batch[0]):
+                return
+        except BaseException as exc:
+            _fail_all(batch, exc)
+            return
         failed: dict[int, BaseException] = {}
         try:
             if len(batch) == 1:
@@ -389,13 +493,7 @@ class GroupUpdater(_Batcher[GroupUpdate, UpdateOutcome]):
                 except BulkWriteError as exc:
                     matched = exc.details.get("nMatched", 0)
                     failed = _statement_failures(exc, len(batch))
-            ids = [op.doc_id for op, _ in batch]
-            if len(ids) == 1:
-                found = await self.coll.find_one({"_id": ids[0], **batch[0][0].scope})
-                docs = {ids[0]: found} if found is not None else {}
-            else:
-                query = {"_id": {"$in": ids}, **_scopes_of([op for op, _ in batch])}
-                docs = {d["_id"]: d for d in await self.coll.find(query).to_list(None)}
+            docs = await self._read_back([op for op, _ in batch])
         except BaseException as exc:
             _fail_all(batch, exc)
             return

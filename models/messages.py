@@ -156,6 +156,11 @@ class MessageRepository:
         await self.coll.create_index([("created_at", ASCENDING)], name="created_at")
         await drop_superseded(self.coll, _SUPERSEDED_INDEXES)
 
+    def use_client_bulk_write(self, on: bool) -> None:
+        """Whether a lone insert goes with its probe and lead in one client bulkWrite
+        (``models.store.Store.adapt_to_server``); else each is its own command."""
+        self._inserter.client_bulk_write = on
+
     async def insert(
         self, doc: dict[str, Any], *, probe: UpdateOne | None = None, lead: LeadInsert | None = None
     ) -> bool | None:

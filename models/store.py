@@ -135,6 +135,17 @@ class Store:
         with pymongo.timeout(LONG_OPERATION_SECS):
             for repo in self.repositories:
                 await repo.ensure_indexes()
+        await self.adapt_to_server()
+
+    async def adapt_to_server(self) -> None:
+        """Use MongoDB 8.0's client ``bulkWrite`` (several collections' writes in one command)
+        only where it is journaled like any write: not before 8.0 (no such command), and not on
+        SecantusDB, which runs the writes of a ``bulkWrite`` without its write concern — acked,
+        then lost when the process is killed (``tests/models/test_client_bulk_write.py``)."""
+        info = await self.client.admin.command("buildInfo")
+        journaled = "secantusVersion" not in info and list(info.get("versionArray") or [0]) >= [8]
+        self.messages.use_client_bulk_write(journaled)
+        self.conversations.use_client_bulk_write(journaled)
 
     async def ping(self) -> bool:
         """Whether MongoDB answers a ping."""

@@ -426,7 +426,7 @@ async def test_without_client_bulk_write_the_lead_and_the_message_go_one_after_t
     """MongoDB < 8.0 (no client bulkWrite): the same order and outcomes in separate commands."""
     database, commands = db
     channel, messages = ObjectId(), repos[0]
-    messages._inserter.probes_supported = False
+    messages._inserter.client_bulk_write = False
     commands.seen.clear()
     assert await messages.insert(_message(channel, "m.old"), lead=claim(database, "k")) is None
     with pytest.raises(LeadRefused):
