@@ -2,7 +2,7 @@
 
     .venv/bin/python -m bench.ingest [--items 3000] [--concurrency 32] [--customers 200]
                                      [--triggers off|recorded|http|stream]
-                                     [--paced-rate 60] [--paced-items 1200]
+                                     [--paced-rate 60] [--paced-items 1200] [--client-bulk-write]
 
 What it does, all on this machine's loopback:
 1. starts the embedded stores (SecantusDB + Redis) in a temporary directory;
@@ -20,6 +20,10 @@ What it does, all on this machine's loopback:
 7. prints req/s, p50/p99, the ratios to the floor and round trips per item;
 8. CPU per request of each server twice: under the saturating load, and in a paced phase
    (``--paced-rate``, the same mix and rate for every server) where the store keeps up.
+
+``--client-bulk-write``: igsync sends the commands a MongoDB 8.0+ gets (several collections'
+writes in one client ``bulkWrite``) to the embedded store, which does not journal them — the
+round trips and CPU of a MongoDB 8 deployment, measured here; never a way to run.
 
 For attribution, ``BENCH_PROFILE=path`` writes a cProfile of igsync's measured phase and
 ``BENCH_WITHOUT=items,publish,audit`` skips parts of its work (``bench/servers.py``).
@@ -269,6 +273,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     stores = EmbeddedStores(workdir / "stores", lock=False).start()
     customers = [f"62{n:014d}" for n in range(args.customers)]
     extra = dict(kv.split("=", 1) for kv in args.env)
+    if args.client_bulk_write:
+        extra["BENCH_CLIENT_BULK_WRITE"] = "1"
     out: dict[str, Any] = {"items": args.items, "concurrency": args.concurrency, "customers": args.customers}
 
     def mixed_load(tag: str) -> list[bytes]:
@@ -480,6 +486,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="off",
         help="workflow triggers on the bench channel: off; recorded (jobs written, none delivered by this "
         "process); HTTP to a receiver process; or the Redis Stream (bench/triggers.py compares them in one run)",
+    )
+    parser.add_argument(
+        "--client-bulk-write",
+        action="store_true",
+        help="igsync sends what MongoDB 8.0+ gets (client bulkWrites) to the embedded store, which does not "
+        "journal them: the round trips and CPU of a MongoDB 8 deployment, for measuring only",
     )
     parser.add_argument("--json", help="also write the figures to this file")
     return parser.parse_args(argv)

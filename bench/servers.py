@@ -154,6 +154,12 @@ def serve_igsync() -> None:
         assert process.core is not None
         tune_gc(process.core.metrics, asyncio.get_running_loop())  # as `igsync serve` runs (server/ops/runtime.py)
         _without_parts(process.core, os.environ.get("BENCH_WITHOUT", ""))
+        if os.environ.get("BENCH_CLIENT_BULK_WRITE"):
+            # What MongoDB 8.0+ gets (one client bulkWrite where it can), on the embedded store:
+            # its round trips and igsync's CPU as with a real MongoDB 8. For measuring only — the
+            # embedded store does not journal a client bulkWrite (models/store.adapt_to_server).
+            process.core.store.messages.use_client_bulk_write(True)
+            process.core.store.conversations.use_client_bulk_write(True)
         return process.shutdown
 
     asyncio.run(_run_until_signal(counter, start))
