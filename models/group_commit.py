@@ -190,8 +190,10 @@ class GroupInserter(_Batcher[InsertRequest, bool | None]):
         if probe is not None:
             operations.append(probe)
         try:
+            # Not verbose: the reply's summary counts say enough (the probe is its only update)
+            # and PyMongo skips reading a cursor of per-statement results.
             result = await self.coll.database.client.bulk_write(
-                operations, ordered=True, verbose_results=True, write_concern=self.coll.write_concern
+                operations, ordered=True, verbose_results=False, write_concern=self.coll.write_concern
             )
         except InvalidOperation as exc:
             if "8.0" not in str(exc):  # PyMongo's "requires MongoDB server version 8.0+"
@@ -203,8 +205,7 @@ class GroupInserter(_Batcher[InsertRequest, bool | None]):
             if failure is exc:  # only the probe failed: the document is stored
                 return None
             raise failure from exc
-        update = result.update_results.get(at + 1)
-        return None if update is None else update.matched_count > 0
+        return None if probe is None else result.matched_count > 0
 
     async def _insert_separately(self, doc: dict[str, Any], lead: LeadInsert | None) -> None:
         """The server takes no client ``bulkWrite``: the lead, then the document, each alone."""
