@@ -373,6 +373,11 @@ class GroupUpdater(_Batcher[GroupUpdate, UpdateOutcome]):
     visible mark is reported ``applied=True, own_mark=False`` — the caller then assumes the
     least (one that did not apply is reported applied only in that rare overlap, and its
     update was idempotent anyway).
+
+    An update may come with a :class:`Shortcut` (the same change written for the state the
+    caller remembers). With a client ``bulkWrite`` both go in one command and its
+    per-statement results say which matched: a matched shortcut needs no read-back. Without
+    one, a lone update tries its shortcut first, alone, and falls back on a miss.
     """
 
     # Whether a shortcut goes with its update in one client bulkWrite (per-statement results).
