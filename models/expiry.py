@@ -63,22 +63,6 @@ class TtlIndex:
         return flat
 
 
-def ttl_index_of(collection: str, spec: dict[str, Any]) -> TtlIndex | None:
-    """The TTL index an index description (``list_indexes``) declares, or None — as mongod
-    reads it: one ascending or descending field other than ``_id``, a non-negative number."""
-    ttl = spec.get("expireAfterSeconds")
-    if isinstance(ttl, bool) or not isinstance(ttl, int | float) or ttl != ttl or ttl < 0:
-        return None
-    keys = list((spec.get("key") or {}).items())
-    if len(keys) != 1:
-        return None
-    field, direction = keys[0]
-    if field == "_id" or isinstance(direction, bool) or not isinstance(direction, int | float):
-        return None
-    partial = spec.get("partialFilterExpression")
-    return TtlIndex(collection, field, float(ttl), dict(partial) if partial else None)
-
-
 # The name of a TTL index's plain twin, when igsync expires its documents itself.
 BY_IGSYNC_SUFFIX = "_by_igsync"
 
@@ -118,28 +102,17 @@ class TtlIndexes:
 
 
 class ExpiredDocuments:
-    """Deletes what the TTL indexes say has expired: those the repositories declared (their
-    plain twins, when igsync expires), or else every real TTL index of the database."""
+    """Deletes what the repositories' declared TTL indexes say has expired (their plain twins,
+    when igsync expires)."""
 
-    def __init__(self, db: AsyncDatabase, declared: TtlIndexes | None = None, *, batch: int = EXPIRY_BATCH) -> None:
+    def __init__(self, db: AsyncDatabase, declared: TtlIndexes, *, batch: int = EXPIRY_BATCH) -> None:
         self.db = db
         self.declared = declared
         self.batch = batch
 
     async def ttl_indexes(self) -> list[TtlIndex]:
-        """The declared TTL indexes; without a declaration, every TTL index of the database,
-        read from the store (a few small commands)."""
-        if self.declared is not None:
-            return list(self.declared.declared)
-        found: list[TtlIndex] = []
-        for name in sorted(await self.db.list_collection_names()):
-            if name.startswith("system."):
-                continue
-            async for spec in await self.db[name].list_indexes():
-                index = ttl_index_of(name, dict(spec))
-                if index is not None and index not in found:
-                    found.append(index)
-        return found
+        """The declared TTL indexes."""
+        return list(self.declared.declared)
 
     async def delete_expired(self, now: dt.datetime) -> dict[str, int]:
         """Delete every expired document; how many, per collection (only those with any)."""

@@ -19,7 +19,7 @@ import pytest
 from pymongo import ASCENDING
 
 from config import Settings
-from models.expiry import ExpiredDocuments, TtlIndex, ttl_index_of
+from models.expiry import ExpiredDocuments, TtlIndex, TtlIndexes
 from models.store import Store, mongo_client
 from models.timeutil import utcnow
 from server.app.embedded import EMBEDDED_EXPIRY_SWEEP_SECS, EmbeddedStores
@@ -47,37 +47,19 @@ async def ids_of(coll: Any) -> set[Any]:
     return {doc["_id"] for doc in await coll.find({}, {"_id": 1}).to_list(None)}
 
 
-# -- reading TTL indexes -----------------------------------------------------------------
-
-
-def test_a_ttl_index_is_read_as_mongod_reads_it() -> None:
-    assert ttl_index_of("a", {"key": {"at": 1}, "expireAfterSeconds": 60}) == TtlIndex("a", "at", 60.0)
-    assert ttl_index_of("a", {"key": {"at": -1}, "expireAfterSeconds": 0}) == TtlIndex("a", "at", 0.0)
-    partial = {"key": {"at": 1}, "expireAfterSeconds": 5, "partialFilterExpression": {"state": "done"}}
-    assert ttl_index_of("a", partial) == TtlIndex("a", "at", 5.0, {"state": "done"})
-    # Not TTL indexes: no expiry, a compound key, _id, a text key, a negative, a boolean expiry.
-    for spec in (
-        {"key": {"at": 1}},
-        {"key": {"at": 1, "b": 1}, "expireAfterSeconds": 60},
-        {"key": {"_id": 1}, "expireAfterSeconds": 60},
-        {"key": {"body": "text"}, "expireAfterSeconds": 60},
-        {"key": {"at": 1}, "expireAfterSeconds": -1},
-        {"key": {"at": 1}, "expireAfterSeconds": True},
-    ):
-        assert ttl_index_of("a", spec) is None, spec
-
-
 # -- deleting ------------------------------------------------------------------------------
 
 
 async def test_only_what_a_ttl_index_says_has_expired_is_deleted(db: tuple[Any, Commands]) -> None:
     database, _ = db
     audit, pairs, jobs, plain = database["audit"], database["pairs"], database["jobs"], database["plain"]
-    await audit.create_index([("received_at", ASCENDING)], expireAfterSeconds=3600)
-    await pairs.create_index([("expires_at", ASCENDING)], expireAfterSeconds=0)
-    await jobs.create_index(
-        [("finished_at", ASCENDING)], expireAfterSeconds=60, partialFilterExpression={"state": "delivered"}
-    )
+    declared = TtlIndexes(by_igsync=True)
+    for coll, index in (
+        (audit, declared.declare("audit", "received_at", 3600)),
+        (pairs, declared.declare("pairs", "expires_at", 0)),
+        (jobs, declared.declare("jobs", "finished_at", 60, {"state": "delivered"})),
+    ):
+        await declared.ensure(coll, index, name=f"{index.field}_ttl")
     await plain.create_index([("received_at", ASCENDING)])
     await audit.insert_many(
         [
@@ -98,7 +80,7 @@ async def test_only_what_a_ttl_index_says_has_expired_is_deleted(db: tuple[Any, 
     )
     await plain.insert_one({"_id": "no-ttl", "received_at": NOW - 100 * HOUR})
 
-    deleted = await ExpiredDocuments(database).delete_expired(NOW)
+    deleted = await ExpiredDocuments(database, declared).delete_expired(NOW)
 
     assert deleted == {"audit": 3, "pairs": 1, "jobs": 1}
     assert await ids_of(audit) == {"inside", "not-a-date", "no-field"}
@@ -106,17 +88,18 @@ async def test_only_what_a_ttl_index_says_has_expired_is_deleted(db: tuple[Any, 
     assert await ids_of(jobs) == {"dead"}
     assert await ids_of(plain) == {"no-ttl"}
     # A second round finds nothing.
-    assert await ExpiredDocuments(database).delete_expired(NOW) == {}
+    assert await ExpiredDocuments(database, declared).delete_expired(NOW) == {}
 
 
 async def test_a_backlog_goes_in_short_commands(db: tuple[Any, Commands]) -> None:
     database, commands = db
     coll = database["audit"]
-    await coll.create_index([("received_at", ASCENDING)], expireAfterSeconds=60)
+    declared = TtlIndexes(by_igsync=True)
+    await declared.ensure(coll, declared.declare("audit", "received_at", 60), name="received_at_ttl")
     await coll.insert_many([{"n": n, "received_at": NOW - HOUR} for n in range(7)] + [{"n": 99, "received_at": NOW}])
     commands.seen.clear()
 
-    deleted = await ExpiredDocuments(database, batch=3).delete_expired(NOW)
+    deleted = await ExpiredDocuments(database, declared, batch=3).delete_expired(NOW)
 
     assert deleted == {"audit": 7}
     assert [doc["n"] for doc in await coll.find({}).to_list(None)] == [99]
@@ -129,9 +112,10 @@ async def test_a_document_whose_date_moved_on_since_the_read_stays(db: tuple[Any
     the read of the expired ids and their delete keeps its document."""
     database, _ = db
     coll = database["leases"]
-    await coll.create_index([("lease_until", ASCENDING)], expireAfterSeconds=0)
+    declared = TtlIndexes(by_igsync=True)
+    index = declared.declare("leases", "lease_until", 0)
+    await declared.ensure(coll, index, name="lease_until_ttl")
     await coll.insert_one({"_id": "lane", "lease_until": NOW - HOUR})
-    index = TtlIndex("leases", "lease_until", 0.0)
 
     class RenewedAfterTheRead(ExpiredDocuments):
         async def expired_ids(self, index: TtlIndex, now: dt.datetime) -> list[Any]:
@@ -139,8 +123,8 @@ async def test_a_document_whose_date_moved_on_since_the_read_stays(db: tuple[Any
             await coll.update_one({"_id": "lane"}, {"$set": {"lease_until": NOW + HOUR}})
             return ids
 
-    sweep = RenewedAfterTheRead(database)
-    assert await ExpiredDocuments(database).expired_ids(index, NOW) == ["lane"]
+    sweep = RenewedAfterTheRead(database, declared)
+    assert await ExpiredDocuments(database, declared).expired_ids(index, NOW) == ["lane"]
     deleted = await sweep.delete_expired(NOW)
     deleted_count = deleted.get("leases", 0)
 
