@@ -131,11 +131,11 @@ InsertRequest = tuple[dict[str, Any], UpdateOne | None, LeadInsert | None]
 
 
 class GroupInserter(_Batcher[InsertRequest, bool | None]):
-    # Whether to send a lone insert with its probe and lead as one client bulkWrite. Off where
-    # the server has none (MongoDB < 8.0: PyMongo refuses it before sending anything, and the
-    # inserter turns this off itself) or does not journal it (``models.store.Store`` turns it
-    # off for SecantusDB): then the lead and the insert go alone and the caller reads itself.
-    client_bulk_write = True
+    # Whether to send a lone insert with its probe and lead as one client bulkWrite. Off unless
+    # ``models.store.Store.adapt_to_server`` found a server that journals one (MongoDB 8.0+, not
+    # SecantusDB): then the lead and the insert go alone and the caller reads itself. (Should a
+    # server refuse it after all, PyMongo raises before sending anything and this turns off.)
+    client_bulk_write = False
 
     async def insert(
         self, doc: dict[str, Any], probe: UpdateOne | None = None, lead: LeadInsert | None = None
@@ -381,8 +381,9 @@ class GroupUpdater(_Batcher[GroupUpdate, UpdateOutcome]):
     """
 
     # Whether a shortcut goes with its update in one client bulkWrite (per-statement results).
-    # Off as for :class:`GroupInserter`: then a lone update tries its shortcut first, alone.
-    client_bulk_write = True
+    # Off unless turned on as for :class:`GroupInserter`: then a lone update tries its shortcut
+    # first, alone.
+    client_bulk_write = False
 
     async def update(self, op: GroupUpdate) -> UpdateOutcome:
         """Apply one update in the next batch; its result."""

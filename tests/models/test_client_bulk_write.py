@@ -22,8 +22,18 @@ from tests.support.helpers import wait_for
 async def test_the_embedded_store_gets_separate_journaled_commands(stores: EmbeddedStores) -> None:
     store = Store(stores.mongo_url or "", "adapt_to_server")
     try:
-        assert store.messages._inserter.client_bulk_write and store.conversations._updater.client_bulk_write
+        store.messages.use_client_bulk_write(True)
+        store.conversations.use_client_bulk_write(True)
         await store.adapt_to_server()
+        assert not store.messages._inserter.client_bulk_write
+        assert not store.conversations._updater.client_bulk_write
+    finally:
+        await store.close()
+
+
+async def test_a_store_not_adapted_sends_plain_commands() -> None:
+    store = Store("mongodb://127.0.0.1:1", "never_connected")  # never asked what it talks to
+    try:
         assert not store.messages._inserter.client_bulk_write
         assert not store.conversations._updater.client_bulk_write
     finally:

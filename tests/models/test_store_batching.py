@@ -309,6 +309,7 @@ Repos = tuple[MessageRepository, OrphanEventRepository]
 async def repos(db: tuple[Any, Commands]) -> Repos:
     database, _ = db
     messages, orphans = MessageRepository(database), OrphanEventRepository(database)
+    messages.use_client_bulk_write(True)  # as on MongoDB 8.0+ (models/store.Store.adapt_to_server)
     await messages.ensure_indexes()
     await orphans.ensure_indexes()
     return messages, orphans
