@@ -35,6 +35,7 @@ from pymongo.errors import (
     PyMongoError,
     WriteConcernError,
 )
+from pymongo.results import ClientBulkWriteResult
 
 from models.errors import store_unavailable
 
@@ -192,19 +193,15 @@ class GroupInserter(_Batcher[InsertRequest, bool | None]):
         try:
             # Not verbose: the reply's summary counts say enough (the probe is its only update)
             # and PyMongo skips reading a cursor of per-statement results.
-            result = await self.coll.database.client.bulk_write(
-                operations, ordered=True, verbose_results=False, write_concern=self.coll.write_concern
-            )
-        except InvalidOperation as exc:
-            if "8.0" not in str(exc):  # PyMongo's "requires MongoDB server version 8.0+"
-                raise
-            self.client_bulk_write = False  # nothing was sent
-            return await self._insert_separately(doc, lead)
+            result = await _client_bulk_write(self.coll, operations, ordered=True, verbose=False)
         except ClientBulkWriteException as exc:
             failure = _ordered_failure(exc, at)
             if failure is exc:  # only the probe failed: the document is stored
                 return None
             raise failure from exc
+        if result is None:
+            self.client_bulk_write = False
+            return await self._insert_separately(doc, lead)
         return None if probe is None else result.matched_count > 0
 
     async def _insert_separately(self, doc: dict[str, Any], lead: LeadInsert | None) -> None:
@@ -294,6 +291,21 @@ def _statement_failures(exc: BulkWriteError, size: int) -> dict[int, BaseExcepti
         for i in range(size):
             failures.setdefault(i, exc)
     return failures
+
+
+async def _client_bulk_write(
+    coll: AsyncCollection, operations: list[Any], *, ordered: bool, verbose: bool
+) -> ClientBulkWriteResult | None:
+    """A client ``bulkWrite`` with ``coll``'s write concern; None when the server has none
+    (MongoDB < 8.0: PyMongo refuses it before sending anything)."""
+    try:
+        return await coll.database.client.bulk_write(
+            operations, ordered=ordered, verbose_results=verbose, write_concern=coll.write_concern
+        )
+    except InvalidOperation as exc:
+        if "8.0" not in str(exc):  # PyMongo's "requires MongoDB server version 8.0+"
+            raise
+        return None
 
 
 def _ordered_failure(exc: ClientBulkWriteException, at: int) -> BaseException:
@@ -421,14 +433,7 @@ class GroupUpdater(_Batcher[GroupUpdate, UpdateOutcome]):
             slots.append((at, len(operations) - 1))
         failed: dict[int, BaseException] = {}
         try:
-            result = await self.coll.database.client.bulk_write(
-                operations, ordered=False, verbose_results=True, write_concern=self.coll.write_concern
-            )
-        except InvalidOperation as exc:
-            if "8.0" not in str(exc):  # PyMongo's "requires MongoDB server version 8.0+"
-                raise
-            self.client_bulk_write = False  # nothing was sent
-            return False
+            sent = await _client_bulk_write(self.coll, operations, ordered=False, verbose=True)
         except ClientBulkWriteException as exc:
             # A statement refused fails its caller alone; the others' results still came back.
             if exc.error is not None or exc.write_concern_errors or exc.partial_result is None:
@@ -439,8 +444,11 @@ class GroupUpdater(_Batcher[GroupUpdate, UpdateOutcome]):
                 # A refused shortcut only means it did not apply: the caller's update ran anyway.
                 if at in refused:
                     failed[i] = refused[at]
-            result = exc.partial_result
-        matched = {i for i, r in result.update_results.items() if r.matched_count}
+            sent = exc.partial_result
+        if sent is None:
+            self.client_bulk_write = False
+            return False
+        matched = {i for i, r in sent.update_results.items() if r.matched_count}
         to_read = [op for i, ((op, _), (_, at)) in enumerate(zip(batch, slots, strict=True)) if at in matched]
         docs = await self._read_back(to_read) if to_read else {}
         for i, ((op, future), (short, at)) in enumerate(zip(batch, slots, strict=True)):

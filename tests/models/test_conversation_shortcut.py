@@ -12,30 +12,17 @@ from __future__ import annotations
 import datetime as dt
 import random
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from bson import ObjectId
 
 from models.conversations import ConversationRepository
-from models.store import mongo_client
 from models.timeutil import utcnow
-from server.app.embedded import EmbeddedStores
 from tests.support.commands import Commands
 
 # Fields that differ by construction between two conversations given the same messages.
 PER_DOCUMENT = {"_id", "rev", "created_at", "updated_at", "last_apply", "customer_id", "customer_instagram_id"}
-
-
-@pytest.fixture
-async def db(stores: EmbeddedStores) -> AsyncIterator[tuple[Any, Commands]]:
-    commands = Commands()
-    client = mongo_client(stores.mongo_url or "", listeners=[commands])
-    database = client[f"shortcut_{uuid.uuid4().hex[:12]}"]
-    yield database, commands
-    await client.drop_database(database.name)
-    await client.close()
 
 
 async def new_conversation(repo: ConversationRepository, channel: ObjectId) -> dict[str, Any]:

@@ -11,16 +11,14 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 from pymongo import ASCENDING
 
 from config import Settings
 from models.expiry import ExpiredDocuments, TtlIndex, TtlIndexes
-from models.store import Store, mongo_client
+from models.store import Store
 from models.timeutil import utcnow
 from server.app.embedded import EMBEDDED_EXPIRY_SWEEP_SECS, EmbeddedStores
 from server.app.lifecycle import start_stores
@@ -31,16 +29,6 @@ from tests.support.helpers import wait_for
 
 NOW = dt.datetime(2026, 12, 6, 12, 0, tzinfo=dt.UTC)
 HOUR = dt.timedelta(hours=1)
-
-
-@pytest.fixture
-async def db(stores: EmbeddedStores) -> AsyncIterator[tuple[Any, Commands]]:
-    commands = Commands()
-    client = mongo_client(stores.mongo_url or "", listeners=[commands])
-    database = client[f"expiry_{uuid.uuid4().hex[:12]}"]
-    yield database, commands
-    await client.drop_database(database.name)
-    await client.close()
 
 
 async def ids_of(coll: Any) -> set[Any]:

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -23,19 +21,7 @@ from models.conversations import STATUS_ANSWERED, STATUS_NEEDS_REPLY, Conversati
 from models.group_commit import GroupFinder, GroupManyUpdater, GroupUpdate, GroupUpdater, LeadInsert, LeadRefused
 from models.messages import MessageRepository, is_mid_conflict
 from models.orphan_events import OrphanEventRepository
-from models.store import mongo_client
-from server.app.embedded import EmbeddedStores
 from tests.support.commands import Commands
-
-
-@pytest.fixture
-async def db(stores: EmbeddedStores) -> AsyncIterator[tuple[Any, Commands]]:
-    commands = Commands()
-    client = mongo_client(stores.mongo_url or "", listeners=[commands])
-    database = client[f"batching_{uuid.uuid4().hex[:12]}"]
-    yield database, commands
-    await client.drop_database(database.name)
-    await client.close()
 
 
 def bump(doc_id: ObjectId, *, guard: dict[str, Any] | None = None) -> tuple[GroupUpdate, ObjectId]:
