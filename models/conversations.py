@@ -22,7 +22,7 @@ from collections import OrderedDict
 from typing import Any
 
 from bson import ObjectId
-from pymongo import ASCENDING, DESCENDING
+from pymongo import ASCENDING, DESCENDING, UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
 
 from models.atomic import get_or_insert, update_get
@@ -281,6 +281,30 @@ class ConversationRepository:
         after = dict(after)
         after["prev_status"] = after["last_apply"]["prev_status"] if outcome.own_mark else STATUS_NEEDS_REPLY
         return after
+
+    def known_apply(self, conversation_id: ObjectId, message: dict[str, Any]) -> Shortcut | None:
+        """:meth:`apply_message`'s read-free shortcut alone, for the remembered state (None:
+        none remembered) — to be sent with the message's own insert, as an update from
+        :meth:`as_update`; its outcome goes to :meth:`after_known_apply`."""
+        known = self._known.get(conversation_id)
+        if known is None:
+            return None
+        return applied_to_known(known, message, token=ObjectId(), rev=ObjectId())
+
+    def as_update(self, shortcut: Shortcut) -> UpdateOne:
+        """``shortcut`` as an operation of a client ``bulkWrite``."""
+        return UpdateOne(shortcut.query, shortcut.update, namespace=self.coll.full_name)
+
+    def after_known_apply(self, shortcut: Shortcut, applied: bool | None) -> dict[str, Any] | None:
+        """What :meth:`apply_message` returns, when ``shortcut`` was sent and applied; else None
+        (the caller applies the message itself). A shortcut that missed means the remembered
+        state is stale: it is forgotten, so that apply sends no second shortcut bound to miss."""
+        if not applied:
+            if applied is False:
+                self._known.pop(shortcut.query["_id"], None)
+            return None
+        self._remember(shortcut.after)
+        return {**shortcut.after, "prev_status": shortcut.after["last_apply"]["prev_status"]}
 
     def _remember(self, doc: dict[str, Any]) -> None:
         """Keep ``doc`` as the latest seen state of its conversation (a state without ``rev``,

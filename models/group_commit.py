@@ -40,6 +40,8 @@ from pymongo.results import ClientBulkWriteResult
 from models.errors import store_unavailable
 
 DUPLICATE_KEY = 11000
+# The error of an update that would change a document's ``_id``: how a probe says "matched".
+IMMUTABLE_FIELD = 66
 MAX_BATCH = 500
 
 Request = TypeVar("Request")
@@ -128,14 +130,25 @@ class LeadRefused(PyMongoError):
         self.failure = failure
 
 
-InsertRequest = tuple[dict[str, Any], UpdateOne | None, LeadInsert | None]
+@dataclass(frozen=True)
+class Inserted:
+    """What a lone insert's command answered besides "stored" (see :meth:`GroupInserter.insert_then`)."""
+
+    # Whether the probe matched; None: it was not asked (a batched insert, no client bulkWrite).
+    probe_matched: bool | None = None
+    # Whether the follower matched; None: it was not sent (the caller applies it itself).
+    follower_applied: bool | None = None
 
 
-class GroupInserter(_Batcher[InsertRequest, bool | None]):
-    # Whether to send a lone insert with its probe and lead as one client bulkWrite. Off unless
-    # ``models.store.Store.adapt_to_server`` found a server that journals one (MongoDB 8.0+, not
-    # SecantusDB): then the lead and the insert go alone and the caller reads itself. (Should a
-    # server refuse it after all, PyMongo raises before sending anything and this turns off.)
+InsertRequest = tuple[dict[str, Any], UpdateOne | None, LeadInsert | None, UpdateOne | None]
+
+
+class GroupInserter(_Batcher[InsertRequest, Inserted | None]):
+    # Whether to send a lone insert with its probe, lead and follower as one client bulkWrite.
+    # Off unless ``models.store.Store.adapt_to_server`` found a server that journals one
+    # (MongoDB 8.0+, not SecantusDB): then the lead and the insert go alone and the caller reads
+    # and updates itself. (Should a server refuse it after all, PyMongo raises before sending
+    # anything and this turns off.)
     client_bulk_write = False
 
     async def insert(
@@ -143,16 +156,35 @@ class GroupInserter(_Batcher[InsertRequest, bool | None]):
     ) -> bool | None:
         """Insert ``doc`` (which must carry its ``_id``); raise what ``insert_one`` would.
 
-        ``probe`` is an update that changes nothing, asked right after the insert: whether it
-        matched a document. A lone insert sends both in one ordered ``bulkWrite`` — the probe
-        runs only once the insert succeeded, as a separate read after it would — and answers
-        True or False; an insert that shares a batch answers None (the caller reads itself:
-        an ordered batch would stop every later caller's insert at one duplicate).
+        ``probe`` is an update refused when it matches a document (and writing nothing
+        otherwise), asked right after the insert: whether it matched. A lone insert sends both
+        in one ordered ``bulkWrite`` — the probe runs only once the insert succeeded, as a
+        separate read after it would — and answers True or False; an insert that shares a
+        batch answers None (the caller reads itself: an ordered batch would stop every later
+        caller's insert at one duplicate).
 
         ``lead`` is inserted first (in the same ordered command when the insert goes alone,
         else in a command of its own before the batch); when the store refuses it, nothing
         else is written and :class:`LeadRefused` carries its error."""
-        return await self._submit((doc, probe if self.client_bulk_write else None, lead))
+        answer = await self.insert_then(doc, probe, lead)
+        return answer.probe_matched
+
+    async def insert_then(
+        self,
+        doc: dict[str, Any],
+        probe: UpdateOne | None = None,
+        lead: LeadInsert | None = None,
+        follower: UpdateOne | None = None,
+    ) -> Inserted:
+        """:meth:`insert`, and ``follower`` — an update of another collection — last in the same
+        ordered command when the insert goes alone with a client ``bulkWrite``: it runs only if
+        the insert succeeded and the probe did not match (a match is refused, which stops an
+        ordered command). ``follower_applied`` says whether it matched; None: not sent, the
+        caller applies its change itself."""
+        if not self.client_bulk_write:
+            probe = follower = None
+        answer = await self._submit((doc, probe, lead, follower))
+        return answer if answer is not None else Inserted()
 
     async def _send(self, batch: list[tuple[InsertRequest, asyncio.Future[Any]]]) -> None:
         if len(batch) == 1:
@@ -163,13 +195,13 @@ class GroupInserter(_Batcher[InsertRequest, bool | None]):
             await self._send_many(batch)
 
     async def _send_alone(self, request: InsertRequest, future: asyncio.Future[Any]) -> None:
-        doc, probe, lead = request
+        doc, probe, lead, follower = request
         try:
-            if probe is None and lead is None:
+            if probe is None and lead is None and follower is None:
                 await self.coll.insert_one(doc)
                 answer = None
             elif self.client_bulk_write:
-                answer = await self._insert_in_one_command(doc, probe, lead)
+                answer = await self._insert_in_one_command(doc, probe, lead, follower)
             else:
                 answer = await self._insert_separately(doc, lead)
         except BaseException as exc:
@@ -180,31 +212,31 @@ class GroupInserter(_Batcher[InsertRequest, bool | None]):
             future.set_result(answer)
 
     async def _insert_in_one_command(
-        self, doc: dict[str, Any], probe: UpdateOne | None, lead: LeadInsert | None
-    ) -> bool | None:
-        """One ordered ``bulkWrite``: the lead, the insert, then the probe. The probe's answer,
-        or None if the probe alone failed (the document is stored; the caller reads for
-        itself). A failed insert raises what ``insert_one`` would have (:func:`_ordered_failure`)."""
+        self, doc: dict[str, Any], probe: UpdateOne | None, lead: LeadInsert | None, follower: UpdateOne | None
+    ) -> Inserted | None:
+        """One ordered ``bulkWrite``: the lead, the insert, the probe, the follower. A failed
+        insert raises what ``insert_one`` would have (:func:`_ordered_failure`); a failure after
+        it leaves the document stored and is told apart by :func:`_after_insert`."""
         operations = [lead.operation()] if lead is not None else []
         at = len(operations)
         operations.append(InsertOne(doc, namespace=self.coll.full_name))
-        if probe is not None:
-            operations.append(probe)
+        operations.extend(op for op in (probe, follower) if op is not None)
         try:
-            # Not verbose: the reply's summary counts say enough (the probe is its only update)
-            # and PyMongo skips reading a cursor of per-statement results.
+            # Not verbose: the reply's summary counts say enough (a probe that matched is an
+            # error, so the follower is the only update that can count) and PyMongo skips
+            # reading a cursor of per-statement results.
             result = await _client_bulk_write(self.coll, operations, ordered=True, verbose=False)
         except ClientBulkWriteException as exc:
             failure = _ordered_failure(exc, at)
-            if failure is exc:  # only the probe failed: the document is stored
-                return None
+            if failure is exc:  # the insert succeeded; a statement after it failed
+                return _after_insert(exc, at, probe is not None, follower is not None)
             raise failure from exc
         if result is None:
             self.client_bulk_write = False
             return await self._insert_separately(doc, lead)
-        return None if probe is None else result.matched_count > 0
+        return Inserted(None if probe is None else False, None if follower is None else result.matched_count > 0)
 
-    async def _insert_separately(self, doc: dict[str, Any], lead: LeadInsert | None) -> None:
+    async def _insert_separately(self, doc: dict[str, Any], lead: LeadInsert | None) -> Inserted | None:
         """The server takes no client ``bulkWrite``: the lead, then the document, each alone."""
         if lead is not None:
             try:
@@ -218,7 +250,7 @@ class GroupInserter(_Batcher[InsertRequest, bool | None]):
     ) -> list[tuple[InsertRequest, asyncio.Future[Any]]]:
         """A batch's lead inserts, before its documents: the callers whose lead was refused
         are answered (their document is not inserted); the rest of the batch is returned."""
-        leads = {i: lead for i, ((_, _, lead), _) in enumerate(batch) if lead is not None}
+        leads = {i: lead for i, ((_, _, lead, _), _) in enumerate(batch) if lead is not None}
         if not leads:
             return batch
         by_collection: dict[str, list[int]] = {}
@@ -239,7 +271,7 @@ class GroupInserter(_Batcher[InsertRequest, bool | None]):
 
     async def _send_many(self, batch: list[tuple[InsertRequest, asyncio.Future[Any]]]) -> None:
         failures: dict[int, BaseException] = {}
-        docs = [doc for (doc, _, _), _ in batch]
+        docs = [doc for (doc, _, _, _), _ in batch]
         try:
             await self.coll.insert_many(docs, ordered=False)
         except BulkWriteError as exc:
@@ -324,6 +356,18 @@ def _ordered_failure(exc: ClientBulkWriteException, at: int) -> BaseException:
         if error.get("idx", at) < at:
             return LeadRefused(_as_exception(error))
     return exc
+
+
+def _after_insert(exc: ClientBulkWriteException, at: int, probed: bool, followed: bool) -> Inserted:
+    """An ordered ``bulkWrite`` [lead?, the insert at ``at``, probe?, follower?] that stopped
+    after the insert: the probe refused means it matched; any other failure of the probe
+    leaves its answer unknown (the caller reads itself) — either way the follower did not run
+    (the caller applies it itself). A failure of the follower means the probe did not match
+    and the follower did not apply."""
+    error = next(iter(exc.write_errors or []), {})
+    if probed and error.get("idx") == at + 1:
+        return Inserted(True if error.get("code") == IMMUTABLE_FIELD else None, None)
+    return Inserted(False if probed else None, False if followed else None)
 
 
 def _as_exception(error: dict[str, Any]) -> OperationFailure:

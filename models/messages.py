@@ -39,7 +39,7 @@ from pymongo import ASCENDING, DESCENDING, UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
 
 from models.atomic import update_get
-from models.group_commit import GroupFinder, GroupInserter, GroupManyUpdater, LeadInsert
+from models.group_commit import GroupFinder, GroupInserter, GroupManyUpdater, Inserted, LeadInsert
 from models.indexes import drop_superseded
 from models.sharding import in_channel
 from models.timeutil import aware
@@ -157,9 +157,15 @@ class MessageRepository:
         await drop_superseded(self.coll, _SUPERSEDED_INDEXES)
 
     def use_client_bulk_write(self, on: bool) -> None:
-        """Whether a lone insert goes with its probe and lead in one client bulkWrite
+        """Whether a lone insert goes with its probe, lead and follower in one client bulkWrite
         (``models.store.Store.adapt_to_server``); else each is its own command."""
         self._inserter.client_bulk_write = on
+
+    @property
+    def sends_followers(self) -> bool:
+        """Whether :meth:`insert_then` may send a follower with the insert (else it never does,
+        and building one is wasted work)."""
+        return self._inserter.client_bulk_write
 
     async def insert(
         self, doc: dict[str, Any], *, probe: UpdateOne | None = None, lead: LeadInsert | None = None
@@ -169,6 +175,19 @@ class MessageRepository:
         insert in the same command when the insert goes alone, else None; ``lead``: inserted
         first, the message only if it succeeds (:meth:`models.group_commit.GroupInserter.insert`)."""
         return await self._inserter.insert(with_keys(doc), probe, lead)
+
+    async def insert_then(
+        self,
+        doc: dict[str, Any],
+        *,
+        probe: UpdateOne | None = None,
+        lead: LeadInsert | None = None,
+        follower: UpdateOne | None = None,
+    ) -> Inserted:
+        """:meth:`insert`, with ``follower`` (an update of another collection) in the same
+        command when it can go: it runs only when the insert succeeded and the probe did not
+        match (:meth:`models.group_commit.GroupInserter.insert_then`)."""
+        return await self._inserter.insert_then(with_keys(doc), probe, lead, follower)
 
     async def get(self, message_id: ObjectId, channel_id: ObjectId | None = None) -> dict[str, Any] | None:
         """A message by id (routed to its shard when the channel is given)."""

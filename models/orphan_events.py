@@ -48,19 +48,22 @@ class OrphanEventRepository:
         return True
 
     def arrival_probe(self, channel_id: ObjectId, mids: list[str]) -> UpdateOne | None:
-        """An update that changes nothing and matches an event kept for a message known by any
-        of ``mids``: sent with the message's insert (:meth:`MessageRepository.insert
-        <models.messages.MessageRepository.insert>`), it answers "did any event come first" in
-        the insert's own round trip. Same indexed filter as :meth:`pending_for`; applied
-        events match too (a false "yes" costs the read, never a decision)."""
+        """An update that matches an event kept for a message known by any of ``mids`` and is
+        then refused, writing nothing: sent with the message's insert
+        (:meth:`MessageRepository.insert <models.messages.MessageRepository.insert>`), it
+        answers "did any event come first" in the insert's own round trip, and its refusal
+        stops the rest of that ordered command (the conversation update sent with it runs only
+        when no event came first). Same indexed filter as :meth:`pending_for`; applied events
+        match too (a false "yes" costs the read, never a decision)."""
         if not mids:
             return None
         wanted = list(dict.fromkeys(mids))
         target = wanted[0] if len(wanted) == 1 else {"$in": wanted}
         return UpdateOne(
             {"channel_id": channel_id, "target_mid": target},
-            # Applied only by an upsert, which this is not: a match that writes nothing.
-            {"$setOnInsert": {"probed": True}},
+            # An ``_id`` cannot change (error 66, ``models.group_commit.IMMUTABLE_FIELD``): a
+            # match is refused, no match writes nothing.
+            {"$set": {"_id": ObjectId()}},
             namespace=self.coll.full_name,
         )
 

@@ -378,11 +378,21 @@ class MessageArrivalHook:
         if events:
             await self.handler.publish(events)
 
+    def idle_for(self, message: dict[str, Any]) -> bool:
+        """No reply to link: with no early events there is nothing to do."""
+        return not _unlinked_reply(message)
+
     async def _link_reply(self, message: dict[str, Any]) -> bool:
-        reply_to = message.get("reply_to") or {}
-        if not reply_to.get("mid") or reply_to.get("message_id"):
+        if not _unlinked_reply(message):
             return False
+        reply_to = message["reply_to"]
         target = await self.store.message_updates.find_by_mid(message["channel_id"], reply_to["mid"])
         if target is None:
             return False
         return (await self.store.message_updates.link_reply(message["_id"], target["_id"])).applied
+
+
+def _unlinked_reply(message: dict[str, Any]) -> bool:
+    """Whether ``message`` replies to a message by mid, not yet linked to its id."""
+    reply_to = message.get("reply_to") or {}
+    return bool(reply_to.get("mid")) and not reply_to.get("message_id")

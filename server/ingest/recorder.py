@@ -6,7 +6,10 @@ or from mark-sent:
 0. let the before-store hooks mark the document (the trigger outbox's mark goes in with it);
 1. insert the message (the unique ``mids`` index decides "new or duplicate") and ask, after
    it, whether events about it came first (``orphan_events``) — in the insert's own command
-   when it goes alone, :meth:`models.group_commit.GroupInserter.insert`;
+   when it goes alone, :meth:`models.group_commit.GroupInserter.insert`; when the hooks of
+   step 2 have nothing to do for it (no reply to link, no media) and the process remembers
+   the conversation's state, step 3 goes last in that same ordered command, run only when
+   no event came first — the order of the steps is kept, in one round trip;
 2. run the after-store hooks (durable follow-up work: early events applied, media jobs),
    each idempotent per message, told that answer;
 3. apply the message to its conversation (one guarded, idempotent update);
@@ -34,7 +37,7 @@ from typing import Any, Protocol
 from pymongo.errors import DuplicateKeyError
 
 from models.conversations import STATUS_NEEDS_REPLY
-from models.group_commit import LeadInsert
+from models.group_commit import Inserted, LeadInsert, Shortcut
 from models.messages import IMPORTED_BACKFILL, TYPE_CUSTOMER, is_mid_conflict
 from models.store import Store
 from server.inbox import events as ev
@@ -52,6 +55,11 @@ class AfterStoreHook(Protocol):
         """Called after the message is inserted, before its conversation is updated.
         ``early_events``: whether events about it were kept before it arrived, as asked right
         after its insert; None when not asked (a batched insert, a repair)."""
+        ...
+
+    def idle_for(self, message: dict[str, Any]) -> bool:
+        """Whether, with ``early_events=False``, the hook would do nothing for ``message`` (then
+        the recorder may update the conversation in the insert's own command and not call it)."""
         ...
 
 
@@ -91,32 +99,53 @@ class MessageRecorder:
         write that must succeed first, sent with the insert (``LeadRefused`` when it fails)."""
         for before in self.before_hooks:
             await before.before_message_stored(message)
+        conversations = self.store.conversations
+        shortcut = self._conversation_shortcut(message)
         try:
-            early = await self._insert(message, lead)
+            inserted = await self._insert(message, lead, shortcut)
         except DuplicateKeyError as exc:
             if not is_mid_conflict(exc):
                 raise
             return await self._repair(message, received_at)
-        await self.run_hooks(message, early_events=early)
+        if shortcut is not None:
+            conversation = conversations.after_known_apply(shortcut, inserted.follower_applied)
+            if conversation is not None:
+                # Steps 1 and 3 went in one command; step 2 had nothing to do (no early event).
+                await self._after_apply(message, conversation, received_at)
+                return Recorded(message, conversation)
+        await self.run_hooks(message, early_events=inserted.probe_matched)
         conversation = await self.apply(message, received_at=received_at)
         return Recorded(message, conversation)
+
+    def _conversation_shortcut(self, message: dict[str, Any]) -> Shortcut | None:
+        """Step 3 written for the conversation's remembered state, to go with the insert —
+        when it can: a client bulkWrite, a probe to run it behind, hooks with nothing to do."""
+        if not self.store.messages.sends_followers or not message.get("mids"):
+            return None
+        if not all(hook.idle_for(message) for hook in self.hooks):
+            return None
+        return self.store.conversations.known_apply(message["conversation_id"], message)
 
     async def record_new(self, message: dict[str, Any], *, received_at: float) -> Recorded:
         """Steps 1–5 for a message whose collisions the caller resolves itself: every
         ``DuplicateKeyError`` propagates (mark-sent turns a collision into an adoption)."""
-        early = await self._insert(message)
-        await self.run_hooks(message, early_events=early)
+        inserted = await self._insert(message)
+        await self.run_hooks(message, early_events=inserted.probe_matched)
         conversation = await self.apply(message, received_at=received_at)
         return Recorded(message, conversation)
 
-    async def _insert(self, message: dict[str, Any], lead: LeadInsert | None = None) -> bool | None:
-        """Step 1: the insert, and whether events about the message came first (None: not asked).
+    async def _insert(
+        self, message: dict[str, Any], lead: LeadInsert | None = None, shortcut: Shortcut | None = None
+    ) -> Inserted:
+        """Step 1: the insert, whether events about the message came first (None: not asked),
+        and whether ``shortcut`` (step 3) went with it and applied.
 
         Why the question is asked after the insert: an early event is kept, then its handler
         looks for the message; a message is inserted, then looks for early events. Each writes
         before it reads, so at least one of them sees the other (server/ingest/changes.py)."""
         probe = self.store.orphan_events.arrival_probe(message["channel_id"], message.get("mids") or [])
-        return await self.store.messages.insert(message, probe=probe, lead=lead)
+        follower = None if shortcut is None else self.store.conversations.as_update(shortcut)
+        return await self.store.messages.insert_then(message, probe=probe, lead=lead, follower=follower)
 
     async def _repair(self, incoming: dict[str, Any], received_at: float) -> Recorded:
         existing = None
@@ -155,6 +184,11 @@ class MessageRecorder:
         conversation = await self.store.conversations.apply_message(message["conversation_id"], message)
         if conversation is None:
             return None
+        await self._after_apply(message, conversation, received_at)
+        return conversation
+
+    async def _after_apply(self, message: dict[str, Any], conversation: dict[str, Any], received_at: float) -> None:
+        """Steps 4 and 5, once the message is applied to ``conversation``."""
         if message["type"] != TYPE_CUSTOMER and conversation.get("prev_status") == STATUS_NEEDS_REPLY:
             await self.store.messages.mark_answered(
                 message["channel_id"], message["conversation_id"], message["sent_at"]
@@ -162,7 +196,6 @@ class MessageRecorder:
         if message.get("imported") != IMPORTED_BACKFILL:
             # A history import announces itself once (``history_import``), not per old message.
             await self.publish(ev.new_message_events(message, conversation, received_at=received_at))
-        return conversation
 
     async def publish(self, events: list[ev.Event]) -> None:
         """Hand events to the sink; never fails the write they follow (:class:`~server.inbox.events.SafePublisher`)."""

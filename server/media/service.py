@@ -107,6 +107,10 @@ class MediaService:
 
     # -- AfterStoreHook: queue the downloads ----------------------------------------------------
 
+    def idle_for(self, message: dict[str, Any]) -> bool:
+        """Nothing to download: no job to queue."""
+        return bool(message.get("is_deleted")) or not media_targets(message)
+
     async def after_message_stored(
         self, message: dict[str, Any], conversation_id: Any, *, early_events: bool | None = None
     ) -> None:

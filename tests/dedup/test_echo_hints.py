@@ -70,8 +70,9 @@ async def test_an_echo_typed_in_the_app_creates_its_pairing_document_without_rea
     if client_bulk_write:
         assert listener.names == ["bulkWrite:insert"]
         # One command: the pairing claim, then the message (only if the claim succeeded), then
-        # the question whether events about it came first.
-        assert listener.bulk_writes == [["echo_pairs", "messages", "orphan_events"]]
+        # the question whether events about it came first, then (none came: a refused probe
+        # would stop it) the conversation's update for the state this process saw last.
+        assert listener.bulk_writes == [["echo_pairs", "messages", "orphan_events", "conversations"]]
     else:
         assert listener.names == ["insert"] and listener.bulk_writes == []
 

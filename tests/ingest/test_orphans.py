@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from bson import ObjectId
 from pymongo import monitoring
 
 from models.sharding import client_bulk_write_parts
@@ -13,6 +16,18 @@ from models.timeutil import from_epoch_ms
 from server.app.embedded import EmbeddedStores
 from tests.support.events import ECHO_MID, REPLY_MID, TEXT_MID, EventsEnv, events_env
 from tests.support.helpers import ACCOUNT_ID, CUSTOMER_A, echo_item, messaging_body, text_item
+
+
+@pytest.fixture(params=[True, False], ids=["mongodb-8", "embedded-store"])
+async def env(stores: EmbeddedStores, tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[EventsEnv]:
+    """Each test twice: as on MongoDB 8.0+ (client bulkWrite: a lone message's conversation
+    update goes last in its insert's command, which an early event stops before it) and as on
+    the embedded store (separate commands). The first is tried on the embedded store for its
+    behaviour (``models/store.Store.adapt_to_server`` turns it on only where it is journaled)."""
+    async with events_env(stores, tmp_path) as e:
+        e.core.store.messages.use_client_bulk_write(request.param)
+        e.core.store.conversations.use_client_bulk_write(request.param)
+        yield e
 
 
 async def test_reaction_before_its_message_is_kept_once_and_applied_on_arrival(env: EventsEnv) -> None:
@@ -120,15 +135,20 @@ class CommandNames(monitoring.CommandListener):
 
     def __init__(self) -> None:
         self.on = False
+        self.commands: list[list[tuple[str, str]]] = []  # the same, command by command
         self.seen: list[tuple[str, str]] = []
 
     def started(self, event: monitoring.CommandStartedEvent) -> None:
         if not self.on:
             return
         if event.command_name == "bulkWrite":
-            self.seen += [("bulkWrite " + name, coll) for name, coll, _ in client_bulk_write_parts(event.command)]
+            parts = [("bulkWrite " + name, coll) for name, coll, _ in client_bulk_write_parts(event.command)]
         elif isinstance(event.command.get(event.command_name), str):
-            self.seen.append((event.command_name, event.command[event.command_name]))
+            parts = [(event.command_name, event.command[event.command_name])]
+        else:
+            return
+        self.seen += parts
+        self.commands.append(parts)
 
     def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
         return None
@@ -161,3 +181,98 @@ async def test_a_lone_message_asks_for_early_events_in_its_insert_and_reads_them
         assert ("find", "orphan_events") in names.seen
         echo = await env.message(ECHO_MID)
         assert echo is not None and [r["reaction"] for r in echo["reactions"]] == ["love"]
+
+
+def touching(commands: list[list[tuple[str, str]]], coll: str) -> list[list[tuple[str, str]]]:
+    """The commands (a client bulkWrite by its parts) that name ``coll``."""
+    return [parts for parts in commands if any(c == coll for _, c in parts)]
+
+
+async def test_a_lone_message_updates_its_conversation_in_its_insert_command(
+    stores: EmbeddedStores, tmp_path: Path
+) -> None:
+    """MongoDB 8.0+: the insert, the early-event probe and the conversation's update for the
+    state this process saw last go in one ordered command; a stale state, a reply to link or a
+    media message take the usual separate update — and every outcome is the same."""
+    names = CommandNames()
+    fused = [
+        ("bulkWrite insert", "messages"),
+        ("bulkWrite update", "orphan_events"),
+        ("bulkWrite update", "conversations"),
+    ]
+    async with events_env(stores, tmp_path, mongo_listeners=[names]) as env:
+        store = env.core.store
+        store.messages.use_client_bulk_write(True)
+        store.conversations.use_client_bulk_write(True)
+        await env.post(messaging_body(text_item("f.1", "first", timestamp_ms=1_763_530_000_000)))
+        names.on = True
+        await env.post(messaging_body(text_item("f.2", "second", timestamp_ms=1_763_530_000_100)))
+        assert touching(names.commands, "conversations") == [fused]
+        first = await env.message("f.1")
+        conversation = await store.conversations.get(first["conversation_id"])
+        assert conversation["unread_count"] == 2 and conversation["status"] == "needs_reply"
+        assert conversation["last_message"]["content"] == "second"
+        [new] = [e for e in env.events("new_customer_message") if e.data["message"]["content"] == "second"]
+        assert new.data["conversation"]["unread_count"] == 2
+
+        # Another process wrote the conversation: the remembered state is stale, the shortcut
+        # in the insert's command misses and the usual update applies the message.
+        await env.core.store.db.conversations.update_one(
+            {"_id": conversation["_id"]}, {"$set": {"unread_count": 5, "rev": ObjectId()}}
+        )
+        names.commands.clear()
+        await env.post(messaging_body(text_item("f.3", "third", timestamp_ms=1_763_530_000_200)))
+        # (The state it missed is forgotten: the usual update goes without a shortcut, read back.)
+        assert touching(names.commands, "conversations") == [
+            fused,
+            [("update", "conversations")],
+            [("find", "conversations")],
+        ]
+        conversation = await store.conversations.get(first["conversation_id"])
+        assert conversation["unread_count"] == 6 and conversation["last_message"]["content"] == "third"
+
+        # The usual update's result is remembered: the next message goes in one command again,
+        # and an owner reply on a waiting thread marks the customer messages answered.
+        names.commands.clear()
+        await env.post(messaging_body(echo_item("f.4", "we do", timestamp_ms=1_763_530_000_300)))
+        assert [parts[-1] for parts in touching(names.commands, "conversations")] == [fused[-1]]
+        conversation = await store.conversations.get(first["conversation_id"])
+        assert conversation["status"] == "answered" and conversation["unread_count"] == 0
+        answered = [(await env.message(mid))["is_answered"] for mid in ("f.1", "f.2", "f.3")]
+        assert answered == [True, True, True]
+
+        # A reply to link runs the after-store hook first: a separate conversation update.
+        names.commands.clear()
+        await env.post(
+            messaging_body(
+                {
+                    "sender": {"id": CUSTOMER_A},
+                    "recipient": {"id": ACCOUNT_ID},
+                    "timestamp": 1_763_530_000_400,
+                    "message": {"mid": "f.5", "text": "thanks", "reply_to": {"mid": "f.4"}},
+                }
+            )
+        )
+        assert ("bulkWrite update", "conversations") not in touching(names.commands, "messages")[0]
+        reply = await env.message("f.5")
+        assert reply["reply_to"]["message_id"] == (await env.message("f.4"))["_id"]
+        conversation = await store.conversations.get(first["conversation_id"])
+        assert conversation["last_message"]["content"] == "thanks" and conversation["unread_count"] == 1
+
+
+async def test_a_redelivered_message_stops_its_command_before_the_conversation(
+    stores: EmbeddedStores, tmp_path: Path
+) -> None:
+    async with events_env(stores, tmp_path) as env:
+        store = env.core.store
+        store.messages.use_client_bulk_write(True)
+        store.conversations.use_client_bulk_write(True)
+        body = messaging_body(text_item("r.1", "once", timestamp_ms=1_763_530_000_000))
+        await env.post(messaging_body(text_item("r.0", "before", timestamp_ms=1_763_529_000_000)))
+        await env.post(body)
+        answer: dict[str, Any] = await env.post(body)
+        assert answer.get("duplicate") is True
+        message = await env.message("r.1")
+        conversation = await store.conversations.get(message["conversation_id"])
+        assert conversation["unread_count"] == 2
+        assert conversation["recent_message_ids"].count(message["_id"]) == 1

@@ -146,6 +146,22 @@ async def test_a_write_behind_the_repositorys_back_still_leaves_the_stored_count
 
 # Methods that write no conversation (readers, and the switch of how writes are sent).
 READERS = {"ensure_indexes", "get", "get_many", "find_by_customer", "page", "use_client_bulk_write"}
+# Write nothing themselves: the update of ``known_apply`` is sent by the message's insert
+# (server/ingest/recorder.py); the writer "known_apply" below sends it as that insert does.
+KNOWN_APPLY_PARTS = {"as_update", "after_known_apply"}
+
+
+async def send_known_apply(
+    repo: ConversationRepository, channel: ObjectId, customer: dict[str, Any], message: dict[str, Any]
+) -> Any:
+    # The unique index makes it find the stored conversation, and remember its state.
+    conversation, created = await repo.get_or_create(channel, customer)
+    assert not created
+    shortcut = repo.known_apply(conversation["_id"], message)
+    assert shortcut is not None, "the state written just before is remembered"
+    update = repo.as_update(shortcut)
+    sent = await repo.coll.update_one(update._filter, update._doc)
+    return repo.after_known_apply(shortcut, sent.matched_count > 0)
 
 
 async def test_every_write_to_a_conversation_stamps_a_new_rev(db: tuple[Any, Commands]) -> None:
@@ -154,10 +170,12 @@ async def test_every_write_to_a_conversation_stamps_a_new_rev(db: tuple[Any, Com
     database, _ = db
     channel = ObjectId()
     repo = ConversationRepository(database)
+    await repo.ensure_indexes()
     conversation = await new_conversation(repo, channel)
     conversation_id = conversation["_id"]
     message = customer_messages(channel, 1)[0]
     edited = {**message, "content": "edited"}
+    later = customer_messages(channel, 2)[1]
     customer = {"_id": conversation["customer_id"], "instagram_id": conversation["customer_instagram_id"]}
     writers = {
         "get_or_create": lambda: repo.get_or_create(channel, {"_id": ObjectId(), "instagram_id": "someone else"}),
@@ -167,13 +185,16 @@ async def test_every_write_to_a_conversation_stamps_a_new_rev(db: tuple[Any, Com
         "refresh_customer": lambda: repo.refresh_customer(channel, {**customer, "first_name": "Cy"}),
         "refresh_last_message": lambda: repo.refresh_last_message(conversation_id, message),
         "refresh_summary_if_stale": lambda: repo.refresh_summary_if_stale(conversation_id, edited),
+        "known_apply": lambda: send_known_apply(repo, channel, customer, later),
     }
     public = {
         name
         for name in dir(ConversationRepository)
         if not name.startswith("_") and callable(getattr(ConversationRepository, name))
     }
-    assert public == READERS | set(writers), "a new method: list it as a reader or try it as a writer"
+    assert public == READERS | KNOWN_APPLY_PARTS | set(writers), (
+        "a new method: list it as a reader or try it as a writer"
+    )
     assert conversation.get("rev") is not None
     for name, write in writers.items():
         before = await database.conversations.find_one({"_id": conversation_id})

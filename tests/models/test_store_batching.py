@@ -15,10 +15,19 @@ from typing import Any
 
 import pytest
 from bson import ObjectId
+from pymongo import UpdateOne
 from pymongo.errors import DuplicateKeyError, OperationFailure
 
 from models.conversations import STATUS_ANSWERED, STATUS_NEEDS_REPLY, ConversationRepository
-from models.group_commit import GroupFinder, GroupManyUpdater, GroupUpdate, GroupUpdater, LeadInsert, LeadRefused
+from models.group_commit import (
+    GroupFinder,
+    GroupManyUpdater,
+    GroupUpdate,
+    GroupUpdater,
+    Inserted,
+    LeadInsert,
+    LeadRefused,
+)
 from models.messages import MessageRepository, is_mid_conflict
 from models.orphan_events import OrphanEventRepository
 from tests.support.commands import Commands
@@ -420,6 +429,60 @@ async def test_without_client_bulk_write_the_lead_and_the_message_go_one_after_t
         await messages.insert(_message(channel, "m.refused"), lead=claim(database, "k"))
     assert dict(commands.seen) == {"insert": 3}
     assert [m["mid"] for m in await database.messages.find().to_list(None)] == ["m.old"]
+
+
+# -- a follower after the insert and its probe (the conversation update) ---------------------
+
+
+def tally(database: Any, doc_id: int = 1, update: dict[str, Any] | None = None) -> UpdateOne:
+    return UpdateOne({"_id": doc_id}, update or {"$inc": {"n": 1}}, namespace=database.tallies.full_name)
+
+
+async def test_a_lone_insert_runs_its_follower_only_after_a_probe_that_did_not_match(
+    db: tuple[Any, Commands], repos: Repos
+) -> None:
+    database, commands = db
+    channel, (messages, orphans) = ObjectId(), repos
+    await database.tallies.insert_one({"_id": 1, "n": 0, "name": "text"})
+    await database.orphan_events.insert_one({"channel_id": channel, "key": "k1", "target_mid": "m.early"})
+
+    def send(mid: str, follower: UpdateOne) -> Any:
+        probe = orphans.arrival_probe(channel, [mid])
+        return messages.insert_then(_message(channel, mid), probe=probe, follower=follower)
+
+    commands.seen.clear()
+    assert await send("m.alone", tally(database)) == Inserted(probe_matched=False, follower_applied=True)
+    assert dict(commands.seen) == {"bulkWrite": 1}
+    # An event came first: the probe is refused, which stops the command before the follower.
+    assert await send("m.early", tally(database)) == Inserted(probe_matched=True, follower_applied=None)
+    # A duplicate stops it at the insert.
+    with pytest.raises(DuplicateKeyError):
+        await send("m.alone", tally(database))
+    assert (await database.tallies.find_one({"_id": 1}))["n"] == 1
+    # A follower that matches nothing, or is refused, did not apply; the message is stored.
+    assert await send("m.missed", tally(database, 2)) == Inserted(False, False)
+    assert await send("m.refused", tally(database, 1, {"$inc": {"name": 1}})) == Inserted(False, False)
+    assert await database.messages.count_documents({}) == 4
+    assert await database.orphan_events.find_one({"key": "k1"}, {"_id": 0, "key": 1}) == {"key": "k1"}
+
+
+async def test_a_follower_is_not_sent_with_a_batch_or_without_client_bulk_write(
+    db: tuple[Any, Commands], repos: Repos
+) -> None:
+    """Not sent: the caller applies its change itself (``follower_applied`` None)."""
+    database, commands = db
+    channel, messages = ObjectId(), repos[0]
+    await database.tallies.insert_one({"_id": 1, "n": 0})
+    commands.seen.clear()
+    batched = await asyncio.gather(
+        *(messages.insert_then(_message(channel, f"m.b{n}"), follower=tally(database)) for n in range(3))
+    )
+    assert batched == [Inserted(None, None)] * 3
+    assert dict(commands.seen) == {"insert": 1}
+    messages.use_client_bulk_write(False)
+    assert await messages.insert_then(_message(channel, "m.old"), follower=tally(database)) == Inserted(None, None)
+    assert (await database.tallies.find_one({"_id": 1}))["n"] == 0
+    assert await database.messages.count_documents({}) == 4
 
 
 def _message(channel: ObjectId, mid: str) -> dict[str, Any]:
