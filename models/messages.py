@@ -174,7 +174,8 @@ class MessageRepository:
         it *is* the dedup decision. With ``probe``: whether it matched, asked right after the
         insert in the same command when the insert goes alone, else None; ``lead``: inserted
         first, the message only if it succeeds (:meth:`models.group_commit.GroupInserter.insert`)."""
-        return await self._inserter.insert(with_keys(doc), probe, lead)
+        inserted = await self.insert_then(doc, probe=probe, lead=lead)
+        return inserted.probe_matched
 
     async def insert_then(
         self,

@@ -99,7 +99,6 @@ class MessageRecorder:
         write that must succeed first, sent with the insert (``LeadRefused`` when it fails)."""
         for before in self.before_hooks:
             await before.before_message_stored(message)
-        conversations = self.store.conversations
         shortcut = self._conversation_shortcut(message)
         try:
             inserted = await self._insert(message, lead, shortcut)
@@ -108,7 +107,7 @@ class MessageRecorder:
                 raise
             return await self._repair(message, received_at)
         if shortcut is not None:
-            conversation = conversations.after_known_apply(shortcut, inserted.follower_applied)
+            conversation = self.store.conversations.after_known_apply(shortcut, inserted.follower_applied)
             if conversation is not None:
                 # Steps 1 and 3 went in one command; step 2 had nothing to do (no early event).
                 await self._after_apply(message, conversation, received_at)

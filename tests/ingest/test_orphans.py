@@ -112,18 +112,16 @@ async def test_an_event_for_an_unknown_channel_is_ignored_not_kept(env: EventsEn
     assert await env.core.store.orphan_events.count(env.channel_oid) == 0
 
 
+def reply_item(mid: str, text: str, to_mid: str, timestamp_ms: int) -> dict[str, Any]:
+    """A customer's text replying to the message ``to_mid``."""
+    item = text_item(mid, text, timestamp_ms=timestamp_ms)
+    item["message"]["reply_to"] = {"mid": to_mid}
+    return item
+
+
 async def test_reply_to_a_stored_message_links_it(env: EventsEnv) -> None:
     await env.post(messaging_body(text_item("q-1", "do you ship to Lisbon?", timestamp_ms=1_763_530_000_000)))
-    await env.post(
-        messaging_body(
-            {
-                "sender": {"id": CUSTOMER_A},
-                "recipient": {"id": ACCOUNT_ID},
-                "timestamp": 1_763_530_000_100,
-                "message": {"mid": "q-2", "text": "and Porto?", "reply_to": {"mid": "q-1"}},
-            }
-        )
-    )
+    await env.post(messaging_body(reply_item("q-2", "and Porto?", "q-1", 1_763_530_000_100)))
     first, reply = await env.message("q-1"), await env.message("q-2")
     assert reply["reply_to"] == {"mid": "q-1", "message_id": first["_id"]}
     shown = await env.ws_message(str(reply["_id"]))
@@ -249,16 +247,7 @@ async def test_a_lone_message_updates_its_conversation_in_its_insert_command(
 
         # A reply to link runs the after-store hook first: a separate conversation update.
         names.commands.clear()
-        await env.post(
-            messaging_body(
-                {
-                    "sender": {"id": CUSTOMER_A},
-                    "recipient": {"id": ACCOUNT_ID},
-                    "timestamp": 1_763_530_000_400,
-                    "message": {"mid": "f.5", "text": "thanks", "reply_to": {"mid": "f.4"}},
-                }
-            )
-        )
+        await env.post(messaging_body(reply_item("f.5", "thanks", "f.4", 1_763_530_000_400)))
         assert ("bulkWrite update", "conversations") not in touching(names.commands, "messages")[0]
         reply = await env.message("f.5")
         assert reply["reply_to"]["message_id"] == (await env.message("f.4"))["_id"]
