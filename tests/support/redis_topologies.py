@@ -20,10 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from server.app.embedded import _die_with_parent, free_port, redis_binary
 
 START_TIMEOUT_SECS = 30.0
+PORT_ATTEMPTS = 3
 NODE_TIMEOUT_MS = 1000
 SLOT_RANGES = ((0, 5460), (5461, 10922), (10923, 16383))
 
@@ -43,11 +46,20 @@ def wait_until(condition: Callable[[], Any], timeout: float, what: str) -> Any:
     raise TimeoutError(f"{what} not reached within {timeout:g}s (last error: {last!r})")
 
 
+class NodeExited(Exception):
+    """A node's process ended while starting (its port was taken: see its log)."""
+
+
 class Node:
     """One ``valkey-server`` process (data node or Sentinel)."""
 
-    def __init__(self, root: Path, name: str, args: list[str], *, sentinel: bool = False) -> None:
+    def __init__(
+        self, root: Path, name: str, args: list[str], *, sentinel: bool = False, cluster_bus: bool = False
+    ) -> None:
         self.port = free_port()
+        # A cluster node's bus gets its own free port (by default port + 10000, which may be
+        # taken or beyond 65535).
+        self.bus_port = free_port() if cluster_bus else None
         self.dir = root / f"{name}-{self.port}"
         self.dir.mkdir(parents=True)
         self.name = name
@@ -56,6 +68,19 @@ class Node:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Node:
+        for _ in range(PORT_ATTEMPTS):
+            self._spawn()
+            try:
+                wait_until(self._answers, START_TIMEOUT_SECS, f"{self.name} on port {self.port}")
+                return self
+            except NodeExited:
+                # Another process took a port between free_port() and the bind (pytest-xdist
+                # workers start topologies at the same time; see the node's log): new ports.
+                self.port = free_port()
+                self.bus_port = None if self.bus_port is None else free_port()
+        raise NodeExited(f"{self.name} exited at start {PORT_ATTEMPTS} times; see {self.dir / 'log'}")
+
+    def _spawn(self) -> None:
         argv = [*redis_binary()]
         if self.sentinel:
             conf = self.dir / "sentinel.conf"
@@ -64,12 +89,29 @@ class Node:
         else:
             argv += ["--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir), "--save", "",
                      "--appendonly", "no", *self.args]  # fmt: skip
+            if self.bus_port is not None:
+                argv += ["--cluster-port", str(self.bus_port)]
         log = open(self.dir / "log", "ab")  # kept open for the process's life
         self.proc = subprocess.Popen(
             argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent
         )
-        wait_until(lambda: self.client().ping(), START_TIMEOUT_SECS, f"{self.name} on port {self.port}")
-        return self
+
+    def _answers(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise NodeExited(f"{self.name} exited (code {self.proc.returncode})")
+        # Short and never retried: a port taken by another process may accept and stay silent,
+        # and the node's exit must be seen at the next poll, not after the client's retries.
+        probe = redis.Redis(
+            host="127.0.0.1",
+            port=self.port,
+            socket_timeout=0.5,
+            socket_connect_timeout=0.5,
+            retry=Retry(NoBackoff(), 0),
+        )
+        try:
+            return bool(probe.ping())
+        finally:
+            probe.close()
 
     def client(self) -> redis.Redis:
         return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2, socket_connect_timeout=1)
@@ -100,15 +142,10 @@ class ClusterTopology:
     kind = "cluster"
 
     def __init__(self, root: Path) -> None:
-        # The bus port gets its own free port (by default port + 10000, which may be taken or
-        # beyond 65535).
-        self.bus_ports: dict[str, int] = {}
-
         def node(name: str) -> Node:
-            bus = self.bus_ports[name] = free_port()
             return Node(root, name, ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-                                     "--cluster-port", str(bus), "--cluster-node-timeout", str(NODE_TIMEOUT_MS),
-                                     "--cluster-replica-validity-factor", "0"])  # fmt: skip
+                                     "--cluster-node-timeout", str(NODE_TIMEOUT_MS),
+                                     "--cluster-replica-validity-factor", "0"], cluster_bus=True)  # fmt: skip
 
         self.masters = [node(f"master{i}") for i in range(3)]
         self.replicas = [node(f"replica{i}") for i in range(3)]
@@ -124,7 +161,7 @@ class ClusterTopology:
             node.client().execute_command("CLUSTER ADDSLOTSRANGE", first, last)
         for node in self.nodes[1:]:
             first = self.masters[0]
-            node.client().execute_command("CLUSTER MEET", "127.0.0.1", first.port, self.bus_ports[first.name])
+            node.client().execute_command("CLUSTER MEET", "127.0.0.1", first.port, first.bus_port)
         wait_until(self._all_know_each_other, START_TIMEOUT_SECS, "cluster nodes meeting")
         for master, replica in zip(self.masters, self.replicas, strict=True):
             master_id = master.client().execute_command("CLUSTER MYID").decode()
