@@ -62,7 +62,7 @@ from server.media.targets import (
     media_targets,
 )
 from server.media.transcribe import AudioClip, Transcriber
-from server.ops.loops import cancelling
+from server.ops.loops import PoolIdleWait, cancelling
 from server.ops.metrics import Metrics
 
 log = logging.getLogger("igsync.media")
@@ -102,6 +102,7 @@ class MediaService:
         self.transcribe_timeout_secs = transcribe_timeout_secs
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._wake = asyncio.Event()
+        self._idle = PoolIdleWait(self._wake, poll_secs)
         self._loops: list[asyncio.Task[None]] = []
         self._stopping = False
 
@@ -236,7 +237,7 @@ class MediaService:
         """Start the download workers."""
         self._stopping = False
         loop = asyncio.get_running_loop()
-        self._loops = [loop.create_task(self._work()) for _ in range(self.concurrency)]
+        self._loops = [loop.create_task(self._work(), name=f"media-{index}") for index in range(self.concurrency)]
 
     async def stop(self) -> None:
         """Stop at once: a download cut short keeps its lease, which expires, and the job
@@ -262,14 +263,9 @@ class MediaService:
                 log.warning("media worker: cannot claim jobs (%s)", type(exc).__name__)
                 job = None
             if job is None:
-                # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a
-                # cancellation that lands as its timeout fires, and the loop would not end.
-                try:
-                    async with asyncio.timeout(self.poll_secs):
-                        await self._wake.wait()
-                except TimeoutError:
-                    pass
+                await self._idle.wait()
                 continue
+            self._wake.set()  # the idle peers look too: there may be more
             try:
                 await self.process(job)
             except asyncio.CancelledError:

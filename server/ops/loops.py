@@ -92,3 +92,45 @@ class PollingLoop:
                     await self._wake.wait()
             except TimeoutError:
                 pass
+
+
+async def wait_for_wake(wake: asyncio.Event, poll_secs: float | None) -> None:
+    """Wait until ``wake`` is set, or ``poll_secs`` went by (None: no timeout)."""
+    # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a cancellation that
+    # lands as its timeout fires, and the loop waiting here would then never end.
+    try:
+        async with asyncio.timeout(poll_secs):
+            await wake.wait()
+    except TimeoutError:
+        pass
+
+
+class PoolIdleWait:
+    """How the idle loops of a worker pool (sends, media) wait for work: one of them polls
+    (waits ``poll_secs``, then looks at the queue), the others wait for ``wake`` alone.
+
+    N loops polling one queue read it N times a poll and find it empty as one (an idle
+    process was ~16 store commands a second, most of them this). The polling role is held
+    only while waiting, so it passes to whichever loop is idle: a poller that then finds
+    work leaves it free, and the peers its wake sets going (a loop that took work wakes the
+    rest: there may be more, queued by another process, which no wake here announces) take
+    it up as they find the queue empty. While every loop is busy nobody polls — each looks
+    at the queue again as it finishes.
+    """
+
+    def __init__(self, wake: asyncio.Event, poll_secs: float) -> None:
+        self.wake = wake
+        self.poll_secs = poll_secs
+        self._polling = False
+
+    async def wait(self) -> None:
+        """Wait as this pool's poller when no other idle loop is, else for a wake."""
+        # Checked and taken with no await between: loops of one event loop cannot both take it.
+        if self._polling:
+            await self.wake.wait()
+            return
+        self._polling = True
+        try:
+            await wait_for_wake(self.wake, self.poll_secs)
+        finally:
+            self._polling = False

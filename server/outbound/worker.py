@@ -46,7 +46,7 @@ from server.graph.client import TOKEN_EXPIRED, TRANSIENT, GraphAccount, GraphApi
 from server.graph.health import ChannelHealth
 from server.inbox import events as ev
 from server.inbox.events import SafePublisher
-from server.ops.loops import cancelling
+from server.ops.loops import PoolIdleWait, cancelling
 from server.ops.metrics import Metrics
 from server.outbound.limiter import SendLimiter
 
@@ -110,6 +110,7 @@ class SendWorker:
         self.limiter = limiter
         self.owner = f"send-{uuid.uuid4().hex[:12]}"
         self._wake = asyncio.Event()
+        self._idle = PoolIdleWait(self._wake, poll_secs)
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
 
@@ -142,7 +143,8 @@ class SendWorker:
     async def _loop(self) -> None:
         while not self._stopping and not cancelling():
             # Cleared before claiming: a send queued after this point sets it again, so the
-            # wait below cannot miss it (clearing after an empty claim could).
+            # wait below cannot miss it (clearing after an empty claim could). A peer's clear
+            # cannot take a wake from this loop either: set() resolves every waiter at once.
             self._wake.clear()
             try:
                 if await self.run_once():
@@ -153,13 +155,7 @@ class SendWorker:
             except Exception:
                 # A bug must not end the loop for good (the send stays queued; its lease expires).
                 log.exception("send worker: a send failed unexpectedly")
-            # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a cancellation
-            # that lands as its timeout fires, and this loop would then never end.
-            try:
-                async with asyncio.timeout(self.poll_secs):
-                    await self._wake.wait()
-            except TimeoutError:
-                pass
+            await self._idle.wait()
 
     # -- one send ----------------------------------------------------------------------
 
@@ -168,6 +164,7 @@ class SendWorker:
         message = await self.store.outbound.claim(self.owner, self.lease_secs)
         if message is None:
             return False
+        self._wake.set()  # the pool's idle loops look too: there may be more
         try:
             await self.deliver(message)
         except SendAborted:
