@@ -51,8 +51,10 @@ OUTBOUND_TYPES = (TYPE_SUPPORT, TYPE_AI)
 # An owner message first seen as an echo from the Instagram app (not sent through igsync);
 # only such a message may be adopted by a mark-sent.
 SOURCE_INSTAGRAM_DIRECT = "instagram_direct"
-# The stored-duplicates check reads its range this many seconds at a time (one short command each).
+# The stored-duplicates check reads its range a slice at a time (one short command each): the
+# first slice this many seconds, the next ones sized to hold about DUPLICATES_SLICE_ROWS rows.
 DUPLICATES_SLICE_SECS = 10
+DUPLICATES_SLICE_ROWS = 500
 # ``imported``: a message read from the Conversations API instead of a webhook. A history
 # import's messages are old: no notifications, no unread count, no workflow triggers. A gap
 # repair's were missed during an outage: new to the business, announced like a webhook's.
@@ -455,9 +457,11 @@ class MessageRepository:
         found reads each message about once. A text the owner really typed in the Instagram
         app right after the AI sent the same one also counts: rare, hence "suspected".
 
-        Read in slices of ``DUPLICATES_SLICE_SECS``, four fields each, and grouped here: one
-        aggregation over the whole range held the embedded store (whose every command takes
-        one lock) for 150–230 ms every monitor run, and every webhook in flight waited.
+        Read in slices, four fields each, and grouped here: one aggregation over the whole
+        range held the embedded store (whose every command takes one lock) for 150–230 ms every
+        monitor run, and every webhook in flight waited. A slice is sized by the rows the last
+        one held (about ``DUPLICATES_SLICE_ROWS``), not fixed: ten-second slices made a fresh
+        process's first run, over an hour without outbound messages, 360 commands (now 6).
         """
         groups: dict[tuple[Any, Any], dict[str, Any]] = {}
         step = dt.timedelta(seconds=DUPLICATES_SLICE_SECS)
@@ -481,6 +485,7 @@ class MessageRepository:
                 group["first"], group["last"] = min(group["first"], at), max(group["last"], at)
                 group["count"] += 1
             start = end
+            step = next_slice(step, len(rows))
         window = dt.timedelta(seconds=window_secs)
         return [
             (f"{conversation}:{content}", group["last"])
@@ -499,3 +504,11 @@ def _inside(row: dict[str, Any], after: dict[str, Any] | None, before: dict[str,
     if after is not None and key <= (after["sent_at"], after["_id"]):
         return False
     return before is None or key < (before["sent_at"], before["_id"])
+
+
+def next_slice(step: dt.timedelta, rows: int) -> dt.timedelta:
+    """The next slice of the stored-duplicates scan, after one of ``step`` that held ``rows``:
+    scaled toward ``DUPLICATES_SLICE_ROWS`` rows, at most 4× longer at a time (a quiet slice
+    says little of the next: traffic comes in bursts) and never under a second."""
+    target = DUPLICATES_SLICE_ROWS / max(rows, 1)
+    return max(step * min(target, 4.0), dt.timedelta(seconds=1))
