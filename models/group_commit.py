@@ -20,10 +20,11 @@ and its neighbours are stored.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+from bson import ObjectId
 from pymongo import InsertOne, UpdateMany, UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import (
@@ -108,22 +109,50 @@ def _fail_all(batch: list[tuple[Any, asyncio.Future[Any]]], exc: BaseException) 
 
 
 @dataclass(frozen=True)
+class Guard:
+    """A condition a :class:`LeadInsert` is written under: no document of ``coll`` matches
+    ``query`` (the echo's "no message holds this mid yet"). Checked in the lead's own command
+    where it can be — an update that matches nothing, refused when it matches (it would change
+    an ``_id``), which stops the ordered command before the lead — else by ``matched``, a read
+    just before (the owner's, so concurrent reads can share a query)."""
+
+    coll: AsyncCollection
+    query: dict[str, Any]
+    matched: Callable[[], Awaitable[bool]]
+
+    def operation(self) -> UpdateOne:
+        """The check as a client ``bulkWrite`` operation: writes nothing either way."""
+        return UpdateOne(self.query, {"$set": {"_id": ObjectId()}}, namespace=self.coll.full_name)
+
+
+@dataclass(frozen=True)
 class LeadInsert:
     """A document of another collection that must be inserted right before a document of a
     :class:`GroupInserter`: the second is written only once the first succeeded. A lone insert
-    sends both in one ordered command (the echo's pairing claim and its message)."""
+    sends both in one ordered command (the echo's pairing claim and its message). With a
+    ``guard``, neither is written when the guard fails."""
 
     coll: AsyncCollection
     doc: dict[str, Any]
+    guard: Guard | None = None
 
     def operation(self) -> InsertOne:
         """The insert as a client ``bulkWrite`` operation."""
         return InsertOne(self.doc, namespace=self.coll.full_name)
 
+    async def guard_holds(self) -> bool:
+        """Whether the lead may be written, read now (True without a guard)."""
+        return self.guard is None or not await self.guard.matched()
+
+
+class GuardFailed(PyMongoError):
+    """A document matched the lead's :class:`Guard`: nothing was written."""
+
 
 class LeadRefused(PyMongoError):
     """The lead insert was refused by the store (``failure``: its own write error, e.g. a
-    ``DuplicateKeyError``); the document that was to follow it was not inserted."""
+    ``DuplicateKeyError``, or :class:`GuardFailed`); the document that was to follow it was
+    not inserted."""
 
     def __init__(self, failure: BaseException) -> None:
         super().__init__(f"the lead insert was refused: {failure}")
@@ -217,7 +246,9 @@ class GroupInserter(_Batcher[InsertRequest, Inserted | None]):
         """One ordered ``bulkWrite``: the lead, the insert, the probe, the follower. A failed
         insert raises what ``insert_one`` would have (:func:`_ordered_failure`); a failure after
         it leaves the document stored and is told apart by :func:`_after_insert`."""
-        operations = [lead.operation()] if lead is not None else []
+        guarded = lead is not None and lead.guard is not None
+        operations = [lead.guard.operation()] if lead is not None and lead.guard is not None else []
+        operations += [lead.operation()] if lead is not None else []
         at = len(operations)
         operations.append(InsertOne(doc, namespace=self.coll.full_name))
         operations.extend(op for op in (probe, follower) if op is not None)
@@ -227,7 +258,7 @@ class GroupInserter(_Batcher[InsertRequest, Inserted | None]):
             # reading a cursor of per-statement results.
             result = await _client_bulk_write(self.coll, operations, ordered=True, verbose=False)
         except ClientBulkWriteException as exc:
-            failure = _ordered_failure(exc, at)
+            failure = _ordered_failure(exc, at, guarded)
             if failure is exc:  # the insert succeeded; a statement after it failed
                 return _after_insert(exc, at, probe is not None, follower is not None)
             raise failure from exc
@@ -237,8 +268,11 @@ class GroupInserter(_Batcher[InsertRequest, Inserted | None]):
         return Inserted(None if probe is None else False, None if follower is None else result.matched_count > 0)
 
     async def _insert_separately(self, doc: dict[str, Any], lead: LeadInsert | None) -> Inserted | None:
-        """The server takes no client ``bulkWrite``: the lead, then the document, each alone."""
+        """The server takes no client ``bulkWrite``: the guard's read, the lead, then the
+        document, each alone."""
         if lead is not None:
+            if not await lead.guard_holds():
+                raise LeadRefused(GuardFailed("a document matches the lead's guard"))
             try:
                 await lead.coll.insert_one(lead.doc)
             except OperationFailure as exc:
@@ -257,7 +291,16 @@ class GroupInserter(_Batcher[InsertRequest, Inserted | None]):
         for i, lead in leads.items():
             by_collection.setdefault(lead.coll.full_name, []).append(i)
         refused: dict[int, BaseException] = {}
+        # Guards are read (a batch's leads go in one insert_many per collection, unordered).
+        guarded = [i for i, lead in leads.items() if lead.guard is not None]
+        holds = await asyncio.gather(*(leads[i].guard_holds() for i in guarded), return_exceptions=True)
+        for i, held in zip(guarded, holds, strict=True):
+            if held is not True:
+                refused[i] = held if isinstance(held, BaseException) else LeadRefused(GuardFailed("guard failed"))
+                by_collection[leads[i].coll.full_name].remove(i)
         for indexes in by_collection.values():
+            if not indexes:
+                continue
             try:
                 await leads[indexes[0]].coll.insert_many([leads[i].doc for i in indexes], ordered=False)
             except BulkWriteError as exc:
@@ -340,11 +383,12 @@ async def _client_bulk_write(
         return None
 
 
-def _ordered_failure(exc: ClientBulkWriteException, at: int) -> BaseException:
-    """What an ordered ``bulkWrite`` of [lead?, the insert at ``at``, probe?] failing means to
-    the inserter's caller: what ``insert_one`` would have raised (its network error, its write
-    concern error, the insert's own write error: ``DuplicateKeyError`` for a duplicate),
-    :class:`LeadRefused` for the lead's write error — or ``exc`` itself when only the probe failed."""
+def _ordered_failure(exc: ClientBulkWriteException, at: int, guarded: bool = False) -> BaseException:
+    """What an ordered ``bulkWrite`` of [guard?, lead?, the insert at ``at``, probe?] failing
+    means to the inserter's caller: what ``insert_one`` would have raised (its network error,
+    its write concern error, the insert's own write error: ``DuplicateKeyError`` for a
+    duplicate), :class:`LeadRefused` for the lead's write error or a refused guard (with
+    :class:`GuardFailed`) — or ``exc`` itself when only the probe failed."""
     if exc.error is not None:
         return exc.error if isinstance(exc.error, BaseException) else OperationFailure(str(exc.error))
     if exc.write_concern_errors:
@@ -353,6 +397,8 @@ def _ordered_failure(exc: ClientBulkWriteException, at: int) -> BaseException:
     for error in exc.write_errors or []:
         if error.get("idx") == at:
             return _as_exception(error)
+        if guarded and error.get("idx") == 0 and error.get("code") == IMMUTABLE_FIELD:
+            return LeadRefused(GuardFailed("a document matches the lead's guard"))
         if error.get("idx", at) < at:
             return LeadRefused(_as_exception(error))
     return exc

@@ -39,7 +39,7 @@ from pymongo import ASCENDING, DESCENDING, UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
 
 from models.atomic import update_get
-from models.group_commit import GroupFinder, GroupInserter, GroupManyUpdater, Inserted, LeadInsert
+from models.group_commit import GroupFinder, GroupInserter, GroupManyUpdater, Guard, Inserted, LeadInsert
 from models.indexes import drop_superseded
 from models.sharding import in_channel
 from models.timeutil import aware
@@ -205,6 +205,15 @@ class MessageRepository:
         """The message known by this Instagram id; concurrent look-ups share one query."""
         found = await self._by_mid.find([mid_key(channel_id, mid)], scope=channel_id)
         return found[0] if found else None
+
+    def mid_guard(self, channel_id: ObjectId, mid: str) -> Guard:
+        """ "No message of the channel holds ``mid`` yet", for a lead written before a message
+        (the echo's pairing claim: not made for a message already stored)."""
+
+        async def matched() -> bool:
+            return await self.find_by_mid(channel_id, mid) is not None
+
+        return Guard(self.coll, {"channel_id": channel_id, "mid_keys": mid_key(channel_id, mid)}, matched)
 
     async def stored_mids(self, channel_id: ObjectId, mids: list[str]) -> set[str]:
         """Which of ``mids`` a message of the channel already holds (one query on the unique index)."""

@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from typing import Any
 
 from pymongo.errors import DuplicateKeyError
 
 from models.echo_pairs import EchoPairContention
-from models.group_commit import LeadRefused
+from models.group_commit import GuardFailed, LeadRefused
 from models.messages import SOURCE_INSTAGRAM_DIRECT
 from models.store import Store
 from server.dedup.marks import SentMarks
@@ -72,23 +73,30 @@ class EchoDedup:
         """Store an owner message once: by mid, by pairing with a send, else as typed in the Instagram app."""
         mid = message["mid"]
         conversation_id = message["conversation_id"]
-        # 1. mid: a redelivery, or the echo of a mid given to mark-sent (unique index).
         hints = await self.marks.take_mid(mid, conversation_id, message["content"])
-        existing = await self.store.messages.find_by_mid(message["channel_id"], mid)
-        if existing is not None:
-            if hints.sent_at is not None:
-                self.metrics.echo_delay.observe(max(0.0, time.time() - hints.sent_at))
-            return await self.recorder.complete(existing, received_at=received_at), LAYER_MID
-        # 2. the pairing document: does a send of this text in this conversation claim it?
-        #    With no send outstanding (Redis says), the document most likely does not exist:
-        #    create it without reading first, and in the same command as the message, which
-        #    then follows only if the creation succeeded — the two writes of steps 2 and 3 in
-        #    their order, one round trip for a message typed in the Instagram app.
-        if not hints.send_outstanding:
+        if hints.send_outstanding:
+            # 1. mid: a redelivery, or the echo of a mid given to mark-sent (unique index).
+            existing = await self.store.messages.find_by_mid(message["channel_id"], mid)
+            if existing is not None:
+                if hints.sent_at is not None:
+                    self.metrics.echo_delay.observe(max(0.0, time.time() - hints.sent_at))
+                return await self.recorder.complete(existing, received_at=received_at), LAYER_MID
+        else:
+            # 2. the pairing document: does a send of this text in this conversation claim it?
+            #    With no send outstanding (Redis says), the document most likely does not
+            #    exist: create it without reading first, and in the same command as the
+            #    message, which then follows only if the creation succeeded — the two writes
+            #    of steps 2 and 3 in their order. Step 1 goes first in that command too, as
+            #    the claim's guard: no claim for a mid a message already holds (a redelivery;
+            #    a mark-sent whose Redis key was lost), whose fresh time could pair it with a
+            #    later send of the same text. One round trip for a message typed in the app.
             claim = self.pairing.new_echo_claim(conversation_id, message["content_hash"], mid)
+            claim = replace(claim, guard=self.store.messages.mid_guard(message["channel_id"], mid))
             try:
                 recorded = await self.recorder.record(message, received_at=received_at, lead=claim)
             except LeadRefused as refused:
+                if isinstance(refused.failure, GuardFailed):
+                    return await self._stored_under_mid(message, received_at), LAYER_MID
                 if not isinstance(refused.failure, DuplicateKeyError):
                     raise refused.failure from refused
                 # The document exists after all (a send of this text, a twin): decide on it.
@@ -109,6 +117,16 @@ class EchoDedup:
         else:
             layer = LAYER_DATABASE
         return await self._join_send(message, match.send_id, layer, received_at)
+
+    async def _stored_under_mid(self, message: dict[str, Any], received_at: float) -> Recorded:
+        """Step 1's answer when the claim's guard found the mid held: the message that holds
+        it, finished if its writer stopped half-way."""
+        existing = await self.store.messages.find_by_mid(message["channel_id"], message["mid"])
+        if existing is None:
+            # Held a moment ago, not readable now (its insert not visible yet, or rolled
+            # back): Meta redelivers on the 503 this becomes.
+            raise DuplicateKeyError("message with this mid is not readable yet")
+        return await self.recorder.complete(existing, received_at=received_at)
 
     async def _join_send(
         self, message: dict[str, Any], send_id: str, layer: str, received_at: float

@@ -25,6 +25,7 @@ class PairingCommands(monitoring.CommandListener):
         self.on = False
         self.names: list[str] = []
         self.bulk_writes: list[list[str]] = []
+        self.message_reads = 0  # finds on messages (the look-up by mid)
 
     def started(self, event: monitoring.CommandStartedEvent) -> None:
         if not self.on:
@@ -36,6 +37,8 @@ class PairingCommands(monitoring.CommandListener):
                 self.bulk_writes.append([coll for _, coll, _ in parts])
         elif event.command.get(event.command_name) == "echo_pairs":
             self.names.append(event.command_name)
+        elif event.command_name == "find" and event.command.get("find") == "messages":
+            self.message_reads += 1
 
     def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
         return None
@@ -69,12 +72,36 @@ async def test_an_echo_typed_in_the_app_creates_its_pairing_document_without_rea
     assert body["status"] == "success" and "duplicate" not in body
     if client_bulk_write:
         assert listener.names == ["bulkWrite:insert"]
-        # One command: the pairing claim, then the message (only if the claim succeeded), then
-        # the question whether events about it came first, then (none came: a refused probe
-        # would stop it) the conversation's update for the state this process saw last.
-        assert listener.bulk_writes == [["echo_pairs", "messages", "orphan_events", "conversations"]]
+        # One command: whether a message holds the mid already (refused if one does: nothing
+        # after it runs), the pairing claim, then the message (only if the claim succeeded),
+        # then whether events about it came first, then (none came: a refused probe would
+        # stop it) the conversation's update for the state this process saw last.
+        assert listener.bulk_writes == [["messages", "echo_pairs", "messages", "orphan_events", "conversations"]]
+        assert listener.message_reads == 0
     else:
         assert listener.names == ["insert"] and listener.bulk_writes == []
+        assert listener.message_reads == 1  # the claim's guard, read first
+
+
+@pytest.mark.parametrize("client_bulk_write", [True, False], ids=["mongodb-8", "embedded-store"])
+async def test_a_redelivered_app_message_makes_no_new_claim(watched, client_bulk_write: bool) -> None:
+    """The claim's guard: a message already holds the mid, so no pairing document is created
+    for it again — one created now, after the first one expired, would carry a fresh time, and a
+    send of the same text within the window could pair with this old message."""
+    server, listener = watched
+    server.core.store.messages.use_client_bulk_write(client_bulk_write)
+    mid = new_mid("e")
+    ok_body(await echo(server.client, mid, "see you tomorrow"))
+    assert await server.core.store.db.echo_pairs.delete_many({}) is not None  # the claim expired
+    listener.on = True
+    body = ok_body(await echo(server.client, mid, "see you tomorrow"))
+    listener.on = False
+    assert body == {"status": "success", "duplicate": True, "layer": "mid"}
+    assert await server.core.store.db.echo_pairs.count_documents({}) == 0
+    # MongoDB 8.0+: the claim went in the command, behind the guard that stopped it.
+    assert listener.names == (["bulkWrite:insert"] if client_bulk_write else [])
+    texts = [m["content"] for m in await stored_messages(server.core.store.db)]
+    assert texts.count("see you tomorrow") == 1
 
 
 async def test_an_echo_of_an_outstanding_send_reads_the_pairing_document_first(watched) -> None:

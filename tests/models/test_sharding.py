@@ -82,7 +82,8 @@ async def test_every_hot_path_command_names_the_shard_key(stores: Any, tmp_path:
         env.core.store.conversations.use_client_bulk_write(client_bulk_write)
         await _hot_paths(env, recorder)
     problems = untargeted(recorder)
-    assert len(recorder.commands) > 50
+    # The hot paths ran (each of their commands is one below; fewer as they get cheaper).
+    assert len(recorder.commands) > 40
     # A lone message's insert and probe, a conversation's update: checked part by part.
     assert (recorder.bulk_writes > 0) is client_bulk_write
     assert problems == [], "\n".join(problems)

@@ -24,6 +24,7 @@ from models.group_commit import (
     GroupManyUpdater,
     GroupUpdate,
     GroupUpdater,
+    GuardFailed,
     Inserted,
     LeadInsert,
     LeadRefused,
@@ -429,6 +430,56 @@ async def test_without_client_bulk_write_the_lead_and_the_message_go_one_after_t
         await messages.insert(_message(channel, "m.refused"), lead=claim(database, "k"))
     assert dict(commands.seen) == {"insert": 3}
     assert [m["mid"] for m in await database.messages.find().to_list(None)] == ["m.old"]
+
+
+def guarded_claim(database: Any, messages: MessageRepository, key: str, channel: ObjectId, mid: str) -> LeadInsert:
+    """The echo's claim: not written when a message of the channel holds ``mid``."""
+    return LeadInsert(database.echo_pairs, {"_id": key, "version": 1}, guard=messages.mid_guard(channel, mid))
+
+
+@pytest.mark.parametrize("client_bulk_write", [True, False], ids=["mongodb-8", "separately"])
+async def test_a_guarded_lead_is_not_written_for_a_mid_a_message_holds(
+    db: tuple[Any, Commands], repos: Repos, client_bulk_write: bool
+) -> None:
+    database, commands = db
+    channel, messages = ObjectId(), repos[0]
+    messages._inserter.client_bulk_write = client_bulk_write
+    commands.seen.clear()
+    await messages.insert(_message(channel, "m.new"), lead=guarded_claim(database, messages, "k1", channel, "m.new"))
+    # MongoDB 8.0+: the guard, the claim and the message in one command; else a read first.
+    assert dict(commands.seen) == ({"bulkWrite": 1} if client_bulk_write else {"find": 1, "insert": 2})
+
+    # The mid is held now (a redelivery): neither the claim nor the message is written.
+    with pytest.raises(LeadRefused) as raised:
+        await messages.insert(
+            _message(channel, "m.new"), lead=guarded_claim(database, messages, "k2", channel, "m.new")
+        )
+    assert isinstance(raised.value.failure, GuardFailed)
+    assert await database.echo_pairs.count_documents({"_id": "k2"}) == 0
+    assert await database.messages.count_documents({}) == 1
+    # The guard is the channel's: the same mid in another channel is free.
+    other = ObjectId()
+    await messages.insert(_message(other, "m.new"), lead=guarded_claim(database, messages, "k3", other, "m.new"))
+    assert await database.echo_pairs.count_documents({"_id": "k3"}) == 1
+
+
+async def test_guarded_leads_of_a_batch_read_their_guards_first(db: tuple[Any, Commands], repos: Repos) -> None:
+    database, commands = db
+    channel, messages = ObjectId(), repos[0]
+    await messages.insert(_message(channel, "m.held"))
+    commands.seen.clear()
+    outcomes = await asyncio.gather(
+        messages.insert(_message(channel, "m.free"), lead=guarded_claim(database, messages, "a", channel, "m.free")),
+        messages.insert(_message(channel, "m.held"), lead=guarded_claim(database, messages, "b", channel, "m.held")),
+        messages.insert(_message(channel, "m.plain")),
+        return_exceptions=True,
+    )
+    assert outcomes[0] is None and outcomes[2] is None
+    assert isinstance(outcomes[1], LeadRefused) and isinstance(outcomes[1].failure, GuardFailed)
+    # The two guards share one read (the repository's look-up by mid); then leads, then messages.
+    assert dict(commands.seen) == {"find": 1, "insert": 2}
+    assert sorted(m["mid"] for m in await database.messages.find().to_list(None)) == ["m.free", "m.held", "m.plain"]
+    assert [d["_id"] for d in await database.echo_pairs.find().to_list(None)] == ["a"]
 
 
 # -- a follower after the insert and its probe (the conversation update) ---------------------
