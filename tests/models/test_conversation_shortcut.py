@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from bson import ObjectId
 
-from models.conversations import ConversationRepository
+from models.conversations import ConversationRepository, copy_tree
 from models.timeutil import utcnow
 from tests.support.commands import Commands
 
@@ -204,3 +204,16 @@ async def test_every_write_to_a_conversation_stamps_a_new_rev(db: tuple[Any, Com
             continue
         after = await database.conversations.find_one({"_id": conversation_id})
         assert after["rev"] != before["rev"], f"{name} did not stamp a new rev"
+
+
+def test_a_remembered_state_is_a_copy_of_every_container_and_shares_the_leaves() -> None:
+    stamp_at, token = utcnow(), ObjectId()
+    doc = {"_id": ObjectId(), "last_apply": {"token": token, "at": stamp_at}, "recent_message_ids": [ObjectId()]}
+    kept = copy_tree(doc)
+    assert kept == doc
+    # A caller changing its document in place, at any depth, leaves the copy as it was.
+    doc["last_apply"]["token"] = ObjectId()
+    doc["recent_message_ids"].append(ObjectId())
+    doc["status"] = "open"
+    assert kept["last_apply"]["token"] is token and len(kept["recent_message_ids"]) == 1 and "status" not in kept
+    assert kept["last_apply"]["at"] is stamp_at  # immutable values are shared, not copied
