@@ -167,9 +167,13 @@ class Inserted:
     probe_matched: bool | None = None
     # Whether the follower matched; None: it was not sent (the caller applies it itself).
     follower_applied: bool | None = None
+    # Whether the trailer ran (after the follower, whatever the follower matched); None: not sent.
+    trailer_ran: bool | None = None
 
 
-InsertRequest = tuple[dict[str, Any], UpdateOne | None, LeadInsert | None, UpdateOne | None]
+# The updates after a lone insert and its probe: the follower, then the trailer if any.
+Followers = tuple[UpdateOne, UpdateMany] | tuple[UpdateOne] | tuple[()]
+InsertRequest = tuple[dict[str, Any], UpdateOne | None, LeadInsert | None, Followers]
 
 
 class GroupInserter(_Batcher[InsertRequest, Inserted | None]):
@@ -204,15 +208,18 @@ class GroupInserter(_Batcher[InsertRequest, Inserted | None]):
         probe: UpdateOne | None = None,
         lead: LeadInsert | None = None,
         follower: UpdateOne | None = None,
+        trailer: UpdateMany | None = None,
     ) -> Inserted:
         """:meth:`insert`, and ``follower`` — an update of another collection — last in the same
         ordered command when the insert goes alone with a client ``bulkWrite``: it runs only if
         the insert succeeded and the probe did not match (a match is refused, which stops an
         ordered command). ``follower_applied`` says whether it matched; None: not sent, the
-        caller applies its change itself."""
-        if not self.client_bulk_write:
-            probe = follower = None
-        answer = await self._submit((doc, probe, lead, follower))
+        caller applies its change itself. ``trailer`` goes after the follower, only with it, and
+        runs whether or not the follower matched (a miss is no error): ``trailer_ran``."""
+        followers: Followers = ()
+        if self.client_bulk_write and follower is not None:
+            followers = (follower,) if trailer is None else (follower, trailer)
+        answer = await self._submit((doc, probe if self.client_bulk_write else None, lead, followers))
         return answer if answer is not None else Inserted()
 
     async def _send(self, batch: list[tuple[InsertRequest, asyncio.Future[Any]]]) -> None:
@@ -224,13 +231,13 @@ class GroupInserter(_Batcher[InsertRequest, Inserted | None]):
             await self._send_many(batch)
 
     async def _send_alone(self, request: InsertRequest, future: asyncio.Future[Any]) -> None:
-        doc, probe, lead, follower = request
+        doc, probe, lead, followers = request
         try:
-            if probe is None and lead is None and follower is None:
+            if probe is None and lead is None and not followers:
                 await self.coll.insert_one(doc)
                 answer = None
             elif self.client_bulk_write:
-                answer = await self._insert_in_one_command(doc, probe, lead, follower)
+                answer = await self._insert_in_one_command(doc, probe, lead, followers)
             else:
                 answer = await self._insert_separately(doc, lead)
         except BaseException as exc:
@@ -241,31 +248,38 @@ class GroupInserter(_Batcher[InsertRequest, Inserted | None]):
             future.set_result(answer)
 
     async def _insert_in_one_command(
-        self, doc: dict[str, Any], probe: UpdateOne | None, lead: LeadInsert | None, follower: UpdateOne | None
+        self, doc: dict[str, Any], probe: UpdateOne | None, lead: LeadInsert | None, followers: Followers
     ) -> Inserted | None:
-        """One ordered ``bulkWrite``: the lead, the insert, the probe, the follower. A failed
-        insert raises what ``insert_one`` would have (:func:`_ordered_failure`); a failure after
-        it leaves the document stored and is told apart by :func:`_after_insert`."""
+        """One ordered ``bulkWrite``: the guard, the lead, the insert, the probe, the follower,
+        the trailer. A failed insert raises what ``insert_one`` would have
+        (:func:`_ordered_failure`); a failure after it leaves the document stored and is told
+        apart by :func:`_after_insert`."""
         guarded = lead is not None and lead.guard is not None
         operations = [lead.guard.operation()] if lead is not None and lead.guard is not None else []
         operations += [lead.operation()] if lead is not None else []
         at = len(operations)
         operations.append(InsertOne(doc, namespace=self.coll.full_name))
-        operations.extend(op for op in (probe, follower) if op is not None)
+        operations += [probe] if probe is not None else []
+        follower_at = len(operations) if followers else None
+        operations.extend(followers)
+        # Verbose only with a trailer: else the reply's summary counts say enough (a probe that
+        # matched is an error, so the follower is the only update that can count) and PyMongo
+        # skips reading a cursor of per-statement results.
+        verbose = len(followers) > 1
         try:
-            # Not verbose: the reply's summary counts say enough (a probe that matched is an
-            # error, so the follower is the only update that can count) and PyMongo skips
-            # reading a cursor of per-statement results.
-            result = await _client_bulk_write(self.coll, operations, ordered=True, verbose=False)
+            result = await _client_bulk_write(self.coll, operations, ordered=True, verbose=verbose)
         except ClientBulkWriteException as exc:
             failure = _ordered_failure(exc, at, guarded)
             if failure is exc:  # the insert succeeded; a statement after it failed
-                return _after_insert(exc, at, probe is not None, follower is not None)
+                return _after_insert(exc, at, probe is not None, follower_at, len(followers))
             raise failure from exc
         if result is None:
             self.client_bulk_write = False
             return await self._insert_separately(doc, lead)
-        return Inserted(None if probe is None else False, None if follower is None else result.matched_count > 0)
+        if follower_at is None:
+            return Inserted(None if probe is None else False)
+        applied = _matched(result, follower_at) if verbose else result.matched_count > 0
+        return Inserted(None if probe is None else False, applied, True if verbose else None)
 
     async def _insert_separately(self, doc: dict[str, Any], lead: LeadInsert | None) -> Inserted | None:
         """The server takes no client ``bulkWrite``: the guard's read, the lead, then the
@@ -404,16 +418,34 @@ def _ordered_failure(exc: ClientBulkWriteException, at: int, guarded: bool = Fal
     return exc
 
 
-def _after_insert(exc: ClientBulkWriteException, at: int, probed: bool, followed: bool) -> Inserted:
-    """An ordered ``bulkWrite`` [lead?, the insert at ``at``, probe?, follower?] that stopped
-    after the insert: the probe refused means it matched; any other failure of the probe
-    leaves its answer unknown (the caller reads itself) — either way the follower did not run
-    (the caller applies it itself). A failure of the follower means the probe did not match
-    and the follower did not apply."""
+def _after_insert(
+    exc: ClientBulkWriteException, at: int, probed: bool, follower_at: int | None, followers: int
+) -> Inserted:
+    """An ordered ``bulkWrite`` [guard?, lead?, the insert at ``at``, probe?, follower?,
+    trailer?] that stopped after the insert: the probe refused means it matched; any other
+    failure of the probe leaves its answer unknown (the caller reads itself) — either way
+    nothing after it ran (the caller applies the follower itself). A failure of the follower
+    means the probe did not match and the follower did not apply; a failure of the trailer,
+    that the follower ran (what it matched, read from the partial result)."""
     error = next(iter(exc.write_errors or []), {})
-    if probed and error.get("idx") == at + 1:
+    failed_at = error.get("idx")
+    if probed and failed_at == at + 1:
         return Inserted(True if error.get("code") == IMMUTABLE_FIELD else None, None)
-    return Inserted(False if probed else None, False if followed else None)
+    if follower_at is None:
+        return Inserted(False if probed else None)
+    trailer = True if followers > 1 else None
+    if isinstance(failed_at, int) and failed_at > follower_at:
+        applied = _matched(exc.partial_result, follower_at)
+        return Inserted(False if probed else None, applied, False)
+    return Inserted(False if probed else None, False, False if trailer else None)
+
+
+def _matched(result: ClientBulkWriteResult | None, index: int) -> bool | None:
+    """Whether update ``index`` of a verbose client ``bulkWrite`` matched; None: not known."""
+    if result is None or not result.has_verbose_results:
+        return None
+    update = result.update_results.get(index)
+    return None if update is None else update.matched_count > 0
 
 
 def _as_exception(error: dict[str, Any]) -> OperationFailure:

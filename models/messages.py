@@ -35,7 +35,7 @@ import datetime as dt
 from typing import Any
 
 from bson import ObjectId
-from pymongo import ASCENDING, DESCENDING, UpdateOne
+from pymongo import ASCENDING, DESCENDING, UpdateMany, UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
 
 from models.atomic import update_get
@@ -186,11 +186,12 @@ class MessageRepository:
         probe: UpdateOne | None = None,
         lead: LeadInsert | None = None,
         follower: UpdateOne | None = None,
+        trailer: UpdateMany | None = None,
     ) -> Inserted:
         """:meth:`insert`, with ``follower`` (an update of another collection) in the same
         command when it can go: it runs only when the insert succeeded and the probe did not
         match (:meth:`models.group_commit.GroupInserter.insert_then`)."""
-        return await self._inserter.insert_then(with_keys(doc), probe, lead, follower)
+        return await self._inserter.insert_then(with_keys(doc), probe, lead, follower, trailer)
 
     async def get(self, message_id: ObjectId, channel_id: ObjectId | None = None) -> dict[str, Any] | None:
         """A message by id (routed to its shard when the channel is given)."""
@@ -391,19 +392,16 @@ class MessageRepository:
     async def mark_answered(self, channel_id: ObjectId, conversation_id: ObjectId, up_to: dt.datetime) -> None:
         """Mark the customer messages sent up to ``up_to`` answered (an owner reply came).
 
-        ``is_answered: false`` is only ever stored on customer messages (outbound ones are
-        stored answered), so the filter needs no ``type`` — and stays on one index. Every owner
-        message that answers a waiting thread asks this, so concurrent ones share one command
-        (:class:`models.group_commit.GroupManyUpdater`); the update is idempotent."""
-        await self._answering.update_many(
-            {
-                "channel_id": channel_id,
-                "conversation_id": conversation_id,
-                "is_answered": False,
-                "sent_at": {"$lte": up_to},
-            },
-            {"$set": {"is_answered": True}},
-        )
+        Every owner message that answers a waiting thread asks this, so concurrent ones share
+        one command (:class:`models.group_commit.GroupManyUpdater`); the update is idempotent."""
+        query, update = _answered(channel_id, conversation_id, up_to)
+        await self._answering.update_many(query, update)
+
+    def answered_update(self, channel_id: ObjectId, conversation_id: ObjectId, up_to: dt.datetime) -> UpdateMany:
+        """:meth:`mark_answered` as an operation of a client ``bulkWrite`` (the trailer of an
+        owner message's insert, :meth:`insert_then`)."""
+        query, update = _answered(channel_id, conversation_id, up_to)
+        return UpdateMany(query, update, namespace=self.coll.full_name)
 
     async def update(
         self,
@@ -521,3 +519,18 @@ def next_slice(step: dt.timedelta, rows: int) -> dt.timedelta:
     says little of the next: traffic comes in bursts) and never under a second."""
     target = DUPLICATES_SLICE_ROWS / max(rows, 1)
     return max(step * min(target, 4.0), dt.timedelta(seconds=1))
+
+
+def _answered(
+    channel_id: ObjectId, conversation_id: ObjectId, up_to: dt.datetime
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Customer messages of a conversation sent up to ``up_to`` and still unanswered, marked
+    answered. ``is_answered: false`` is only ever stored on customer messages (outbound ones
+    are stored answered), so the filter needs no ``type`` — and stays on one index."""
+    query = {
+        "channel_id": channel_id,
+        "conversation_id": conversation_id,
+        "is_answered": False,
+        "sent_at": {"$lte": up_to},
+    }
+    return query, {"$set": {"is_answered": True}}

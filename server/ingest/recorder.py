@@ -34,6 +34,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from pymongo import UpdateMany
 from pymongo.errors import DuplicateKeyError
 
 from models.conversations import STATUS_NEEDS_REPLY
@@ -110,7 +111,7 @@ class MessageRecorder:
             conversation = self.store.conversations.after_known_apply(shortcut, inserted.follower_applied)
             if conversation is not None:
                 # Steps 1 and 3 went in one command; step 2 had nothing to do (no early event).
-                await self._after_apply(message, conversation, received_at)
+                await self._after_apply(message, conversation, received_at, answered=bool(inserted.trailer_ran))
                 return Recorded(message, conversation)
         await self.run_hooks(message, early_events=inserted.probe_matched)
         conversation = await self.apply(message, received_at=received_at)
@@ -143,8 +144,26 @@ class MessageRecorder:
         looks for the message; a message is inserted, then looks for early events. Each writes
         before it reads, so at least one of them sees the other (server/ingest/changes.py)."""
         probe = self.store.orphan_events.arrival_probe(message["channel_id"], message.get("mids") or [])
-        follower = None if shortcut is None else self.store.conversations.as_update(shortcut)
-        return await self.store.messages.insert_then(message, probe=probe, lead=lead, follower=follower)
+        if shortcut is None:
+            return await self.store.messages.insert_then(message, probe=probe, lead=lead)
+        follower = self.store.conversations.as_update(shortcut)
+        return await self.store.messages.insert_then(
+            message, probe=probe, lead=lead, follower=follower, trailer=self._answering(message, shortcut)
+        )
+
+    def _answering(self, message: dict[str, Any], shortcut: Shortcut) -> UpdateMany | None:
+        """Step 4 for an owner message whose conversation waits for a reply in the remembered
+        state, to run after the shortcut in the insert's command (None: nothing to mark).
+
+        It runs even if the shortcut misses (a stale state; no error stops the command), when
+        the conversation may not have been waiting after all: it then marks the customer
+        messages sent before this owner message answered — which an owner reply after them is;
+        usually there are none (a conversation not waiting has none unanswered)."""
+        if message["type"] == TYPE_CUSTOMER or shortcut.after["last_apply"]["prev_status"] != STATUS_NEEDS_REPLY:
+            return None
+        return self.store.messages.answered_update(
+            message["channel_id"], message["conversation_id"], message["sent_at"]
+        )
 
     async def _repair(self, incoming: dict[str, Any], received_at: float) -> Recorded:
         existing = None
@@ -186,9 +205,12 @@ class MessageRecorder:
         await self._after_apply(message, conversation, received_at)
         return conversation
 
-    async def _after_apply(self, message: dict[str, Any], conversation: dict[str, Any], received_at: float) -> None:
-        """Steps 4 and 5, once the message is applied to ``conversation``."""
-        if message["type"] != TYPE_CUSTOMER and conversation.get("prev_status") == STATUS_NEEDS_REPLY:
+    async def _after_apply(
+        self, message: dict[str, Any], conversation: dict[str, Any], received_at: float, *, answered: bool = False
+    ) -> None:
+        """Steps 4 and 5, once the message is applied to ``conversation`` (``answered``: step 4
+        went in the insert's command)."""
+        if message["type"] != TYPE_CUSTOMER and conversation.get("prev_status") == STATUS_NEEDS_REPLY and not answered:
             await self.store.messages.mark_answered(
                 message["channel_id"], message["conversation_id"], message["sent_at"]
             )

@@ -75,8 +75,11 @@ async def test_an_echo_typed_in_the_app_creates_its_pairing_document_without_rea
         # One command: whether a message holds the mid already (refused if one does: nothing
         # after it runs), the pairing claim, then the message (only if the claim succeeded),
         # then whether events about it came first, then (none came: a refused probe would
-        # stop it) the conversation's update for the state this process saw last.
-        assert listener.bulk_writes == [["messages", "echo_pairs", "messages", "orphan_events", "conversations"]]
+        # stop it) the conversation's update for the state this process saw last, then (the
+        # customer's "hi" waits for a reply) the customer's messages marked answered.
+        assert listener.bulk_writes == [
+            ["messages", "echo_pairs", "messages", "orphan_events", "conversations", "messages"]
+        ]
         assert listener.message_reads == 0
     else:
         assert listener.names == ["insert"] and listener.bulk_writes == []

@@ -236,10 +236,13 @@ async def test_a_lone_message_updates_its_conversation_in_its_insert_command(
         assert conversation["unread_count"] == 6 and conversation["last_message"]["content"] == "third"
 
         # The usual update's result is remembered: the next message goes in one command again,
-        # and an owner reply on a waiting thread marks the customer messages answered.
+        # and an owner reply on a waiting thread marks the customer messages answered — last in
+        # that command, the only one that touches the messages.
         names.commands.clear()
         await env.post(messaging_body(echo_item("f.4", "we do", timestamp_ms=1_763_530_000_300)))
-        assert [parts[-1] for parts in touching(names.commands, "conversations")] == [fused[-1]]
+        [command] = touching(names.commands, "messages")
+        assert command[-2:] == [fused[-1], ("bulkWrite update", "messages")]
+        assert touching(names.commands, "conversations") == [command]
         conversation = await store.conversations.get(first["conversation_id"])
         assert conversation["status"] == "answered" and conversation["unread_count"] == 0
         answered = [(await env.message(mid))["is_answered"] for mid in ("f.1", "f.1b", "f.2", "f.3")]

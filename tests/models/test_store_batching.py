@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from bson import ObjectId
-from pymongo import UpdateOne
+from pymongo import UpdateMany, UpdateOne
 from pymongo.errors import DuplicateKeyError, OperationFailure
 
 from models.conversations import STATUS_ANSWERED, STATUS_NEEDS_REPLY, ConversationRepository
@@ -534,6 +534,64 @@ async def test_a_follower_is_not_sent_with_a_batch_or_without_client_bulk_write(
     assert await messages.insert_then(_message(channel, "m.old"), follower=tally(database)) == Inserted(None, None)
     assert (await database.tallies.find_one({"_id": 1}))["n"] == 0
     assert await database.messages.count_documents({}) == 4
+
+
+def marks(database: Any, update: dict[str, Any] | None = None) -> UpdateMany:
+    """A trailer: every tally marked (as step 4 marks a thread's customer messages answered)."""
+    return UpdateMany({}, update or {"$set": {"marked": True}}, namespace=database.tallies.full_name)
+
+
+async def test_a_trailer_runs_after_its_follower_whatever_the_follower_matched(
+    db: tuple[Any, Commands], repos: Repos
+) -> None:
+    database, commands = db
+    channel, (messages, orphans) = ObjectId(), repos
+    await database.tallies.insert_many([{"_id": 1, "n": 0}, {"_id": 2, "n": 0}])
+    await database.orphan_events.insert_one({"channel_id": channel, "key": "k1", "target_mid": "m.early"})
+
+    async def send(mid: str, follower: UpdateOne, trailer: UpdateMany) -> Inserted:
+        probe = orphans.arrival_probe(channel, [mid])
+        return await messages.insert_then(_message(channel, mid), probe=probe, follower=follower, trailer=trailer)
+
+    async def marked() -> list[bool]:
+        return [bool(t.get("marked")) for t in await database.tallies.find().sort("_id").to_list(None)]
+
+    commands.seen.clear()
+    # The follower matched one document, the trailer two: each told apart (verbose results).
+    assert await send("m.1", tally(database), marks(database)) == Inserted(False, True, True)
+    assert dict(commands.seen) == {"bulkWrite": 1}
+    assert await marked() == [True, True]
+    # A follower that misses is no error: the trailer still runs.
+    assert await send("m.2", tally(database, 3), marks(database, {"$set": {"again": 1}})) == Inserted(
+        False, False, True
+    )
+    assert await database.tallies.count_documents({"again": 1}) == 2
+    # An early event stops the command at the probe: neither ran (the caller does both itself).
+    assert await send("m.early", tally(database), marks(database, {"$set": {"late": 1}})) == Inserted(True, None, None)
+    assert await database.tallies.count_documents({"late": 1}) == 0
+    # A refused trailer: the follower ran and applied, the trailer did not.
+    refused = marks(database, {"$inc": {"n": "x"}})  # $inc of a string: refused
+    assert await send("m.3", tally(database), refused) == Inserted(False, True, False)
+    assert (await database.tallies.find_one({"_id": 1}))["n"] == 2
+    # A refused follower: neither applied.
+    wrong = tally(database, 1, {"$inc": {"n": "x"}})
+    assert await send("m.4", wrong, marks(database, {"$set": {"after": 1}})) == Inserted(False, False, False)
+    assert await database.tallies.count_documents({"after": 1}) == 0
+    assert await database.messages.count_documents({}) == 5
+
+
+async def test_a_trailer_goes_only_with_its_follower(db: tuple[Any, Commands], repos: Repos) -> None:
+    database, commands = db
+    channel, messages = ObjectId(), repos[0]
+    await database.tallies.insert_one({"_id": 1, "n": 0})
+    commands.seen.clear()
+    # No follower: no trailer (its outcome would have nothing to follow).
+    assert await messages.insert_then(_message(channel, "m.a"), trailer=marks(database)) == Inserted(None, None, None)
+    messages.use_client_bulk_write(False)
+    alone = await messages.insert_then(_message(channel, "m.b"), follower=tally(database), trailer=marks(database))
+    assert alone == Inserted(None, None, None)
+    assert await database.tallies.count_documents({"marked": True}) == 0
+    assert await database.messages.count_documents({}) == 2
 
 
 def _message(channel: ObjectId, mid: str) -> dict[str, Any]:
