@@ -302,6 +302,16 @@ class ConversationRepository:
             return None
         return applied_to_known(known, message, token=ObjectId(), rev=ObjectId())
 
+    def remembered_with(self, conversation_id: ObjectId, message_id: ObjectId) -> dict[str, Any] | None:
+        """The remembered state of the conversation when it lists ``message_id`` among its
+        recent messages (a copy), else None. Such a state proves the message was applied — ids
+        leave the list only as later ones push them out — so a redelivery's "was it applied?"
+        needs no read (:meth:`server.ingest.recorder.MessageRecorder.complete`)."""
+        known = self._known.get(conversation_id)
+        if known is None or message_id not in (known.get("recent_message_ids") or []):
+            return None
+        return copy_tree(known)
+
     def as_update(self, shortcut: Shortcut) -> UpdateOne:
         """``shortcut`` as an operation of a client ``bulkWrite``."""
         return UpdateOne(shortcut.query, shortcut.update, namespace=self.coll.full_name)

@@ -180,7 +180,10 @@ class MessageRecorder:
     async def complete(self, existing: dict[str, Any], *, received_at: float) -> Recorded:
         """A message found already stored: finish steps 2–5 if its conversation has not seen it
         (a half-written attempt), else nothing. Always ``duplicate=True``."""
-        conversation = await self.store.conversations.get(existing["conversation_id"], existing["channel_id"])
+        conversations = self.store.conversations
+        conversation = conversations.remembered_with(existing["conversation_id"], existing["_id"])
+        if conversation is None:
+            conversation = await conversations.get(existing["conversation_id"], existing["channel_id"])
         if conversation is not None and existing["_id"] not in (conversation.get("recent_message_ids") or []):
             log.info("repairing a half-written message mid=%s", existing.get("mid"))
             await self.run_hooks(existing)

@@ -258,6 +258,32 @@ async def test_a_lone_message_updates_its_conversation_in_its_insert_command(
         assert conversation["last_message"]["content"] == "thanks" and conversation["unread_count"] == 1
 
 
+async def test_a_redelivery_reads_no_conversation_whose_remembered_state_lists_it(
+    stores: EmbeddedStores, tmp_path: Path
+) -> None:
+    """Whether a redelivered message was applied to its conversation: answered by the state
+    this process remembers when that state lists it (ids leave the list only as later ones push
+    them out), else by a read — and a half-written one is repaired either way."""
+    names = CommandNames()
+    async with events_env(stores, tmp_path, mongo_listeners=[names]) as env:
+        body = messaging_body(text_item("rr.1", "once", timestamp_ms=1_763_530_000_000))
+        await env.post(body)
+        assert env.core.profiles is not None
+        await env.core.profiles.idle()  # its write to the conversation is remembered too
+        await env.post(messaging_body(text_item("rr.2", "twice", timestamp_ms=1_763_530_000_100)))
+        names.on = True
+        assert (await env.post(body)).get("duplicate") is True
+        assert touching(names.commands, "conversations") == []
+        # A process that does not remember the conversation reads it.
+        env.core.store.conversations._known.clear()
+        names.commands.clear()
+        assert (await env.post(body)).get("duplicate") is True
+        assert touching(names.commands, "conversations") == [[("find", "conversations")]]
+        message = await env.message("rr.1")
+        conversation = await env.core.store.conversations.get(message["conversation_id"])
+        assert conversation["unread_count"] == 2 and conversation["recent_message_ids"].count(message["_id"]) == 1
+
+
 async def test_a_redelivered_message_stops_its_command_before_the_conversation(
     stores: EmbeddedStores, tmp_path: Path
 ) -> None:

@@ -145,7 +145,7 @@ async def test_a_write_behind_the_repositorys_back_still_leaves_the_stored_count
 
 
 # Methods that write no conversation (readers, and the switch of how writes are sent).
-READERS = {"ensure_indexes", "get", "get_many", "find_by_customer", "page", "use_client_bulk_write"}
+READERS = {"ensure_indexes", "get", "get_many", "find_by_customer", "page", "remembered_with", "use_client_bulk_write"}
 # Write nothing themselves: the update of ``known_apply`` is sent by the message's insert
 # (server/ingest/recorder.py); the writer "known_apply" below sends it as that insert does.
 KNOWN_APPLY_PARTS = {"as_update", "after_known_apply"}
