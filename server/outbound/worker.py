@@ -31,6 +31,8 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import math
+import time
 import uuid
 from typing import Any
 
@@ -51,6 +53,9 @@ from server.ops.metrics import Metrics
 from server.outbound.limiter import SendLimiter
 
 log = logging.getLogger("igsync.send")
+# The queue-depth gauge is counted at most this often (scrapes come every 15–30 s; counting
+# after every idle poll was one command a second per process for nothing).
+QUEUE_GAUGE_SECS = 5.0
 
 # An echo of an attachment that came while its sender died is looked for from this long before
 # the attempt was written (clocks of two processes).
@@ -111,6 +116,7 @@ class SendWorker:
         self.owner = f"send-{uuid.uuid4().hex[:12]}"
         self._wake = asyncio.Event()
         self._idle = PoolIdleWait(self._wake, poll_secs)
+        self._gauged_at = -math.inf
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
 
@@ -149,7 +155,9 @@ class SendWorker:
             try:
                 if await self.run_once():
                     continue
-                self.metrics.send_queue_depth.set(await self.store.outbound.queue_depth())
+                if time.monotonic() - self._gauged_at >= QUEUE_GAUGE_SECS:
+                    self._gauged_at = time.monotonic()
+                    self.metrics.send_queue_depth.set(await self.store.outbound.queue_depth())
             except PyMongoError as exc:
                 log.warning("send worker: MongoDB failed (%s); trying again", type(exc).__name__)
             except Exception:

@@ -5,6 +5,7 @@ claims work wakes its peers."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -14,6 +15,8 @@ import pytest
 
 from models.media_jobs import MediaJobRepository
 from models.outbound import OutboundRepository
+from models.timeutil import utcnow
+from server.outbound.worker import QUEUE_GAUGE_SECS
 from tests.fakes.cdn import JPEG
 from tests.fakes.graph import GraphAnswer
 from tests.outbound.test_send import SEND_SETTINGS, open_conversation, send, settled
@@ -145,3 +148,15 @@ async def test_a_send_backlog_from_another_process_is_sent_pool_wide(
         finally:
             gate.set()
             await stop_server(worker, drop=False)
+
+
+async def test_the_queue_gauge_counts_sends_queued_anywhere(idle: tuple[EventsEnv, Any]) -> None:
+    """``igsync_send_queue_depth``: every pending send of every process, counted by the idle
+    pool (at most every ``QUEUE_GAUGE_SECS``)."""
+    env = idle[0]
+    registry = env.core.metrics.registry
+    await wait_for(lambda: registry.get_sample_value("igsync_send_queue_depth") == 0, timeout=10)
+    # A send due later (a retry another process scheduled): waiting, not claimable yet.
+    later = utcnow() + dt.timedelta(hours=1)
+    await env.core.store.db.messages.insert_one({"channel_id": env.channel_oid, "send_due_at": later})
+    await wait_for(lambda: registry.get_sample_value("igsync_send_queue_depth") == 1, timeout=QUEUE_GAUGE_SECS * 3)
