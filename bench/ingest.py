@@ -175,6 +175,12 @@ async def admin_connect(port: int, triggers: dict[str, Any] | None = None) -> No
         raise RuntimeError(f"could not connect the bench channel: {result.statuses}")
 
 
+# ``--client-bulk-write``: igsync as it runs against a MongoDB 8.0+ deployment — its client
+# bulkWrites (bench/servers.py), and no TTL sweep of its own (``igsync serve`` runs one only on
+# the embedded store; MongoDB's TTL monitor expires documents itself).
+MONGODB_8_ENV = {"BENCH_CLIENT_BULK_WRITE": "1", "IGSYNC_EXPIRY_SWEEP_SECS": "0"}
+
+
 def env_for(stores: EmbeddedStores, port: int, db: str, extra: dict[str, str]) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("IGSYNC_")}
     env.update(
@@ -274,7 +280,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     customers = [f"62{n:014d}" for n in range(args.customers)]
     extra = dict(kv.split("=", 1) for kv in args.env)
     if args.client_bulk_write:
-        extra["BENCH_CLIENT_BULK_WRITE"] = "1"
+        extra.update(MONGODB_8_ENV)
     out: dict[str, Any] = {"items": args.items, "concurrency": args.concurrency, "customers": args.customers}
 
     def mixed_load(tag: str) -> list[bytes]:

@@ -19,7 +19,17 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.ingest import HOST, BenchServer, CpuMeter, admin_connect, env_for, requests_for, webhook_body, workload
+from bench.ingest import (
+    HOST,
+    MONGODB_8_ENV,
+    BenchServer,
+    CpuMeter,
+    admin_connect,
+    env_for,
+    requests_for,
+    webhook_body,
+    workload,
+)
 from bench.loadgen import run_load
 from server.app.embedded import EmbeddedStores, free_port
 
@@ -29,7 +39,7 @@ CUSTOMERS = [f"62{n:014d}" for n in range(200)]
 async def server_cpu_ms(kind: str, stores: EmbeddedStores, workdir: Path, args: argparse.Namespace, run: int) -> float:
     """CPU per request (ms) of one server process under the paced mix."""
     port = free_port()
-    extra = {"BENCH_CLIENT_BULK_WRITE": "1"} if args.client_bulk_write and kind == "igsync" else {}
+    extra = MONGODB_8_ENV if args.client_bulk_write and kind == "igsync" else {}
     server = BenchServer(kind, env_for(stores, port, f"paced_{kind}_{run}", extra), workdir)
     try:
         if kind == "igsync":
