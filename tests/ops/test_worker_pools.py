@@ -60,7 +60,7 @@ async def test_an_idle_pool_polls_from_one_loop_only(idle: tuple[EventsEnv, tupl
     for spy, owner in ((sends, env.core.store.outbound), (media, env.core.store.media_jobs)):
         # Every loop claims when it starts; the role of poller may move while they do.
         await wait_for(lambda spy=spy, owner=owner: len(spy.by_task(owner)) == POOL, timeout=10)
-        await wait_for(lambda spy=spy, owner=owner: max(spy.by_task(owner).values()) >= 3, timeout=10)
+        await wait_for(lambda spy=spy, owner=owner: max(spy.by_task(owner).values()) >= 6, timeout=10)
         before = spy.by_task(owner)
         # Then twenty polls, all by one loop (with every loop polling, about five each).
         await wait_for(
@@ -97,8 +97,10 @@ async def test_a_media_backlog_from_another_process_is_downloaded_pool_wide(
     spy = ClaimSpy(monkeypatch, MediaJobRepository)
     async with events_env(stores, tmp_path, media_concurrency=0) as env:
         worker = await worker_pool(
-            env, spy, lambda w: w.core.store.media_jobs, 3, media_concurrency=3, media_poll_secs=0.05
-        )
+            # Timeouts far above the pool's pick-up time: the check below tells "in turn" by them.
+            env, spy, lambda w: w.core.store.media_jobs, 3, media_concurrency=3, media_poll_secs=0.05,
+            media_timeout_secs=6.0, media_lease_secs=10.0,
+        )  # fmt: skip
         gate = asyncio.Event()
         names = [f"backlog-{n}" for n in range(3)]
         try:
@@ -128,7 +130,16 @@ async def test_a_send_backlog_from_another_process_is_sent_pool_wide(
     spy = ClaimSpy(monkeypatch, OutboundRepository)
     async with events_env(stores, tmp_path, **{**SEND_SETTINGS, "send_concurrency": 0}) as env:
         conversations = [await open_conversation(env, f"62000000000009{n:02d}") for n in range(3)]
-        worker = await worker_pool(env, spy, lambda w: w.core.store.outbound, 3, send_concurrency=3)
+        worker = await worker_pool(
+            # Timeouts far above the pool's pick-up time: the check below tells "in turn" by them.
+            env,
+            spy,
+            lambda w: w.core.store.outbound,
+            3,
+            send_concurrency=3,
+            graph_api_timeout_secs=6.0,
+            send_lease_secs=10.0,
+        )
         gate = asyncio.Event()
         env.graph.send_answers = [GraphAnswer(gate=gate) for _ in range(3)]
         try:
