@@ -108,6 +108,14 @@ def _fail_all(batch: list[tuple[Any, asyncio.Future[Any]]], exc: BaseException) 
             future.set_exception(exc)
 
 
+def refused_if_matched(coll: AsyncCollection, query: dict[str, Any]) -> UpdateOne:
+    """A client ``bulkWrite`` operation that writes nothing either way: an update of ``query``
+    that would change the ``_id`` — which the store refuses (error 66, :data:`IMMUTABLE_FIELD`)
+    when a document matches, stopping an ordered command there. How a probe or a guard asks
+    "is there such a document?" inside a write's own command."""
+    return UpdateOne(query, {"$set": {"_id": ObjectId()}}, namespace=coll.full_name)
+
+
 @dataclass(frozen=True)
 class Guard:
     """A condition a :class:`LeadInsert` is written under: no document of ``coll`` matches
@@ -122,7 +130,7 @@ class Guard:
 
     def operation(self) -> UpdateOne:
         """The check as a client ``bulkWrite`` operation: writes nothing either way."""
-        return UpdateOne(self.query, {"$set": {"_id": ObjectId()}}, namespace=self.coll.full_name)
+        return refused_if_matched(self.coll, self.query)
 
 
 @dataclass(frozen=True)
@@ -254,8 +262,8 @@ class GroupInserter(_Batcher[InsertRequest, Inserted | None]):
         the trailer. A failed insert raises what ``insert_one`` would have
         (:func:`_ordered_failure`); a failure after it leaves the document stored and is told
         apart by :func:`_after_insert`."""
-        guarded = lead is not None and lead.guard is not None
-        operations = [lead.guard.operation()] if lead is not None and lead.guard is not None else []
+        guard = lead.guard if lead is not None else None
+        operations = [guard.operation()] if guard is not None else []
         operations += [lead.operation()] if lead is not None else []
         at = len(operations)
         operations.append(InsertOne(doc, namespace=self.coll.full_name))
@@ -269,7 +277,7 @@ class GroupInserter(_Batcher[InsertRequest, Inserted | None]):
         try:
             result = await _client_bulk_write(self.coll, operations, ordered=True, verbose=verbose)
         except ClientBulkWriteException as exc:
-            failure = _ordered_failure(exc, at, guarded)
+            failure = _ordered_failure(exc, at, guard is not None)
             if failure is exc:  # the insert succeeded; a statement after it failed
                 return _after_insert(exc, at, probe is not None, follower_at, len(followers))
             raise failure from exc
@@ -433,11 +441,10 @@ def _after_insert(
         return Inserted(True if error.get("code") == IMMUTABLE_FIELD else None, None)
     if follower_at is None:
         return Inserted(False if probed else None)
-    trailer = True if followers > 1 else None
+    trailer_ran = False if followers > 1 else None  # it failed, or did not run after the follower
     if isinstance(failed_at, int) and failed_at > follower_at:
-        applied = _matched(exc.partial_result, follower_at)
-        return Inserted(False if probed else None, applied, False)
-    return Inserted(False if probed else None, False, False if trailer else None)
+        return Inserted(False if probed else None, _matched(exc.partial_result, follower_at), trailer_ran)
+    return Inserted(False if probed else None, False, trailer_ran)
 
 
 def _matched(result: ClientBulkWriteResult | None, index: int) -> bool | None:

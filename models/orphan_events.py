@@ -16,7 +16,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
 from models.expiry import TtlIndexes
-from models.group_commit import GroupFinder
+from models.group_commit import GroupFinder, refused_if_matched
 from models.indexes import drop_superseded
 from models.timeutil import utcnow
 
@@ -59,13 +59,7 @@ class OrphanEventRepository:
             return None
         wanted = list(dict.fromkeys(mids))
         target = wanted[0] if len(wanted) == 1 else {"$in": wanted}
-        return UpdateOne(
-            {"channel_id": channel_id, "target_mid": target},
-            # An ``_id`` cannot change (error 66, ``models.group_commit.IMMUTABLE_FIELD``): a
-            # match is refused, no match writes nothing.
-            {"$set": {"_id": ObjectId()}},
-            namespace=self.coll.full_name,
-        )
+        return refused_if_matched(self.coll, {"channel_id": channel_id, "target_mid": target})
 
     async def pending_for(self, channel_id: ObjectId, mids: list[str]) -> list[dict[str, Any]]:
         """Events waiting for a message known by any of ``mids``, oldest first.

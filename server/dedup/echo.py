@@ -96,7 +96,7 @@ class EchoDedup:
                 recorded = await self.recorder.record(message, received_at=received_at, lead=claim)
             except LeadRefused as refused:
                 if isinstance(refused.failure, GuardFailed):
-                    return await self._stored_under_mid(message, received_at), LAYER_MID
+                    return await self.recorder.complete_stored(message, received_at), LAYER_MID
                 if not isinstance(refused.failure, DuplicateKeyError):
                     raise refused.failure from refused
                 # The document exists after all (a send of this text, a twin): decide on it.
@@ -117,16 +117,6 @@ class EchoDedup:
         else:
             layer = LAYER_DATABASE
         return await self._join_send(message, match.send_id, layer, received_at)
-
-    async def _stored_under_mid(self, message: dict[str, Any], received_at: float) -> Recorded:
-        """Step 1's answer when the claim's guard found the mid held: the message that holds
-        it, finished if its writer stopped half-way."""
-        existing = await self.store.messages.find_by_mid(message["channel_id"], message["mid"])
-        if existing is None:
-            # Held a moment ago, not readable now (its insert not visible yet, or rolled
-            # back): Meta redelivers on the 503 this becomes.
-            raise DuplicateKeyError("message with this mid is not readable yet")
-        return await self.recorder.complete(existing, received_at=received_at)
 
     async def _join_send(
         self, message: dict[str, Any], send_id: str, layer: str, received_at: float

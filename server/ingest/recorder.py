@@ -106,7 +106,7 @@ class MessageRecorder:
         except DuplicateKeyError as exc:
             if not is_mid_conflict(exc):
                 raise
-            return await self._repair(message, received_at)
+            return await self.complete_stored(message, received_at)
         if shortcut is not None:
             conversation = self.store.conversations.after_known_apply(shortcut, inserted.follower_applied)
             if conversation is not None:
@@ -144,11 +144,11 @@ class MessageRecorder:
         looks for the message; a message is inserted, then looks for early events. Each writes
         before it reads, so at least one of them sees the other (server/ingest/changes.py)."""
         probe = self.store.orphan_events.arrival_probe(message["channel_id"], message.get("mids") or [])
-        if shortcut is None:
-            return await self.store.messages.insert_then(message, probe=probe, lead=lead)
-        follower = self.store.conversations.as_update(shortcut)
+        follower = trailer = None
+        if shortcut is not None:
+            follower, trailer = self.store.conversations.as_update(shortcut), self._answering(message, shortcut)
         return await self.store.messages.insert_then(
-            message, probe=probe, lead=lead, follower=follower, trailer=self._answering(message, shortcut)
+            message, probe=probe, lead=lead, follower=follower, trailer=trailer
         )
 
     def _answering(self, message: dict[str, Any], shortcut: Shortcut) -> UpdateMany | None:
@@ -165,7 +165,9 @@ class MessageRecorder:
             message["channel_id"], message["conversation_id"], message["sent_at"]
         )
 
-    async def _repair(self, incoming: dict[str, Any], received_at: float) -> Recorded:
+    async def complete_stored(self, incoming: dict[str, Any], received_at: float) -> Recorded:
+        """``incoming`` is stored already (the index said so): the message holding one of its
+        mids, finished by :meth:`complete` if its writer stopped half-way."""
         existing = None
         for mid in incoming.get("mids") or []:
             existing = await self.store.messages.find_by_mid(incoming["channel_id"], mid)
