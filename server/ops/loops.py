@@ -86,12 +86,7 @@ class PollingLoop:
                 self.log.warning("%s: MongoDB failed (%s); trying again", self.name, type(exc).__name__)
             except Exception:
                 self.log.exception("%s: a round failed unexpectedly", self.name)
-            # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a cancellation.
-            try:
-                async with asyncio.timeout(self.poll_secs):
-                    await self._wake.wait()
-            except TimeoutError:
-                pass
+            await wait_for_wake(self._wake, self.poll_secs)
 
 
 async def wait_for_wake(wake: asyncio.Event, poll_secs: float | None) -> None:

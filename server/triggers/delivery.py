@@ -58,7 +58,7 @@ from models.group_commit import NaturalBatcher
 from models.store import Store
 from models.timeutil import utcnow
 from models.trigger_jobs import STATE_DEAD, STATE_PENDING, TARGET_HTTP
-from server.ops.loops import cancelling
+from server.ops.loops import cancelling, wait_for_wake
 from server.ops.metrics import Metrics
 from server.triggers import protocol
 from server.triggers.outbox import CHANNELS_CACHED, channel_targets
@@ -289,12 +289,7 @@ class TriggerDispatcher:
                 break
             if deferred:
                 continue  # look again as soon as the webhooks let go
-            # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a cancellation.
-            try:
-                async with asyncio.timeout(self.settings.trigger_poll_secs):
-                    await self._wake.wait()
-            except TimeoutError:
-                pass
+            await wait_for_wake(self._wake, self.settings.trigger_poll_secs)
 
     async def _fill(self) -> None:
         # Marked messages become jobs first, then due lanes start. While webhooks are being
