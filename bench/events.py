@@ -67,13 +67,14 @@ class SettledMedia:
         self.settled: set[str] = set()
         self.done = asyncio.Event()
 
-    async def publish(self, events: list[Any]) -> None:
+    async def publish(self, events: list[Any]) -> bool:
         for event in events:
             message = event.data.get("message") or {}
             if event.name == "message_updated" and message.get("processing_status") in ("completed", "failed"):
                 self.settled.add(message["id"])
         if len(self.settled) >= self.expected:
             self.done.set()
+        return True
 
 
 def _quiet(handler: Any) -> None:

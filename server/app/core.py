@@ -39,6 +39,7 @@ from server.inbox.threads import ChannelCache, ThreadResolver
 from server.ingest.audit import AuditTrail
 from server.ingest.changes import MessageArrivalHook, MessageEventHandler
 from server.ingest.pipeline import InFlight, IngestPipeline, NewCustomerHook
+from server.ingest.recent import RecentlyStored
 from server.ingest.recorder import MessageRecorder
 from server.media.download import Downloader
 from server.media.links import LinkRefresher
@@ -469,4 +470,5 @@ def _build_pipeline(
         activity=ChannelActivity(store, metrics),
         owner_messages=dedup,
         load=webhooks,
+        recent=RecentlyStored(),
     )

@@ -55,8 +55,10 @@ log = logging.getLogger("igsync.events")
 
 
 class EventSink(Protocol):
-    async def publish(self, events: list[Event]) -> None:
-        """Deliver events; may raise (the publisher logs it)."""
+    async def publish(self, events: list[Event]) -> bool:
+        """Deliver events; may raise (the publisher logs it). True when they are *settled*: in
+        their channels' logs (or logged before), so nothing about them is left for a redelivery
+        of the change to repair; False when they went to this process's sockets only."""
         ...
 
 
@@ -71,20 +73,22 @@ class SafePublisher:
     def __init__(self, sink: EventSink) -> None:
         self.sink = sink
 
-    async def publish(self, events: list[Event]) -> None:
-        """Hand ``events`` to the sink; log, never raise, when it fails."""
+    async def publish(self, events: list[Event]) -> bool:
+        """Hand ``events`` to the sink; log, never raise, when it fails. True when settled
+        (:meth:`EventSink.publish`)."""
         try:
-            await self.sink.publish(events)
+            return await self.sink.publish(events)
         except Exception:
             log.exception("publishing %d events failed", len(events))
+            return False
 
 
 class NullSink:
     """Drops events: for CLI tools (replay) that run the pipeline without sockets."""
 
-    async def publish(self, events: list[Event]) -> None:
-        """Drop the events."""
-        return None
+    async def publish(self, events: list[Event]) -> bool:
+        """Drop the events: settled, there is no log to repair."""
+        return True
 
 
 class RecordingSink:
@@ -95,11 +99,12 @@ class RecordingSink:
         self.events: list[Event] = []
         self.once: set[str] = set()
 
-    async def publish(self, events: list[Event]) -> None:
+    async def publish(self, events: list[Event]) -> bool:
         """Keep the events in order, for tests; a fact already kept is skipped."""
         new_facts = {e.once for e in events if e.once is not None and e.once not in self.once}
         self.events.extend(e for e in events if e.once is None or e.once in new_facts)
         self.once |= new_facts
+        return True
 
 
 def new_message_events(

@@ -27,6 +27,7 @@ from server.api.signatures import signature_ok
 from server.inbox.threads import ChannelCache, Thread, ThreadResolver, channel_account_ids
 from server.ingest import parse as wp
 from server.ingest.audit import AuditTrail
+from server.ingest.recent import RecentlyStored
 from server.ingest.recorder import MessageRecorder, Recorded
 from server.ops.logs import item_fields
 from server.ops.metrics import Metrics
@@ -113,6 +114,7 @@ class IngestPipeline:
         new_customer_hooks: list[NewCustomerHook] | None = None,
         activity: WebhookActivity | None = None,
         load: InFlight | None = None,
+        recent: RecentlyStored | None = None,
     ) -> None:
         self.store = store
         self.app_secret = app_secret
@@ -128,6 +130,7 @@ class IngestPipeline:
         # Webhook POSTs being processed right now: background work (trigger delivery) gives
         # way while this is above zero, so that it never slows the webhook down.
         self.load = load if load is not None else InFlight()
+        self.recent = recent if recent is not None else RecentlyStored()
 
     # -- the request -------------------------------------------------------------------
 
@@ -313,6 +316,10 @@ class IngestPipeline:
             item.error = "the business cannot be its own customer (sender and recipient are the account)"
             return self._invalid(item, started)
         self.metrics.webhook_events.labels(kind="message", direction=direction).inc()
+        known = self.recent.lookup(channel["_id"], item.mid) if item.mid else None
+        if known is not None:
+            # A redelivery of a message this process finished: nothing to write or repair.
+            return self._duplicate(item, channel, direction, "mid", known, started)
         thread = await self.threads.resolve(channel["_id"], customer_ig)
         if thread.customer_created and thread.customer is not None:
             for hook in self.new_customer_hooks:
@@ -328,27 +335,8 @@ class IngestPipeline:
             recorded = await self.recorder.record(doc, received_at=received_at)
             layer = "mid" if recorded.duplicate else None
         if layer is not None:
-            self.metrics.duplicates.labels(layer=layer).inc()
-            log.info(
-                "webhook item: duplicate detected via %s direction=%s channel=%s conversation=%s mid=%s",
-                layer.upper(),
-                direction,
-                channel["_id"],
-                thread.conversation_id,
-                item.mid,
-                extra=item_fields(
-                    kind="message",
-                    outcome="duplicate",
-                    started=started,
-                    direction=direction,
-                    dedup_layer=layer,
-                    channel_id=channel["_id"],
-                    conversation_id=thread.conversation_id,
-                    mid=item.mid,
-                    message_id=recorded.message.get("_id"),
-                ),
-            )
-            return {"status": "success", "duplicate": True, "layer": layer}
+            stored_as = (thread.conversation_id, recorded.message.get("_id"))
+            return self._duplicate(item, channel, direction, layer, stored_as, started)
         message = recorded.message
         conversation = recorded.conversation or {}
         log.info(
@@ -370,7 +358,42 @@ class IngestPipeline:
                 message_id=message["_id"],
             ),
         )
+        if recorded.settled and item.mid:
+            self.recent.remember(channel["_id"], item.mid, message["conversation_id"], message["_id"])
         return success_response(direction, channel, thread, conversation, message)
+
+    def _duplicate(
+        self,
+        item: wp.WebhookItem,
+        channel: dict[str, Any],
+        direction: str,
+        layer: str,
+        stored_as: tuple[Any, Any],
+        started: float,
+    ) -> dict[str, Any]:
+        """The answer to a message already stored; ``stored_as``: (conversation id, message id)."""
+        conversation_id, message_id = stored_as
+        self.metrics.duplicates.labels(layer=layer).inc()
+        log.info(
+            "webhook item: duplicate detected via %s direction=%s channel=%s conversation=%s mid=%s",
+            layer.upper(),
+            direction,
+            channel["_id"],
+            conversation_id,
+            item.mid,
+            extra=item_fields(
+                kind="message",
+                outcome="duplicate",
+                started=started,
+                direction=direction,
+                dedup_layer=layer,
+                channel_id=channel["_id"],
+                conversation_id=conversation_id,
+                mid=item.mid,
+                message_id=message_id,
+            ),
+        )
+        return {"status": "success", "duplicate": True, "layer": layer}
 
 
 def build_message(item: wp.WebhookItem, channel_id: ObjectId, thread: Thread, direction: str) -> dict[str, Any]:

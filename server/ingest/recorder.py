@@ -80,6 +80,8 @@ class Recorded:
     # The conversation after this message was applied; None when it had been applied before.
     conversation: dict[str, Any] | None
     duplicate: bool = False
+    # Stored, applied and its events logged by this call: a redelivery has nothing to finish.
+    settled: bool = False
 
 
 class MessageRecorder:
@@ -111,11 +113,13 @@ class MessageRecorder:
             conversation = self.store.conversations.after_known_apply(shortcut, inserted.follower_applied)
             if conversation is not None:
                 # Steps 1 and 3 went in one command; step 2 had nothing to do (no early event).
-                await self._after_apply(message, conversation, received_at, answered=bool(inserted.trailer_ran))
-                return Recorded(message, conversation)
+                settled = await self._after_apply(
+                    message, conversation, received_at, answered=bool(inserted.trailer_ran)
+                )
+                return Recorded(message, conversation, settled=settled)
         await self.run_hooks(message, early_events=inserted.probe_matched)
-        conversation = await self.apply(message, received_at=received_at)
-        return Recorded(message, conversation)
+        conversation, settled = await self._apply(message, received_at)
+        return Recorded(message, conversation, settled=settled)
 
     def _conversation_shortcut(self, message: dict[str, Any]) -> Shortcut | None:
         """Step 3 written for the conversation's remembered state, to go with the insert —
@@ -204,25 +208,29 @@ class MessageRecorder:
 
     async def apply(self, message: dict[str, Any], *, received_at: float) -> dict[str, Any] | None:
         """Update the conversation with the message and publish its events."""
+        return (await self._apply(message, received_at))[0]
+
+    async def _apply(self, message: dict[str, Any], received_at: float) -> tuple[dict[str, Any] | None, bool]:
+        """:meth:`apply`, and whether its events are settled (False when it had been applied)."""
         conversation = await self.store.conversations.apply_message(message["conversation_id"], message)
         if conversation is None:
-            return None
-        await self._after_apply(message, conversation, received_at)
-        return conversation
+            return None, False
+        return conversation, await self._after_apply(message, conversation, received_at)
 
     async def _after_apply(
         self, message: dict[str, Any], conversation: dict[str, Any], received_at: float, *, answered: bool = False
-    ) -> None:
+    ) -> bool:
         """Steps 4 and 5, once the message is applied to ``conversation`` (``answered``: step 4
-        went in the insert's command)."""
+        went in the insert's command); whether its events are settled."""
         if message["type"] != TYPE_CUSTOMER and conversation.get("prev_status") == STATUS_NEEDS_REPLY and not answered:
             await self.store.messages.mark_answered(
                 message["channel_id"], message["conversation_id"], message["sent_at"]
             )
-        if message.get("imported") != IMPORTED_BACKFILL:
-            # A history import announces itself once (``history_import``), not per old message.
-            await self.publish(ev.new_message_events(message, conversation, received_at=received_at))
+        if message.get("imported") == IMPORTED_BACKFILL:
+            return True  # a history import announces itself once (``history_import``), not per old message
+        return await self.publish(ev.new_message_events(message, conversation, received_at=received_at))
 
-    async def publish(self, events: list[ev.Event]) -> None:
-        """Hand events to the sink; never fails the write they follow (:class:`~server.inbox.events.SafePublisher`)."""
-        await self.publisher.publish(events)
+    async def publish(self, events: list[ev.Event]) -> bool:
+        """Hand events to the sink; never fails the write they follow (:class:`~server.inbox.events.SafePublisher`).
+        True when they are settled (in their channels' logs)."""
+        return await self.publisher.publish(events)

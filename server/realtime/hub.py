@@ -216,13 +216,16 @@ class EventHub:
 
     # -- publishing (EventSink) --------------------------------------------------------
 
-    async def publish(self, events: list[Event]) -> None:
-        """Append events to their channels' logs and deliver them to every subscriber."""
+    async def publish(self, events: list[Event]) -> bool:
+        """Append events to their channels' logs and deliver them to every subscriber; False
+        when some went to this process's sockets only (Redis unavailable)."""
         by_channel: dict[str, list[Event]] = {}
         for event in events:
             by_channel.setdefault(event.channel_id, []).append(event)
+        settled = True
         for channel_id, group in by_channel.items():
-            await self._publish_channel(channel_id, [encode(e) for e in group])
+            settled = await self._publish_channel(channel_id, [encode(e) for e in group]) and settled
+        return settled
 
     async def _append(self, channel_id: str, encoded: list[Encoded]) -> tuple[str, list[int]]:
         """The channel's log append, bounded by the publish timeout."""
@@ -230,7 +233,7 @@ class EventHub:
         async with asyncio.timeout(self.publish_timeout):
             return await self.log.append(channel_id, encoded)
 
-    async def _publish_channel(self, channel_id: str, encoded: list[Encoded]) -> None:
+    async def _publish_channel(self, channel_id: str, encoded: list[Encoded]) -> bool:
         if self.breaker.allows():
             try:
                 epoch, seqs = await self._append(channel_id, encoded)
@@ -259,12 +262,13 @@ class EventHub:
                     )
                 if self.degraded_channels:
                     self.link.spawn(self.flush_degraded())
-                return
+                return True
         self.degraded_channels.add(channel_id)
         for item in encoded:
             self.registry.publish_unsequenced(
                 channel_id, item.with_seq(None), item.received_at, item.conversation_id, item.eid
             )
+        return False
 
     async def flush_degraded(self) -> None:
         """Redis is back: put one ``resync_required`` into each log that missed events."""

@@ -27,11 +27,11 @@ def _drop_first_publish(server: RunningServer, *, of_changes: bool = False) -> l
     original = publisher.publish
     dropped: list[list[ev.Event]] = []
 
-    async def publish(events: list[ev.Event]) -> None:
+    async def publish(events: list[ev.Event]) -> bool:
         if not dropped:
             dropped.append(events)
-            return
-        await original(events)
+            return False  # not in the log: nothing tells a redelivery there is nothing to repair
+        return await original(events)
 
     publisher.publish = publish
     return dropped
