@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 from bson import ObjectId
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
 from server.ops.metrics import Metrics
@@ -33,6 +34,21 @@ if n and n > 0 then
   return 1
 end
 return 0
+"""
+# The echo's hints in one command where one script may touch both keys (not on a Redis Cluster,
+# where they live in different slots and a pipeline takes them): take the mid's send time, read
+# the text's counter, and when the mid was given, count its send answered (as _TAKE_SEND_LUA).
+# KEYS: the mid's key, the text's counter.  Returns {send time or nil, counter before or nil}.
+_TAKE_MID_LUA = """
+local sent = redis.call('GET', KEYS[1])
+if sent then
+  redis.call('DEL', KEYS[1])
+end
+local n = redis.call('GET', KEYS[2])
+if sent and (tonumber(n or '0') or 0) > 0 then
+  redis.call('DECR', KEYS[2])
+end
+return {sent or false, n or false}
 """
 
 
@@ -91,6 +107,7 @@ class SentMarks:
         self._clock = clock
         self._skip_until = 0.0
         self._take_send = redis.register_script(_TAKE_SEND_LUA)
+        self._take_mid = None if isinstance(redis, RedisCluster) else redis.register_script(_TAKE_MID_LUA)
 
     async def start(self) -> None:
         """Nothing to start: the client connects on first use."""
@@ -130,12 +147,18 @@ class SentMarks:
             self._failed("mark", exc)
 
     async def take_mid(self, mid: str, conversation_id: ObjectId, content: str) -> EchoHints:
-        """What Redis says of an echo, in one round trip: the send time of a mark-sent that
-        gave this mid (taken once), and whether a send of this text is outstanding."""
+        """What Redis says of an echo, in one round trip (two on a Cluster when the mid was
+        given): the send time of a mark-sent that gave this mid (taken once), and whether a send
+        of this text is outstanding."""
         if not self._available():
             return UNKNOWN_HINTS
         counter = sent_message_key(conversation_id, content)
         try:
+            if self._take_mid is not None:
+                raw, outstanding = await self._take_mid(keys=[sent_mid_key(mid), counter])
+                if raw is None:
+                    return EchoHints(None, _positive(outstanding))
+                return EchoHints(float(raw), True)
             async with self.redis.pipeline(transaction=False) as pipe:
                 pipe.getdel(sent_mid_key(mid))
                 pipe.get(counter)

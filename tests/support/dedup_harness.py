@@ -32,8 +32,13 @@ from tests.support.helpers import ACCOUNT_ID, INTERNAL_TOKEN, Client, body_of, e
 
 TEXTS = ("ok", "Thanks! 🙏", "Your order shipped.", "Olá, tudo bem?", "See you at 9")
 MAX_OFFSET_SECS = 0.5
-# Meta redelivers after a 5xx, senders retry (same client_message_id): both emulated.
-MAX_ATTEMPTS = 6
+# Meta redelivers after a 5xx, senders retry (same client_message_id): both emulated, with a
+# doubling backoff as theirs (Meta keeps trying for hours). With a whole batch in flight the
+# embedded store is overloaded for seconds at a time (requests queue for its connections and
+# time out: hundreds of 503s a run, before and after any change); six quick attempts spaced
+# 0.05–0.3 s could all fall inside one such spell (seen twice in 2-worker runs).
+MAX_ATTEMPTS = 8
+MAX_BACKOFF_SECS = 2.0
 # A whole batch in flight at once: Tornado's client defaults to 10, which would queue (and so
 # serialize) the very interleavings under test.
 MAX_IN_FLIGHT = 512
@@ -166,7 +171,7 @@ async def _attempts(
             error = str(response.code)
         tally.retries += 1
         tally.retry_reasons[error] += 1
-        await asyncio.sleep(0.05 * (attempt + 1))  # the retrier's backoff (Meta / the sender)
+        await asyncio.sleep(min(0.05 * 2**attempt, MAX_BACKOFF_SECS))  # the retrier's backoff (Meta / the sender)
     tally.failures.append(f"{what}: no 2xx after {MAX_ATTEMPTS} attempts")
     return None
 
