@@ -229,6 +229,29 @@ async def test_a_second_conversation_jumps_to_the_top_with_an_unread_count(
     await expect(texts(page)).to_have_text(["Hello from A"])
 
 
+async def test_a_row_that_did_not_change_keeps_its_node_when_the_list_is_redrawn(
+    page: Page, server: RunningServer, tenant: Tenant
+) -> None:
+    """A click in progress on a row (mousedown done) must not land on a node the redraw replaced."""
+    a = await post(server.client, text_item("k-a1", "Hello from A", sender=CUSTOMER_A, timestamp_ms=at(1)))
+    conv_a = a["data"]["conversation"]["id"]
+    await sign_in(page, server.base_url, tenant.token)
+    await go_live(page)
+    row_a = page.locator(f'button.conversation[data-id="{conv_a}"]')
+    await row_a.evaluate("button => { button.igsyncProbe = true; }")  # a property, not an attribute
+
+    b = await post(server.client, text_item("k-b1", "Hello from B", sender=CUSTOMER_B, timestamp_ms=at(2)))
+    items = page.locator("#conversation-list > li")
+    await expect(items.nth(0)).to_have_attribute("data-id", b["data"]["conversation"]["id"])
+    # A moved one place down, unchanged: the same node.
+    assert await row_a.evaluate("button => button.igsyncProbe === true")
+
+    await post(server.client, text_item("k-a2", "Still there?", sender=CUSTOMER_A, timestamp_ms=at(3)))
+    await expect(row_a.locator(".conversation__preview")).to_have_text("Still there?")
+    assert await row_a.evaluate("button => button.igsyncProbe === undefined")  # changed: drawn anew
+    await expect(items).to_have_count(2)
+
+
 async def test_customers_pictures_show_in_the_list_from_our_copy_or_instagrams_link(
     page: Page, server: RunningServer, tenant: Tenant
 ) -> None:

@@ -250,18 +250,25 @@ class InboxPage {
     const several = this.state.channels.size > 1;
     const focusedId = document.activeElement && document.activeElement.closest && document.activeElement.closest(".conversation-item")?.dataset.id;
     const nodes = new Map();
+    const shown = new Map([...list.children].map((li) => [li.dataset.id, li]));
     sorted.forEach((conversation, index) => {
       const channel = this.state.channels.get(conversation.channel_id);
-      const node = renderConversation(conversation, {
+      const fresh = renderConversation(conversation, {
         active: conversation.id === this.state.openId,
         channelLabel: several && channel ? `@${channel.username}` : null,
         avatars: this.avatars,
       });
+      // A row that did not change keeps its node (moved, if the order changed): a click in
+      // progress on it — mousedown done, mouseup to come — would be lost on a replaced node.
+      const kept = shown.get(conversation.id);
+      let node = fresh;
+      if (kept && kept.isEqualNode(fresh)) node = kept;
+      else if (kept) kept.remove();
       nodes.set(conversation.id, node);
       const current = list.children[index];
-      if (current) current.replaceWith(node);
-      else list.append(node);
+      if (current !== node) list.insertBefore(node, current || null);
     });
+    // The first rows are now the sorted ones; what follows left the list.
     while (list.children.length > sorted.length) list.lastElementChild.remove();
     this.conversationNodes = nodes;
     if (focusedId && nodes.has(focusedId)) nodes.get(focusedId).querySelector("button").focus({ preventScroll: true });
