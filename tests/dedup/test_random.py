@@ -52,7 +52,10 @@ async def test_randomized_interleavings_across_two_processes(stores, tmp_path: P
     count = int(os.environ.get("IGSYNC_DEDUP_TRIALS") or 300)
     # A Redis of its own, so stopping it touches no other test.
     redis = EmbeddedStores(tmp_path / "redis", mongo=False, lock=False).start()
-    settings = make_settings(stores, tmp_path, redis_url=redis.redis_url)
+    # The production store timeout, not the tests' fail-fast 1.5 s: a whole batch in flight
+    # overloads the embedded store for seconds on a 2-core machine running two test workers, and
+    # this test is about interleavings, not about how a saturated store's queue times out.
+    settings = make_settings(stores, tmp_path, redis_url=redis.redis_url, store_timeout_ms=5000)
     processes = [
         ServerProcessHandle(server_env(settings.replace(port=free_port())), tmp_path / f"igsync-{i}.log")
         for i in range(PROCESSES)
